@@ -1,0 +1,220 @@
+"""The ``noman`` command: serve, check, secret new, deploy, status, healthcheck."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from noman import auth
+from noman.config import Settings, config_path, load_settings
+from noman.errors import ConfigError, NomanError
+
+DEV_SECRET_ENV = "NOMAN_DEV_SECRET"  # noqa: S105 (a variable name)
+DEV_SERVICE = "demo"
+GUNICORN_CONFIG = "python:noman.gunicorn_conf"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``noman`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.run(args)
+        return result
+    except ConfigError as exc:
+        print(f"noman: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except NomanError as exc:
+        print(f"noman: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="noman", description=__doc__)
+    parser.add_argument("--config", help="TOML file (default: $NOMAN_CONFIG, else ./noman.toml)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server under gunicorn")
+    serve.add_argument("--dev", action="store_true", help="embedded store and a demo service")
+    serve.add_argument("--bind", help="address to listen on (default: $NOMAN_BIND or :8000)")
+    serve.add_argument("--data-dir", default=".noman-dev", help="where --dev keeps its files")
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check", help="validate the config and reach Consul/Nomad")
+    check.set_defaults(run=_check)
+
+    secret = commands.add_parser("secret", help="manage hook secrets")
+    secret_commands = secret.add_subparsers(required=True, metavar="ACTION")
+    new = secret_commands.add_parser("new", help="print a fresh secret and its config line")
+    new.add_argument("service")
+    new.set_defaults(run=_secret_new)
+
+    deploy = commands.add_parser("deploy", help="deploy a tag, with the hook's policy")
+    deploy.add_argument("service")
+    deploy.add_argument("tag")
+    deploy.add_argument("--force", action="store_true", help="allow an older tag (rollback)")
+    deploy.add_argument("--wait", action="store_true", help="wait for the Nomad deployment")
+    deploy.set_defaults(run=_deploy)
+
+    status = commands.add_parser("status", help="show each service's deployed tag")
+    status.set_defaults(run=_status)
+
+    health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")
+    health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
+    health.set_defaults(run=_healthcheck)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(config_path(args.config))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.bind:
+        env["NOMAN_BIND"] = args.bind
+    if args.dev:
+        _prepare_dev(Path(args.data_dir), env)
+    else:
+        path = config_path(args.config)
+        load_settings(path)  # fail here, readably, not inside a gunicorn worker
+        env["NOMAN_CONFIG"] = str(path)
+    command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG]
+    if args.dev:
+        command += ["--workers", "1"]
+    command.append("noman:create_app()")
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)  # noqa: S606 (replace ourselves with gunicorn)
+    return 0  # pragma: no cover
+
+
+def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
+    """Write the demo config, choose a fresh secret, and print how to call it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = (data_dir / "store.json").resolve()
+    config = data_dir / "noman.toml"
+    config.write_text(
+        "# Written by `noman serve --dev`; rewritten at every start.\n"
+        "[store]\n"
+        'backend = "file"\n'
+        f"path = {json.dumps(str(store))}\n\n"
+        f"[services.{DEV_SERVICE}]\n"
+        'repository = "stut/stut.dev"\n'
+        'key = "configs/stut.dev/IMAGE_TAG"\n'
+        f'secret_env = "{DEV_SECRET_ENV}"\n',
+        encoding="utf-8",
+    )
+    secret, _ = auth.new_secret()
+    env[DEV_SECRET_ENV] = secret
+    env["NOMAN_CONFIG"] = str(config)
+    env.setdefault("NOMAN_BIND", "127.0.0.1:8000")
+    bind = env["NOMAN_BIND"]
+    base = f"http://{bind.replace('0.0.0.0', '127.0.0.1')}"  # noqa: S104 (display only)
+    print(
+        f"Noman dev server: service {DEV_SERVICE!r} (repository stut/stut.dev), "
+        f"tags kept in {store}\n\n"
+        "Deploy a tag:\n"
+        f"  curl -sS -X POST {base}/hooks/{secret} \\\n"
+        "    -H 'Content-Type: application/json' -d '{\"tag\": \"release-20230103082900\"}'\n\n"
+        "Or the same with the secret in a header (stays out of access logs):\n"
+        f"  curl -sS -X POST {base}/hooks -H 'Authorization: Bearer {secret}' \\\n"
+        "    -H 'Content-Type: application/json' -d '{\"tag\": \"release-20230103082900\"}'\n\n"
+        f"Status: NOMAN_CONFIG={config} noman status\n",
+        flush=True,
+    )
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from noman.app import build_nomad, build_store
+
+    print(f"config: {settings.source}: {len(settings.services)} service(s)")
+    problems = 0
+    store = build_store(settings)
+    try:
+        print(f"store: {store.check_ready()}")
+    except NomanError as exc:
+        print(f"store: FAILED: {exc.code}: {exc.message}")
+        return 1
+    nomad = build_nomad(settings)
+    for service in settings.services:
+        try:
+            tag = store.read(service.key).value
+            print(f"{service.name}: {service.key} = {tag or '(not set)'} [{service.strategy}]")
+            if nomad is not None and service.strategy == "rolling":
+                for warning in nomad.check(service):
+                    print(f"{service.name}: warning: {warning}")
+        except NomanError as exc:
+            problems += 1
+            print(f"{service.name}: FAILED: {exc.code}: {exc.message}")
+    return 1 if problems else 0
+
+
+def _secret_new(args: argparse.Namespace) -> int:
+    secret, digest = auth.new_secret()
+    print(
+        f"secret:    {secret}\n"
+        f"hook path: /hooks/{secret}\n"
+        f"or header: Authorization: Bearer {secret}\n\n"
+        f"Put this in noman.toml (the secret itself stays out of the file):\n"
+        f"[services.{args.service}]\n"
+        f'secret_sha256 = "{digest}"'
+    )
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from noman.app import build_deployer, build_nomad, build_store
+    from noman.release import Release
+
+    settings = _settings(args)
+    service = settings.service(args.service)
+    nomad = build_nomad(settings)
+    deployer = build_deployer(settings, build_store(settings), nomad)
+    outcome = deployer.deploy(service, Release(tag=args.tag, sender="cli", force=args.force))
+    result: dict[str, Any] = outcome.as_dict()
+    if args.wait and outcome.rollout is not None:
+        result["deployment"] = nomad.watch(service, outcome.rollout)
+        print(json.dumps(result, indent=2))
+        return 0 if result["deployment"].get("status") == "successful" else 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from noman.app import build_nomad, build_store
+
+    settings = _settings(args)
+    store = build_store(settings)
+    nomad = build_nomad(settings)
+    for service in settings.services:
+        line: dict[str, Any] = {
+            "service": service.name,
+            "key": service.key,
+            "tag": store.read(service.key).value,
+            "strategy": service.strategy,
+        }
+        if nomad is not None and service.strategy == "rolling":
+            line["job_tag"] = nomad.read(service).tag
+            line["deployment"] = nomad.deployment_status(service)
+        print(json.dumps(line))
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    url = args.url
+    if not url:
+        port = os.environ.get("NOMAN_BIND", "127.0.0.1:8000").rsplit(":", 1)[-1]
+        url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:  # noqa: S310 (local URL)
+            return 0 if answer.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"noman healthcheck: {url}: {exc}", file=sys.stderr)
+        return 1

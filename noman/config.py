@@ -1,0 +1,591 @@
+"""Noman's configuration: a TOML file plus environment, validated once at start.
+
+Every key Noman reads is declared in ``SCHEMA`` with its type, default and
+help text; the README documents each one and a test keeps the two in step.
+Every mistake raises ``ConfigError`` naming the file, line, table and key.
+Connection settings follow Consul's and Nomad's own CLIs: the environment
+variables they use (``CONSUL_HTTP_ADDR``, ``NOMAD_ADDR``, ...) override the
+file, so one config file works across environments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from noman.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "noman.toml"
+DEFAULT_TAG_PATTERN = r"^release-(\d{14})$"
+# 22 url-safe characters carry 132 bits; anything shorter is guessable.
+MIN_SECRET_CHARS = 22
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+DOCKERHUB_CALLBACK_HOSTS = ("registry.hub.docker.com", "hub.docker.com")
+
+# Consul's own rules plus what newer versions refuse (see specs/consul-kv.md).
+_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: where it lives, what it holds, what it means."""
+
+    table: str
+    name: str
+    types: tuple[type, ...]
+    default: Any
+    help: str
+
+
+def _k(table: str, name: str, types: tuple[type, ...], default: Any, help: str) -> Key:
+    return Key(table, name, types, default, help)
+
+
+_S = "services.<name>"
+_N = "services.<name>.nomad"
+_T = "notify.targets"
+SCHEMA: tuple[Key, ...] = (
+    _k("server", "max_body_bytes", (int,), 65536, "Largest accepted request body, in bytes."),
+    _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
+    _k("store", "backend", (str,), "consul", '"consul", or "file" for a local JSON file.'),
+    _k("store", "path", (str,), ".noman/store.json", "The JSON file of the file backend."),
+    _k("consul", "address", (str,), "http://127.0.0.1:8500", "Consul's HTTP address."),
+    _k("consul", "datacenter", (str,), None, "Datacenter for every KV call."),
+    _k("consul", "timeout", (int, float), 5, "Seconds allowed for each Consul call."),
+    _k("consul", "token", (str,), None, "ACL token; prefer CONSUL_HTTP_TOKEN."),
+    _k("consul", "verify", (bool, str), True, "Verify TLS: true, false or a CA bundle path."),
+    _k("consul", "cas_retries", (int,), 8, "Check-and-set attempts before 503."),
+    _k("nomad", "address", (str,), "http://127.0.0.1:4646", "Nomad's HTTP address."),
+    _k("nomad", "token", (str,), None, "ACL token; prefer NOMAD_TOKEN."),
+    _k("nomad", "namespace", (str,), None, "Default namespace of rolling jobs."),
+    _k("nomad", "region", (str,), None, "Default region of rolling jobs."),
+    _k("nomad", "verify", (bool, str), True, "Verify TLS: true, false or a CA bundle path."),
+    _k("nomad", "timeout", (int, float), 5, "Seconds allowed for each Nomad call."),
+    _k("nomad", "register_retries", (int,), 5, "Job registrations tried on index conflicts."),
+    _k("nomad", "watch_timeout", (int, float), 900, "Seconds a deployment is watched."),
+    _k("nomad", "poll_interval", (int, float), 2, "Seconds between deployment polls."),
+    _k("notify", "on", (list,), ["failure"], 'Outcomes to report: "success", "failure".'),
+    _k("notify", "retries", (int,), 3, "Attempts per notification."),
+    _k("notify", "backoff", (int, float), 1, "Seconds before the first retry; doubles."),
+    _k("notify", "timeout", (int, float), 5, "Seconds allowed for each notification."),
+    _k(_T, "kind", (str,), "webhook", '"webhook" (generic JSON) or "slack".'),
+    _k(_T, "url", (str,), None, "Where to POST (required)."),
+    _k(_T, "secret_env", (str,), None, "Env var with the HMAC-SHA256 key (webhook)."),
+    _k(_T, "on", (list,), None, "Overrides notify.on for this target."),
+    _k(_S, "repository", (str,), None, "The only repository accepted (required)."),
+    _k(_S, "key", (str,), None, "The Consul key that receives the tag (required)."),
+    _k(_S, "secret_sha256", (str, list), None, "sha256 hex of the URL secret (or a list)."),
+    _k(_S, "secret_env", (str,), None, "Env var holding the URL secret itself."),
+    _k(_S, "tag_pattern", (str,), DEFAULT_TAG_PATTERN, "Accepted tags; group 1 orders them."),
+    _k(_S, "strategy", (str,), "restart", '"restart" (Consul only) or "rolling".'),
+    _k(_N, "job", (str,), None, "Nomad job ID (required for rolling)."),
+    _k(_N, "namespace", (str,), None, "Namespace of the job (default: [nomad])."),
+    _k(_N, "region", (str,), None, "Region of the job (default: [nomad])."),
+    _k(_N, "update", (str,), "meta", '"meta" (job Meta) or "image" (task images).'),
+    _k(_N, "meta_key", (str,), "NOMAN_IMAGE_TAG", "The job Meta key set by update = meta."),
+    _k(_N, "tasks", (list,), [], "Tasks whose image to rewrite (update = image)."),
+)
+
+# Keys that come from the environment; the README documents these too.
+ENVIRONMENT: tuple[tuple[str, str], ...] = (
+    ("NOMAN_CONFIG", "Path of the TOML file (default ./noman.toml); --config wins."),
+    ("NOMAN_BIND", "gunicorn's listen address (default 127.0.0.1:8000)."),
+    ("NOMAN_WORKERS", "gunicorn worker processes (default 2)."),
+    ("CONSUL_HTTP_ADDR", "Overrides consul.address (host:port or scheme://host:port)."),
+    ("CONSUL_HTTP_TOKEN", "Overrides consul.token."),
+    ("CONSUL_HTTP_SSL", "true: use https for an address without a scheme."),
+    ("CONSUL_HTTP_SSL_VERIFY", "false: do not verify Consul's certificate."),
+    ("CONSUL_CACERT", "CA bundle for Consul's certificate."),
+    ("NOMAD_ADDR", "Overrides nomad.address."),
+    ("NOMAD_TOKEN", "Overrides nomad.token."),
+    ("NOMAD_NAMESPACE", "Overrides nomad.namespace."),
+    ("NOMAD_REGION", "Overrides nomad.region."),
+    ("NOMAD_CACERT", "CA bundle for Nomad's certificate."),
+    ("NOMAD_SKIP_VERIFY", "true: do not verify Nomad's certificate."),
+)
+
+
+@dataclass(frozen=True)
+class ConsulSettings:
+    """How to reach Consul."""
+
+    address: str = "http://127.0.0.1:8500"
+    datacenter: str | None = None
+    timeout: float = 5.0
+    token: str | None = field(default=None, repr=False)
+    verify: bool | str = True
+    cas_retries: int = 8
+
+
+@dataclass(frozen=True)
+class NomadSettings:
+    """How to reach Nomad, and how long to watch its deployments."""
+
+    address: str = "http://127.0.0.1:4646"
+    token: str | None = field(default=None, repr=False)
+    namespace: str | None = None
+    region: str | None = None
+    verify: bool | str = True
+    timeout: float = 5.0
+    register_retries: int = 5
+    watch_timeout: float = 900.0
+    poll_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class NomadTarget:
+    """The Nomad job a rolling service updates, and which field of it."""
+
+    job: str
+    namespace: str | None = None
+    region: str | None = None
+    update: Literal["meta", "image"] = "meta"
+    meta_key: str = "NOMAN_IMAGE_TAG"
+    tasks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Service:
+    """One deployable thing: who may deploy it, what is accepted, where it goes."""
+
+    name: str
+    repository: str
+    key: str
+    secret_hashes: tuple[bytes, ...] = field(repr=False)
+    tag_pattern: re.Pattern[str] = re.compile(DEFAULT_TAG_PATTERN)
+    strategy: Literal["restart", "rolling"] = "restart"
+    nomad: NomadTarget | None = None
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One place outcomes are reported to."""
+
+    kind: Literal["webhook", "slack"]
+    url: str = field(repr=False)
+    on: frozenset[str]
+    hmac_key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Where and how outcomes are reported."""
+
+    targets: tuple[NotifyTarget, ...] = ()
+    retries: int = 3
+    backoff: float = 1.0
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Noman needs, checked."""
+
+    services: tuple[Service, ...]
+    source: str = "<defaults>"
+    consul: ConsulSettings = ConsulSettings()
+    nomad: NomadSettings = NomadSettings()
+    notify: NotifySettings = NotifySettings()
+    store_backend: Literal["consul", "file"] = "consul"
+    store_path: str = ".noman/store.json"
+    max_body_bytes: int = 65536
+    log_level: str = "info"
+    # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
+    # only. Tests add their local stand-in here.
+    callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
+    callback_allow_http: bool = False
+
+    def service(self, name: str) -> Service:
+        """The service called ``name``; ConfigError if there is none."""
+        for service in self.services:
+            if service.name == name:
+                return service
+        known = ", ".join(s.name for s in self.services) or "none"
+        raise ConfigError(f"{self.source}: no service named {name!r} (configured: {known})")
+
+    @property
+    def uses_nomad(self) -> bool:
+        """True when any service deploys through Nomad."""
+        return any(s.strategy == "rolling" for s in self.services)
+
+
+def config_path(
+    explicit: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The config file to read: --config, else NOMAN_CONFIG, else ./noman.toml."""
+    env = os.environ if environ is None else environ
+    return Path(explicit or env.get("NOMAN_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the TOML file at ``path`` with the environment applied."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    return parse_settings(text, source=str(path), environ=environ)
+
+
+def parse_settings(
+    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate TOML ``text`` (named ``source`` in messages) into ``Settings``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return _Parser(text, source, os.environ if environ is None else environ).settings(data)
+
+
+def hash_secret(secret: str) -> bytes:
+    """The sha256 digest a URL secret is stored and compared as."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+class _Parser:
+    """Turns parsed TOML into Settings, remembering where each mistake is."""
+
+    def __init__(self, text: str, source: str, environ: Mapping[str, str]) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+        self.env = environ
+
+    # -- error reporting ---------------------------------------------------------------
+
+    def _line_of(self, table: str, name: str | None) -> int | None:
+        """Best-effort line number of ``name`` inside ``[table]`` (for messages)."""
+        header = re.compile(r"^\s*\[+\s*" + re.escape(table) + r"\s*\]+\s*(#.*)?$")
+        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
+        if start is None:
+            return None
+        if name is None:
+            return start + 1
+        key = re.compile(r"^\s*" + re.escape(name) + r"\s*=")
+        for i in range(start + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if key.match(self.lines[i]):
+                return i + 1
+        return start + 1
+
+    def fail(self, table: str, name: str | None, problem: str) -> ConfigError:
+        """A ConfigError naming file, line, table and key."""
+        line = self._line_of(table, name)
+        where = f"{self.source}" + (f", line {line}" if line else "")
+        what = f"[{table}]" + (f" {name}" if name else "")
+        return ConfigError(f"{where}: {what}: {problem}")
+
+    # -- generic checks ------------------------------------------------------------------
+
+    def table(self, data: Mapping[str, Any], table: str, schema_table: str) -> dict[str, Any]:
+        """Type-check ``data`` against the schema; unknown keys and wrong types fail."""
+        known = {k.name: k for k in SCHEMA if k.table == schema_table}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            key = known.get(name)
+            if key is None:
+                allowed = ", ".join(sorted(known))
+                raise self.fail(table, name, f"unknown key (allowed: {allowed})")
+            # bool is an int in Python; a number key must not accept true.
+            if isinstance(value, bool) and bool not in key.types:
+                raise self.fail(table, name, f"expected {_type_names(key.types)}, got a boolean")
+            if not isinstance(value, key.types):
+                raise self.fail(table, name, f"expected {_type_names(key.types)}")
+            values[name] = value
+        for key in known.values():
+            values.setdefault(key.name, key.default)
+        return values
+
+    def positive(self, table: str, name: str, value: float) -> float:
+        if value <= 0:
+            raise self.fail(table, name, "must be greater than 0")
+        return value
+
+    def env_bool(self, name: str) -> bool | None:
+        raw = self.env.get(name)
+        if raw is None or raw == "":
+            return None
+        if raw.lower() in ("1", "true", "yes"):
+            return True
+        if raw.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"environment {name}={raw!r}: expected true or false")
+
+    # -- sections --------------------------------------------------------------------------
+
+    def settings(self, data: dict[str, Any]) -> Settings:
+        allowed = {"server", "store", "consul", "nomad", "notify", "services"}
+        for name in data:
+            if name not in allowed:
+                raise ConfigError(
+                    f"{self.source}: unknown table [{name}] (allowed: {', '.join(sorted(allowed))})"
+                )
+        for name in allowed - {"services"}:
+            if name in data and not isinstance(data[name], dict):
+                raise ConfigError(f"{self.source}: {name} must be a table")
+        server = self.table(data.get("server", {}), "server", "server")
+        if server["max_body_bytes"] < 1024:
+            raise self.fail("server", "max_body_bytes", "must be at least 1024")
+        if server["log_level"] not in ("debug", "info", "warning", "error"):
+            raise self.fail("server", "log_level", "must be debug, info, warning or error")
+        store = self.table(data.get("store", {}), "store", "store")
+        if store["backend"] not in ("consul", "file"):
+            raise self.fail("store", "backend", 'must be "consul" or "file"')
+        nomad = self.nomad(data.get("nomad", {}))
+        services = self.services(data.get("services"), nomad)
+        return Settings(
+            services=services,
+            source=self.source,
+            consul=self.consul(data.get("consul", {})),
+            nomad=nomad,
+            notify=self.notify(data.get("notify", {})),
+            store_backend=store["backend"],
+            store_path=store["path"],
+            max_body_bytes=server["max_body_bytes"],
+            log_level=server["log_level"],
+        )
+
+    def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
+        v = self.table(data, "consul", "consul")
+        address = self.env.get("CONSUL_HTTP_ADDR") or v["address"]
+        ssl = self.env_bool("CONSUL_HTTP_SSL")
+        if "://" not in address:
+            address = ("https://" if ssl else "http://") + address
+        verify: bool | str = v["verify"]
+        if self.env_bool("CONSUL_HTTP_SSL_VERIFY") is False:
+            verify = False
+        elif self.env.get("CONSUL_CACERT"):
+            verify = self.env["CONSUL_CACERT"]
+        if v["cas_retries"] < 1:
+            raise self.fail("consul", "cas_retries", "must be at least 1")
+        _check_url(address, lambda p: self.fail("consul", "address", p))
+        return ConsulSettings(
+            address=address.rstrip("/"),
+            datacenter=v["datacenter"],
+            timeout=float(self.positive("consul", "timeout", v["timeout"])),
+            token=self.env.get("CONSUL_HTTP_TOKEN") or v["token"],
+            verify=verify,
+            cas_retries=v["cas_retries"],
+        )
+
+    def nomad(self, data: Mapping[str, Any]) -> NomadSettings:
+        v = self.table(data, "nomad", "nomad")
+        address = self.env.get("NOMAD_ADDR") or v["address"]
+        if "://" not in address:
+            address = "http://" + address
+        _check_url(address, lambda p: self.fail("nomad", "address", p))
+        verify: bool | str = v["verify"]
+        if self.env_bool("NOMAD_SKIP_VERIFY"):
+            verify = False
+        elif self.env.get("NOMAD_CACERT"):
+            verify = self.env["NOMAD_CACERT"]
+        if v["register_retries"] < 1:
+            raise self.fail("nomad", "register_retries", "must be at least 1")
+        return NomadSettings(
+            address=address.rstrip("/"),
+            token=self.env.get("NOMAD_TOKEN") or v["token"],
+            namespace=self.env.get("NOMAD_NAMESPACE") or v["namespace"],
+            region=self.env.get("NOMAD_REGION") or v["region"],
+            verify=verify,
+            timeout=float(self.positive("nomad", "timeout", v["timeout"])),
+            register_retries=v["register_retries"],
+            watch_timeout=float(self.positive("nomad", "watch_timeout", v["watch_timeout"])),
+            poll_interval=float(self.positive("nomad", "poll_interval", v["poll_interval"])),
+        )
+
+    def outcomes(self, table: str, name: str, value: list[Any]) -> frozenset[str]:
+        if not all(item in ("success", "failure") for item in value):
+            raise self.fail(table, name, 'may only contain "success" and "failure"')
+        return frozenset(value)
+
+    def notify(self, data: Mapping[str, Any]) -> NotifySettings:
+        data = dict(data)
+        raw_targets = data.pop("targets", [])
+        v = self.table(data, "notify", "notify")
+        default_on = self.outcomes("notify", "on", v["on"])
+        if not isinstance(raw_targets, list):
+            raise self.fail("notify", "targets", "use [[notify.targets]] tables")
+        targets = []
+        for raw in raw_targets:
+            if not isinstance(raw, dict):
+                raise self.fail("notify", "targets", "use [[notify.targets]] tables")
+            t = self.table(raw, "notify.targets", "notify.targets")
+            if t["kind"] not in ("webhook", "slack"):
+                raise self.fail("notify.targets", "kind", 'must be "webhook" or "slack"')
+            if not t["url"]:
+                raise self.fail("notify.targets", "url", "is required")
+            _check_url(t["url"], lambda p: self.fail("notify.targets", "url", p))
+            hmac_key = None
+            if t["secret_env"] is not None:
+                secret = self.env.get(t["secret_env"], "")
+                if not secret:
+                    raise self.fail(
+                        "notify.targets", "secret_env", f"environment {t['secret_env']} is not set"
+                    )
+                hmac_key = secret.encode("utf-8")
+            on = default_on if t["on"] is None else self.outcomes("notify.targets", "on", t["on"])
+            targets.append(NotifyTarget(t["kind"], t["url"], on, hmac_key))
+        if v["retries"] < 1:
+            raise self.fail("notify", "retries", "must be at least 1")
+        return NotifySettings(
+            targets=tuple(targets),
+            retries=v["retries"],
+            backoff=float(v["backoff"]),
+            timeout=float(self.positive("notify", "timeout", v["timeout"])),
+        )
+
+    def services(self, data: Any, nomad: NomadSettings) -> tuple[Service, ...]:
+        if not isinstance(data, dict) or not data:
+            raise ConfigError(
+                f"{self.source}: no services configured; add a [services.<name>] table"
+            )
+        services = tuple(self.service(name, raw, nomad) for name, raw in data.items())
+        seen: dict[bytes, str] = {}
+        keys: dict[str, str] = {}
+        for service in services:
+            for digest in service.secret_hashes:
+                if digest in seen:
+                    raise self.fail(
+                        f"services.{service.name}",
+                        "secret_sha256" if service.secret_hashes else "secret_env",
+                        f"same secret as service {seen[digest]!r}; every service needs its own",
+                    )
+                seen[digest] = service.name
+            if service.key in keys:
+                raise self.fail(
+                    f"services.{service.name}",
+                    "key",
+                    f"same key as service {keys[service.key]!r}",
+                )
+            keys[service.key] = service.name
+        return services
+
+    def service(self, name: str, raw: Any, nomad: NomadSettings) -> Service:
+        table = f"services.{name}"
+        if not _NAME_RE.match(name):
+            raise self.fail(table, None, "service names use letters, digits, '.', '_' and '-'")
+        if not isinstance(raw, dict):
+            raise self.fail(table, None, "must be a table")
+        raw = dict(raw)
+        raw_nomad = raw.pop("nomad", None)
+        v = self.table(raw, table, _S)
+        for required in ("repository", "key"):
+            if not v[required]:
+                raise self.fail(table, required, "is required")
+        if not re.fullmatch(r"[^\s/]+(/[^\s/]+)*", v["repository"]):
+            raise self.fail(table, "repository", "must look like namespace/name")
+        key = v["key"]
+        if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
+            raise self.fail(
+                table,
+                "key",
+                "must be a Consul key of [A-Za-z0-9._-] segments joined by single '/', "
+                "with no leading or trailing '/' and no '.' or '..' segment",
+            )
+        try:
+            pattern = re.compile(v["tag_pattern"])
+        except re.error as exc:
+            raise self.fail(
+                table, "tag_pattern", f"not a valid regular expression: {exc}"
+            ) from None
+        if v["strategy"] not in ("restart", "rolling"):
+            raise self.fail(table, "strategy", 'must be "restart" or "rolling"')
+        target = self.nomad_target(f"{table}.nomad", raw_nomad, nomad)
+        if v["strategy"] == "rolling" and target is None:
+            raise self.fail(table, "strategy", f"rolling needs a [{table}.nomad] table")
+        if v["strategy"] == "restart" and target is not None:
+            raise self.fail(table, "strategy", f'[{table}.nomad] needs strategy = "rolling"')
+        return Service(
+            name=name,
+            repository=v["repository"],
+            key=key,
+            secret_hashes=self.secrets(table, v),
+            tag_pattern=pattern,
+            strategy=v["strategy"],
+            nomad=target,
+        )
+
+    def secrets(self, table: str, v: Mapping[str, Any]) -> tuple[bytes, ...]:
+        """The accepted secret digests; never empty (an empty secret is not 'open')."""
+        if (v["secret_sha256"] is None) == (v["secret_env"] is None):
+            raise self.fail(table, "secret_sha256", "set exactly one of secret_sha256, secret_env")
+        if v["secret_env"] is not None:
+            name = v["secret_env"]
+            if not _ENV_NAME_RE.match(name):
+                raise self.fail(table, "secret_env", "must be an environment variable name")
+            secret = self.env.get(name, "")
+            if len(secret) < MIN_SECRET_CHARS:
+                problem = "is not set" if not secret else "holds a secret that is too short"
+                raise self.fail(
+                    table,
+                    "secret_env",
+                    f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
+                    "random characters; `noman secret new` makes one)",
+                )
+            return (hash_secret(secret),)
+        raw = v["secret_sha256"]
+        hashes = [raw] if isinstance(raw, str) else raw
+        if not hashes:
+            raise self.fail(table, "secret_sha256", "must not be empty")
+        digests = []
+        for item in hashes:
+            if not isinstance(item, str) or not _HEX64_RE.match(item):
+                raise self.fail(table, "secret_sha256", "must be 64 hex characters (a sha256)")
+            if item.lower() == EMPTY_SHA256:
+                raise self.fail(table, "secret_sha256", "is the hash of an empty secret")
+            digests.append(bytes.fromhex(item))
+        return tuple(digests)
+
+    def nomad_target(self, table: str, raw: Any, nomad: NomadSettings) -> NomadTarget | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise self.fail(table, None, "must be a table")
+        v = self.table(raw, table, _N)
+        if not v["job"]:
+            raise self.fail(table, "job", "is required")
+        if v["update"] not in ("meta", "image"):
+            raise self.fail(table, "update", 'must be "meta" or "image"')
+        if not _ENV_NAME_RE.match(v["meta_key"]):
+            raise self.fail(table, "meta_key", "must be a valid meta key (letters, digits, _)")
+        tasks = v["tasks"]
+        if not all(isinstance(t, str) and t for t in tasks):
+            raise self.fail(table, "tasks", "must be a list of task names")
+        if v["update"] == "image" and not tasks:
+            raise self.fail(table, "tasks", 'update = "image" needs the task names to update')
+        return NomadTarget(
+            job=v["job"],
+            namespace=v["namespace"] or nomad.namespace,
+            region=v["region"] or nomad.region,
+            update=v["update"],
+            meta_key=v["meta_key"],
+            tasks=tuple(tasks),
+        )
+
+
+def _check_url(url: str, fail: Any) -> None:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise fail("must be an http:// or https:// URL")
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+    }
+    return " or ".join(names[t] for t in types)

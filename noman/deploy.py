@@ -1,0 +1,191 @@
+"""The use case: decide whether a release may be deployed, and deploy it safely.
+
+Plain Python with no Flask and no Consul: a ``Store`` keeps tags with
+check-and-set, an optional ``Orchestrator`` (Nomad) rolls jobs for the
+rolling strategy. Every decision is taken again after a lost race, so two
+concurrent deploys of one service always end with the newer tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from noman.config import Service
+from noman.errors import InvalidTag, NomanError, RepositoryMismatch, StaleTag, WriteConflict
+from noman.release import Outcome, Release, Rollout
+from noman.stores import Store
+
+log = logging.getLogger(__name__)
+
+# The OCI distribution spec's tag grammar.
+OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as an orchestrator read it: the tag it runs and what is needed to change it."""
+
+    tag: str | None
+    spec: dict[str, Any]
+    modify_index: int
+
+
+class Orchestrator(Protocol):
+    """Something that runs a new job version per deploy (Nomad)."""
+
+    def read(self, service: Service) -> JobState:
+        """The job of ``service`` as it is now."""
+        ...
+
+    def register(self, service: Service, state: JobState, tag: str) -> Rollout | None:
+        """Register ``state`` with ``tag``; None if the job changed since it was read."""
+        ...
+
+
+def check_release(service: Service, release: Release) -> None:
+    """Refuse a release this service must never run (bad tag, other repository)."""
+    if release.repository is not None and release.repository != service.repository:
+        raise RepositoryMismatch(
+            f"Repository {_quote(release.repository)} is not the one this service deploys."
+        )
+    if not OCI_TAG.fullmatch(release.tag):
+        raise InvalidTag(f"{_quote(release.tag)} is not a valid image tag.")
+    if not service.tag_pattern.fullmatch(release.tag):
+        raise InvalidTag(
+            f"Tag {_quote(release.tag)} does not match this service's pattern "
+            f"{service.tag_pattern.pattern!r}."
+        )
+
+
+def release_order(service: Service, tag: str | None) -> int | str | None:
+    """What orders ``tag`` among releases: the pattern's first group (a number if digits)."""
+    if tag is None or service.tag_pattern.groups < 1:
+        return None
+    match = service.tag_pattern.fullmatch(tag)
+    if match is None or match.group(1) is None:
+        return None
+    value = match.group(1)
+    return int(value) if value.isdigit() else value
+
+
+def needs_write(service: Service, current: str | None, release: Release) -> bool:
+    """True to write ``release``, False when it is already deployed; StaleTag when older."""
+    if current == release.tag:
+        return False
+    if release.force:
+        return True
+    new, old = release_order(service, release.tag), release_order(service, current)
+    # Only tags of one kind can be ordered; an unordered current value (set
+    # by hand, or a first deploy) never blocks a valid release.
+    if new is not None and old is not None and type(new) is type(old) and new < old:  # type: ignore[operator]
+        raise StaleTag(
+            f"Tag {release.tag} is older than the deployed {current}; "
+            'send "force": true to roll back on purpose.'
+        )
+    return True
+
+
+class Deployer:
+    """Deploys releases to services: policy, check-and-set, and the rolling step."""
+
+    def __init__(
+        self,
+        store: Store,
+        orchestrator: Orchestrator | None = None,
+        cas_retries: int = 8,
+        register_retries: int = 5,
+    ) -> None:
+        self.store = store
+        self.orchestrator = orchestrator
+        self.cas_retries = cas_retries
+        self.register_retries = register_retries
+
+    def deploy(self, service: Service, release: Release) -> Outcome:
+        """Deploy ``release`` to ``service``; returns only once the store confirmed it."""
+        check_release(service, release)
+        for _ in range(self.cas_retries):
+            entry = self.store.read(service.key)
+            if not needs_write(service, entry.value, release):
+                return self._finish(service, release, entry.value, changed=False)
+            if self.store.write(service.key, release.tag, entry.modify_index):
+                return self._finish(service, release, entry.value, changed=True)
+            log.info(
+                "service %s: key changed while deploying %s; deciding again",
+                service.name,
+                release.tag,
+            )
+        raise WriteConflict()
+
+    def current_tag(self, service: Service) -> str | None:
+        """The tag the service's key holds now."""
+        return self.store.read(service.key).value
+
+    def _finish(
+        self, service: Service, release: Release, previous: str | None, changed: bool
+    ) -> Outcome:
+        rollout = None
+        if service.strategy == "rolling":
+            try:
+                rollout = self._roll(service, release)
+            except NomanError:
+                if changed:
+                    self._restore(service, release.tag, previous)
+                raise
+        return Outcome(
+            service=service.name,
+            key=service.key,
+            tag=release.tag,
+            previous=previous,
+            changed=changed or rollout is not None,
+            rollout=rollout,
+        )
+
+    def _roll(self, service: Service, release: Release) -> Rollout | None:
+        """Register the job version that runs ``release``; None if it already does."""
+        if self.orchestrator is None:
+            raise NomanError(f"service {service.name} is rolling but Nomad is not configured")
+        for _ in range(self.register_retries):
+            state = self.orchestrator.read(service)
+            if not needs_write(service, state.tag, release):
+                return None
+            rollout = self.orchestrator.register(service, state, release.tag)
+            if rollout is not None:
+                return rollout
+            log.info(
+                "service %s: job changed while deploying %s; reading it again",
+                service.name,
+                release.tag,
+            )
+        raise WriteConflict("The Nomad job kept changing; nothing was deployed. Retry later.")
+
+    def _restore(self, service: Service, tag: str, previous: str | None) -> None:
+        """Put the key back as it was, unless a newer deploy has moved it on since."""
+        try:
+            entry = self.store.read(service.key)
+            if entry.value != tag:
+                return
+            if previous is None:
+                restored = self.store.delete(service.key, entry.modify_index)
+            else:
+                restored = self.store.write(service.key, previous, entry.modify_index)
+        except NomanError as exc:
+            restored = False
+            log.error("service %s: could not restore %s: %s", service.name, service.key, exc)
+        if restored:
+            log.warning("service %s: restored %s to %s", service.name, service.key, previous)
+        else:
+            log.error(
+                "service %s: %s still holds %s although the rollout failed; "
+                "a retry of the same tag completes it",
+                service.name,
+                service.key,
+                tag,
+            )
+
+
+def _quote(text: str, limit: int = 140) -> str:
+    """Echo untrusted text safely: cut, and repr so control characters stay visible."""
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))

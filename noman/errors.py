@@ -1,0 +1,218 @@
+"""Every way a Noman request can fail, each with its HTTP status and stable code.
+
+One tree, one shape, one converter: views raise, ``web.py`` turns any
+``NomanError`` into ``{"error": code, "message": text}`` with ``status``.
+Codes are an API: callers branch on them, so they never change meaning.
+
+    NomanError                          500 internal_error
+    ├── NotFound                        404 not_found
+    ├── MethodNotAllowed                405 method_not_allowed
+    ├── Unauthorized                    401 unauthorized
+    ├── InvalidJSON                     400 invalid_json
+    ├── InvalidPayload                  400 invalid_payload
+    ├── UnsupportedMediaType            415 unsupported_media_type
+    ├── PayloadTooLarge                 413 payload_too_large
+    ├── RepositoryMismatch              403 repository_mismatch
+    ├── InvalidTag                      422 invalid_tag
+    ├── StaleTag                        409 stale_tag
+    ├── NotRolling                      409 not_rolling
+    └── UpstreamError                   (the store or the orchestrator failed; nothing written)
+        ├── WriteConflict               503 write_conflict      (retryable)
+        ├── ConsulUnavailable           503 consul_unavailable  (retryable)
+        ├── ConsulForbidden             502 consul_forbidden
+        ├── ConsulError                 502 consul_error
+        ├── NomadUnavailable            503 nomad_unavailable   (retryable)
+        ├── NomadForbidden              502 nomad_forbidden
+        ├── NomadJobNotFound            502 nomad_job_not_found
+        └── NomadError                  502 nomad_error
+
+``ConfigError`` is not an HTTP error: it stops start-up and names the file,
+line, service and field that are wrong.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+RETRY_AFTER_SECONDS = 5
+
+
+class NomanError(Exception):
+    """Base of every error a request can end with."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    retry_after: ClassVar[int | None] = None
+    default_message: ClassVar[str] = "Internal error; the operator's log has the details."
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, str]:
+        """The JSON body sent to the caller."""
+        return error_body(self.code, self.message)
+
+
+class NotFound(NomanError):
+    """Unknown route, unknown secret and wrong secret all look exactly alike."""
+
+    status = 404
+    code = "not_found"
+    default_message = "Not found."
+
+
+class MethodNotAllowed(NomanError):
+    """The route exists but not for this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+    default_message = "Method not allowed."
+
+
+class Unauthorized(NomanError):
+    """``POST /hooks`` without a usable ``Authorization: Bearer`` header."""
+
+    status = 401
+    code = "unauthorized"
+    default_message = "Send the service secret as 'Authorization: Bearer <secret>'."
+
+
+class InvalidJSON(NomanError):
+    """The body is not strict JSON (bad UTF-8, duplicate keys, NaN, too deep...)."""
+
+    status = 400
+    code = "invalid_json"
+
+
+class InvalidPayload(NomanError):
+    """Valid JSON, but not a shape any supported sender produces."""
+
+    status = 400
+    code = "invalid_payload"
+
+
+class UnsupportedMediaType(NomanError):
+    """Only JSON bodies are accepted."""
+
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "Send the body as JSON with 'Content-Type: application/json'."
+
+
+class PayloadTooLarge(NomanError):
+    """The body is over the configured cap (with or without Content-Length)."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class RepositoryMismatch(NomanError):
+    """The payload names a repository other than the one this service accepts."""
+
+    status = 403
+    code = "repository_mismatch"
+
+
+class InvalidTag(NomanError):
+    """The tag breaks the OCI tag grammar or the service's tag pattern."""
+
+    status = 422
+    code = "invalid_tag"
+
+
+class StaleTag(NomanError):
+    """The tag orders before the deployed one; only an explicit force rolls back."""
+
+    status = 409
+    code = "stale_tag"
+
+
+class NotRolling(NomanError):
+    """Deployment state was asked of a service that does not use the rolling strategy."""
+
+    status = 409
+    code = "not_rolling"
+    default_message = "This service uses the restart strategy; it has no Nomad deployment."
+
+
+class UpstreamError(NomanError):
+    """Consul or Nomad failed; the request changed nothing and may be retried."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class WriteConflict(UpstreamError):
+    """Check-and-set lost the race more times than allowed; retry later."""
+
+    status = 503
+    code = "write_conflict"
+    retry_after = RETRY_AFTER_SECONDS
+    default_message = "The key kept changing under us; nothing was written. Retry later."
+
+
+class ConsulUnavailable(UpstreamError):
+    """Consul is unreachable, timing out or answering 5xx."""
+
+    status = 503
+    code = "consul_unavailable"
+    retry_after = RETRY_AFTER_SECONDS
+    default_message = "Consul is unavailable; nothing was written. Retry later."
+
+
+class ConsulForbidden(UpstreamError):
+    """Consul refused Noman's ACL token; the operator must fix the token's policy."""
+
+    status = 502
+    code = "consul_forbidden"
+    default_message = "Consul refused Noman's token; nothing was written. The operator must fix it."
+
+
+class ConsulError(UpstreamError):
+    """Consul answered with an error Noman does not expect."""
+
+    status = 502
+    code = "consul_error"
+    default_message = "Consul rejected the request; nothing was written."
+
+
+class NomadUnavailable(UpstreamError):
+    """Nomad is unreachable, timing out or answering 5xx."""
+
+    status = 503
+    code = "nomad_unavailable"
+    retry_after = RETRY_AFTER_SECONDS
+    default_message = "Nomad is unavailable; the deploy was not started. Retry later."
+
+
+class NomadForbidden(UpstreamError):
+    """Nomad refused Noman's ACL token."""
+
+    status = 502
+    code = "nomad_forbidden"
+    default_message = "Nomad refused Noman's token; the deploy was not started."
+
+
+class NomadJobNotFound(UpstreamError):
+    """The configured Nomad job does not exist (in that namespace and region)."""
+
+    status = 502
+    code = "nomad_job_not_found"
+
+
+class NomadError(UpstreamError):
+    """Nomad answered with an error Noman does not expect."""
+
+    status = 502
+    code = "nomad_error"
+    default_message = "Nomad rejected the new job version; the deploy was not started."
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message says where."""
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    """The one error shape every non-2xx answer uses."""
+    return {"error": code, "message": message}

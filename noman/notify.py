@@ -1,0 +1,240 @@
+"""Reporting outcomes after the answer: DockerHub's callback, webhooks, Slack, logs.
+
+Nothing here runs on the request path: each report runs in a daemon
+thread (a rolling deploy first waits for its Nomad deployment to end), is
+retried with exponential backoff, and can never fail the deploy itself.
+DockerHub callbacks only ever go to DockerHub's own hosts, because the URL
+comes from the payload and must not make Noman call anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from noman.config import NotifyTarget, Service, Settings
+from noman.errors import NomanError, UpstreamError
+from noman.release import Outcome, Release
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "X-Noman-Signature-256"
+
+
+@dataclass(frozen=True)
+class Report:
+    """One finished deploy, success or failure, as told to the outside."""
+
+    service: str
+    tag: str | None
+    success: bool
+    description: str
+    key: str | None = None
+    previous: str | None = None
+    deployment: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The generic webhook body."""
+        return {
+            "event": "deploy",
+            "status": "success" if self.success else "failure",
+            "service": self.service,
+            "tag": self.tag,
+            "key": self.key,
+            "previous": self.previous,
+            "description": self.description,
+            "deployment": self.deployment,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+
+def sign(key: bytes, body: bytes) -> str:
+    """The signature header value: ``sha256=<hex HMAC-SHA256(key, body)>``."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def callback_allowed(url: str, settings: Settings) -> bool:
+    """True only for https URLs on DockerHub's hosts (or a test's stand-in)."""
+    parts = urlsplit(url)
+    schemes = ("https", "http") if settings.callback_allow_http else ("https",)
+    return (
+        parts.scheme in schemes
+        and parts.hostname is not None
+        and parts.username is None
+        and parts.hostname.lower() in settings.callback_hosts
+    )
+
+
+class Reporter:
+    """Sends reports in the background; ``wait()`` lets tests and shutdown catch up."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        nomad: Any = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.nomad = nomad
+        self.session = session or requests.Session()
+        self._sleep = sleep
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def succeeded(self, service: Service, release: Release | None, outcome: Outcome) -> None:
+        """Report a deploy the store confirmed; rolling ones after their deployment ends."""
+        self._spawn(self._report_success, service, release, outcome)
+
+    def failed(self, service: Service, release: Release | None, error: NomanError) -> None:
+        """Report a refused or failed hook call."""
+        # Refusals (bad tag, stale tag) are the caller's business; the operator
+        # hears about failures that need them (Consul, Nomad, tokens).
+        notify = isinstance(error, UpstreamError)
+        if not notify and not (release and release.callback_url):
+            return
+        report = Report(
+            service.name, release.tag if release else None, False, error.message, key=service.key
+        )
+        self._spawn(self._send_all, report, release, notify, "error")
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Wait for every report started so far; True if all finished in time."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    # -- background work -----------------------------------------------------------------
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            try:
+                target(*args)
+            except Exception:
+                log.exception("reporting failed")
+
+        thread = threading.Thread(target=run, name="noman-report", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _report_success(self, service: Service, release: Release | None, outcome: Outcome) -> None:
+        deployment = None
+        if outcome.rollout is not None and self.nomad is not None:
+            deployment = self.nomad.watch(service, outcome.rollout)
+            success = deployment.get("status") == "successful"
+            description = (
+                f"Nomad deployment of {outcome.rollout.job} v{outcome.rollout.version}: "
+                f"{deployment.get('status')} ({deployment.get('description') or 'no detail'})"
+            )
+        else:
+            success = True
+            description = (
+                f"{outcome.tag} written to {outcome.key}"
+                if outcome.changed
+                else f"{outcome.tag} was already deployed"
+            )
+        report = Report(
+            service.name,
+            outcome.tag,
+            success,
+            description,
+            key=outcome.key,
+            previous=outcome.previous,
+            deployment=deployment,
+        )
+        level = logging.INFO if success else logging.ERROR
+        log.log(
+            level,
+            "deploy finished",
+            extra={
+                "fields": {
+                    "service": service.name,
+                    "tag": outcome.tag,
+                    "outcome": "success" if success else "failure",
+                    "deployment": deployment,
+                    "reason": description,
+                }
+            },
+        )
+        self._send_all(report, release, True, "success" if success else "failure")
+
+    def _send_all(self, report: Report, release: Release | None, notify: bool, state: str) -> None:
+        if release is not None and release.callback_url:
+            self._dockerhub_callback(release.callback_url, state, report)
+        if not notify:
+            return
+        wanted = "success" if report.success else "failure"
+        for target in self.settings.notify.targets:
+            if wanted in target.on:
+                self._notify(target, report)
+
+    def _dockerhub_callback(self, url: str, state: str, report: Report) -> None:
+        if not callback_allowed(url, self.settings):
+            log.warning(
+                "callback_url skipped: not a DockerHub https URL",
+                extra={"fields": {"service": report.service}},
+            )
+            return
+        body = {
+            "state": state,
+            "description": report.description[:255],
+            "context": f"noman {report.service}"[:100],
+        }
+        self._post("dockerhub callback", url, json.dumps(body).encode(), {}, report.service)
+
+    def _notify(self, target: NotifyTarget, report: Report) -> None:
+        if target.kind == "slack":
+            icon = ":white_check_mark:" if report.success else ":x:"
+            payload: dict[str, Any] = {
+                "text": f"{icon} {report.service} {report.tag or ''}: {report.description}"
+            }
+        else:
+            payload = report.as_dict()
+        body = json.dumps(payload).encode()
+        headers = {SIGNATURE_HEADER: sign(target.hmac_key, body)} if target.hmac_key else {}
+        self._post(f"{target.kind} notification", target.url, body, headers, report.service)
+
+    def _post(
+        self, what: str, url: str, body: bytes, headers: dict[str, str], service: str
+    ) -> bool:
+        """POST with bounded retries and exponential backoff; never raises."""
+        config = self.settings.notify
+        headers = {"Content-Type": "application/json", "User-Agent": "noman", **headers}
+        problem = ""
+        for attempt in range(config.retries):
+            if attempt:
+                self._sleep(config.backoff * 2 ** (attempt - 1))
+            try:
+                answer = self.session.post(
+                    url, data=body, headers=headers, timeout=config.timeout, allow_redirects=False
+                )
+            except requests.RequestException as exc:
+                problem = type(exc).__name__
+                continue
+            if 200 <= answer.status_code < 300:
+                return True
+            problem = f"HTTP {answer.status_code}"
+            if 400 <= answer.status_code < 500 and answer.status_code not in (408, 429):
+                break
+        log.warning(
+            "%s failed: %s",
+            what,
+            problem,
+            extra={"fields": {"service": service, "host": urlsplit(url).hostname}},
+        )
+        return False

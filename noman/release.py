@@ -1,0 +1,58 @@
+"""The plain values that travel through a deploy: what was pushed, what happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Release:
+    """A request to deploy ``tag``, as a sender described it (untrusted until checked)."""
+
+    tag: str
+    sender: str
+    repository: str | None = None
+    force: bool = False
+    pushed_at: int | None = None
+    # A URL with a per-push token in its path: keep it out of reprs and logs.
+    callback_url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The Nomad job version a rolling deploy registered."""
+
+    job: str
+    version: int
+    eval_id: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a deploy did; sent to the caller only once the store confirmed it."""
+
+    service: str
+    key: str
+    tag: str
+    previous: str | None
+    changed: bool
+    rollout: Rollout | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON answer of a successful hook call."""
+        body: dict[str, Any] = {
+            "service": self.service,
+            "key": self.key,
+            "tag": self.tag,
+            "previous": self.previous,
+            "changed": self.changed,
+        }
+        if self.rollout is not None:
+            body["deployment"] = {
+                "job": self.rollout.job,
+                "version": self.rollout.version,
+                "eval_id": self.rollout.eval_id,
+            }
+        return body

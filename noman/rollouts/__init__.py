@@ -1,0 +1,1 @@
+"""Orchestrators that turn a written tag into a rolling deploy (only Nomad today)."""

@@ -1,0 +1,255 @@
+"""Rolling deploys through Nomad's job API (python-nomad): the only module that knows Nomad.
+
+A deploy registers a new job version in which exactly one thing changed:
+``Meta[meta_key]`` (update = "meta") or the tag part of the named tasks'
+``Config.image`` (update = "image"). Registration uses ``EnforceIndex`` on
+the ``JobModifyIndex`` that was read, so a concurrent change to the job is
+never overwritten: the deployer reads again and decides again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import nomad
+import requests
+from nomad.api import exceptions as nomad_errors
+
+from noman.config import NomadSettings, NomadTarget, Service
+from noman.deploy import JobState
+from noman.errors import (
+    NomadError,
+    NomadForbidden,
+    NomadJobNotFound,
+    NomadUnavailable,
+    NomanError,
+)
+from noman.release import Rollout
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TERMINAL = frozenset({"successful", "failed", "cancelled"})
+INDEX_CONFLICT = "Enforcing job modify index"
+
+
+def split_image(image: str) -> tuple[str, str | None]:
+    """``registry:5000/owner/app:tag@sha256:..`` -> (``registry:5000/owner/app``, ``tag``)."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1 :]
+    return name, None
+
+
+def job_tag(job: dict[str, Any], target: NomadTarget) -> str | None:
+    """The tag the job runs now, as the configured update mode sees it."""
+    if target.update == "meta":
+        value = (job.get("Meta") or {}).get(target.meta_key)
+        return value if isinstance(value, str) else None
+    task = _tasks(job, target)[0]
+    return split_image(str((task.get("Config") or {}).get("image", "")))[1]
+
+
+def with_tag(job: dict[str, Any], target: NomadTarget, tag: str) -> dict[str, Any]:
+    """A copy of ``job`` that runs ``tag``; nothing else differs."""
+    job = copy.deepcopy(job)
+    if target.update == "meta":
+        job["Meta"] = {**(job.get("Meta") or {}), target.meta_key: tag}
+        return job
+    for task in _tasks(job, target):
+        name, _ = split_image(str(task["Config"].get("image", "")))
+        task["Config"]["image"] = f"{name}:{tag}"
+    return job
+
+
+def _tasks(job: dict[str, Any], target: NomadTarget) -> list[dict[str, Any]]:
+    """The configured tasks, in configured order; NomadError if one is missing."""
+    found: dict[str, dict[str, Any]] = {}
+    for group in job.get("TaskGroups") or []:
+        for task in group.get("Tasks") or []:
+            found.setdefault(task.get("Name"), task)
+    missing = [name for name in target.tasks if name not in found]
+    if missing:
+        raise NomadError(f"Job {target.job!r} has no task named {missing[0]!r}.")
+    tasks = [found[name] for name in target.tasks]
+    for task in tasks:
+        if not isinstance(task.get("Config"), dict) or not task["Config"].get("image"):
+            raise NomadError(f"Task {task.get('Name')!r} has no Config.image to update.")
+    return tasks
+
+
+def summarize(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The parts of a Nomad deployment a caller cares about."""
+    if not deployment:
+        return None
+    groups = (deployment.get("TaskGroups") or {}).values()
+    return {
+        "id": deployment.get("ID"),
+        "job": deployment.get("JobID"),
+        "version": deployment.get("JobVersion"),
+        "status": deployment.get("Status"),
+        "description": deployment.get("StatusDescription"),
+        "desired": sum(int(g.get("DesiredTotal") or 0) for g in groups),
+        "placed": sum(int(g.get("PlacedAllocs") or 0) for g in groups),
+        "healthy": sum(int(g.get("HealthyAllocs") or 0) for g in groups),
+        "unhealthy": sum(int(g.get("UnhealthyAllocs") or 0) for g in groups),
+    }
+
+
+class NomadRollouts:
+    """The Orchestrator for the rolling strategy, plus deployment watching."""
+
+    def __init__(self, settings: NomadSettings, sleep: Callable[[float], None] = time.sleep):
+        self.settings = settings
+        self._sleep = sleep
+
+    def client(self, target: NomadTarget) -> Any:
+        """A python-nomad client for the target's namespace and region."""
+        return nomad.Nomad(
+            address=self.settings.address,
+            token=self.settings.token,
+            timeout=self.settings.timeout,
+            namespace=target.namespace,
+            region=target.region,
+            # python-nomad does not verify TLS by default; Noman always does
+            # unless told otherwise.
+            verify=self.settings.verify,
+        )
+
+    def read(self, service: Service) -> JobState:
+        """The job as it is now, with the tag it runs."""
+        target = _target(service)
+        job = self._call(target, "read job", lambda c: c.job.get_job(target.job))
+        if not isinstance(job, dict) or "JobModifyIndex" not in job:
+            raise NomadError(f"Nomad answered something that is not job {target.job!r}.")
+        return JobState(job_tag(job, target), job, int(job["JobModifyIndex"]))
+
+    def register(self, service: Service, state: JobState, tag: str) -> Rollout | None:
+        """Register the job with ``tag`` if it is unchanged since read; None otherwise."""
+        target = _target(service)
+        body = {
+            "Job": with_tag(state.spec, target, tag),
+            "EnforceIndex": True,
+            "JobModifyIndex": state.modify_index,
+        }
+        try:
+            answer = self._call(
+                target, "register job", lambda c: c.job.register_job(target.job, body)
+            )
+        except _IndexConflict:
+            return None
+        return Rollout(
+            job=target.job,
+            version=int(state.spec.get("Version", 0)) + 1,
+            eval_id=str(answer.get("EvalID", "")),
+            namespace=target.namespace,
+        )
+
+    def deployment_status(self, service: Service) -> dict[str, Any] | None:
+        """The job's latest deployment, summarized (None when it has none)."""
+        target = _target(service)
+        return summarize(
+            self._call(target, "read deployment", lambda c: c.job.get_deployment(target.job))
+        )
+
+    def watch(self, service: Service, rollout: Rollout) -> dict[str, Any]:
+        """Poll until the rollout's deployment ends or the watch deadline passes."""
+        target = _target(service)
+        deadline = time.monotonic() + self.settings.watch_timeout
+        last: dict[str, Any] | None = None
+        while True:
+            try:
+                found = self._deployment_of(target, rollout.version)
+            except NomanError as exc:
+                log.warning("watching %s v%s: %s", target.job, rollout.version, exc.message)
+            else:
+                last = found or last
+                if last and last["status"] in TERMINAL:
+                    return last
+            if time.monotonic() >= deadline:
+                return {
+                    **(last or {"job": target.job, "version": rollout.version}),
+                    "status": "timeout",
+                    "description": f"Still not finished after {self.settings.watch_timeout:g}s.",
+                }
+            self._sleep(self.settings.poll_interval)
+
+    def check(self, service: Service) -> list[str]:
+        """Warnings about the job's setup for rolling deploys (raises if unreadable)."""
+        state = self.read(service)
+        warnings = []
+        for group in state.spec.get("TaskGroups") or []:
+            for task in group.get("Tasks") or []:
+                for template in task.get("Templates") or []:
+                    text = str(template.get("EmbeddedTmpl") or "")
+                    if service.key in text and template.get("ChangeMode", "restart") == "restart":
+                        warnings.append(
+                            f"task {task.get('Name')!r} re-renders {service.key} with "
+                            'change_mode = "restart": every allocation restarts at once; '
+                            'use change_mode = "noop"'
+                        )
+        if state.tag is None:
+            warnings.append(f"job {service.nomad.job!r} does not run a tag Noman can read yet")  # type: ignore[union-attr]
+        return warnings
+
+    def _deployment_of(self, target: NomadTarget, version: int) -> dict[str, Any] | None:
+        deployments = self._call(
+            target, "read deployments", lambda c: c.job.get_deployments(target.job)
+        )
+        for deployment in deployments or []:
+            if deployment.get("JobVersion") == version:
+                return summarize(deployment)
+        return None
+
+    def _call(self, target: NomadTarget, action: str, call: Callable[[Any], T]) -> T:
+        try:
+            return call(self.client(target))
+        except nomad_errors.URLNotAuthorizedNomadException as exc:
+            log.error("nomad %s %s: token refused: %s", action, target.job, _text(exc))
+            raise NomadForbidden() from None
+        except nomad_errors.URLNotFoundNomadException:
+            where = f" in namespace {target.namespace!r}" if target.namespace else ""
+            raise NomadJobNotFound(f"Nomad job {target.job!r} was not found{where}.") from None
+        except nomad_errors.BadRequestNomadException as exc:
+            log.error("nomad %s %s: rejected: %s", action, target.job, _text(exc))
+            raise NomadError() from None
+        except nomad_errors.BaseNomadException as exc:
+            text = _text(exc)
+            if INDEX_CONFLICT in text:
+                raise _IndexConflict() from None
+            if isinstance(exc.nomad_resp, requests.Timeout):
+                log.warning(
+                    "nomad %s %s: no answer in %ss", action, target.job, self.settings.timeout
+                )
+            else:
+                log.warning("nomad %s %s: unavailable: %s", action, target.job, text)
+            raise NomadUnavailable() from None
+        except requests.RequestException as exc:
+            log.warning("nomad %s %s: unavailable: %s", action, target.job, type(exc).__name__)
+            raise NomadUnavailable() from None
+        except ValueError:
+            raise NomadError("Nomad answered with something that is not JSON.") from None
+
+
+class _IndexConflict(Exception):
+    """The job changed between our read and our register."""
+
+
+def _target(service: Service) -> NomadTarget:
+    if service.nomad is None:
+        raise NomadError(f"Service {service.name!r} has no Nomad job configured.")
+    return service.nomad
+
+
+def _text(exc: Any) -> str:
+    response = getattr(exc, "nomad_resp", None)
+    text = getattr(response, "text", None)
+    if isinstance(text, str):
+        return text.strip()[:300]
+    return type(response).__name__ if response is not None else str(exc)[:300]

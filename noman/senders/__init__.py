@@ -1,0 +1,86 @@
+"""Turning a request body into a ``Release``: strict JSON, then one parser per sender.
+
+Each sender module knows one payload shape; ``parse_release`` picks the
+sender by shape. Nothing here trusts the body: every field is type-checked
+and anything odd is an ``InvalidJSON`` or ``InvalidPayload`` (400).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from noman.errors import InvalidJSON, InvalidPayload
+from noman.release import Release
+from noman.senders import dockerhub, plain
+
+MAX_DEPTH = 32
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """Decode ``body`` as one strict JSON object (UTF-8, no duplicates, no NaN)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJSON("The body is not valid UTF-8.") from None
+    if not text.strip():
+        raise InvalidJSON("The body is empty; send a JSON object.")
+    if _depth(text) > MAX_DEPTH:
+        raise InvalidJSON(f"The JSON is nested more than {MAX_DEPTH} levels deep.")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJSON(f"The body is not valid JSON: {_reason(exc)}") from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("The body must be a JSON object.")
+    return data
+
+
+def parse_release(payload: dict[str, Any]) -> Release:
+    """The release a payload asks for, whichever supported sender sent it."""
+    if dockerhub.looks_like(payload):
+        return dockerhub.parse_push(payload)
+    if plain.looks_like(payload):
+        return plain.parse_plain(payload)
+    raise InvalidPayload('Unrecognised payload: send a DockerHub push webhook or {"tag": "<tag>"}.')
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(text: str) -> int:
+    """Nesting depth, counted before parsing so a deep body never reaches the parser."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return str(exc)[:120]

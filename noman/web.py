@@ -1,0 +1,177 @@
+"""The HTTP layer: thin views over the deploy use case, and the one error converter.
+
+look up the service by secret -> read and parse the body -> deploy -> answer.
+Every failure, Flask's own 404/405 included, leaves as the JSON error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug import exceptions as werkzeug_errors
+from werkzeug.exceptions import HTTPException
+
+from noman import auth, errors
+from noman.config import Service, Settings
+from noman.deploy import Deployer
+from noman.errors import NomanError
+from noman.release import Release
+from noman.senders import parse_json, parse_release
+
+bp = Blueprint("noman", __name__)
+log = logging.getLogger("noman.hooks")
+
+_HTTP_ERRORS: dict[int, type[NomanError]] = {
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+}
+
+
+@bp.post("/hooks/<secret>")
+def hook(secret: str) -> Response:
+    """Deploy the pushed tag to the service this secret belongs to."""
+    return _handle_hook(secret)
+
+
+@bp.post("/hooks")
+def hook_bearer() -> Response:
+    """The same, with the secret in ``Authorization: Bearer`` (out of access logs)."""
+    return _handle_hook(_bearer_secret())
+
+
+@bp.get("/hooks/<secret>/deployment")
+def deployment(secret: str) -> Response:
+    """The latest Nomad deployment of a rolling service."""
+    service = _service_for(secret)
+    if service.strategy != "rolling":
+        raise errors.NotRolling()
+    state = current_app.extensions["noman.nomad"].deployment_status(service)
+    return jsonify({"service": service.name, "deployment": state})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Alive: the process answers."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Ready: the store (Consul) answers with a leader."""
+    try:
+        store = current_app.extensions["noman.store"].check_ready()
+    except NomanError as exc:
+        body = {"status": "unavailable", "error": exc.code, "message": exc.message}
+        return jsonify(body), 503
+    return jsonify({"status": "ready", "store": store}), 200
+
+
+def _handle_hook(secret: str) -> Response:
+    started = time.monotonic()
+    fields: dict[str, Any] = {"service": None, "tag": None}
+    service: Service | None = None
+    release: Release | None = None
+    try:
+        service = _service_for(secret)
+        fields["service"] = service.name
+        release = parse_release(parse_json(_read_json_body()))
+        fields["tag"] = release.tag[:140]
+        fields["sender"] = release.sender
+        outcome = _deployer().deploy(service, release)
+    except NomanError as exc:
+        _log_hook(fields, exc.code, exc.status, started, exc.message)
+        if service is not None:
+            current_app.extensions["noman.reporter"].failed(service, release, exc)
+        raise
+    result = "deployed" if outcome.changed else "unchanged"
+    _log_hook(fields, result, 200, started)
+    current_app.extensions["noman.reporter"].succeeded(service, release, outcome)
+    return jsonify(outcome.as_dict())
+
+
+def _log_hook(
+    fields: dict[str, Any], outcome: str, status: int, started: float, reason: str = ""
+) -> None:
+    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    line = {**fields, "outcome": outcome, "status": status, "duration_ms": duration_ms}
+    if reason:
+        line["reason"] = reason
+    level = logging.WARNING if status >= 500 else logging.INFO
+    log.log(level, "hook %s", outcome, extra={"fields": line})
+
+
+def _service_for(secret: str) -> Service:
+    settings: Settings = current_app.extensions["noman.settings"]
+    service = auth.find_service(settings.services, secret)
+    if service is None:
+        raise errors.NotFound()
+    return service
+
+
+def _bearer_secret() -> str:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise errors.Unauthorized()
+    return credentials.strip()
+
+
+def _read_json_body() -> bytes:
+    """The body, if JSON and within the cap; chunked bodies are counted, not trusted."""
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    ):
+        raise errors.UnsupportedMediaType()
+    limit: int = current_app.extensions["noman.settings"].max_body_bytes
+    too_large = errors.PayloadTooLarge(f"The body is over {limit} bytes.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+def _deployer() -> Deployer:
+    deployer: Deployer = current_app.extensions["noman.deployer"]
+    return deployer
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every error, ours and Flask's, through one JSON converter."""
+
+    @app.errorhandler(NomanError)
+    def noman_error(exc: NomanError) -> tuple[Response, int, dict[str, str]]:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        return jsonify(exc.body()), exc.status, headers
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        status = exc.code or 500
+        error_class = _HTTP_ERRORS.get(status)
+        if error_class is not None:
+            body = error_class().body()
+        else:
+            body = errors.error_body(_code_for(exc), exc.description or "Request failed.")
+        headers = {}
+        if isinstance(exc, werkzeug_errors.MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return jsonify(body), status, headers
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        # Logged by us, not by Flask: Flask's line would carry the request path.
+        logging.getLogger("noman").error(
+            "unexpected error in %s %s", request.method, request.path, exc_info=exc
+        )
+        return jsonify(errors.NomanError().body()), 500
+
+
+def _code_for(exc: HTTPException) -> str:
+    name = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+    return "".join(ch for ch in name if ch.isalnum() or ch == "_")
