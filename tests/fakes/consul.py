@@ -1,0 +1,1043 @@
+"""A fake Consul agent for tests: KV store, transactions and leader status over real HTTP.
+
+Real Consul cannot be installed where Noman's tests run, so this module plays one on
+127.0.0.1 (standard library only). It reproduces what ``shared/specs/consul-kv.md`` lists,
+checked against Consul's own sources where they are stricter or more precise:
+
+* ``/v1/kv/<key>``: GET (``recurse``, ``keys`` + ``separator``, ``raw``, blocking ``index`` +
+  ``wait``), PUT (``cas``, ``flags``, 512 KiB limit), DELETE (``recurse``, ``cas``); one raft-like
+  index with tombstones, so ``X-Consul-Index`` never goes backwards or reads 0;
+* ``/v1/txn``: all-or-nothing KV transactions with Consul's verbs and error texts;
+* ``/v1/status/leader``; the router's 301 for ``//`` paths; newer Consul's key validation;
+* ACLs with default-deny: one all-powerful token, requests without a token act as the anonymous
+  token (403 on keys, results filtered from lists, 409 inside a transaction);
+* fault injection: failed answers, hung requests, refused connections.
+
+    with FakeConsul() as fake:
+        requests.put(f"{fake.url}/v1/kv/noman/web", data=b"v1")
+        assert fake.value("noman/web") == b"v1"
+
+Run it by hand with ``python -m tests.fakes.consul [--port N] [--acl-token T]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import html
+import json
+import re
+import signal
+import socket
+import socketserver
+import string
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+__all__ = ["ANONYMOUS_ACCESSOR_ID", "MAX_VALUE_SIZE", "FakeConsul", "main", "parse_duration"]
+
+JSON = dict[str, Any]
+RequestRecord = tuple[str, str, dict[str, list[str]], dict[str, str]]
+
+#: Consul's default ``kv_max_value_size`` (and ``txn_max_req_len``).
+MAX_VALUE_SIZE = 524288
+#: Operations allowed in one transaction: maxTxnOps in Consul's txn endpoint.
+MAX_TXN_OPS = 64
+#: Blocking reads: Consul's default ``wait`` and its cap.
+DEFAULT_WAIT = 300.0
+MAX_WAIT = 600.0
+#: The AccessorID Consul reports for the anonymous token (requests without a token).
+ANONYMOUS_ACCESSOR_ID = "00000000-0000-0000-0000-000000000002"
+NO_LEADER = "rpc error making call: No cluster leader"
+
+_UINT64_MAX = 2**64 - 1
+# Bodies above this are refused unread and the connection is closed; Consul's own limit is far
+# lower, this only keeps a runaway client from filling memory.
+_MAX_BODY = 64 * 1024 * 1024
+# newer Consul's validateKVKey: anything else is a 400.
+_KEY_CHARS = frozenset(string.ascii_letters + string.digits + ",-_./")
+_WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"})
+_UNFILTERED_READS = frozenset({"get", "get-tree", "get-or-empty"})
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a Go duration such as ``"1s"``, ``"500ms"`` or ``"1m30s"``.
+
+    Raises:
+        ValueError: when ``text`` is not a Go duration (Go requires a unit except for "0").
+    """
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0.0
+    if not _DURATION.fullmatch(body):
+        raise ValueError(f"time: invalid duration {text!r}")
+    return sign * sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(body))
+
+
+def _q(text: str) -> str:
+    """Quote like Go's ``%q``, which Consul uses to name keys in its messages."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _denied(access: str, key: str) -> str:
+    return (
+        f"Permission denied: token with AccessorID '{ANONYMOUS_ACCESSOR_ID}' lacks permission "
+        f"'key:{access}' on {_q(key)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Answers
+
+
+@dataclass
+class _Response:
+    """What the handler sends; ``None`` in its place means "close without answering"."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Reject(Exception):
+    """Ends the handling of a request early with the given answer."""
+
+    def __init__(self, response: _Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _text(status: int, text: str, headers: dict[str, str] | None = None) -> _Response:
+    return _Response(status, text.encode(), "text/plain; charset=utf-8", headers or {})
+
+
+def _json(data: Any, headers: dict[str, str] | None = None, status: int = 200) -> _Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return _Response(status, body, "application/json", headers or {})
+
+
+def _first(query: dict[str, list[str]], name: str) -> str:
+    return query.get(name, [""])[0]
+
+
+def _uint(query: dict[str, list[str]], name: str) -> int | None:
+    """An unsigned query parameter; Consul answers a bad one with strconv's error and a 500."""
+    if name not in query:
+        return None
+    text = _first(query, name)
+    if not re.fullmatch(r"[0-9]+", text):
+        raise _Reject(_text(500, f"strconv.ParseUint: parsing {_q(text)}: invalid syntax"))
+    if int(text) > _UINT64_MAX:
+        raise _Reject(_text(500, f"strconv.ParseUint: parsing {_q(text)}: value out of range"))
+    return int(text)
+
+
+def _reject_conflicts(query: dict[str, list[str]], *names: str) -> None:
+    if sum(name in query for name in names) > 1:
+        pairs = [(name, value) for name, values in sorted(query.items()) for value in values]
+        raise _Reject(_text(400, f"Conflicting flags: {urlencode(pairs)}\n"))
+
+
+def _blocking(query: dict[str, list[str]]) -> tuple[int, float]:
+    """(min index, wait seconds) of a blocking read, with Consul's default and cap for wait."""
+    wait = DEFAULT_WAIT
+    if wait_text := _first(query, "wait"):
+        try:
+            wait = parse_duration(wait_text)
+        except ValueError:
+            raise _Reject(_text(400, "Invalid wait time")) from None
+    index_text = _first(query, "index")
+    if index_text and not re.fullmatch(r"[0-9]+", index_text):
+        raise _Reject(_text(400, "Invalid index"))
+    wait = MAX_WAIT if wait > MAX_WAIT else DEFAULT_WAIT if wait <= 0 else wait
+    return int(index_text or 0), wait
+
+
+def _key_problem(key: str) -> str | None:
+    """Why newer Consul (validateKVKey) rejects this key, or None."""
+    for position, char in enumerate(key):
+        if char not in _KEY_CHARS:
+            offset = len(key[:position].encode())  # Go reports byte offsets
+            return (
+                f"key contains invalid character '{char}' at position {offset}. "
+                "Only alphanumeric characters and ,-_./ are allowed"
+            )
+    return None
+
+
+def _clean_path(path: str) -> str:
+    """Go's ServeMux path cleaning (without ".." which is rejected earlier); keeps a final /."""
+    cleaned = "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
+    return cleaned + "/" if path.endswith("/") and cleaned != "/" else cleaned
+
+
+def _redirect(path: str, raw_query: str, method: str) -> _Response:
+    location = quote(path) + (f"?{raw_query}" if raw_query else "")
+    if method not in ("GET", "HEAD"):
+        return _Response(301, headers={"Location": location})
+    body = f'<a href="{html.escape(location)}">Moved Permanently</a>.\n\n'.encode()
+    return _Response(301, body, "text/html; charset=utf-8", {"Location": location})
+
+
+# --------------------------------------------------------------------------------------------
+# The KV table
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str
+    value: bytes
+    flags: int
+    create_index: int
+    modify_index: int
+
+    def as_json(self, with_value: bool = True) -> JSON:
+        # Consul sends an empty value as null, and blanks values of written txn entries.
+        value = base64.b64encode(self.value).decode() if with_value and self.value else None
+        return {
+            "LockIndex": 0,
+            "Key": self.key,
+            "Flags": self.flags,
+            "Value": value,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+
+
+class _Store:
+    """Entries, tombstones and the table index; entries are immutable so copies are cheap."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        # Like Consul's graveyard: a prefix read's index must not slide back after a delete.
+        self.tombstones: dict[str, int] = {}
+        # Raft starts above 0 and clients treat index 0 as "do not block".
+        self.index = 1
+        self.mutations = 0
+
+    def copy(self) -> _Store:
+        twin = _Store()
+        twin.entries, twin.tombstones = dict(self.entries), dict(self.tombstones)
+        twin.index, twin.mutations = self.index, self.mutations
+        return twin
+
+    def get(self, key: str) -> tuple[int, _Entry | None]:
+        entry = self.entries.get(key)
+        return (entry.modify_index if entry else self.index), entry
+
+    def list(self, prefix: str) -> tuple[int, list[_Entry]]:
+        """Entries under a string prefix, sorted, and the index Consul reports for them."""
+        found = [self.entries[key] for key in sorted(self.entries) if key.startswith(prefix)]
+        if not prefix:
+            return self.index, found
+        graves = [index for key, index in self.tombstones.items() if key.startswith(prefix)]
+        newest = max([entry.modify_index for entry in found] + graves, default=0)
+        return newest or self.index, found
+
+    def set_allowed(self, key: str, cas: int) -> bool:
+        entry = self.entries.get(key)
+        return entry is None if cas == 0 else entry is not None and entry.modify_index == cas
+
+    def delete_allowed(self, key: str, cas: int) -> bool:
+        # Consul's delete-cas succeeds on a missing key whatever the index.
+        entry = self.entries.get(key)
+        return entry is None or entry.modify_index == cas
+
+    def set(self, key: str, value: bytes, flags: int, index: int) -> None:
+        old = self.entries.get(key)
+        if old is not None and old.value == value and old.flags == flags:
+            return  # Consul skips unchanged writes: ModifyIndex stays put
+        created = old.create_index if old else index
+        self.entries[key] = _Entry(key, value, flags, created, index)
+        self._changed(index)
+
+    def delete(self, key: str, index: int) -> None:
+        if self.entries.pop(key, None) is not None:
+            self.tombstones[key] = index
+            self._changed(index)
+
+    def delete_tree(self, prefix: str, index: int) -> None:
+        doomed = [key for key in self.entries if key.startswith(prefix)]
+        for key in doomed:
+            del self.entries[key]
+        if doomed:
+            if prefix:  # Consul buries the prefix; deleting everything moves the table index
+                self.tombstones[prefix] = index
+            self._changed(index)
+
+    def _changed(self, index: int) -> None:
+        self.index = index
+        self.mutations += 1
+
+
+@dataclass(frozen=True)
+class _TxnOp:
+    verb: str
+    key: str
+    value: bytes
+    flags: int
+    index: int
+    session: str
+
+
+class _OpFailed(Exception):
+    """One transaction operation failed; the message is Consul's ``What``."""
+
+
+_JSON_TYPES = {str: "string", bool: "bool", list: "array", dict: "object"}
+
+
+def _txn_field(fields: JSON, name: str, kind: type) -> Any:
+    value = fields.get(name.lower())
+    if value is None:
+        return kind()
+    if kind is str:
+        valid = isinstance(value, str)
+    else:
+        valid = type(value) is int and 0 <= value <= _UINT64_MAX
+    if not valid:
+        go_type = "string" if kind is str else "uint64"
+        json_type = _JSON_TYPES.get(type(value), "number")
+        raise _Reject(
+            _text(
+                400,
+                f"Failed to parse body: json: cannot unmarshal {json_type} into "
+                f"Go struct field KVTxnOp.KV.{name} of type {go_type}",
+            )
+        )
+    return value
+
+
+def _parse_txn(body: bytes) -> list[_TxnOp]:
+    """Decode a /v1/txn body the way Consul's convertOps does, answering its 400s and 413s."""
+    if not body.strip():
+        raise _Reject(_text(400, "Failed to parse body: EOF"))
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise _Reject(_text(400, f"Failed to parse body: {exc}")) from None
+    if raw is None:
+        raw = []  # Go decodes null into an empty list of operations
+    if not isinstance(raw, list):
+        raise _Reject(_text(400, "Failed to parse body: json: cannot unmarshal into api.TxnOps"))
+    if len(raw) > MAX_TXN_OPS:
+        message = f"Transaction contains too many operations ({len(raw)} > {MAX_TXN_OPS})"
+        raise _Reject(_text(413, message))
+    ops = []
+    for item in raw:
+        if item is None:
+            continue
+        if not isinstance(item, dict):
+            raise _Reject(_text(400, "Failed to parse body: json: cannot unmarshal into api.TxnOp"))
+        # Go decodes field names case-insensitively.
+        fields = {k.lower(): v for k, v in item.items()}
+        if any(fields.get(kind) is not None for kind in ("node", "service", "check", "session")):
+            raise _Reject(_text(400, "fake consul: only KV operations are supported in /v1/txn"))
+        kv = fields.get("kv")
+        if kv is None:
+            continue  # Consul silently drops an operation of no known kind
+        if not isinstance(kv, dict):
+            raise _Reject(_text(400, "Failed to parse body: json: cannot unmarshal into api.TxnOp"))
+        kv = {k.lower(): v for k, v in kv.items()}
+        encoded = kv.get("value")
+        try:
+            value = b"" if encoded is None else base64.b64decode(str(encoded), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _Reject(
+                _text(400, f"Failed to parse body: failed to decode value: {exc}")
+            ) from None
+        key = _txn_field(kv, "Key", str)
+        if len(value) > MAX_VALUE_SIZE:
+            message = (
+                f"Value for key {_q(key)} is too large ({len(value)} > {MAX_VALUE_SIZE} bytes)"
+            )
+            raise _Reject(_text(413, message))
+        verb, flags = _txn_field(kv, "Verb", str), _txn_field(kv, "Flags", int)
+        index, session = _txn_field(kv, "Index", int), _txn_field(kv, "Session", str)
+        ops.append(_TxnOp(verb, key, value, flags, index, session))
+    return ops
+
+
+def _precheck(op: _TxnOp, anonymous: bool) -> str | None:
+    """Consul's kvsPreApply: the error this operation gets before anything runs, if any."""
+    if not op.key and op.verb != "delete-tree":
+        return "Must provide key"
+    if not anonymous or op.verb in _UNFILTERED_READS:
+        return None  # reads are filtered from the results instead
+    return _denied("read" if op.verb in ("check-index", "check-session") else "write", op.key)
+
+
+def _run_op(store: _Store, op: _TxnOp, index: int) -> list[JSON]:
+    """Apply one operation to ``store`` and return its results; errors use Consul's texts."""
+    key, verb, entry = op.key, op.verb, store.entries.get(op.key)
+    if verb in ("set", "cas"):
+        if verb == "cas" and not store.set_allowed(key, op.index):
+            raise _OpFailed(f"failed to set key {_q(key)}, index is stale")
+        store.set(key, op.value, op.flags, index)
+        return [{"KV": store.entries[key].as_json(with_value=False)}]
+    if verb in ("delete", "delete-cas"):
+        if verb == "delete-cas" and not store.delete_allowed(key, op.index):
+            raise _OpFailed(f"failed to delete key {_q(key)}, index is stale")
+        store.delete(key, index)
+        return []
+    if verb == "delete-tree":
+        store.delete_tree(key, index)
+        return []
+    if verb == "get":
+        if entry is None:
+            raise _OpFailed(f"key {_q(key)} doesn't exist")
+        return [{"KV": entry.as_json()}]
+    if verb == "get-or-empty":
+        return [{"KV": (entry or _Entry(key, b"", op.flags, 0, op.index)).as_json()}]
+    if verb == "get-tree":
+        return [{"KV": found.as_json()} for found in store.list(key)[1]]
+    if verb == "check-index":
+        if entry is None:
+            raise _OpFailed(f"failed to check index, key {_q(key)} doesn't exist")
+        if entry.modify_index != op.index:
+            raise _OpFailed(
+                f"failed index check for key {_q(key)}, "
+                f"current modify index {entry.modify_index} != {op.index}"
+            )
+        return [{"KV": entry.as_json(with_value=False)}]
+    if verb == "check-not-exists":
+        if entry is not None:
+            raise _OpFailed(f"key {_q(key)} exists")
+        return []
+    if verb == "check-session":
+        if entry is None:
+            raise _OpFailed(f"failed to check session, key {_q(key)} doesn't exist")
+        if op.session:  # the fake has no sessions, so no key is ever locked
+            raise _OpFailed(
+                f'failed session check for key {_q(key)}, current session "" != {_q(op.session)}'
+            )
+        return [{"KV": entry.as_json(with_value=False)}]
+    if verb in ("lock", "unlock"):
+        if not op.session:
+            raise _OpFailed("missing session")
+        if verb == "lock":
+            raise _OpFailed(f"invalid session {_q(op.session)}")
+        raise _OpFailed(
+            f"failed to unlock key {_q(key)}, lock isn't held, or is held by another session"
+        )
+    raise _OpFailed(f"unknown KV verb {_q(verb)}")
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP plumbing
+
+
+@dataclass
+class _Request:
+    method: str
+    raw_path: str  # as sent, still percent-encoded
+    path: str  # decoded, as Consul's router sees it
+    raw_query: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names Title-Cased
+    body: bytes
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its open connections so that it can cut them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    # socketserver's default backlog of 5 drops SYNs when a test fires many requests at once,
+    # and the client's retransmit then costs a second.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], fake: FakeConsul) -> None:
+        self.fake = fake
+        # Set when this server stops: blocking reads and hung requests give up at once.
+        self.closing = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            if self.closing.is_set():
+                return  # accepted just before the stop: drop it like the others
+            self._connections.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that vanish, and connections cut on purpose, are not errors of the fake.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        """Cut every open keep-alive connection, so clients cannot keep talking to us."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Turns each HTTP request into one :meth:`FakeConsul._handle` call."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    # TCP_NODELAY on accepted sockets (spec item 16): otherwise small keep-alive answers can
+    # wait ~40 ms on Nagle and delayed ACKs.
+    disable_nagle_algorithm = True
+    timeout = 120  # idle keep-alive connections do not pin a thread forever
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_PUT = do_DELETE = do_POST = do_PATCH = do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: access logs would flood test output."""
+
+    def _serve(self) -> None:
+        try:
+            response = self.server.fake._handle(self._request(), self.server)
+        except _Reject as rejected:  # the body could not be read: answer, then hang up
+            self.close_connection = True
+            response = rejected.response
+        if response is None:
+            # Returning without a word and closing: the client sees the connection dropped
+            # without an answer (or its own read timeout first).
+            self.close_connection = True
+            return
+        self._send(response)
+
+    def _request(self) -> _Request:
+        parts = urlsplit(self.path)
+        return _Request(
+            method=self.command,
+            raw_path=parts.path,
+            path=unquote(parts.path),
+            raw_query=parts.query,
+            query=parse_qs(parts.query, keep_blank_values=True),
+            headers={name.title(): value for name, value in self.headers.items()},
+            body=self._body(),
+        )
+
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._chunked_body()
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit():
+            raise _Reject(_text(400, "bad Content-Length"))
+        if int(length) > _MAX_BODY:
+            raise _Reject(_text(413, "request body too large"))
+        return self.rfile.read(int(length))
+
+    def _chunked_body(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                raise _Reject(_text(400, "bad chunked encoding")) from None
+            if size == 0:
+                break
+            if sum(map(len, chunks)) + size > _MAX_BODY:
+                raise _Reject(_text(413, "request body too large"))
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(1024)  # the CRLF closing the chunk
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return b"".join(chunks)
+
+    def _send(self, response: _Response) -> None:
+        try:
+            reason = HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = "Unknown"
+        headers = {"Date": self.date_time_string(), **response.headers}
+        if response.content_type:
+            headers["Content-Type"] = response.content_type
+        headers["Content-Length"] = str(len(response.body))
+        if self.close_connection:
+            headers["Connection"] = "close"
+        head = f"HTTP/1.1 {response.status} {reason}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        body = b"" if self.command == "HEAD" else response.body
+        # One write, so head and body leave in the same segment(s).
+        self.wfile.write(head.encode("latin-1") + body)
+
+
+# --------------------------------------------------------------------------------------------
+# The fake
+
+
+class FakeConsul:
+    """A Consul agent's KV, txn and status HTTP API, served from memory.
+
+    Use as a context manager (``with FakeConsul() as fake: ...``) or call :meth:`start` and
+    :meth:`stop`. One lock guards all state; handler threads and test code may use it at once.
+
+    Args:
+        acl_token: turns ACLs on (default deny): only this token may use /v1/kv and /v1/txn;
+            a request without a token acts as Consul's anonymous token, any other token is
+            unknown ("ACL not found").
+        port: the TCP port; 0 picks a free one when the fake starts.
+        host: the address to bind.
+    """
+
+    def __init__(
+        self, acl_token: str | None = None, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
+        self.acl_token = acl_token
+        self.host = host
+        self._port = port
+        #: What /v1/status/leader answers; "" means the cluster has no leader.
+        self.leader = "127.0.0.1:8300"
+        #: Mutations applied through HTTP: KV PUTs and DELETEs that changed something, applied
+        #: txn operations that changed something. :meth:`set` does not count.
+        self.writes = 0
+        #: Every request received, faulted ones included: (method, path as sent, query,
+        #: headers with Title-Cased names).
+        self.requests: list[RequestRecord] = []
+        self._store = _Store()
+        # Guards everything; notified on every change so blocking reads wake up.
+        self._cond = threading.Condition()
+        self._fail_next: list[tuple[int, str]] = []
+        self._fail_always: tuple[int, str] | None = None
+        self._hang: float | None = None
+        self._hang_release = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port (0 until the first start when asked to pick one)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL such as ``http://127.0.0.1:8500``."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self._port}"
+
+    def start(self) -> FakeConsul:
+        """Listen and serve in a daemon thread; returns ``self``."""
+        if self._server is not None:
+            raise RuntimeError("FakeConsul is already serving")
+        self._listen()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, cut open connections, close the socket; calling it twice is fine."""
+        self._hang_release.set()
+        self._unlisten()
+
+    def __enter__(self) -> FakeConsul:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _listen(self) -> None:
+        # Re-binding a port just closed can briefly fail; retry rather than flake.
+        for attempt in range(100):
+            try:
+                server = _Server((self.host, self._port), self)
+                break
+            except OSError:
+                if self._port == 0 or attempt == 99:
+                    raise
+                time.sleep(0.02)
+        self._port = server.server_address[1]
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-consul-{self._port}",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+
+    def _unlisten(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None or thread is None:
+            return
+        with self._cond:
+            server.closing.set()
+            self._cond.notify_all()
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        thread.join(timeout=5)
+
+    # ---- faults ----------------------------------------------------------------------------
+
+    def fail_next(self, count: int = 1, status: int = 500, body: str = NO_LEADER) -> None:
+        """Answer the next ``count`` requests (any endpoint) with ``status`` and a text body.
+
+        Nothing is applied. Failures queue up after any already pending.
+        """
+        with self._cond:
+            self._fail_next.extend([(status, body)] * count)
+
+    def fail_always(self, status: int = 500, body: str = NO_LEADER) -> None:
+        """Answer every request with ``status`` and a text body until :meth:`heal`."""
+        with self._cond:
+            self._fail_always = (status, body)
+
+    def hang(self, seconds: float) -> None:
+        """Make every request wait ``seconds``, then close the connection without an answer.
+
+        The request is not applied. :meth:`heal` and :meth:`stop` release waiting requests.
+        """
+        with self._cond:
+            self._hang = seconds
+            self._hang_release = threading.Event()
+
+    def heal(self) -> None:
+        """Clear everything set by :meth:`fail_next`, :meth:`fail_always` and :meth:`hang`."""
+        with self._cond:
+            self._fail_next.clear()
+            self._fail_always = None
+            self._hang = None
+            self._hang_release.set()
+
+    def refuse_connections(self) -> None:
+        """Close the listening socket and open connections: connects are refused, state kept."""
+        self._unlisten()
+
+    def resume(self) -> None:
+        """Listen again on the same port after :meth:`refuse_connections`, state intact."""
+        if self._server is None:
+            self._listen()
+
+    # ---- direct state access for tests -----------------------------------------------------
+
+    def value(self, key: str) -> bytes | None:
+        """The stored bytes (``b""`` for an empty value), or None when the key is missing."""
+        with self._cond:
+            entry = self._store.entries.get(key)
+        return None if entry is None else entry.value
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The key's record as Consul keeps it (``Value`` is bytes, None when empty)."""
+        with self._cond:
+            entry = self._store.entries.get(key)
+        if entry is None:
+            return None
+        return {
+            "Key": entry.key,
+            "Value": entry.value or None,
+            "Flags": entry.flags,
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.modify_index,
+            "LockIndex": 0,
+        }
+
+    def set(self, key: str, value: bytes | str, flags: int = 0) -> int:
+        """Write a key directly (as a plain PUT would) and return its ModifyIndex.
+
+        Meant for test setup: it wakes blocking reads but does not count in :attr:`writes`.
+        """
+        if not key:
+            raise ValueError("Missing key name")
+        data = value.encode() if isinstance(value, str) else value
+        with self._cond:
+            self._store.set(key, data, flags, self._store.index + 1)
+            self._cond.notify_all()
+            return self._store.entries[key].modify_index
+
+    # ---- request handling ------------------------------------------------------------------
+
+    def _handle(self, req: _Request, server: _Server) -> _Response | None:
+        with self._cond:
+            self.requests.append((req.method, req.raw_path, req.query, dict(req.headers)))
+            hang, release = self._hang, self._hang_release
+            fault = None
+            if hang is None:
+                fault = self._fail_next.pop(0) if self._fail_next else self._fail_always
+        if hang is not None:
+            release.wait(hang)
+            return None
+        if fault is not None:
+            return _text(*fault)
+        try:
+            return self._route(req, server)
+        except _Reject as rejected:
+            return rejected.response
+
+    def _route(self, req: _Request, server: _Server) -> _Response | None:
+        path = req.path
+        if "../" in path or "..\\" in path or path.endswith("/.."):
+            return _text(400, "URL path contains invalid traversal sequence")
+        if path == "/v1/kv" or _clean_path(path) != path:
+            # Consul's router (Go's ServeMux) redirects to the cleaned path.
+            target = "/v1/kv/" if path == "/v1/kv" else _clean_path(path)
+            return _redirect(target, req.raw_query, req.method)
+        if path.startswith("/v1/kv/"):
+            return self._kv(req, path.removeprefix("/v1/kv/"), server)
+        if path == "/v1/txn":
+            return self._txn(req)
+        if path in ("/v1/status/leader", "/v1/status/peers"):
+            if req.method != "GET":
+                return _text(405, f"method {req.method} not allowed", {"Allow": "GET"})
+            if path.endswith("leader"):
+                return _json(self.leader)
+            return _json([self.leader] if self.leader else [])
+        return _text(404, f"fake consul: no such endpoint: {req.method} {path}")
+
+    def _anonymous(self, req: _Request) -> bool:
+        """Whether the caller acts as the anonymous token; rejects an unknown token.
+
+        Token sources, first non-empty wins: ?token=, X-Consul-Token, Authorization: Bearer.
+        """
+        if self.acl_token is None:
+            return False
+        token = _first(req.query, "token") or req.headers.get("X-Consul-Token", "")
+        if not token:
+            parts = req.headers.get("Authorization", "").split(" ")
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                token = parts[1].strip()
+        if not token:
+            return True
+        if token != self.acl_token:
+            raise _Reject(_text(403, "ACL not found"))
+        return False
+
+    def _leader_meta(self) -> dict[str, str]:
+        return {
+            "X-Consul-KnownLeader": "true" if self.leader else "false",
+            "X-Consul-LastContact": "0",
+        }
+
+    def _meta(self, index: int) -> dict[str, str]:
+        return {"X-Consul-Index": str(index), **self._leader_meta()}
+
+    def _kv(self, req: _Request, key: str, server: _Server) -> _Response | None:
+        blocking = _blocking(req.query)
+        if key and (problem := _key_problem(key)):
+            return _text(400, problem)
+        if req.method == "GET":
+            return self._kv_get(req, key, blocking, server)
+        if req.method == "PUT":
+            return self._kv_put(req, key)
+        if req.method == "DELETE":
+            return self._kv_delete(req, key)
+        return _text(405, f"method {req.method} not allowed", {"Allow": "GET,PUT,DELETE"})
+
+    def _kv_get(
+        self, req: _Request, key: str, blocking: tuple[int, float], server: _Server
+    ) -> _Response | None:
+        query = req.query
+        listing, recurse = "keys" in query, "recurse" in query  # presence flags, any value
+        if not (listing or recurse or key):
+            return _text(400, "Missing key name")
+        anonymous = self._anonymous(req)
+        if anonymous and not (listing or recurse):
+            return _text(403, _denied("read", key))
+        # Consul's historic misspelling is still accepted.
+        separator = _first(query, "separator") or _first(query, "seperator")
+
+        def answer(store: _Store) -> tuple[int, _Response]:
+            if not (listing or recurse):
+                index, entry = store.get(key)
+                if entry is None:
+                    return index, _Response(404)
+                if "raw" in query:
+                    safety = {
+                        "X-Content-Type-Options": "nosniff",
+                        "Content-Security-Policy": "sandbox",
+                    }
+                    return index, _Response(200, entry.value, "text/plain", safety)
+                return index, _json([entry.as_json()])
+            index, entries = store.list(key)
+            # Consul filters lists by read permission instead of refusing them.
+            extra = {"X-Consul-Results-Filtered-By-ACLs": "true"} if anonymous and entries else {}
+            visible = [] if anonymous else entries
+            if listing:
+                names = _key_names(visible, key, separator)
+                if names or not key:  # the root listing is [] rather than a 404
+                    return index, _json(names, extra)
+                return index, _Response(404, headers=extra)
+            if not visible:
+                return index, _Response(404, headers=extra)
+            return index, _json([entry.as_json() for entry in visible], extra)
+
+        result = self._block(answer, *blocking, server)
+        if result is None:
+            return None
+        index, response = result
+        response.headers.update(self._meta(index))
+        return response
+
+    def _block(
+        self,
+        answer: Callable[[_Store], tuple[int, _Response]],
+        min_index: int,
+        wait: float,
+        server: _Server,
+    ) -> tuple[int, _Response] | None:
+        """Consul's blocking query: answer once the index passes ``min_index`` or wait ends."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while True:
+                index, response = answer(self._store)
+                remaining = deadline - time.monotonic()
+                if not min_index or index > min_index or remaining <= 0:
+                    return index, response
+                if server.closing.is_set():
+                    return None
+                self._cond.wait(remaining)
+
+    def _kv_put(self, req: _Request, key: str) -> _Response:
+        query = req.query
+        if not key:
+            return _text(400, "Missing key name")
+        _reject_conflicts(query, "cas", "acquire", "release")
+        flags, cas = _uint(query, "flags"), _uint(query, "cas")
+        if "acquire" in query or "release" in query:
+            return _text(400, "fake consul: sessions (acquire/release) are not supported")
+        if len(req.body) > MAX_VALUE_SIZE:
+            return _text(
+                413,
+                f"Request body({len(req.body)} bytes) too large, max size: {MAX_VALUE_SIZE} "
+                "bytes. See https://developer.hashicorp.com/docs/agent/config/config-files"
+                "#kv_max_value_size.",
+            )
+        if self._anonymous(req):
+            return _text(403, _denied("write", key))
+        with self._cond:
+            if cas is not None and not self._store.set_allowed(key, cas):
+                return _json(False)
+            self._mutate(lambda store, index: store.set(key, req.body, flags or 0, index))
+        return _json(True)
+
+    def _kv_delete(self, req: _Request, key: str) -> _Response:
+        query = req.query
+        _reject_conflicts(query, "recurse", "cas")
+        recurse = "recurse" in query
+        if not (recurse or key):
+            return _text(400, "Missing key name")
+        cas = _uint(query, "cas")
+        if self._anonymous(req):
+            return _text(403, _denied("write", key))
+        with self._cond:
+            if cas is not None and not self._store.delete_allowed(key, cas):
+                return _json(False)
+            if recurse:
+                self._mutate(lambda store, index: store.delete_tree(key, index))
+            else:
+                self._mutate(lambda store, index: store.delete(key, index))
+        return _json(True)
+
+    def _mutate(self, change: Callable[[_Store, int], None]) -> None:
+        """Apply one change at the next index; the caller holds the lock."""
+        before = self._store.mutations
+        change(self._store, self._store.index + 1)
+        if self._store.mutations != before:
+            self.writes += 1
+            self._cond.notify_all()
+
+    def _txn(self, req: _Request) -> _Response:
+        if req.method != "PUT":
+            return _text(405, f"method {req.method} not allowed", {"Allow": "PUT"})
+        if len(req.body) > MAX_VALUE_SIZE:
+            return _text(413, f"Request body too large, max size: {MAX_VALUE_SIZE} bytes")
+        ops = _parse_txn(req.body)
+        anonymous = self._anonymous(req)
+        problems = [(i, what) for i, op in enumerate(ops) if (what := _precheck(op, anonymous))]
+        results: list[JSON] = []
+        if not problems:
+            with self._cond:
+                # All or nothing: run on a copy, keep it only if every operation succeeded.
+                work = self._store.copy()
+                for i, op in enumerate(ops):
+                    try:
+                        results.extend(_run_op(work, op, self._store.index + 1))
+                    except _OpFailed as failed:
+                        problems.append((i, str(failed)))
+                if not problems and work.mutations != self._store.mutations:
+                    self.writes += work.mutations - self._store.mutations
+                    self._store = work
+                    self._cond.notify_all()
+        if problems:
+            errors = [{"OpIndex": i, "What": what} for i, what in problems]
+            return _json({"Results": None, "Errors": errors}, status=409)
+        read_only = not any(op.verb in _WRITE_VERBS for op in ops)
+        # Read-only transactions take Consul's read path, which reports leader contact.
+        headers = self._leader_meta() if read_only else {}
+        # The anonymous token may read nothing: Consul filters those results out.
+        return _json({"Results": [] if anonymous else results, "Errors": None}, headers)
+
+
+def _key_names(entries: list[_Entry], prefix: str, separator: str) -> list[str]:
+    """Key names for ?keys; with a separator, everything past its first match is folded."""
+    names: list[str] = []
+    for entry in entries:
+        name = entry.key
+        if separator and (cut := name.find(separator, len(prefix))) >= 0:
+            name = name[: cut + len(separator)]
+        if not names or names[-1] != name:
+            names.append(name)
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a fake Consul until SIGTERM/SIGINT, printing its URL on one line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fakes.consul",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (default: pick a free one)")
+    parser.add_argument("--acl-token", default=None, help="turn ACLs on with this token")
+    args = parser.parse_args(argv)
+
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    with FakeConsul(acl_token=args.acl_token, port=args.port, host=args.host) as fake:
+        print(fake.url, flush=True)
+        # Wait in slices so the main thread runs signal handlers promptly.
+        while not done.wait(0.2):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
