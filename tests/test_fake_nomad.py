@@ -1,0 +1,872 @@
+"""Tests of the fake Nomad server, over real HTTP with ``requests`` and through python-nomad."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import nomad
+import nomad.api.exceptions as nomad_exc
+import pytest
+import requests
+
+from tests.fakes.nomad import (
+    SERVER_FIELDS,
+    FakeNomad,
+    _Handler,
+    sample_service_job,
+)
+
+OLD_IMAGE = "stut/stut.dev:release-20230101000000"
+NEW_IMAGE = "stut/stut.dev:release-20240101000000"
+TOKEN = "s3cr3t-0000-1111-2222-333333333333"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # python-nomad reads NOMAD_* and requests honours proxies: neither may redirect our calls.
+    for name in (
+        "NOMAD_ADDR",
+        "NOMAD_TOKEN",
+        "NOMAD_NAMESPACE",
+        "NOMAD_REGION",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeNomad]:
+    with FakeNomad() as server:
+        yield server
+
+
+@pytest.fixture
+def acl_fake() -> Iterator[FakeNomad]:
+    with FakeNomad(acl_token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeNomad) -> nomad.Nomad:
+    return nomad.Nomad(host="127.0.0.1", port=fake.port, timeout=2)
+
+
+def register_body(job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    """A register body; with ``index`` it is a check-and-set on JobModifyIndex."""
+    body: dict[str, Any] = {"Job": job}
+    if index is not None:
+        body.update(EnforceIndex=True, JobModifyIndex=index)
+    return body
+
+
+def with_image(job: dict[str, Any], image: str) -> dict[str, Any]:
+    job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] = image
+    return job
+
+
+def spec_only(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if k not in SERVER_FIELDS}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (timing-tolerant assertions)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+# ---- basics ---------------------------------------------------------------------------------
+
+
+def test_status_leader_and_agent_self(fake: FakeNomad) -> None:
+    resp = requests.get(f"{fake.url}/v1/status/leader", timeout=2)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.json() == "127.0.0.1:4647"
+    assert int(resp.headers["X-Nomad-Index"]) > 0
+    agent = requests.get(f"{fake.url}/v1/agent/self", timeout=2).json()
+    assert agent["config"]["Region"] == "global"
+    assert agent["member"]["Status"] == "alive"
+
+
+def test_url_host_port(fake: FakeNomad) -> None:
+    assert fake.host == "127.0.0.1"
+    assert fake.port > 0
+    assert fake.url == f"http://127.0.0.1:{fake.port}"
+
+
+def test_keep_alive_and_nodelay(fake: FakeNomad) -> None:
+    assert _Handler.protocol_version == "HTTP/1.1"
+    assert _Handler.disable_nagle_algorithm is True
+    conn = http.client.HTTPConnection(fake.host, fake.port, timeout=2)
+    try:
+        for _ in range(3):  # three requests over one connection
+            conn.request("GET", "/v1/status/leader")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert resp.getheader("Content-Length") == str(len(b'"127.0.0.1:4647"'))
+            assert json.loads(resp.read()) == "127.0.0.1:4647"
+            assert not resp.will_close
+    finally:
+        conn.close()
+
+
+def test_sample_service_job_shape() -> None:
+    job = sample_service_job()
+    assert job["ID"] == "web" and job["Type"] == "service"
+    assert job["Datacenters"] == ["dc1"] and job["Meta"] == {"owner": "web"}
+    update = job["Update"]
+    assert update["MaxParallel"] == 1 and update["HealthCheck"] == "checks"
+    assert update["AutoRevert"] is True and update["Canary"] == 0
+    for key in ("Stagger", "MinHealthyTime", "HealthyDeadline", "ProgressDeadline"):
+        assert isinstance(update[key], int) and update[key] >= 1_000_000_000
+    group = job["TaskGroups"][0]
+    assert group["Name"] == "web" and group["Count"] == 2 and group["Update"] == update
+    task = group["Tasks"][0]
+    assert task["Driver"] == "docker"
+    assert task["Config"] == {"image": OLD_IMAGE, "ports": ["http"]}
+    assert task["Meta"] is None
+    assert task["Templates"] == [
+        {
+            "EmbeddedTmpl": 'IMAGE_TAG={{ key "configs/web/IMAGE_TAG" }}\n',
+            "DestPath": "local/env",
+            "Envvars": True,
+            "ChangeMode": "noop",
+        }
+    ]
+    other = sample_service_job("api", image="x:1", count=5)
+    assert other["TaskGroups"][0]["Count"] == 5
+    assert other["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "x:1"
+    assert FakeNomad.SERVER_FIELDS is SERVER_FIELDS
+    assert {"ID", "Version", "JobModifyIndex", "ModifyIndex", "SubmitTime"} <= SERVER_FIELDS
+
+
+# ---- reading jobs ---------------------------------------------------------------------------
+
+
+def test_missing_job_is_404(fake: FakeNomad, client: nomad.Nomad) -> None:
+    resp = requests.get(f"{fake.url}/v1/job/nope", timeout=2)
+    assert resp.status_code == 404
+    assert resp.text == "job not found"
+    with pytest.raises(nomad_exc.URLNotFoundNomadException) as info:
+        client.job.get_job("nope")
+    assert info.value.nomad_resp.text == "job not found"
+
+
+def test_add_job_sets_server_fields(fake: FakeNomad, client: nomad.Nomad) -> None:
+    sent = sample_service_job()
+    del sent["Name"]
+    sent.update(Version=7, JobModifyIndex=3, Stop=True, Status="dead")  # all ignored
+    stored = fake.add_job(sent)
+    assert stored["Name"] == "web" and stored["Namespace"] == "default"
+    assert stored["Version"] == 0 and stored["Stable"] is True
+    assert stored["Status"] == "running" and stored["Stop"] is False
+    assert stored["JobModifyIndex"] == stored["ModifyIndex"] == stored["CreateIndex"] > 10
+    assert isinstance(stored["SubmitTime"], int) and stored["SubmitTime"] > 1_600_000_000 * 10**9
+    assert spec_only(stored) == spec_only(sent)
+
+    resp = requests.get(f"{fake.url}/v1/job/web", timeout=2)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] == "application/json"
+    assert int(resp.headers["X-Nomad-Index"]) >= stored["ModifyIndex"]
+    assert resp.json() == stored == client.job.get_job("web") == fake.job("web")
+    # Copies: mutating what we got back does not touch the fake.
+    stored["Meta"]["owner"] = "changed"
+    assert fake.job("web")["Meta"]["owner"] == "web"  # type: ignore[index]
+    with pytest.raises(ValueError):
+        fake.add_job(sample_service_job())
+    assert fake.job("nope") is None
+    assert fake.versions("nope") == []
+
+
+# ---- registering ----------------------------------------------------------------------------
+
+
+def test_register_new_job_over_http(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    resp = requests.post(
+        f"{fake.url}/v1/job/web", json=register_body(sample_service_job(), 0), timeout=2
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"] == "application/json"
+    answer = resp.json()
+    assert set(answer) == {
+        "EvalID",
+        "EvalCreateIndex",
+        "JobModifyIndex",
+        "Warnings",
+        "Index",
+        "LastContact",
+        "KnownLeader",
+    }
+    assert len(answer["EvalID"]) == 36 and answer["Warnings"] == ""
+    job = fake.job("web")
+    assert job is not None
+    assert job["Version"] == 0 and job["Stable"] is False  # not stable until deployed
+    assert job["JobModifyIndex"] == answer["JobModifyIndex"] == answer["Index"]
+    assert len(fake.deployments("web")) == 1
+    assert fake.registrations == [register_body(sample_service_job(), 0)]
+
+
+def test_register_with_put_and_jobs_endpoint(fake: FakeNomad) -> None:
+    resp = requests.put(
+        f"{fake.url}/v1/job/web", json=register_body(sample_service_job()), timeout=2
+    )
+    assert resp.status_code == 200
+    resp = requests.post(
+        f"{fake.url}/v1/jobs", json=register_body(sample_service_job("api")), timeout=2
+    )
+    assert resp.status_code == 200
+    stubs = requests.get(f"{fake.url}/v1/jobs", timeout=2).json()
+    assert [stub["ID"] for stub in stubs] == ["api", "web"]
+    assert len(fake.registrations) == 2
+
+
+def test_enforce_index_success_then_conflict(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    job = client.job.get_job("web")
+    index = job["JobModifyIndex"]
+    answer = client.job.register_job("web", register_body(with_image(job, NEW_IMAGE), index=index))
+    current = client.job.get_job("web")
+    assert current["Version"] == 1
+    assert current["JobModifyIndex"] == answer["JobModifyIndex"] > index
+    assert current["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == NEW_IMAGE
+
+    # Same stale index again: conflict, exactly like Nomad (HTTP 500, BaseNomadException).
+    with pytest.raises(nomad_exc.BaseNomadException) as info:
+        client.job.register_job("web", register_body(with_image(job, "x:2"), index=index))
+    assert type(info.value) is nomad_exc.BaseNomadException
+    assert info.value.nomad_resp.status_code == 500
+    assert info.value.nomad_resp.text == (
+        f"Enforcing job modify index {index}: job exists with conflicting job modify index: "
+        f"{answer['JobModifyIndex']}"
+    )
+    assert "Enforcing job modify index" in info.value.nomad_resp.text
+    assert len(fake.versions("web")) == 2
+    assert len(fake.registrations) == 2  # rejected bodies are recorded too
+
+
+def test_concurrent_check_and_set_has_one_winner(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job())
+    job = fake.job("web")
+    assert job is not None
+    statuses: list[int] = []
+
+    def attempt(n: int) -> None:
+        body = register_body(with_image(copy.deepcopy(job), f"x:{n}"), job["JobModifyIndex"])
+        resp = requests.post(f"{fake.url}/v1/job/web", json=body, timeout=5)
+        statuses.append(resp.status_code)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] + [500] * 7
+    assert len(fake.versions("web")) == 2
+    assert len(fake.registrations) == 8
+
+
+def test_enforce_index_on_missing_and_existing_job(fake: FakeNomad) -> None:
+    url = f"{fake.url}/v1/job/web"
+    resp = requests.post(url, json=register_body(sample_service_job(), 42), timeout=2)
+    assert (resp.status_code, resp.text) == (
+        500,
+        "Enforcing job modify index 42: job does not exist",
+    )
+    assert fake.job("web") is None
+    fake.add_job(sample_service_job())
+    resp = requests.post(url, json=register_body(sample_service_job(), 0), timeout=2)
+    assert (resp.status_code, resp.text) == (
+        500,
+        "Enforcing job modify index 0: job already exists",
+    )
+    # Without EnforceIndex the index in the body is ignored.
+    body = {"Job": with_image(sample_service_job(), NEW_IMAGE), "JobModifyIndex": 1}
+    assert requests.post(url, json=body, timeout=2).status_code == 200
+
+
+def test_register_bad_requests(fake: FakeNomad, client: nomad.Nomad) -> None:
+    with pytest.raises(nomad_exc.BadRequestNomadException) as info:
+        client.job.register_job("other", register_body(sample_service_job()))
+    assert info.value.nomad_resp.text == "Job ID does not match name"
+    resp = requests.post(f"{fake.url}/v1/job/web", json={"EnforceIndex": True}, timeout=2)
+    assert (resp.status_code, resp.text) == (400, "Job must be specified")
+    resp = requests.post(f"{fake.url}/v1/job/web", data=b"{not json", timeout=2)
+    assert resp.status_code == 400
+    assert fake.job("web") is None and fake.job("other") is None
+    assert len(fake.registrations) == 3
+
+
+def test_server_fields_in_body_are_ignored(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    stored = fake.add_job(sample_service_job())
+    job = with_image(sample_service_job(), NEW_IMAGE)
+    job.update(
+        Version=99,
+        JobModifyIndex=1,
+        ModifyIndex=1,
+        CreateIndex=1,
+        SubmitTime=1,
+        Status="dead",
+        Stable=True,
+        Stop=True,
+    )
+    resp = requests.post(f"{fake.url}/v1/job/web", json=register_body(job), timeout=2)
+    assert resp.status_code == 200
+    current = fake.job("web")
+    assert current is not None
+    assert current["Version"] == 1 and current["Stable"] is False
+    assert current["Status"] == "running" and current["Stop"] is False
+    assert current["CreateIndex"] == stored["CreateIndex"]
+    assert current["JobModifyIndex"] == current["ModifyIndex"] > stored["JobModifyIndex"]
+    assert current["SubmitTime"] >= stored["SubmitTime"]
+
+
+def test_identical_register_creates_no_version(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    stored = fake.add_job(sample_service_job())
+    url = f"{fake.url}/v1/job/web"
+    before = requests.get(url, timeout=2)
+    index_before = int(before.headers["X-Nomad-Index"])
+    # Send the job exactly as read back (server fields included) and without them.
+    for body in (
+        register_body(before.json(), stored["JobModifyIndex"]),
+        register_body({"ID": "web", **spec_only(before.json())}),
+    ):
+        resp = requests.post(url, json=body, timeout=2)
+        assert resp.status_code == 200
+        answer = resp.json()
+        assert answer["EvalID"]
+        assert answer["JobModifyIndex"] == stored["JobModifyIndex"]
+        assert answer["EvalCreateIndex"] > index_before  # the evaluation is still new
+        index_before = answer["EvalCreateIndex"]
+    assert fake.versions("web") == [stored]
+    assert fake.deployments("web") == []
+    # A null that Nomad would decode like a missing key is no change either.
+    job = spec_only(stored)
+    job["ID"] = "web"
+    job["TaskGroups"][0]["Tasks"][0].pop("Meta")
+    assert requests.post(url, json=register_body(job), timeout=2).status_code == 200
+    assert len(fake.versions("web")) == 1
+
+
+def test_versions_and_job_modify_index_rules(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    for n, image in enumerate(["a:1", "a:2"], start=1):
+        job = client.job.get_job("web")
+        client.job.register_job("web", register_body(with_image(job, image), job["JobModifyIndex"]))
+        assert client.job.get_job("web")["Version"] == n
+    answer = client.job.get_versions("web")
+    assert answer["Diffs"] is None
+    assert [v["Version"] for v in answer["Versions"]] == [2, 1, 0]  # newest first
+    versions = fake.versions("web")  # oldest first
+    assert [v["Version"] for v in versions] == [0, 1, 2]
+    indexes = [v["JobModifyIndex"] for v in versions]
+    assert indexes == sorted(set(indexes))
+    assert all(v["CreateIndex"] == versions[0]["CreateIndex"] for v in versions)
+    resp = requests.get(f"{fake.url}/v1/job/nope/versions", timeout=2)
+    assert (resp.status_code, resp.text) == (404, "job versions not found")
+
+
+def test_change_job_moves_index_and_breaks_stale_cas(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    job = client.job.get_job("web")
+    changed = fake.change_job("web", lambda j: j["Meta"].update(owner="ops"))
+    assert changed["Version"] == 1 and changed["Meta"] == {"owner": "ops"}
+    assert changed["JobModifyIndex"] > job["JobModifyIndex"]
+    assert len(fake.deployments("web")) == 1  # an operator "job run" deploys as well
+    with pytest.raises(nomad_exc.BaseNomadException) as info:
+        client.job.register_job(
+            "web", register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+        )
+    assert "Enforcing job modify index" in info.value.nomad_resp.text
+    # A mutation that changes nothing makes no version.
+    same = fake.change_job("web", lambda j: None)
+    assert same["Version"] == 1 and same["JobModifyIndex"] == changed["JobModifyIndex"]
+    with pytest.raises(KeyError):
+        fake.change_job("nope", lambda j: None)
+
+
+def test_revert_endpoint(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    with pytest.raises(nomad_exc.BaseNomadException) as info:
+        client.job.revert_job("web", 0, enforce_prior_version=5)
+    assert info.value.nomad_resp.text == "current job has version 1; enforcing version 5"
+    answer = client.job.revert_job("web", 0, enforce_prior_version=1)
+    current = client.job.get_job("web")
+    assert current["Version"] == 2 and current["JobModifyIndex"] == answer["JobModifyIndex"]
+    assert current["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == OLD_IMAGE
+
+
+# ---- namespaces -----------------------------------------------------------------------------
+
+
+def test_namespaces(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job(), namespace="prod")
+    default_client = nomad.Nomad(host="127.0.0.1", port=fake.port, timeout=2)
+    prod_client = nomad.Nomad(host="127.0.0.1", port=fake.port, timeout=2, namespace="prod")
+    with pytest.raises(nomad_exc.URLNotFoundNomadException):
+        default_client.job.get_job("web")
+    assert default_client.job.get_job("web", namespace="prod")["Namespace"] == "prod"
+    job = prod_client.job.get_job("web")
+    assert job["Namespace"] == "prod"
+    prod_client.job.register_job(
+        "web", register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+    )
+    assert fake.job("web", namespace="prod")["Version"] == 1  # type: ignore[index]
+    assert fake.job("web") is None
+    assert fake.requests[-1][2] == {"namespace": ["prod"]}
+
+    # Deployments are namespaced too.
+    dep = prod_client.job.get_deployment("web")
+    assert dep["Namespace"] == "prod"
+    assert default_client.job.get_deployment("web") is None
+    assert prod_client.deployment.get_deployment(dep["ID"])["ID"] == dep["ID"]
+    with pytest.raises(nomad_exc.URLNotFoundNomadException):
+        default_client.deployment.get_deployment(dep["ID"])
+
+    # Same ID in another namespace is a different job.
+    default_client.job.register_job("web", register_body(sample_service_job(), 0))
+    assert fake.job("web")["Version"] == 0  # type: ignore[index]
+    assert fake.job("web", namespace="prod")["Version"] == 1  # type: ignore[index]
+
+
+def test_register_namespace_precedence(fake: FakeNomad) -> None:
+    job = sample_service_job()
+    job["Namespace"] = "team"
+    # No ?namespace=: the job's Namespace is used, as Nomad does.
+    assert requests.post(f"{fake.url}/v1/job/web", json={"Job": job}, timeout=2).ok
+    assert fake.job("web", namespace="team") is not None
+    # ?namespace= wins over the body.
+    assert requests.post(
+        f"{fake.url}/v1/job/web", params={"namespace": "qa"}, json={"Job": job}, timeout=2
+    ).ok
+    assert fake.job("web", namespace="qa") is not None
+    assert fake.job("web") is None
+
+
+# ---- deployments ----------------------------------------------------------------------------
+
+
+def deploy_new_image(client: nomad.Nomad, image: str = NEW_IMAGE) -> dict[str, Any]:
+    job = client.job.get_job("web")
+    result: dict[str, Any] = client.job.register_job(
+        "web", register_body(with_image(job, image), job["JobModifyIndex"])
+    )
+    return result
+
+
+def test_no_deployment_before_first_version_change(fake: FakeNomad, client: nomad.Nomad) -> None:
+    assert client.job.get_deployment("web") is None  # unknown job: null too
+    fake.add_job(sample_service_job())
+    assert client.job.get_deployment("web") is None
+    assert client.job.get_deployments("web") == []
+    resp = requests.get(f"{fake.url}/v1/job/web/deployment", timeout=2)
+    assert resp.status_code == 200 and resp.text == "null"
+    resp = requests.get(f"{fake.url}/v1/deployment/00000000-0000-0000-0000-000000000000")
+    assert (resp.status_code, resp.text) == (404, "deployment not found")
+
+
+def test_deployment_fields(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.script_deployments("stall")
+    job = sample_service_job(count=3)
+    job["TaskGroups"][0]["Update"]["AutoRevert"] = False  # group overrides the job
+    fake.add_job(job)
+    deploy_new_image(client)
+    current = client.job.get_job("web")
+    dep = client.job.get_deployment("web")
+    assert dep == client.deployment.get_deployment(dep["ID"])
+    assert dep["JobID"] == "web" and dep["Namespace"] == "default"
+    assert dep["JobVersion"] == current["Version"] == 1
+    assert dep["JobModifyIndex"] == current["JobModifyIndex"]
+    assert dep["JobCreateIndex"] == current["CreateIndex"]
+    assert dep["Status"] == "running"
+    assert dep["StatusDescription"] == "Deployment is running"
+    assert dep["CreateIndex"] == dep["ModifyIndex"] > current["JobModifyIndex"]
+    group = dep["TaskGroups"]["web"]
+    assert group["DesiredTotal"] == 3
+    assert group["PlacedAllocs"] == group["HealthyAllocs"] == group["UnhealthyAllocs"] == 0
+    assert group["DesiredCanaries"] == 0 and group["PlacedCanaries"] is None
+    assert group["Promoted"] is False and group["AutoRevert"] is False
+    assert group["ProgressDeadline"] == 600 * 10**9
+    require_by = datetime.fromisoformat(group["RequireProgressBy"])
+    assert require_by.tzinfo is not None and group["RequireProgressBy"].endswith("Z")
+
+
+def test_job_level_auto_revert_used_when_group_has_none(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    job = sample_service_job()
+    del job["TaskGroups"][0]["Update"]
+    fake.add_job(job)
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    assert fake.deployments("web")[0]["TaskGroups"]["web"]["AutoRevert"] is True
+
+
+def test_batch_job_gets_no_deployment(fake: FakeNomad) -> None:
+    job = sample_service_job()
+    job["Type"] = "batch"
+    fake.add_job(job)
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    assert fake.job("web")["Version"] == 1  # type: ignore[index]
+    assert fake.deployments("web") == []
+
+
+def test_successful_deployment(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.script_deployments("successful")
+    fake.add_job(sample_service_job())
+    deploy_new_image(client)
+    before = fake.versions("web")[1]
+    dep = client.job.get_deployment("web")
+    assert dep["Status"] == "successful"
+    assert dep["StatusDescription"] == "Deployment completed successfully"
+    group = dep["TaskGroups"]["web"]
+    assert group["HealthyAllocs"] == group["PlacedAllocs"] == group["DesiredTotal"] == 2
+    assert group["UnhealthyAllocs"] == 0
+    job = client.job.get_job("web")
+    # Stability moves ModifyIndex, never JobModifyIndex (the check-and-set value).
+    assert job["Stable"] is True and job["Version"] == 1
+    assert job["JobModifyIndex"] == before["JobModifyIndex"]
+    assert job["ModifyIndex"] >= before["ModifyIndex"]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "description"),
+    [
+        ("successful", "successful", "Deployment completed successfully"),
+        ("cancelled", "cancelled", "Cancelled by user"),
+        ("stall", "running", "Deployment is running"),
+    ],
+)
+def test_scripted_outcomes(
+    fake: FakeNomad, client: nomad.Nomad, outcome: str, status: str, description: str
+) -> None:
+    fake.script_deployments(outcome)
+    fake.add_job(sample_service_job())
+    deploy_new_image(client)
+    time.sleep(0.05)
+    dep = client.job.get_deployment("web")
+    assert (dep["Status"], dep["StatusDescription"]) == (status, description)
+    assert len(fake.versions("web")) == 2
+
+
+def test_failed_deployment_without_auto_revert(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.script_deployments("failed")
+    job = sample_service_job()
+    job["Update"]["AutoRevert"] = False
+    job["TaskGroups"][0]["Update"]["AutoRevert"] = False
+    fake.add_job(job)
+    deploy_new_image(client)
+    dep = client.job.get_deployment("web")
+    assert dep["Status"] == "failed"
+    assert dep["StatusDescription"] == "Failed due to unhealthy allocations"
+    assert dep["TaskGroups"]["web"]["UnhealthyAllocs"] > 0
+    assert dep["TaskGroups"]["web"]["HealthyAllocs"] < dep["TaskGroups"]["web"]["DesiredTotal"]
+    current = client.job.get_job("web")
+    assert current["Version"] == 1 and current["Stable"] is False
+
+
+def test_failed_deployment_auto_reverts_to_stable(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.script_deployments("failed")
+    original = fake.add_job(sample_service_job())
+    answer = deploy_new_image(client)
+    deployments = client.job.get_deployments("web")  # newest first
+    # v1 failed -> Nomad registered v0's spec again as v2, whose deployment failed too, and
+    # reverting that would be a no-op, so it stops there.
+    assert [d["JobVersion"] for d in deployments] == [2, 1]
+    failed_v1 = deployments[1]
+    assert failed_v1["Status"] == "failed"
+    assert failed_v1["StatusDescription"] == (
+        "Failed due to unhealthy allocations - rolling back to job version 0"
+    )
+    assert deployments[0]["StatusDescription"] == (
+        "Failed due to unhealthy allocations - not rolling back to stable job version 0 as "
+        "current job has same specification"
+    )
+    current = client.job.get_job("web")
+    assert current["Version"] == 2
+    assert current["JobModifyIndex"] > answer["JobModifyIndex"]
+    assert spec_only(current) == spec_only(original)
+    assert len(fake.versions("web")) == 3
+
+
+def test_failed_deployment_without_stable_version(fake: FakeNomad) -> None:
+    fake.script_deployments("failed")
+    resp = requests.post(
+        f"{fake.url}/v1/job/web", json=register_body(sample_service_job(), 0), timeout=2
+    )
+    assert resp.ok
+    dep = requests.get(f"{fake.url}/v1/job/web/deployment", timeout=2).json()
+    assert dep["StatusDescription"] == (
+        "Failed due to unhealthy allocations - no stable job version to auto revert to"
+    )
+    assert len(fake.versions("web")) == 1
+
+
+def test_deployment_flips_after_delay(fake: FakeNomad, client: nomad.Nomad) -> None:
+    after = 0.4
+    fake.script_deployments("successful", after=after)
+    fake.add_job(sample_service_job())
+    started = time.monotonic()
+    deploy_new_image(client)
+    dep = client.job.get_deployment("web")
+    assert dep["Status"] == "running"
+    assert client.job.get_job("web")["Stable"] is False
+    done = wait_for(lambda: client.job.get_deployment("web")["Status"] == "successful")
+    assert done
+    assert time.monotonic() - started >= after
+    assert client.job.get_job("web")["Stable"] is True
+
+
+def test_failed_after_delay_reverts_then(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.script_deployments("failed", after=0.3)
+    fake.add_job(sample_service_job())
+    answer = deploy_new_image(client)
+    assert client.job.get_job("web")["Version"] == 1
+    # A check-and-set made with the pre-revert index conflicts once the revert happened.
+    wait_for(lambda: client.job.get_job("web")["Version"] == 2)
+    job = client.job.get_job("web")
+    assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == OLD_IMAGE
+    resp = requests.post(
+        f"{fake.url}/v1/job/web",
+        json=register_body(with_image(job, "x:3"), answer["JobModifyIndex"]),
+        timeout=2,
+    )
+    assert resp.status_code == 500 and "conflicting job modify index" in resp.text
+    # The revert's own deployment is running under the same script.
+    assert client.job.get_deployment("web")["JobVersion"] == 2
+
+
+def test_script_applies_to_new_deployments_only(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, "a:1"))
+    fake.script_deployments("successful")
+    assert fake.deployments("web")[0]["Status"] == "running"
+    with pytest.raises(ValueError):
+        fake.script_deployments("exploded")
+    with pytest.raises(ValueError):
+        fake.script_deployments("failed", after=-1)
+
+
+def test_newer_deployment_cancels_older(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())
+    deploy_new_image(client, "a:1")
+    first = client.job.get_deployment("web")
+    deploy_new_image(client, "a:2")
+    second = client.job.get_deployment("web")
+    assert second["ID"] != first["ID"] and second["JobVersion"] == 2
+    old = client.deployment.get_deployment(first["ID"])
+    assert old["Status"] == "cancelled"
+    assert old["StatusDescription"] == "Cancelled due to newer version of job"
+    assert old["ModifyIndex"] > first["ModifyIndex"]
+    assert second["Status"] == "running"
+    listed = client.job.get_deployments("web")
+    assert [d["ID"] for d in listed] == [second["ID"], first["ID"]]
+    assert [d["ID"] for d in fake.deployments("web")] == [first["ID"], second["ID"]]
+    all_deps = requests.get(f"{fake.url}/v1/deployments", timeout=2).json()
+    assert [d["ID"] for d in all_deps] == [second["ID"], first["ID"]]
+
+
+def test_finished_deployment_is_not_cancelled_by_newer(
+    fake: FakeNomad, client: nomad.Nomad
+) -> None:
+    fake.script_deployments("successful", after=0.1)
+    fake.add_job(sample_service_job())
+    deploy_new_image(client, "a:1")
+    time.sleep(0.2)
+    deploy_new_image(client, "a:2")
+    statuses = [d["Status"] for d in fake.deployments("web")]
+    assert statuses == ["successful", "running"]
+
+
+# ---- ACL ------------------------------------------------------------------------------------
+
+
+def test_acl(acl_fake: FakeNomad) -> None:
+    acl_fake.add_job(sample_service_job())
+    url = f"{acl_fake.url}/v1/job/web"
+    resp = requests.get(url, timeout=2)
+    assert (resp.status_code, resp.text) == (403, "Permission denied")
+    resp = requests.get(url, headers={"X-Nomad-Token": "wrong"}, timeout=2)
+    assert (resp.status_code, resp.text) == (403, "ACL token not found")
+    assert requests.get(url, headers={"X-Nomad-Token": TOKEN}, timeout=2).status_code == 200
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(url, headers=bearer, timeout=2).status_code == 200
+    # A token in the query string does not count.
+    assert requests.get(url, params={"token": TOKEN}, timeout=2).status_code == 403
+    for path in ("/v1/job/web/deployment", "/v1/deployments", "/v1/job/web/versions"):
+        assert requests.get(acl_fake.url + path, timeout=2).status_code == 403
+    assert requests.get(f"{acl_fake.url}/v1/status/leader", timeout=2).status_code == 200
+    # A rejected register changes nothing.
+    resp = requests.post(url, json=register_body(with_image(sample_service_job(), "x:9")))
+    assert resp.status_code == 403
+    assert len(acl_fake.versions("web")) == 1
+
+
+def test_acl_through_python_nomad(acl_fake: FakeNomad) -> None:
+    acl_fake.add_job(sample_service_job())
+    anonymous = nomad.Nomad(host="127.0.0.1", port=acl_fake.port, timeout=2)
+    with pytest.raises(nomad_exc.URLNotAuthorizedNomadException) as info:
+        anonymous.job.get_job("web")
+    assert info.value.nomad_resp.text == "Permission denied"
+    wrong = nomad.Nomad(host="127.0.0.1", port=acl_fake.port, timeout=2, token="nope")
+    with pytest.raises(nomad_exc.URLNotAuthorizedNomadException) as info:
+        wrong.job.get_deployment("web")
+    assert info.value.nomad_resp.text == "ACL token not found"
+    authed = nomad.Nomad(host="127.0.0.1", port=acl_fake.port, timeout=2, token=TOKEN)
+    job = authed.job.get_job("web")
+    authed.job.register_job("web", register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"]))
+    assert authed.job.get_deployment("web")["JobVersion"] == 1
+    method, path, query, headers = acl_fake.requests[-1]
+    assert (method, path, query) == ("GET", "/v1/job/web/deployment", {})
+    assert headers["X-Nomad-Token"] == TOKEN
+
+
+# ---- faults ---------------------------------------------------------------------------------
+
+
+def test_fail_next(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    fake.fail_next(count=2, status=503, body="rpc error: No cluster leader")
+    job = fake.job("web")
+    assert job is not None
+    body = register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+    for _ in range(2):
+        resp = requests.post(f"{fake.url}/v1/job/web", json=body, timeout=2)
+        assert (resp.status_code, resp.text) == (503, "rpc error: No cluster leader")
+    assert len(fake.versions("web")) == 1  # nothing applied
+    assert len(fake.registrations) == 2  # but both bodies were received
+    assert requests.post(f"{fake.url}/v1/job/web", json=body, timeout=2).status_code == 200
+    assert len(fake.versions("web")) == 2
+    fake.fail_next()
+    with pytest.raises(nomad_exc.BaseNomadException) as info:
+        client.job.get_job("web")
+    assert info.value.nomad_resp.status_code == 500
+    assert client.job.get_job("web")["Version"] == 1
+
+
+def test_fail_always_and_heal(fake: FakeNomad) -> None:
+    fake.fail_always(502, "bad gateway")
+    for _ in range(3):
+        resp = requests.get(f"{fake.url}/v1/status/leader", timeout=2)
+        assert (resp.status_code, resp.text) == (502, "bad gateway")
+    fake.heal()
+    assert requests.get(f"{fake.url}/v1/status/leader", timeout=2).status_code == 200
+
+
+def test_hang_times_out_and_applies_nothing(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    job = fake.job("web")
+    assert job is not None
+    fake.hang(10)
+    body = register_body(with_image(copy.deepcopy(job), NEW_IMAGE), job["JobModifyIndex"])
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        requests.post(f"{fake.url}/v1/job/web", json=body, timeout=0.3)
+    assert time.monotonic() - started < 2
+    with pytest.raises(nomad_exc.BaseNomadException):  # python-nomad wraps the timeout
+        nomad.Nomad(host="127.0.0.1", port=fake.port, timeout=0.3).job.get_job("web")
+    fake.heal()
+    assert fake.versions("web") == [job]
+    assert len(fake.registrations) == 1
+    assert client.job.get_job("web")["Version"] == 0
+
+
+def test_hang_then_connection_closed_unanswered(fake: FakeNomad) -> None:
+    fake.hang(0.1)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{fake.url}/v1/job/web", json=register_body(sample_service_job()), timeout=2)
+    assert fake.job("web") is None
+
+
+def test_refuse_and_resume_keep_port_and_state(fake: FakeNomad, client: nomad.Nomad) -> None:
+    fake.add_job(sample_service_job())
+    port = fake.port
+    session = requests.Session()  # a kept-alive connection must not survive either
+    assert session.get(f"{fake.url}/v1/job/web", timeout=2).status_code == 200
+    fake.refuse_connections()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"{fake.url}/v1/job/web", timeout=2)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        session.get(f"{fake.url}/v1/job/web", timeout=2)
+    with pytest.raises(nomad_exc.BaseNomadException):
+        client.job.get_job("web")
+    fake.resume()
+    assert fake.port == port
+    assert session.get(f"{fake.url}/v1/job/web", timeout=2).json()["Version"] == 0
+    assert client.job.get_job("web")["Version"] == 0
+    session.close()
+
+
+def test_stop_refuses_connections() -> None:
+    server = FakeNomad().start()
+    url = server.url
+    assert requests.get(f"{url}/v1/status/leader", timeout=2).ok
+    server.stop()
+    server.stop()  # idempotent
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"{url}/v1/status/leader", timeout=2)
+
+
+def test_requests_are_recorded(fake: FakeNomad) -> None:
+    requests.get(
+        f"{fake.url}/v1/job/web",
+        params={"namespace": "prod", "region": "global"},
+        headers={"X-Nomad-Token": "t"},
+        timeout=2,
+    )
+    method, path, query, headers = fake.requests[-1]
+    assert (method, path) == ("GET", "/v1/job/web")
+    assert query == {"namespace": ["prod"], "region": ["global"]}
+    assert headers["X-Nomad-Token"] == "t"
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def test_module_entry_point() -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.nomad", "--port", "0", "--acl-token", "tok"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        assert requests.get(f"{url}/v1/status/leader", timeout=2).json() == "127.0.0.1:4647"
+        assert requests.get(f"{url}/v1/jobs", timeout=2).status_code == 403
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
