@@ -218,3 +218,7 @@ def _healthcheck(args: argparse.Namespace) -> int:
     except (urllib.error.URLError, OSError) as exc:
         print(f"noman healthcheck: {url}: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -161,7 +161,7 @@ class Service:
     repository: str
     key: str
     secret_hashes: tuple[bytes, ...] = field(repr=False)
-    tag_pattern: re.Pattern[str] = re.compile(DEFAULT_TAG_PATTERN)
+    tag_pattern: re.Pattern[str] = re.compile(DEFAULT_TAG_PATTERN, re.ASCII)
     strategy: Literal["restart", "rolling"] = "restart"
     nomad: NomadTarget | None = None
 
@@ -495,7 +495,7 @@ class _Parser:
                 "with no leading or trailing '/' and no '.' or '..' segment",
             )
         try:
-            pattern = re.compile(v["tag_pattern"])
+            pattern = re.compile(v["tag_pattern"], re.ASCII)
         except re.error as exc:
             raise self.fail(
                 table, "tag_pattern", f"not a valid regular expression: {exc}"

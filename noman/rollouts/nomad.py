@@ -167,7 +167,9 @@ class NomadRollouts:
             try:
                 found = self._deployment_of(target, rollout.version)
             except NomanError as exc:
-                log.warning("watching %s v%s: %s", target.job, rollout.version, exc.message)
+                log.warning(
+                    "watching %s v%s: %s (will retry)", target.job, rollout.version, exc.code
+                )
             else:
                 last = found or last
                 if last and last["status"] in TERMINAL:

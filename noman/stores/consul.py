@@ -48,6 +48,9 @@ class ConsulStore:
             verify=settings.verify,
             connections_timeout=settings.timeout,
         )
+        # Consul is reached directly: no HTTP(S)_PROXY, and no per-call scan of
+        # the environment for one (about a millisecond per request).
+        self.client.http.session.trust_env = False
         if settings.token:
             # py-consul leaves the token off some calls (txn); a session-wide
             # header makes every request carry it.

@@ -1,0 +1,174 @@
+"""Shared fixtures: a Consul (fake, or real when CONSUL_HTTP_ADDR is set), settings, app.
+
+Integration tests talk to Consul only over HTTP through ``ConsulHandle``, so
+they run unchanged against a real Consul; tests that need fault injection
+ask for ``consul.require_fake()`` and are skipped against a real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from noman import create_app
+from noman.config import Settings, parse_settings
+from tests.fakes.consul import FakeConsul
+
+# Read before the autouse fixture below clears the environment for each test.
+REAL_CONSUL_ADDR = os.environ.get("CONSUL_HTTP_ADDR")
+REAL_CONSUL_TOKEN = os.environ.get("CONSUL_HTTP_TOKEN")
+SAMPLE_TAG = "release-20230103082900"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's NOMAN_*, CONSUL_* or NOMAD_* variables."""
+    for name in list(os.environ):
+        if name.startswith(("NOMAN_", "CONSUL_", "NOMAD_")):
+            monkeypatch.delenv(name)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ConsulHandle:
+    """One Consul for one test, reached over plain HTTP; keys live under a unique prefix."""
+
+    def __init__(self, url: str, token: str | None, fake: FakeConsul | None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.fake = fake
+        self.prefix = f"noman-test/{uuid.uuid4().hex[:12]}"
+        self.http = requests.Session()
+        if token:
+            self.http.headers["X-Consul-Token"] = token
+
+    def key(self, name: str) -> str:
+        """A key name private to this test."""
+        return f"{self.prefix}/{name}"
+
+    def get(self, key: str) -> tuple[str | None, int]:
+        """The key's value and ModifyIndex as Consul reports them (None, 0 if missing)."""
+        answer = self.http.get(f"{self.url}/v1/kv/{key}", timeout=5)
+        if answer.status_code == 404:
+            return None, 0
+        answer.raise_for_status()
+        entry = answer.json()[0]
+        import base64
+
+        value = base64.b64decode(entry["Value"]).decode() if entry["Value"] else ""
+        return value, entry["ModifyIndex"]
+
+    def put(self, key: str, value: str) -> None:
+        """Write the key directly, as an operator would."""
+        answer = self.http.put(f"{self.url}/v1/kv/{key}", data=value.encode(), timeout=5)
+        answer.raise_for_status()
+        assert answer.json() is True
+
+    def require_fake(self) -> FakeConsul:
+        """The fake server, for fault injection; skips the test against a real Consul."""
+        if self.fake is None:
+            pytest.skip("needs the fake Consul's fault injection")
+        return self.fake
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(requests.RequestException):
+            self.http.delete(f"{self.url}/v1/kv/{self.prefix}?recurse", timeout=5)
+
+
+@pytest.fixture
+def consul() -> Iterator[ConsulHandle]:
+    """A real Consul when CONSUL_HTTP_ADDR is set, else a fresh fake on a free port."""
+    if REAL_CONSUL_ADDR:
+        url = REAL_CONSUL_ADDR if "://" in REAL_CONSUL_ADDR else f"http://{REAL_CONSUL_ADDR}"
+        handle = ConsulHandle(url, REAL_CONSUL_TOKEN, None)
+        yield handle
+        handle.cleanup()
+        return
+    with FakeConsul() as fake:
+        yield ConsulHandle(fake.url, None, fake)
+
+
+@pytest.fixture
+def secret() -> str:
+    """A fresh hook secret."""
+    return secrets.token_urlsafe(32)
+
+
+def settings_toml(consul: ConsulHandle, secret: str, extra: str = "", **service: Any) -> str:
+    """A config file text for one service 'web' stored in ``consul``."""
+    import hashlib
+
+    fields = {
+        "repository": "stut/stut.dev",
+        "key": consul.key("IMAGE_TAG"),
+        "secret_sha256": hashlib.sha256(secret.encode()).hexdigest(),
+        **service,
+    }
+    lines = "\n".join(f"{name} = {_toml(value)}" for name, value in fields.items())
+    token = f"token = {_toml(consul.token)}\n" if consul.token else ""
+    return (
+        f'[consul]\naddress = "{consul.url}"\ntimeout = 1\n{token}\n'
+        f"[services.web]\n{lines}\n{extra}"
+    )
+
+
+def _toml(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and "\\" in value:
+        return f"'{value}'"  # literal string: regexes keep their backslashes
+    return json.dumps(value)
+
+
+@pytest.fixture
+def settings(consul: ConsulHandle, secret: str) -> Settings:
+    """Settings with one restart-strategy service 'web' on the test's Consul."""
+    return offline(parse_settings(settings_toml(consul, secret), source="test.toml", environ={}))
+
+
+def make_settings(
+    consul: ConsulHandle,
+    secret: str,
+    extra: str = "",
+    environ: dict[str, str] | None = None,
+    **service: Any,
+) -> Settings:
+    """Offline settings from ``settings_toml`` (same arguments)."""
+    text = settings_toml(consul, secret, extra, **service)
+    return offline(parse_settings(text, source="test.toml", environ=environ or {}))
+
+
+def offline(settings: Settings) -> Settings:
+    """``settings`` that never call DockerHub (sample payloads carry real callback URLs)."""
+    return dataclasses.replace(settings, callback_hosts=())
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Any]:
+    """The Noman app on the test's Consul."""
+    app = create_app(settings)
+    yield app
+    app.extensions["noman.reporter"].wait(5)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    """A Flask test client."""
+    return app.test_client()

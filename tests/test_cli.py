@@ -1,0 +1,158 @@
+"""The noman command, as an operator uses it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from noman.cli import main
+from tests.conftest import SAMPLE_TAG, ConsulHandle, free_port, settings_toml
+from tests.fakes.nomad import FakeNomad, sample_service_job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def config(tmp_path: Path, consul: ConsulHandle, secret: str) -> Path:
+    path = tmp_path / "noman.toml"
+    path.write_text(settings_toml(consul, secret))
+    return path
+
+
+def test_secret_new_prints_a_usable_secret_and_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["secret", "new", "stut-dev"]) == 0
+    out = capsys.readouterr().out
+    secret = re.search(r"secret:\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    digest = re.search(r'secret_sha256 = "([0-9a-f]{64})"', out).group(1)  # type: ignore[union-attr]
+    assert hashlib.sha256(secret.encode()).hexdigest() == digest
+    assert len(secret) >= 22
+    assert f"/hooks/{secret}" in out
+    assert "[services.stut-dev]" in out
+
+
+def test_deploy_and_status_share_the_hook_policy(
+    config: Path, consul: ConsulHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(config), "deploy", "web", SAMPLE_TAG]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is True
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == SAMPLE_TAG
+    assert main(["--config", str(config), "deploy", "web", "release-20200101000000"]) == 1
+    assert "stale_tag" in capsys.readouterr().err
+    assert (
+        main(["--config", str(config), "deploy", "web", "release-20200101000000", "--force"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["--config", str(config), "deploy", "web", "latest"]) == 1
+    assert "invalid_tag" in capsys.readouterr().err
+    assert main(["--config", str(config), "status"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert (line["service"], line["tag"]) == ("web", "release-20200101000000")
+
+
+def test_deploy_unknown_service_is_a_config_error(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(config), "deploy", "nope", SAMPLE_TAG]) == 2
+    assert "no service named 'nope'" in capsys.readouterr().err
+
+
+def test_check_reports_each_service(
+    config: Path, consul: ConsulHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    consul.put(consul.key("IMAGE_TAG"), SAMPLE_TAG)
+    assert main(["--config", str(config), "check"]) == 0
+    out = capsys.readouterr().out
+    assert f"web: {consul.key('IMAGE_TAG')} = {SAMPLE_TAG}" in out
+
+
+def test_check_fails_when_consul_is_down(
+    config: Path, consul: ConsulHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    consul.require_fake().refuse_connections()
+    assert main(["--config", str(config), "check"]) == 1
+    assert "consul_unavailable" in capsys.readouterr().out
+
+
+def test_check_fails_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[services.x]\nrepository = 'a/b'\n")
+    assert main(["--config", str(bad), "check"]) == 2
+    assert "bad.toml" in capsys.readouterr().err
+
+
+def test_check_verifies_rolling_jobs(
+    tmp_path: Path, consul: ConsulHandle, secret: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeNomad() as nomad:
+        job = sample_service_job("web")
+        job["TaskGroups"][0]["Tasks"][0]["Templates"][0]["ChangeMode"] = "restart"
+        nomad.add_job(job)
+        text = settings_toml(
+            consul,
+            secret,
+            key="configs/web/IMAGE_TAG",
+            strategy="rolling",
+            extra=f'[services.web.nomad]\njob = "web"\n[nomad]\naddress = "{nomad.url}"\n',
+        )
+        path = tmp_path / "noman.toml"
+        path.write_text(text)
+        assert main(["--config", str(path), "check"]) == 0
+        out = capsys.readouterr().out
+        assert 'change_mode = "restart"' in out
+        path.write_text(text.replace('job = "web"', 'job = "missing"'))
+        assert main(["--config", str(path), "check"]) == 1
+        assert "nomad_job_not_found" in capsys.readouterr().out
+
+
+def test_healthcheck(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["healthcheck", "--url", f"http://127.0.0.1:{free_port()}/healthz"]) == 1
+
+
+def test_serve_dev_runs_with_no_consul_and_deploys(tmp_path: Path) -> None:
+    """The README's run command: `noman serve --dev` on a machine with no Consul."""
+    port = free_port()
+    env = {**os.environ, "NOMAN_BIND": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "noman.cli", "serve", "--dev"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = ""
+        deadline = time.monotonic() + 20
+        while "Status:" not in banner and time.monotonic() < deadline:
+            banner += process.stdout.readline()  # type: ignore[union-attr]
+        secret = re.search(r"/hooks/([A-Za-z0-9_-]{22,})", banner).group(1)  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{url}/healthz", timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        payload = json.loads((ROOT / "tests/payloads/dockerhub-push.json").read_text())
+        payload.pop("callback_url")
+        answer = requests.post(f"{url}/hooks/{secret}", json=payload, timeout=5)
+        assert answer.status_code == 200
+        assert answer.json()["tag"] == SAMPLE_TAG
+        assert requests.get(f"{url}/readyz", timeout=5).json()["status"] == "ready"
+        store = json.loads((tmp_path / ".noman-dev/store.json").read_text())
+        assert store["keys"]["configs/stut.dev/IMAGE_TAG"]["value"] == SAMPLE_TAG
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert secret not in err

@@ -1,0 +1,243 @@
+"""Configuration: a good file loads; every mistake names file, line, table and key."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from noman.config import (
+    DEFAULT_TAG_PATTERN,
+    ConfigError,
+    config_path,
+    hash_secret,
+    load_settings,
+    parse_settings,
+)
+
+HASH = hashlib.sha256(b"a-very-long-random-secret-value-1").hexdigest()
+HASH2 = hashlib.sha256(b"a-very-long-random-secret-value-2").hexdigest()
+GOOD = f"""
+[consul]
+address = "http://10.0.0.5:8500"
+datacenter = "dc1"
+timeout = 3
+
+[services.stut-dev]
+repository = "stut/stut.dev"
+key = "configs/stut.dev/IMAGE_TAG"
+secret_sha256 = "{HASH}"
+"""
+
+
+def test_good_config_loads() -> None:
+    settings = parse_settings(GOOD, environ={})
+    service = settings.service("stut-dev")
+    assert service.repository == "stut/stut.dev"
+    assert service.key == "configs/stut.dev/IMAGE_TAG"
+    assert service.secret_hashes == (bytes.fromhex(HASH),)
+    assert service.tag_pattern.pattern == DEFAULT_TAG_PATTERN
+    assert service.strategy == "restart"
+    assert settings.consul.address == "http://10.0.0.5:8500"
+    assert settings.consul.datacenter == "dc1"
+    assert settings.consul.timeout == 3.0
+    assert settings.store_backend == "consul"
+
+
+def test_secret_hash_is_not_in_repr() -> None:
+    settings = parse_settings(GOOD, environ={})
+    assert HASH not in repr(settings)
+    assert "secret" not in repr(settings.services[0]).lower()
+
+
+def test_environment_overrides_consul_settings_like_the_consul_cli() -> None:
+    env = {
+        "CONSUL_HTTP_ADDR": "consul.service:8501",
+        "CONSUL_HTTP_SSL": "true",
+        "CONSUL_HTTP_TOKEN": "tok",
+        "CONSUL_HTTP_SSL_VERIFY": "false",
+    }
+    consul = parse_settings(GOOD, environ=env).consul
+    assert consul.address == "https://consul.service:8501"
+    assert consul.token == "tok"
+    assert consul.verify is False
+    assert parse_settings(GOOD, environ={"CONSUL_CACERT": "/ca.pem"}).consul.verify == "/ca.pem"
+
+
+def test_nomad_environment_and_tls_verification_default_on() -> None:
+    env = {
+        "NOMAD_ADDR": "https://nomad:4646",
+        "NOMAD_TOKEN": "t",
+        "NOMAD_NAMESPACE": "web",
+        "NOMAD_REGION": "eu",
+        "NOMAD_CACERT": "/nomad-ca.pem",
+    }
+    nomad = parse_settings(GOOD, environ=env).nomad
+    assert (nomad.address, nomad.token, nomad.namespace, nomad.region, nomad.verify) == (
+        "https://nomad:4646",
+        "t",
+        "web",
+        "eu",
+        "/nomad-ca.pem",
+    )
+    assert parse_settings(GOOD, environ={}).nomad.verify is True
+    assert parse_settings(GOOD, environ={"NOMAD_SKIP_VERIFY": "true"}).nomad.verify is False
+
+
+def test_secret_env_reads_the_secret_from_the_environment() -> None:
+    text = GOOD.replace(f'secret_sha256 = "{HASH}"', 'secret_env = "STUT_SECRET"')
+    secret = "x" * 40
+    settings = parse_settings(text, environ={"STUT_SECRET": secret})
+    assert settings.services[0].secret_hashes == (hash_secret(secret),)
+
+
+def test_two_hashes_for_rotation() -> None:
+    text = GOOD.replace(f'secret_sha256 = "{HASH}"', f'secret_sha256 = ["{HASH}", "{HASH2}"]')
+    assert len(parse_settings(text, environ={}).services[0].secret_hashes) == 2
+
+
+def test_config_path_precedence(tmp_path: Path) -> None:
+    assert config_path("a.toml", {"NOMAN_CONFIG": "b.toml"}) == Path("a.toml")
+    assert config_path(None, {"NOMAN_CONFIG": "b.toml"}) == Path("b.toml")
+    assert config_path(None, {}) == Path("noman.toml")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: config file not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def service_with(line: str, drop: str | None = None) -> str:
+    text = (
+        GOOD if drop is None else "\n".join(x for x in GOOD.splitlines() if not x.startswith(drop))
+    )
+    return text + "\n" + line + "\n"
+
+
+MISTAKES = [
+    (
+        "unknown key",
+        service_with('colour = "blue"'),
+        r"line 12: \[services.stut-dev\] colour: unknown key",
+    ),
+    ("bad regex", service_with('tag_pattern = "^release-("'), r"tag_pattern: not a valid regular"),
+    ("malformed hash", GOOD.replace(HASH, "abc123"), r"line 10: .*secret_sha256: must be 64 hex"),
+    (
+        "hash of empty secret",
+        GOOD.replace(HASH, hashlib.sha256(b"").hexdigest()),
+        "hash of an empty secret",
+    ),
+    ("missing secret", service_with("", drop="secret_sha256"), "set exactly one of"),
+    ("both secrets", service_with('secret_env = "X"'), "set exactly one of"),
+    (
+        "unset secret env",
+        service_with('secret_env = "NOPE"', drop="secret_sha256"),
+        "environment NOPE is not set",
+    ),
+    ("short secret env", service_with('secret_env = "SHORT"', drop="secret_sha256"), "too short"),
+    ("empty hash list", GOOD.replace(f'"{HASH}"', "[]"), "must not be empty"),
+    (
+        "duplicate secret",
+        GOOD + f'\n[services.other]\nrepository = "a/b"\nkey = "k"\n'
+        f'secret_sha256 = "{HASH.upper()}"\n',
+        r"\[services.other\] secret_sha256: same secret",
+    ),
+    (
+        "duplicate key",
+        GOOD + f'\n[services.other]\nrepository = "a/b"\n'
+        f'key = "configs/stut.dev/IMAGE_TAG"\nsecret_sha256 = "{HASH2}"\n',
+        "same key as service",
+    ),
+    (
+        "leading slash key",
+        GOOD.replace('key = "configs', 'key = "/configs'),
+        "key: must be a Consul",
+    ),
+    (
+        "double slash key",
+        GOOD.replace("stut.dev/IMAGE", "stut.dev//IMAGE"),
+        "key: must be a Consul",
+    ),
+    ("dotdot key", GOOD.replace("stut.dev/IMAGE", "../IMAGE"), "key: must be a Consul"),
+    ("space key", GOOD.replace("IMAGE_TAG", "IMAGE TAG"), "key: must be a Consul"),
+    ("trailing slash key", GOOD.replace("IMAGE_TAG", "IMAGE_TAG/"), "key: must be a Consul"),
+    ("missing repository", service_with("", drop="repository"), "repository: is required"),
+    (
+        "wrong type",
+        GOOD.replace("timeout = 3", 'timeout = "3"'),
+        r"line 5: \[consul\] timeout: expected",
+    ),
+    ("boolean number", GOOD.replace("timeout = 3", "timeout = true"), "got a boolean"),
+    ("zero timeout", GOOD.replace("timeout = 3", "timeout = 0"), "greater than 0"),
+    ("unknown table", GOOD + "\n[extra]\n", r"unknown table \[extra\]"),
+    ("no services", "[consul]\n", "no services configured"),
+    ("bad strategy", service_with('strategy = "yolo"'), "strategy: must be"),
+    ("rolling without nomad", service_with('strategy = "rolling"'), "rolling needs a"),
+    (
+        "nomad without rolling",
+        service_with('[services.stut-dev.nomad]\njob = "web"'),
+        'needs strategy = "rolling"',
+    ),
+    (
+        "image without tasks",
+        service_with(
+            'strategy = "rolling"\n[services.stut-dev.nomad]\njob = "w"\nupdate = "image"'
+        ),
+        "needs the task names",
+    ),
+    (
+        "bad update",
+        service_with('strategy = "rolling"\n[services.stut-dev.nomad]\njob = "w"\nupdate = "env"'),
+        'update: must be "meta" or "image"',
+    ),
+    (
+        "nomad missing job",
+        service_with('strategy = "rolling"\n[services.stut-dev.nomad]\nnamespace = "x"'),
+        "job: is required",
+    ),
+    ("bad address", GOOD.replace("http://10.0.0.5:8500", "ftp://x"), "address: must be an http"),
+    ("bad service name", GOOD.replace("services.stut-dev", 'services."stut dev"'), "service names"),
+    ("invalid toml", GOOD + "\n[services.x\n", "not valid TOML"),
+    (
+        "notify target without url",
+        GOOD + '\n[[notify.targets]]\nkind = "slack"\n',
+        "url: is required",
+    ),
+    ("notify unknown outcome", GOOD + '\n[notify]\non = ["maybe"]\n', "may only contain"),
+    ("tiny body cap", GOOD + "\n[server]\nmax_body_bytes = 10\n", "at least 1024"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_every_mistake_stops_start_up_with_a_precise_message(
+    case: str, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as error:
+        parse_settings(text, source="noman.toml", environ={"SHORT": "abc"})
+    assert str(error.value).startswith("noman.toml")
+
+
+def test_unknown_service_lookup_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="configured: stut-dev"):
+        parse_settings(GOOD, environ={}).service("nope")
+
+
+def test_rolling_service_inherits_nomad_namespace() -> None:
+    text = (
+        GOOD
+        + '\n[nomad]\nnamespace = "prod"\n'
+        + (
+            '\n[services.roll]\nrepository = "a/b"\nkey = "k/IMAGE_TAG"\n'
+            f'secret_sha256 = "{HASH2}"\nstrategy = "rolling"\n'
+            '[services.roll.nomad]\njob = "b"\nupdate = "image"\ntasks = ["b"]\n'
+        )
+    )
+    service = parse_settings(text, environ={}).service("roll")
+    assert service.nomad is not None
+    assert (service.nomad.job, service.nomad.namespace, service.nomad.update) == (
+        "b",
+        "prod",
+        "image",
+    )
+    assert service.nomad.tasks == ("b",)

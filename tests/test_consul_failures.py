@@ -1,0 +1,187 @@
+"""Consul down, slow, failing or refusing the token: a clear error, and nothing written."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import requests
+import requests_mock
+
+from noman import create_app
+from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
+from tests.fakes.consul import FakeConsul
+
+NEW_TAG = "release-20250101000000"
+
+
+def hook(client: Any, secret: str, tag: str = NEW_TAG) -> Any:
+    return client.post(f"/hooks/{secret}", json={"tag": tag})
+
+
+def test_consul_500_is_503_with_retry_after_and_no_write(
+    client: Any, consul: ConsulHandle, secret: str
+) -> None:
+    fake = consul.require_fake()
+    fake.fail_always(500, "rpc error: No cluster leader")
+    answer = hook(client, secret)
+    fake.heal()
+    assert answer.status_code == 503
+    assert answer.json["error"] == "consul_unavailable"
+    assert int(answer.headers["Retry-After"]) > 0
+    assert fake.writes == 0
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
+
+
+def test_consul_hanging_answers_503_within_the_timeout(
+    client: Any, consul: ConsulHandle, secret: str
+) -> None:
+    fake = consul.require_fake()
+    fake.hang(5)
+    started = time.monotonic()
+    answer = hook(client, secret)
+    elapsed = time.monotonic() - started
+    fake.heal()
+    assert answer.status_code == 503
+    assert answer.json["error"] == "consul_unavailable"
+    assert "Retry-After" in answer.headers
+    # The configured timeout is 1 s: a generous bound that still proves we
+    # did not wait for the 5 s hang (or py-consul's 30 s default).
+    assert elapsed < 4
+    assert fake.writes == 0
+
+
+def test_consul_refusing_connections_is_503(client: Any, consul: ConsulHandle, secret: str) -> None:
+    fake = consul.require_fake()
+    fake.refuse_connections()
+    answer = hook(client, secret)
+    fake.resume()
+    assert answer.status_code == 503
+    assert answer.json["error"] == "consul_unavailable"
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
+
+
+def test_replay_after_recovery_lands_exactly_once(
+    client: Any, consul: ConsulHandle, secret: str
+) -> None:
+    fake = consul.require_fake()
+    fake.fail_always(500)
+    assert hook(client, secret).status_code == 503
+    fake.heal()
+    first = hook(client, secret)
+    _, index = consul.get(consul.key("IMAGE_TAG"))
+    second = hook(client, secret)
+    assert (first.status_code, first.json["changed"]) == (200, True)
+    assert (second.status_code, second.json["changed"]) == (200, False)
+    assert consul.get(consul.key("IMAGE_TAG")) == (NEW_TAG, index)
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 502), ("wrong-token", 502)])
+def test_consul_refusing_the_token_is_502(secret: str, token: str | None, status: int) -> None:
+    with FakeConsul(acl_token="the-right-token") as fake:
+        handle = ConsulHandle(fake.url, token, fake)
+        settings = make_settings(handle, secret)
+        answer = hook(create_app(settings).test_client(), secret)
+        assert answer.status_code == status
+        assert answer.json["error"] == "consul_forbidden"
+        assert "the-right-token" not in answer.get_data(as_text=True)
+        assert fake.writes == 0
+
+
+def test_the_right_token_deploys_under_acls(secret: str) -> None:
+    with FakeConsul(acl_token="the-right-token") as fake:
+        handle = ConsulHandle(fake.url, "the-right-token", fake)
+        settings = make_settings(handle, secret)
+        assert hook(create_app(settings).test_client(), secret).status_code == 200
+        assert fake.value(handle.key("IMAGE_TAG")) == NEW_TAG.encode()
+
+
+def test_consul_token_from_the_environment(secret: str) -> None:
+    with FakeConsul(acl_token="env-token") as fake:
+        handle = ConsulHandle(fake.url, None, fake)
+        settings = make_settings(handle, secret, environ={"CONSUL_HTTP_TOKEN": "env-token"})
+        assert hook(create_app(settings).test_client(), secret).status_code == 200
+
+
+MOCK_URL = "http://consul.invalid:8500"
+KV = f"{MOCK_URL}/v1/kv/configs/web/IMAGE_TAG"
+
+
+@pytest.fixture
+def mocked(secret: str) -> Any:
+    handle = ConsulHandle(MOCK_URL, None, None)
+    settings = make_settings(handle, secret, key="configs/web/IMAGE_TAG")
+    with requests_mock.Mocker() as mock:
+        yield mock, create_app(settings).test_client()
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "code"),
+    [
+        (
+            {"status_code": 403, "text": "Permission denied: token lacks 'key:read'"},
+            502,
+            "consul_forbidden",
+        ),
+        ({"status_code": 403, "text": "ACL not found"}, 502, "consul_forbidden"),
+        (
+            {"status_code": 500, "text": "rpc error making call: No cluster leader"},
+            503,
+            "consul_unavailable",
+        ),
+        ({"status_code": 502, "text": "<html>Bad gateway</html>"}, 503, "consul_unavailable"),
+        ({"status_code": 429, "text": "rate limit exceeded"}, 502, "consul_error"),
+        ({"status_code": 400, "text": "Bad request"}, 502, "consul_error"),
+        ({"status_code": 200, "text": "<html>not consul</html>"}, 503, "consul_unavailable"),
+        ({"exc": requests.exceptions.ConnectTimeout}, 503, "consul_unavailable"),
+        ({"exc": requests.exceptions.ReadTimeout}, 503, "consul_unavailable"),
+        ({"exc": requests.exceptions.ConnectionError}, 503, "consul_unavailable"),
+    ],
+)
+def test_consul_error_shapes_on_read(
+    mocked: Any, secret: str, response: dict[str, Any], status: int, code: str
+) -> None:
+    mock, client = mocked
+    mock.get(KV, **response)
+    mock.put(KV, text="true")
+    answer = hook(client, secret)
+    assert answer.status_code == status
+    assert answer.json["error"] == code
+    assert not [r for r in mock.request_history if r.method == "PUT"]
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "code"),
+    [
+        ({"status_code": 403, "text": "Permission denied"}, 502, "consul_forbidden"),
+        ({"status_code": 500, "text": "internal error"}, 503, "consul_unavailable"),
+        ({"exc": requests.exceptions.ReadTimeout}, 503, "consul_unavailable"),
+    ],
+)
+def test_consul_error_shapes_on_write(
+    mocked: Any, secret: str, response: dict[str, Any], status: int, code: str
+) -> None:
+    mock, client = mocked
+    mock.get(KV, status_code=404, headers={"X-Consul-Index": "7"})
+    mock.put(KV, **response)
+    answer = hook(client, secret)
+    assert answer.status_code == status
+    assert answer.json["error"] == code
+
+
+def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> None:
+    mock, client = mocked
+    mock.get(KV, status_code=404, headers={"X-Consul-Index": "7"})
+    mock.put(KV, text="false")
+    answer = hook(client, secret)
+    assert answer.status_code == 503
+    assert answer.json["error"] == "write_conflict"
+    assert "Retry-After" in answer.headers
+    puts = [r for r in mock.request_history if r.method == "PUT"]
+    assert len(puts) == 8  # consul.cas_retries' default
+    assert all(r.qs["cas"] == ["0"] for r in puts)
+
+
+def test_sample_tag_constant_is_a_valid_release() -> None:
+    assert SAMPLE_TAG.startswith("release-")

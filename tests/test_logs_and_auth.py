@@ -1,0 +1,87 @@
+"""Secret redaction and the one constant-time comparison."""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import logging
+
+import pytest
+
+from noman import auth
+from noman.config import Service, hash_secret
+from noman.logs import JsonFormatter, RedactingFilter, redact
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"POST /hooks/abc123 HTTP/1.1" 200', '"POST /hooks/<redacted> HTTP/1.1" 200'),
+        ("GET /hooks/abc/deployment", "GET /hooks/<redacted>/deployment"),
+        ("POST /hooks/abc?token=abc HTTP/1.1", "POST /hooks/<redacted>?<redacted> HTTP/1.1"),
+        ("POST /hooks?x=abc HTTP/1.1", "POST /hooks?<redacted> HTTP/1.1"),
+        ("POST /%68ooks/abc HTTP/1.1", "POST /hooks/<redacted> HTTP/1.1"),
+        (
+            "Invalid request line 'POST /hooks/abc junk'",
+            "Invalid request line 'POST /hooks/<redacted> junk'",
+        ),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer <redacted>"),
+        ("GET /healthz 200", "GET /healthz 200"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_filter_redacts_arguments_and_tracebacks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise RuntimeError("failed on /hooks/topsecret")
+    except RuntimeError:
+        logger.exception("Error handling request %s", "/hooks/topsecret")
+    line = json.loads(stream.getvalue())
+    assert "topsecret" not in stream.getvalue()
+    assert line["msg"] == "Error handling request /hooks/<redacted>"
+    assert "RuntimeError" in line["exc"]
+
+
+def service(name: str, *secrets: str) -> Service:
+    return Service(name, "a/b", f"{name}/k", tuple(hash_secret(s) for s in secrets))
+
+
+def test_find_service_matches_any_configured_hash() -> None:
+    services = [service("a", "secret-a"), service("b", "old-b", "new-b")]
+    assert auth.find_service(services, "secret-a") is services[0]
+    assert auth.find_service(services, "new-b") is services[1]
+    assert auth.find_service(services, "old-b") is services[1]
+    assert auth.find_service(services, "secret-") is None
+    assert auth.find_service(services, "") is None
+
+
+def test_every_comparison_goes_through_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    services = [service("a", "s1"), service("b", "s2", "s3")]
+    assert auth.find_service(services, "s1") is services[0]
+    # All three digests compared, even though the first matched.
+    assert len(calls) == 3
+
+
+def test_new_secret_is_long_and_its_hash_matches() -> None:
+    secret, digest = auth.new_secret()
+    assert len(secret) >= 43
+    assert hash_secret(secret).hex() == digest
+    assert auth.new_secret()[0] != secret
