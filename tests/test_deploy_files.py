@@ -1,0 +1,81 @@
+"""The shipped Nomad job files parse and say what the README promises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from noman.config import parse_settings
+
+NOMAD = Path(__file__).resolve().parent.parent / "deploy" / "nomad"
+
+
+def load(name: str) -> dict[str, Any]:
+    with (NOMAD / name).open() as handle:
+        data: dict[str, Any] = hcl2.load(handle)
+    return data
+
+
+def blocks(node: Any, name: str) -> Iterator[Any]:
+    """Every block called ``name`` anywhere below ``node``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == name:
+                yield from value if isinstance(value, list) else [value]
+            yield from blocks(value, name)
+    elif isinstance(node, list):
+        for item in node:
+            yield from blocks(item, name)
+
+
+def unquote(value: Any) -> Any:
+    return value.strip('"') if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOMAD.glob("*.hcl")))
+def test_job_files_parse(name: str) -> None:
+    assert list(blocks(load(name), "job"))
+
+
+def test_restart_example_restarts_on_key_change() -> None:
+    modes = [
+        unquote(t.get("change_mode")) for t in blocks(load("example-restart.nomad.hcl"), "template")
+    ]
+    assert "restart" in modes
+
+
+def test_rolling_example_is_set_up_for_rolling_deploys() -> None:
+    job = load("example-rolling.nomad.hcl")
+    assert all(unquote(t["change_mode"]) == "noop" for t in blocks(job, "template"))
+    update = next(blocks(job, "update"))
+    assert update["auto_revert"] is True
+    assert unquote(update["health_check"]) == "checks"
+    meta = next(blocks(job, "meta"))
+    assert "NOMAN_IMAGE_TAG" in meta
+    images = [unquote(c["image"]) for c in blocks(job, "config")]
+    assert any("${NOMAD_META_NOMAN_IMAGE_TAG}" in image for image in images)
+
+
+def test_noman_job_runs_two_checked_hardened_instances() -> None:
+    job = load("noman.nomad.hcl")
+    group = next(iter(next(blocks(job, "group")).values()))
+    assert group["count"] == 2
+    assert next(blocks(job, "update"))["auto_revert"] is True
+    assert [unquote(c["path"]) for c in blocks(job, "check")] == ["/readyz"]
+    config = next(blocks(job, "config"))
+    assert config["readonly_rootfs"] is True
+    assert [unquote(c) for c in config["cap_drop"]] == ["all"]
+
+
+def test_noman_job_config_template_is_a_valid_noman_toml() -> None:
+    text = (NOMAD / "noman.nomad.hcl").read_text()
+    start = text.index("<<-EOT", text.index('destination = "local/noman.toml"')) + len("<<-EOT")
+    body = text[start : text.index("EOT", start)]
+    lines = [line.strip() for line in body.splitlines()]
+    toml = "\n".join(line for line in lines if "{{" not in line)
+    settings = parse_settings(toml, source="noman.nomad.hcl", environ={})
+    assert settings.services
