@@ -74,7 +74,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "info") -> None:
-    """Send the ``noman`` loggers to stderr as redacted JSON lines (once)."""
+    """Send the ``noman`` loggers to stderr as redacted JSON lines (once).
+
+    Also filters gunicorn's own handlers, so that ``gunicorn 'noman:create_app()'``
+    without the shipped configuration (and its logger class) leaks nothing either.
+    """
+    protect_gunicorn_logs()
     logger = logging.getLogger("noman")
     logger.setLevel(level.upper())
     if any(getattr(h, "_noman", False) for h in logger.handlers):
@@ -85,6 +90,14 @@ def configure(level: str = "info") -> None:
     handler._noman = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
+
+
+def protect_gunicorn_logs() -> None:
+    """Add RedactingFilter to every handler of gunicorn's loggers (idempotent)."""
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 class GunicornLogger(glogging.Logger):  # type: ignore[misc]

@@ -32,19 +32,20 @@ _HTTP_ERRORS: dict[int, type[NomanError]] = {
 }
 
 
-@bp.post("/hooks/<secret>")
+# No automatic OPTIONS answers: hook routes take POST and nothing else.
+@bp.post("/hooks/<secret>", provide_automatic_options=False)
 def hook(secret: str) -> Response:
     """Deploy the pushed tag to the service this secret belongs to."""
     return _handle_hook(secret)
 
 
-@bp.post("/hooks")
+@bp.post("/hooks", provide_automatic_options=False)
 def hook_bearer() -> Response:
     """The same, with the secret in ``Authorization: Bearer`` (out of access logs)."""
     return _handle_hook(_bearer_secret())
 
 
-@bp.get("/hooks/<secret>/deployment")
+@bp.get("/hooks/<secret>/deployment", provide_automatic_options=False)
 def deployment(secret: str) -> Response:
     """The latest Nomad deployment of a rolling service."""
     service = _service_for(secret)
@@ -62,9 +63,12 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready: the store (Consul) answers with a leader."""
+    """Ready: Consul has a leader and lets Noman's token read every service's key."""
+    settings: Settings = current_app.extensions["noman.settings"]
     try:
         store = current_app.extensions["noman.store"].check_ready()
+        for service in settings.services:
+            current_app.extensions["noman.store"].read(service.key)
     except NomanError as exc:
         body = {"status": "unavailable", "error": exc.code, "message": exc.message}
         return jsonify(body), 503

@@ -185,3 +185,11 @@ def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> N
 
 def test_sample_tag_constant_is_a_valid_release() -> None:
     assert SAMPLE_TAG.startswith("release-")
+
+
+def test_readyz_names_a_refused_token(secret: str) -> None:
+    with FakeConsul(acl_token="the-right-token") as fake:
+        handle = ConsulHandle(fake.url, "wrong-token", fake)
+        answer = create_app(make_settings(handle, secret)).test_client().get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json["error"] == "consul_forbidden"

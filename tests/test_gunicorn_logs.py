@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Gunicorn:
     """gunicorn with noman.gunicorn_conf, logs captured to files."""
 
-    def __init__(self, tmp: Path, config: Path, app: str = "noman:create_app()") -> None:
+    def __init__(
+        self, tmp: Path, config: Path, app: str = "noman:create_app()", shipped: bool = True
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.stdout = tmp / "access.log"
@@ -42,7 +44,13 @@ class Gunicorn:
         }
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "python:noman.gunicorn_conf", app],
+                [sys.executable, "-m", "gunicorn"]
+                + (
+                    ["-c", "python:noman.gunicorn_conf"]
+                    if shipped
+                    else ["--bind", env["NOMAN_BIND"]]
+                )
+                + [app],
                 cwd=tmp,
                 env=env,
                 stdout=out,
@@ -197,3 +205,21 @@ def test_sigterm_during_a_slow_consul_call_exits_cleanly(
     assert time.monotonic() - started < 20  # well inside graceful_timeout
     assert answers == [503]
     assert fake.writes == 0
+
+
+def test_plain_gunicorn_without_the_shipped_config_leaks_nothing(
+    tmp_path: Path, secret: str
+) -> None:
+    """`gunicorn 'noman:create_app()'` alone: the app filters gunicorn's handlers itself."""
+    with FakeConsul() as fake:
+        server = Gunicorn(tmp_path, write_config(tmp_path, fake.url, secret), shipped=False)
+        try:
+            answer = requests.post(f"{server.url}/hooks/{secret}", json={"tag": SAMPLE_TAG})
+            assert answer.status_code == 200
+            raw(server.port, f"POST /hooks/{secret} HTTP/1.1 junk\r\n\r\n".encode())
+            raw(server.port, f"POST /hooks/{secret} HTTP/1.1\r\nBad Header: y\r\n\r\n".encode())
+        finally:
+            assert server.stop() == 0
+    logs = server.logs()
+    assert secret not in logs
+    assert '"outcome": "deployed"' in logs

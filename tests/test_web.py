@@ -231,6 +231,8 @@ def test_unknown_and_wrong_secrets_are_byte_identical(client: Any, secret: str) 
         ("GET", "/hooks/a/b/c", 404, "not_found"),
         ("GET", "/hooks/wrong/deployment", 404, "not_found"),
         ("POST", "/hooks", 401, "unauthorized"),
+        ("OPTIONS", "/hooks/anything", 405, "method_not_allowed"),
+        ("OPTIONS", "/hooks", 405, "method_not_allowed"),
     ],
 )
 def test_every_route_error_is_json(
