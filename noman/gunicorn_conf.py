@@ -30,3 +30,11 @@ limit_request_fields = 100
 # gunicorn 25.1+ opens a control socket under $HOME by default: pointless in
 # a container and impossible on a read-only root filesystem.
 control_socket_disable = True
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Give outcome reports in flight a few seconds to be sent before a worker goes."""
+    app = getattr(worker, "wsgi", None)
+    reporter = getattr(app, "extensions", {}).get("noman.reporter")
+    if reporter is not None:
+        reporter.wait(5)
