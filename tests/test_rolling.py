@@ -296,3 +296,38 @@ def test_watch_deadline_reports_timeout(
     result = rollouts.watch(settings.services[0], Rollout(**answer.json["deployment"]))
     assert result["status"] == "timeout"
     assert result["version"] == 1
+
+
+def test_watch_follows_its_own_deployment_by_id(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    nomad.script_deployments("successful", after=0.3)
+    app = create_app(rolling_settings(consul, nomad, secret))
+    answer = hook(app, secret, {"tag": NEW})
+    rollouts: NomadRollouts = app.extensions["noman.nomad"]
+    from noman.release import Rollout
+
+    result = rollouts.watch(
+        app.extensions["noman.settings"].services[0], Rollout(**answer.json["deployment"])
+    )
+    assert (result["status"], result["version"]) == ("successful", 1)
+    paths = [path for _, path, _, _ in nomad.requests]
+    assert f"/v1/deployment/{result['id']}" in paths
+    assert not any(path.endswith("/deployments") for path in paths)
+
+
+def test_watch_reports_a_superseded_rollout_as_cancelled(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    nomad.script_deployments("stall")
+    app = create_app(rolling_settings(consul, nomad, secret))
+    answer = hook(app, secret, {"tag": NEW})
+    nomad.change_job("web", lambda job: job["Meta"].update(owner="ops"))
+    rollouts: NomadRollouts = app.extensions["noman.nomad"]
+    from noman.release import Rollout
+
+    result = rollouts.watch(
+        app.extensions["noman.settings"].services[0], Rollout(**answer.json["deployment"])
+    )
+    assert result["status"] == "cancelled"
+    assert result["version"] == 1

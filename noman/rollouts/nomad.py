@@ -159,13 +159,18 @@ class NomadRollouts:
         )
 
     def watch(self, service: Service, rollout: Rollout) -> dict[str, Any]:
-        """Poll until the rollout's deployment ends or the watch deadline passes."""
+        """Poll until the rollout's deployment ends or the watch deadline passes.
+
+        Only the endpoints every Nomad has are used: the job's latest
+        deployment until the one for our version appears, then that
+        deployment by ID (a newer version may have become the latest since).
+        """
         target = _target(service)
         deadline = time.monotonic() + self.settings.watch_timeout
         last: dict[str, Any] | None = None
         while True:
             try:
-                found = self._deployment_of(target, rollout.version)
+                found = self._poll(target, rollout.version, last["id"] if last else None)
             except NomanError as exc:
                 log.warning(
                     "watching %s v%s: %s (will retry)", target.job, rollout.version, exc.code
@@ -200,14 +205,33 @@ class NomadRollouts:
             warnings.append(f"job {service.nomad.job!r} does not run a tag Noman can read yet")  # type: ignore[union-attr]
         return warnings
 
-    def _deployment_of(self, target: NomadTarget, version: int) -> dict[str, Any] | None:
-        deployments = self._call(
-            target, "read deployments", lambda c: c.job.get_deployments(target.job)
-        )
-        for deployment in deployments or []:
-            if deployment.get("JobVersion") == version:
-                return summarize(deployment)
-        return None
+    def _poll(
+        self, target: NomadTarget, version: int, deployment_id: str | None
+    ) -> dict[str, Any] | None:
+        """Our deployment's state, or None while Nomad has not created it yet."""
+        if deployment_id:
+            return summarize(
+                self._call(
+                    target,
+                    "read deployment",
+                    lambda c: c.deployment.get_deployment(deployment_id),
+                )
+            )
+        latest = self._call(target, "read deployment", lambda c: c.job.get_deployment(target.job))
+        state = summarize(latest)
+        if state is None or not isinstance(state["version"], int) or state["version"] < version:
+            return None
+        if state["version"] > version:
+            # A newer version replaced ours before we saw its deployment:
+            # Nomad cancels the older one.
+            return {
+                "id": None,
+                "job": target.job,
+                "version": version,
+                "status": "cancelled",
+                "description": f"Superseded by job version {state['version']}.",
+            }
+        return state
 
     def _call(self, target: NomadTarget, action: str, call: Callable[[Any], T]) -> T:
         try:

@@ -25,29 +25,23 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import contextlib
 import html
 import json
 import re
-import signal
-import socket
-import socketserver
 import string
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from tests.fakes._server import FakeHTTPServer, FakeServer, Hang, QuietHandler, run_main
 
 __all__ = ["ANONYMOUS_ACCESSOR_ID", "MAX_VALUE_SIZE", "FakeConsul", "main", "parse_duration"]
 
 JSON = dict[str, Any]
-RequestRecord = tuple[str, str, dict[str, list[str]], dict[str, str]]
 
 #: Consul's default ``kv_max_value_size`` (and ``txn_max_req_len``).
 MAX_VALUE_SIZE = 524288
@@ -441,6 +435,8 @@ def _run_op(store: _Store, op: _TxnOp, index: int) -> list[JSON]:
 # --------------------------------------------------------------------------------------------
 # HTTP plumbing
 
+_Server = FakeHTTPServer["FakeConsul"]
+
 
 @dataclass
 class _Request:
@@ -453,71 +449,15 @@ class _Request:
     body: bytes
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its open connections so that it can cut them."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 drops SYNs when a test fires many requests at once,
-    # and the client's retransmit then costs a second.
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], fake: FakeConsul) -> None:
-        self.fake = fake
-        # Set when this server stops: blocking reads and hung requests give up at once.
-        self.closing = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn), which can stall on DNS.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            if self.closing.is_set():
-                return  # accepted just before the stop: drop it like the others
-            self._connections.add(request)
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that vanish, and connections cut on purpose, are not errors of the fake.
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        """Cut every open keep-alive connection, so clients cannot keep talking to us."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     """Turns each HTTP request into one :meth:`FakeConsul._handle` call."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
-    # TCP_NODELAY on accepted sockets (spec item 16): otherwise small keep-alive answers can
-    # wait ~40 ms on Nagle and delayed ACKs.
-    disable_nagle_algorithm = True
-    timeout = 120  # idle keep-alive connections do not pin a thread forever
     server: _Server
 
     def do_GET(self) -> None:
         self._serve()
 
     do_PUT = do_DELETE = do_POST = do_PATCH = do_HEAD = do_GET
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: access logs would flood test output."""
 
     def _serve(self) -> None:
         try:
@@ -593,11 +533,12 @@ class _Handler(BaseHTTPRequestHandler):
 # The fake
 
 
-class FakeConsul:
+class FakeConsul(FakeServer):
     """A Consul agent's KV, txn and status HTTP API, served from memory.
 
     Use as a context manager (``with FakeConsul() as fake: ...``) or call :meth:`start` and
     :meth:`stop`. One lock guards all state; handler threads and test code may use it at once.
+    :attr:`requests` records each path as sent (still percent-encoded).
 
     Args:
         acl_token: turns ACLs on (default deny): only this token may use /v1/kv and /v1/txn;
@@ -607,139 +548,43 @@ class FakeConsul:
         host: the address to bind.
     """
 
+    _handler_class = _Handler
+    _thread_name = "fake-consul"
+
     def __init__(
         self, acl_token: str | None = None, port: int = 0, host: str = "127.0.0.1"
     ) -> None:
+        # The base's _cond guards everything; notified on every change so blocking reads
+        # wake up.
+        super().__init__(host=host, port=port)
         self.acl_token = acl_token
-        self.host = host
-        self._port = port
         #: What /v1/status/leader answers; "" means the cluster has no leader.
         self.leader = "127.0.0.1:8300"
         #: Mutations applied through HTTP: KV PUTs and DELETEs that changed something, applied
         #: txn operations that changed something. :meth:`set` does not count.
         self.writes = 0
-        #: Every request received, faulted ones included: (method, path as sent, query,
-        #: headers with Title-Cased names).
-        self.requests: list[RequestRecord] = []
         self._store = _Store()
-        # Guards everything; notified on every change so blocking reads wake up.
-        self._cond = threading.Condition()
-        self._fail_next: list[tuple[int, str]] = []
-        self._fail_always: tuple[int, str] | None = None
-        self._hang: float | None = None
-        self._hang_release = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Listen and serve in a daemon thread; returns ``self``.
 
-    @property
-    def port(self) -> int:
-        """The TCP port (0 until the first start when asked to pick one)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL such as ``http://127.0.0.1:8500``."""
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self._port}"
-
-    def start(self) -> FakeConsul:
-        """Listen and serve in a daemon thread; returns ``self``."""
+        Raises:
+            RuntimeError: when already serving (:meth:`resume` is the idempotent one).
+        """
         if self._server is not None:
             raise RuntimeError("FakeConsul is already serving")
-        self._listen()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections, close the socket; calling it twice is fine."""
-        self._hang_release.set()
-        self._unlisten()
-
-    def __enter__(self) -> FakeConsul:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _listen(self) -> None:
-        # Re-binding a port just closed can briefly fail; retry rather than flake.
-        for attempt in range(100):
-            try:
-                server = _Server((self.host, self._port), self)
-                break
-            except OSError:
-                if self._port == 0 or attempt == 99:
-                    raise
-                time.sleep(0.02)
-        self._port = server.server_address[1]
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"fake-consul-{self._port}",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-
-    def _unlisten(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None or thread is None:
-            return
-        with self._cond:
-            server.closing.set()
-            self._cond.notify_all()
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
-        thread.join(timeout=5)
-
-    # ---- faults ----------------------------------------------------------------------------
+        return super().start()
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = NO_LEADER) -> None:
         """Answer the next ``count`` requests (any endpoint) with ``status`` and a text body.
 
         Nothing is applied. Failures queue up after any already pending.
         """
-        with self._cond:
-            self._fail_next.extend([(status, body)] * count)
+        super().fail_next(count, status, body)
 
     def fail_always(self, status: int = 500, body: str = NO_LEADER) -> None:
         """Answer every request with ``status`` and a text body until :meth:`heal`."""
-        with self._cond:
-            self._fail_always = (status, body)
-
-    def hang(self, seconds: float) -> None:
-        """Make every request wait ``seconds``, then close the connection without an answer.
-
-        The request is not applied. :meth:`heal` and :meth:`stop` release waiting requests.
-        """
-        with self._cond:
-            self._hang = seconds
-            self._hang_release = threading.Event()
-
-    def heal(self) -> None:
-        """Clear everything set by :meth:`fail_next`, :meth:`fail_always` and :meth:`hang`."""
-        with self._cond:
-            self._fail_next.clear()
-            self._fail_always = None
-            self._hang = None
-            self._hang_release.set()
-
-    def refuse_connections(self) -> None:
-        """Close the listening socket and open connections: connects are refused, state kept."""
-        self._unlisten()
-
-    def resume(self) -> None:
-        """Listen again on the same port after :meth:`refuse_connections`, state intact."""
-        if self._server is None:
-            self._listen()
+        super().fail_always(status, body)
 
     # ---- direct state access for tests -----------------------------------------------------
 
@@ -782,12 +627,9 @@ class FakeConsul:
     def _handle(self, req: _Request, server: _Server) -> _Response | None:
         with self._cond:
             self.requests.append((req.method, req.raw_path, req.query, dict(req.headers)))
-            hang, release = self._hang, self._hang_release
-            fault = None
-            if hang is None:
-                fault = self._fail_next.pop(0) if self._fail_next else self._fail_always
-        if hang is not None:
-            release.wait(hang)
+            fault = self._next_fault()
+        if isinstance(fault, Hang):
+            fault.wait()
             return None
         if fault is not None:
             return _text(*fault)
@@ -1023,20 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="TCP port (default: pick a free one)")
     parser.add_argument("--acl-token", default=None, help="turn ACLs on with this token")
     args = parser.parse_args(argv)
-
-    done = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    with FakeConsul(acl_token=args.acl_token, port=args.port, host=args.host) as fake:
-        print(fake.url, flush=True)
-        # Wait in slices so the main thread runs signal handlers promptly.
-        while not done.wait(0.2):
-            pass
-    return 0
+    return run_main(FakeConsul(acl_token=args.acl_token, port=args.port, host=args.host))
 
 
 if __name__ == "__main__":

@@ -17,23 +17,19 @@ Run it by hand with ``python -m tests.fakes.nomad [--port N] [--acl-token T]``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import hmac
 import json
-import signal
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.fakes._server import FakeHTTPServer, FakeServer, Hang, QuietHandler, run_main
 
 __all__ = [
     "DEPLOYMENT_OUTCOMES",
@@ -44,7 +40,6 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-RequestRecord = tuple[str, str, dict[str, list[str]], dict[str, str]]
 
 #: Job fields that Nomad manages itself.  The fake ignores them in a register body and sets them
 #: on the stored job, so tests can compare "everything else" between two jobs.
@@ -182,10 +177,8 @@ class _Reply:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
-    # When set, the handler waits on this event (at most hang_seconds) and then drops the
-    # connection without answering.
-    hang: threading.Event | None = None
-    hang_seconds: float = 0.0
+    # When set, the handler waits it out and then drops the connection without answering.
+    hang: Hang | None = None
 
 
 @dataclass
@@ -201,12 +194,6 @@ class _Deployment:
     def due(self) -> float | None:
         """Monotonic time at which the scripted outcome applies; None means never (stall)."""
         return None if self.outcome == "stall" else self.created + self.after
-
-
-@dataclass
-class _Fault:
-    status: int
-    body: str
 
 
 class _HTTPError(Exception):
@@ -248,54 +235,10 @@ def _rfc3339(epoch_seconds: float) -> str:
 # HTTP plumbing
 
 
-class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer that remembers its open connections so they can be cut."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], fake: FakeNomad) -> None:
-        self.fake = fake
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Ignore clients that went away (timeouts, cut connections); report anything else."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        """Cut every open (keep-alive) connection, so clients cannot keep talking to us."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            # Already gone is fine: the goal is only that nobody can keep using it.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     """Translates HTTP requests into :meth:`FakeNomad._handle` calls."""
 
-    # HTTP/1.1 gives keep-alive; every reply carries Content-Length so that works.
-    protocol_version = "HTTP/1.1"
-    # Sets TCP_NODELAY on the accepted socket: without it small keep-alive replies can wait
-    # ~40 ms for delayed ACKs, which makes timing-sensitive tests slow and flaky.
-    disable_nagle_algorithm = True
-    # Idle keep-alive connections are dropped eventually rather than pinning a thread forever.
-    timeout = 120
-    server: _Server
+    server: FakeHTTPServer[FakeNomad]
 
     def do_GET(self) -> None:
         self._serve()
@@ -309,16 +252,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: test output should not be flooded with access logs."""
-
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         headers = {name.title(): value for name, value in self.headers.items()}
         reply = self.server.fake._handle(self.command, self.path, headers, body)
         if reply.hang is not None:
-            reply.hang.wait(reply.hang_seconds)
+            reply.hang.wait()
             # Returning without writing anything and closing makes the client see a
             # connection closed without a response (or its own read timeout first).
             self.close_connection = True
@@ -336,22 +276,24 @@ class _Handler(BaseHTTPRequestHandler):
 # The fake
 
 
-class FakeNomad:
+class FakeNomad(FakeServer):
     """An in-process fake Nomad agent listening on ``127.0.0.1``.
 
     Use as a context manager (``with FakeNomad() as fake: ...``) or call :meth:`start` and
     :meth:`stop`.  All state lives in memory and is protected by one lock; handler threads and
-    test code may use the fake concurrently.
+    test code may use the fake concurrently.  :attr:`requests` records each path decoded.
     """
 
     SERVER_FIELDS: frozenset[str] = SERVER_FIELDS
+    _handler_class = _Handler
+    _thread_name = "fake-nomad"
+    # A short poll keeps stop()/refuse_connections() fast (shutdown waits for it).
+    _poll_interval = 0.01
 
     def __init__(self, acl_token: str | None = None, port: int = 0) -> None:
         """Create a stopped fake; ``acl_token`` enables ACLs, ``port=0`` picks a free port."""
+        super().__init__(host="127.0.0.1", port=port)
         self.acl_token = acl_token
-        self.host = "127.0.0.1"
-        self._port = port
-        self._lock = threading.RLock()
         # Nomad has one Raft index for everything; start above 0 so that "0" stays special
         # (EnforceIndex with JobModifyIndex 0 means "job must not exist").
         self._index = 10
@@ -359,123 +301,10 @@ class FakeNomad:
         self._deployments: dict[str, _Deployment] = {}
         self._outcome = "successful"
         self._after = 0.0
-        self._fail_next: list[_Fault] = []
-        self._fail_always: _Fault | None = None
-        self._hang_seconds: float | None = None
-        self._hang_release = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         # Wall clock = monotonic + offset; deadlines use the monotonic clock, JSON the wall one.
         self._wall_offset = time.time() - time.monotonic()
         #: Every register body received over HTTP, accepted or not (faults included), in order.
         self.registrations: list[dict[str, Any]] = []
-        #: Every request received: (method, path, query, headers); header names are Title-Cased.
-        self.requests: list[RequestRecord] = []
-
-    # ---- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The TCP port (0 until the first :meth:`start` when it was asked to pick one)."""
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:4646``."""
-        return f"http://{self.host}:{self._port}"
-
-    def start(self) -> FakeNomad:
-        """Start listening (no-op when already listening) and return ``self``."""
-        with self._lock:
-            if self._server is None:
-                self._listen()
-        return self
-
-    def stop(self) -> None:
-        """Stop listening, cut open connections and release hung requests (state is kept)."""
-        self._hang_release.set()
-        self._unlisten()
-
-    def __enter__(self) -> FakeNomad:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _listen(self) -> None:
-        # Re-binding a port we just closed can briefly fail; retry rather than flake.
-        for attempt in range(100):
-            try:
-                server = _Server((self.host, self._port), self)
-                break
-            except OSError:
-                if self._port == 0 or attempt == 99:
-                    raise
-                time.sleep(0.02)
-        self._port = server.server_address[1]
-        thread = threading.Thread(
-            target=server.serve_forever,
-            # A short poll keeps stop()/refuse_connections() fast (shutdown waits for it).
-            kwargs={"poll_interval": 0.01},
-            name=f"fake-nomad-{self._port}",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-
-    def _unlisten(self) -> None:
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    # ---- faults ----------------------------------------------------------------------------
-
-    def fail_next(self, count: int = 1, status: int = 500, body: str = "No cluster leader") -> None:
-        """Answer the next ``count`` requests with ``status``/``body`` and apply nothing."""
-        with self._lock:
-            self._fail_next.extend(_Fault(status, body) for _ in range(count))
-
-    def fail_always(self, status: int = 500, body: str = "No cluster leader") -> None:
-        """Answer every request with ``status``/``body`` (after any :meth:`fail_next`)."""
-        with self._lock:
-            self._fail_always = _Fault(status, body)
-
-    def hang(self, seconds: float) -> None:
-        """Make every request wait ``seconds`` and then drop the connection unanswered.
-
-        Nothing is applied.  :meth:`heal` and :meth:`stop` release requests already waiting.
-        """
-        with self._lock:
-            self._hang_seconds = seconds
-            self._hang_release = threading.Event()
-
-    def heal(self) -> None:
-        """Clear every fault set by :meth:`fail_next`, :meth:`fail_always` and :meth:`hang`."""
-        with self._lock:
-            self._fail_next.clear()
-            self._fail_always = None
-            self._hang_seconds = None
-            self._hang_release.set()
-
-    def refuse_connections(self) -> None:
-        """Close the listening socket (connections are refused) keeping state and port."""
-        self._unlisten()
-
-    def resume(self) -> None:
-        """Listen again on the same port after :meth:`refuse_connections`."""
-        self.start()
 
     # ---- test-side state access ------------------------------------------------------------
 
@@ -772,13 +601,11 @@ class FakeNomad:
                     self.registrations.append(copy.deepcopy(payload))
             # Faults come first: they model the network or an unhealthy server, which fail
             # before authentication or any state change.
-            if self._hang_seconds is not None:
-                return _Reply(hang=self._hang_release, hang_seconds=self._hang_seconds)
-            if self._fail_next:
-                fault = self._fail_next.pop(0)
-                return _text(fault.status, fault.body)
-            if self._fail_always is not None:
-                return _text(self._fail_always.status, self._fail_always.body)
+            fault = self._next_fault()
+            if isinstance(fault, Hang):
+                return _Reply(hang=fault)
+            if fault is not None:
+                return _text(*fault)
             try:
                 self._check_acl(path, headers)
                 if decode_error is not None:
@@ -1044,20 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="TCP port (default: pick a free one)")
     parser.add_argument("--acl-token", default=None, help="require this X-Nomad-Token")
     args = parser.parse_args(argv)
-
-    done = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    with FakeNomad(acl_token=args.acl_token, port=args.port) as fake:
-        print(fake.url, flush=True)
-        # Wait in slices so the main thread runs signal handlers promptly.
-        while not done.wait(0.2):
-            pass
-    return 0
+    return run_main(FakeNomad(acl_token=args.acl_token, port=args.port))
 
 
 if __name__ == "__main__":
