@@ -5,6 +5,8 @@ NOMAN_WORKER_TMP_DIR (default /dev/shm, so a read-only root filesystem works).
 """
 
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("NOMAN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("NOMAN_WORKERS", "2"))
@@ -19,6 +21,14 @@ graceful_timeout = 20
 keepalive = 5
 _tmp = os.environ.get("NOMAN_WORKER_TMP_DIR", "/dev/shm")  # noqa: S108 (a tmpfs, by design)
 worker_tmp_dir = _tmp if os.path.isdir(_tmp) else None
+
+# Prometheus multiprocess mode: each worker writes its metrics to files here
+# and /metrics adds them up. Set before any worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="noman-metrics-", dir=worker_tmp_dir
+    )
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("NOMAN_GUNICORN_LOG_LEVEL", "info")
@@ -38,3 +48,18 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     reporter = getattr(app, "extensions", {}).get("noman.reporter")
     if reporter is not None:
         reporter.wait(5)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Drop a dead worker's live gauges from the metrics (counters are kept)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the metrics directory this master created."""
+    if _metrics_dir.startswith(
+        os.path.join(worker_tmp_dir or tempfile.gettempdir(), "noman-metrics-")
+    ):
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from noman import metrics
 from noman.config import NotifyTarget, Service, Settings
 from noman.errors import NomanError, UpstreamError
 from noman.release import Outcome, Release
@@ -157,6 +158,7 @@ class Reporter:
             previous=outcome.previous,
             deployment=deployment,
         )
+        metrics.DEPLOYS.labels(service.name, "success" if success else "failure").inc()
         level = logging.INFO if success else logging.ERROR
         log.log(
             level,
@@ -195,7 +197,7 @@ class Reporter:
             "description": report.description[:255],
             "context": f"noman {report.service}"[:100],
         }
-        self._post("dockerhub callback", url, json.dumps(body).encode(), {}, report.service)
+        self._post("callback", url, json.dumps(body).encode(), {}, report.service)
 
     def _notify(self, target: NotifyTarget, report: Report) -> None:
         if target.kind == "slack":
@@ -207,7 +209,7 @@ class Reporter:
             payload = report.as_dict()
         body = json.dumps(payload).encode()
         headers = {SIGNATURE_HEADER: sign(target.hmac_key, body)} if target.hmac_key else {}
-        self._post(f"{target.kind} notification", target.url, body, headers, report.service)
+        self._post(target.kind, target.url, body, headers, report.service)
 
     def _post(
         self, what: str, url: str, body: bytes, headers: dict[str, str], service: str
@@ -231,6 +233,7 @@ class Reporter:
             problem = f"HTTP {answer.status_code}"
             if 400 <= answer.status_code < 500 and answer.status_code not in (408, 429):
                 break
+        metrics.REPORT_FAILURES.labels(what).inc()
         log.warning(
             "%s failed: %s",
             what,

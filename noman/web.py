@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
-from noman import auth, errors
+from noman import auth, errors, metrics
 from noman.config import Service, Settings
 from noman.deploy import Deployer
 from noman.errors import NomanError
@@ -53,6 +53,13 @@ def deployment(secret: str) -> Response:
         raise errors.NotRolling()
     state = current_app.extensions["noman.nomad"].deployment_status(service)
     return jsonify({"service": service.name, "deployment": state})
+
+
+@bp.get("/metrics")
+def metrics_view() -> Response:
+    """Prometheus metrics of every worker."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/healthz")
@@ -101,7 +108,10 @@ def _handle_hook(secret: str) -> Response:
 def _log_hook(
     fields: dict[str, Any], outcome: str, status: int, started: float, reason: str = ""
 ) -> None:
-    duration_ms = round((time.monotonic() - started) * 1000, 1)
+    elapsed = time.monotonic() - started
+    metrics.HOOK_REQUESTS.labels(fields["service"] or "", outcome).inc()
+    metrics.HOOK_DURATION.observe(elapsed)
+    duration_ms = round(elapsed * 1000, 1)
     line = {**fields, "outcome": outcome, "status": status, "duration_ms": duration_ms}
     if reason:
         line["reason"] = reason

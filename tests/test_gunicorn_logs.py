@@ -28,7 +28,12 @@ class Gunicorn:
     """gunicorn with noman.gunicorn_conf, logs captured to files."""
 
     def __init__(
-        self, tmp: Path, config: Path, app: str = "noman:create_app()", shipped: bool = True
+        self,
+        tmp: Path,
+        config: Path,
+        app: str = "noman:create_app()",
+        shipped: bool = True,
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -38,7 +43,7 @@ class Gunicorn:
             **os.environ,
             "NOMAN_CONFIG": str(config),
             "NOMAN_BIND": f"127.0.0.1:{self.port}",
-            "NOMAN_WORKERS": "1",
+            "NOMAN_WORKERS": str(workers),
             "NOMAN_GUNICORN_LOG_LEVEL": "debug",
             "PYTHONPATH": str(ROOT),
         }
@@ -223,3 +228,23 @@ def test_plain_gunicorn_without_the_shipped_config_leaks_nothing(
     logs = server.logs()
     assert secret not in logs
     assert '"outcome": "deployed"' in logs
+
+
+def test_metrics_add_up_across_workers_and_carry_no_secret(tmp_path: Path, secret: str) -> None:
+    with FakeConsul() as fake:
+        server = Gunicorn(tmp_path, write_config(tmp_path, fake.url, secret), workers=2)
+        try:
+            session = requests.Session()
+            for i in range(6):
+                # New connections, so both workers answer some of them.
+                requests.post(
+                    f"{server.url}/hooks/{secret}", json={"tag": f"release-2024010100000{i}"}
+                )
+            requests.post(f"{server.url}/hooks/wrong-secret", json={"tag": SAMPLE_TAG})
+            text = session.get(f"{server.url}/metrics").text
+        finally:
+            server.stop()
+    assert secret not in text
+    assert 'noman_hook_requests_total{outcome="deployed",service="web"} 6.0' in text
+    assert 'noman_hook_requests_total{outcome="not_found",service=""} 1.0' in text
+    assert "noman_hook_duration_seconds_count 7.0" in text

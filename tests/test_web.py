@@ -317,3 +317,21 @@ def test_dockerhub_payload_is_not_mutated_by_parsing() -> None:
 
     parse_release(payload)
     assert payload == original
+
+
+def test_metrics_count_hooks_by_service_and_outcome(client: Any, secret: str) -> None:
+    def count(outcome: str, service: str) -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        for line in text.splitlines():
+            if line.startswith(
+                f'noman_hook_requests_total{{outcome="{outcome}",service="{service}"}}'
+            ):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    deployed, stale = count("deployed", "web"), count("stale_tag", "web")
+    post(client, secret, {"tag": "release-20240101000000"})
+    post(client, secret, {"tag": "release-20230101000000"})
+    assert count("deployed", "web") == deployed + 1
+    assert count("stale_tag", "web") == stale + 1
+    assert secret not in client.get("/metrics").get_data(as_text=True)
