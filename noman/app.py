@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from noman import logs
 from noman.config import Settings, config_path, load_settings
 from noman.deploy import Deployer
 from noman.notify import Reporter
+from noman.ratelimit import FailureLimiter
 from noman.stores import Store
 
 
@@ -42,6 +44,14 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
     app.extensions["noman.nomad"] = nomad
     app.extensions["noman.deployer"] = build_deployer(settings, store, nomad)
     app.extensions["noman.reporter"] = Reporter(settings, nomad)
+    app.extensions["noman.limiter"] = (
+        FailureLimiter(settings.auth_failures_per_minute)
+        if settings.auth_failures_per_minute
+        else None
+    )
+    if settings.proxy_hops:
+        # The client address comes from the trusted proxies' X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops)  # type: ignore[method-assign]
 
     from noman.web import bp, register_error_handlers
 

@@ -56,6 +56,8 @@ _T = "notify.targets"
 SCHEMA: tuple[Key, ...] = (
     _k("server", "max_body_bytes", (int,), 65536, "Largest accepted request body, in bytes."),
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
+    _k("server", "auth_failures_per_minute", (int,), 0, "Failed secrets per address; 0: off."),
+    _k("server", "proxy_hops", (int,), 0, "Proxies whose X-Forwarded-For to trust."),
     _k("store", "backend", (str,), "consul", '"consul", or "file" for a local JSON file.'),
     _k("store", "path", (str,), ".noman/store.json", "The JSON file of the file backend."),
     _k("consul", "address", (str,), "http://127.0.0.1:8500", "Consul's HTTP address."),
@@ -199,6 +201,8 @@ class Settings:
     store_path: str = ".noman/store.json"
     max_body_bytes: int = 65536
     log_level: str = "info"
+    auth_failures_per_minute: int = 0
+    proxy_hops: int = 0
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -338,6 +342,9 @@ class _Parser:
         server = self.table(data.get("server", {}), "server", "server")
         if server["max_body_bytes"] < 1024:
             raise self.fail("server", "max_body_bytes", "must be at least 1024")
+        for name in ("auth_failures_per_minute", "proxy_hops"):
+            if server[name] < 0:
+                raise self.fail("server", name, "must not be negative")
         if server["log_level"] not in ("debug", "info", "warning", "error"):
             raise self.fail("server", "log_level", "must be debug, info, warning or error")
         store = self.table(data.get("store", {}), "store", "store")
@@ -355,6 +362,8 @@ class _Parser:
             store_path=store["path"],
             max_body_bytes=server["max_body_bytes"],
             log_level=server["log_level"],
+            auth_failures_per_minute=server["auth_failures_per_minute"],
+            proxy_hops=server["proxy_hops"],
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:

@@ -16,6 +16,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── InvalidTag                      422 invalid_tag
     ├── StaleTag                        409 stale_tag
     ├── NotRolling                      409 not_rolling
+    ├── TooManyFailures                 429 too_many_failures   (retryable, later)
     └── UpstreamError                   (the store or the orchestrator failed; nothing written)
         ├── WriteConflict               503 write_conflict      (retryable)
         ├── ConsulUnavailable           503 consul_unavailable  (retryable)
@@ -134,6 +135,18 @@ class NotRolling(NomanError):
     status = 409
     code = "not_rolling"
     default_message = "This service uses the restart strategy; it has no Nomad deployment."
+
+
+class TooManyFailures(NomanError):
+    """This address sent too many wrong secrets this minute."""
+
+    status = 429
+    code = "too_many_failures"
+    default_message = "Too many failed attempts from this address; retry later."
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = retry_after  # type: ignore[misc]
 
 
 class UpstreamError(NomanError):

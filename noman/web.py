@@ -18,6 +18,7 @@ from noman import auth, errors, metrics
 from noman.config import Service, Settings
 from noman.deploy import Deployer
 from noman.errors import NomanError
+from noman.ratelimit import FailureLimiter
 from noman.release import Release
 from noman.senders import parse_json, parse_release
 
@@ -121,8 +122,16 @@ def _log_hook(
 
 def _service_for(secret: str) -> Service:
     settings: Settings = current_app.extensions["noman.settings"]
+    limiter: FailureLimiter | None = current_app.extensions["noman.limiter"]
+    address = request.remote_addr or "unknown"
+    if limiter is not None:
+        wait = limiter.retry_after(address)
+        if wait is not None:
+            raise errors.TooManyFailures(wait)
     service = auth.find_service(settings.services, secret)
     if service is None:
+        if limiter is not None:
+            limiter.record_failure(address)
         raise errors.NotFound()
     return service
 

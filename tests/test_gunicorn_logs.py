@@ -34,6 +34,7 @@ class Gunicorn:
         app: str = "noman:create_app()",
         shipped: bool = True,
         workers: int = 1,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,6 +47,7 @@ class Gunicorn:
             "NOMAN_WORKERS": str(workers),
             "NOMAN_GUNICORN_LOG_LEVEL": "debug",
             "PYTHONPATH": str(ROOT),
+            **(extra_env or {}),
         }
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(

@@ -1,0 +1,80 @@
+"""Limiting failed authentications per client address, shared by all gunicorn workers.
+
+A fixed one-minute window per address, counted in a small SQLite file in
+the temporary directory (``/dev/shm`` in the image), so the limit holds
+whichever worker answers. Once an address has failed ``limit`` times in the
+current minute, every hook request from it is refused until the minute
+ends, a right secret included: otherwise the limit would not slow guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+WINDOW_SECONDS = 60
+
+
+def default_path() -> Path:
+    """The shared counter file: one per user, in the temporary directory."""
+    return Path(tempfile.gettempdir()) / f"noman-auth-failures-{os.getuid()}.sqlite"
+
+
+class FailureLimiter:
+    """Counts failed authentications per address; says when an address is over the limit."""
+
+    def __init__(
+        self,
+        limit: int,
+        path: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limit = limit
+        self.path = Path(path) if path is not None else default_path()
+        self._clock = clock
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS failures ("
+                " address TEXT NOT NULL, window INTEGER NOT NULL, count INTEGER NOT NULL,"
+                " PRIMARY KEY (address, window))"
+            )
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None when it is under the limit."""
+        window, left = self._window()
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT count FROM failures WHERE address = ? AND window = ?", (address, window)
+            ).fetchone()
+        return left if row is not None and row[0] >= self.limit else None
+
+    def record_failure(self, address: str) -> None:
+        """Count one failed authentication from ``address``."""
+        window, _ = self._window()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO failures VALUES (?, ?, 1) ON CONFLICT (address, window)"
+                " DO UPDATE SET count = count + 1",
+                (address, window),
+            )
+            db.execute("DELETE FROM failures WHERE window < ?", (window,))
+
+    def _window(self) -> tuple[int, int]:
+        now = self._clock()
+        window = int(now // WINDOW_SECONDS)
+        return window, max(1, int((window + 1) * WINDOW_SECONDS - now))
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # A connection per call: workers are processes with threads, and
+        # SQLite's own file locking serialises them.
+        db = sqlite3.connect(self.path, timeout=2, isolation_level=None)
+        try:
+            yield db
+        finally:
+            db.close()
