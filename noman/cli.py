@@ -36,17 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    config_help = "TOML file (default: $NOMAN_CONFIG, else ./noman.toml)"
     parser = argparse.ArgumentParser(prog="noman", description=__doc__)
-    parser.add_argument("--config", help="TOML file (default: $NOMAN_CONFIG, else ./noman.toml)")
+    parser.add_argument("--config", help=config_help)
+    # --config is accepted after the command too (`noman deploy web TAG --config x`);
+    # SUPPRESS keeps a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the server under gunicorn")
+    serve = commands.add_parser("serve", help="run the server under gunicorn", parents=[common])
     serve.add_argument("--dev", action="store_true", help="embedded store and a demo service")
     serve.add_argument("--bind", help="address to listen on (default: $NOMAN_BIND or :8000)")
     serve.add_argument("--data-dir", default=".noman-dev", help="where --dev keeps its files")
     serve.set_defaults(run=_serve)
 
-    check = commands.add_parser("check", help="validate the config and reach Consul/Nomad")
+    check = commands.add_parser(
+        "check", help="validate the config and reach Consul/Nomad", parents=[common]
+    )
     check.set_defaults(run=_check)
 
     secret = commands.add_parser("secret", help="manage hook secrets")
@@ -55,14 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("service")
     new.set_defaults(run=_secret_new)
 
-    deploy = commands.add_parser("deploy", help="deploy a tag, with the hook's policy")
+    deploy = commands.add_parser(
+        "deploy", help="deploy a tag, with the hook's policy", parents=[common]
+    )
     deploy.add_argument("service")
     deploy.add_argument("tag")
     deploy.add_argument("--force", action="store_true", help="allow an older tag (rollback)")
     deploy.add_argument("--wait", action="store_true", help="wait for the Nomad deployment")
     deploy.set_defaults(run=_deploy)
 
-    status = commands.add_parser("status", help="show each service's deployed tag")
+    status = commands.add_parser(
+        "status", help="show each service's deployed tag", parents=[common]
+    )
     status.set_defaults(run=_status)
 
     health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")

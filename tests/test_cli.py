@@ -48,13 +48,14 @@ def test_deploy_and_status_share_the_hook_policy(
     assert consul.get(consul.key("IMAGE_TAG"))[0] == SAMPLE_TAG
     assert main(["--config", str(config), "deploy", "web", "release-20200101000000"]) == 1
     assert "stale_tag" in capsys.readouterr().err
+    # --config after the command works too, as operators type it.
     assert (
-        main(["--config", str(config), "deploy", "web", "release-20200101000000", "--force"]) == 0
+        main(["deploy", "web", "release-20200101000000", "--force", "--config", str(config)]) == 0
     )
     capsys.readouterr()
     assert main(["--config", str(config), "deploy", "web", "latest"]) == 1
     assert "invalid_tag" in capsys.readouterr().err
-    assert main(["--config", str(config), "status"]) == 0
+    assert main(["status", "--config", str(config)]) == 0
     line = json.loads(capsys.readouterr().out)
     assert (line["service"], line["tag"]) == ("web", "release-20200101000000")
 
@@ -156,3 +157,38 @@ def test_serve_dev_runs_with_no_consul_and_deploys(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0
     assert secret not in err
+
+
+def test_serve_runs_gunicorn_with_the_given_config(config: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "NOMAN_BIND": f"127.0.0.1:{port}", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "noman.cli", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        ready = None
+        while time.monotonic() < deadline and ready is None:
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            except requests.RequestException:
+                time.sleep(0.1)
+        assert ready is not None and ready.json()["status"] == "ready"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
+def test_serve_refuses_a_bad_config_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "noman.toml"
+    bad.write_text("[services.web]\nrepository = 'a/b'\nkey = 'k'\n")
+    assert main(["serve", "--config", str(bad)]) == 2
+    assert "set exactly one of secret_sha256, secret_env" in capsys.readouterr().err
