@@ -8,6 +8,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── NotFound                        404 not_found
     ├── MethodNotAllowed                405 method_not_allowed
     ├── Unauthorized                    401 unauthorized
+    ├── BadRequest                      400 bad_request  (malformed HTTP, e.g. a cut-off body)
     ├── InvalidJSON                     400 invalid_json
     ├── InvalidPayload                  400 invalid_payload
     ├── UnsupportedMediaType            415 unsupported_media_type
@@ -77,6 +78,14 @@ class Unauthorized(NomanError):
     status = 401
     code = "unauthorized"
     default_message = "Send the service secret as 'Authorization: Bearer <secret>'."
+
+
+class BadRequest(NomanError):
+    """The HTTP request itself is malformed (for example a body cut off mid-way)."""
+
+    status = 400
+    code = "bad_request"
+    default_message = "The HTTP request is malformed."
 
 
 class InvalidJSON(NomanError):

@@ -25,7 +25,7 @@ import requests
 
 from noman import metrics
 from noman.config import NotifyTarget, Service, Settings
-from noman.errors import NomanError, UpstreamError
+from noman.errors import NomanError
 from noman.release import Outcome, Release
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class Reporter:
     def failed(self, service: Service, release: Release | None, error: NomanError) -> None:
         """Report a refused or failed hook call."""
         # Refusals (bad tag, stale tag) are the caller's business; the operator
-        # hears about failures that need them (Consul, Nomad, tokens).
-        notify = isinstance(error, UpstreamError)
+        # hears about failures that need them (Consul, Nomad, tokens, bugs).
+        notify = error.status >= 500
         if not notify and not (release and release.callback_url):
             return
         report = Report(

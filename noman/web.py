@@ -26,6 +26,7 @@ bp = Blueprint("noman", __name__)
 log = logging.getLogger("noman.hooks")
 
 _HTTP_ERRORS: dict[int, type[NomanError]] = {
+    400: errors.BadRequest,
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge,
@@ -95,10 +96,13 @@ def _handle_hook(secret: str) -> Response:
         fields["tag"] = release.tag[:140]
         fields["sender"] = release.sender
         outcome = _deployer().deploy(service, release)
-    except NomanError as exc:
-        _log_hook(fields, exc.code, exc.status, started, exc.message)
+    except Exception as exc:
+        # Unexpected errors too get their hook line, metric and report; the
+        # handler below logs the traceback.
+        error = exc if isinstance(exc, NomanError) else errors.NomanError()
+        _log_hook(fields, error.code, error.status, started, error.message)
         if service is not None:
-            current_app.extensions["noman.reporter"].failed(service, release, exc)
+            current_app.extensions["noman.reporter"].failed(service, release, error)
         raise
     result = "deployed" if outcome.changed else "unchanged"
     _log_hook(fields, result, 200, started)

@@ -335,3 +335,48 @@ def test_metrics_count_hooks_by_service_and_outcome(client: Any, secret: str) ->
     assert count("deployed", "web") == deployed + 1
     assert count("stale_tag", "web") == stale + 1
     assert secret not in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_body_cut_off_mid_way_is_refused_without_a_write(
+    client: Any, consul: ConsulHandle, secret: str
+) -> None:
+    import io
+
+    answer = client.post(
+        f"/hooks/{secret}",
+        input_stream=io.BytesIO(b'{"tag": "rel'),
+        content_length=100,
+        content_type="application/json",
+    )
+    assert answer.status_code == 400
+    assert answer.json["error"] in ("bad_request", "invalid_json")
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
+
+
+def test_werkzeug_400s_are_json_bad_request(secret: str, settings: Any) -> None:
+    from flask import abort
+
+    app = create_app(settings)
+    app.add_url_rule("/test-400", view_func=lambda: abort(400))
+    answer = app.test_client().get("/test-400")
+    assert answer.status_code == 400
+    assert answer.json == {"error": "bad_request", "message": "The HTTP request is malformed."}
+
+
+def test_an_unexpected_error_is_a_json_500_with_a_hook_line(
+    app: Any, client: Any, secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def deploy(self, service: object, release: object) -> object:
+            raise RuntimeError(f"bug while handling {secret}")
+
+    app.extensions["noman.deployer"] = Broken()
+    answer = post(client, secret, {"tag": DEPLOYED})
+    assert answer.status_code == 500
+    assert answer.json == {
+        "error": "internal_error",
+        "message": "Internal error; the operator's log has the details.",
+    }
+    assert secret not in answer.get_data(as_text=True)
+    hook_lines = [r for r in caplog.records if r.name == "noman.hooks"]
+    assert hook_lines[-1].fields["outcome"] == "internal_error"  # type: ignore[attr-defined]
