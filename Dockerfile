@@ -5,7 +5,7 @@
 # registry: scripts/container-smoke passes BASE=localhost/python-base:bookworm).
 # Nothing below relies on what only the official image has: the interpreter
 # is always reached through the venv created here.
-ARG BASE=python:3.12-slim
+ARG BASE=docker.io/library/python:3.12-slim
 
 # ---------------------------------------------------------------- build stage
 FROM ${BASE} AS build
