@@ -16,7 +16,6 @@ from noman import auth
 from noman.config import Settings, config_path, load_settings
 from noman.errors import ConfigError, NomanError
 
-DEV_SECRET_ENV = "NOMAN_DEV_SECRET"  # noqa: S105 (a variable name)
 DEV_SERVICE = "demo"
 GUNICORN_CONFIG = "python:noman.gunicorn_conf"
 
@@ -106,27 +105,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
-    """Write the demo config, choose a fresh secret, and print how to call it."""
+    """Write the demo config with a fresh secret's hash, and print how to call it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     store = (data_dir / "store.json").resolve()
     config = data_dir / "noman.toml"
+    secret, digest = auth.new_secret()
     config.write_text(
-        "# Written by `noman serve --dev`; rewritten at every start.\n"
+        "# Written by `noman serve --dev`; rewritten (with a new secret) at every start.\n"
         "[store]\n"
         'backend = "file"\n'
         f"path = {json.dumps(str(store))}\n\n"
         f"[services.{DEV_SERVICE}]\n"
         'repository = "stut/stut.dev"\n'
         'key = "configs/stut.dev/IMAGE_TAG"\n'
-        f'secret_env = "{DEV_SECRET_ENV}"\n',
+        f'secret_sha256 = "{digest}"\n',
         encoding="utf-8",
     )
-    secret, _ = auth.new_secret()
-    env[DEV_SECRET_ENV] = secret
     env["NOMAN_CONFIG"] = str(config)
     env.setdefault("NOMAN_BIND", "127.0.0.1:8000")
     bind = env["NOMAN_BIND"]
     base = f"http://{bind.replace('0.0.0.0', '127.0.0.1')}"  # noqa: S104 (display only)
+    installed = Path(sys.executable).parent / "noman"
+    command = str(installed) if installed.exists() else "noman"
     print(
         f"Noman dev server: service {DEV_SERVICE!r} (repository stut/stut.dev), "
         f"tags kept in {store}\n\n"
@@ -136,7 +136,7 @@ def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
         "Or the same with the secret in a header (stays out of access logs):\n"
         f"  curl -sS -X POST {base}/hooks -H 'Authorization: Bearer {secret}' \\\n"
         "    -H 'Content-Type: application/json' -d '{\"tag\": \"release-20230103082900\"}'\n\n"
-        f"Status: NOMAN_CONFIG={config} noman status\n",
+        f"Status: {command} --config {config} status\n",
         flush=True,
     )
 

@@ -152,6 +152,10 @@ def test_serve_dev_runs_with_no_consul_and_deploys(tmp_path: Path) -> None:
         assert requests.get(f"{url}/readyz", timeout=5).json()["status"] == "ready"
         store = json.loads((tmp_path / ".noman-dev/store.json").read_text())
         assert store["keys"]["configs/stut.dev/IMAGE_TAG"]["value"] == SAMPLE_TAG
+        # The status command the banner prints works as printed.
+        status = re.search(r"Status: (.+)", banner).group(1).split()  # type: ignore[union-attr]
+        shown = subprocess.run(status, cwd=tmp_path, capture_output=True, text=True, check=True)
+        assert json.loads(shown.stdout)["tag"] == SAMPLE_TAG
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
