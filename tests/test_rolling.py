@@ -331,3 +331,72 @@ def test_watch_reports_a_superseded_rollout_as_cancelled(
     )
     assert result["status"] == "cancelled"
     assert result["version"] == 1
+
+
+MOCK_NOMAD = "http://nomad.invalid:4646"
+
+
+def mocked_nomad_settings(consul: ConsulHandle, secret: str) -> Settings:
+    return make_settings(
+        consul,
+        secret,
+        strategy="rolling",
+        extra=(
+            f'[services.web.nomad]\njob = "web"\n[nomad]\naddress = "{MOCK_NOMAD}"\n'
+            "timeout = 1\nregister_retries = 3\n"
+        ),
+    )
+
+
+def mocked_job() -> dict[str, Any]:
+    job = sample_service_job("web")
+    job.update(Version=4, JobModifyIndex=50)
+    return job
+
+
+@pytest.mark.parametrize("status", [400, 409, 500])
+def test_index_conflict_is_recognised_by_its_text_whatever_the_status(
+    consul: ConsulHandle, secret: str, status: int
+) -> None:
+    import requests_mock
+
+    conflict = "Enforcing job modify index 50: job exists with conflicting job modify index: 51"
+    with requests_mock.Mocker(real_http=True) as mock:
+        mock.get(f"{MOCK_NOMAD}/v1/job/web", json=mocked_job())
+        register = mock.post(
+            f"{MOCK_NOMAD}/v1/job/web",
+            [
+                {"status_code": status, "text": conflict},
+                {"json": {"EvalID": "e-2", "JobModifyIndex": 52}},
+            ],
+        )
+        app = create_app(mocked_nomad_settings(consul, secret))
+        answer = hook(app, secret, {"tag": NEW})
+        assert answer.status_code == 200, answer.json
+        assert answer.json["deployment"] == {"job": "web", "version": 5, "eval_id": "e-2"}
+        assert register.call_count == 2
+        mock.get(f"{MOCK_NOMAD}/v1/job/web/deployment", json=None)
+        app.extensions["noman.reporter"].wait(0.1)
+
+
+@pytest.mark.parametrize(
+    ("response", "status", "code"),
+    [
+        ({"status_code": 405, "text": "Invalid method"}, 502, "nomad_error"),
+        ({"status_code": 429, "text": "rate limited"}, 503, "nomad_unavailable"),
+        ({"status_code": 502, "text": "<html>bad gateway</html>"}, 503, "nomad_unavailable"),
+        ({"status_code": 403, "text": "ACL token not found"}, 502, "nomad_forbidden"),
+    ],
+)
+def test_nomad_register_error_shapes(
+    consul: ConsulHandle, secret: str, response: dict[str, Any], status: int, code: str
+) -> None:
+    import requests_mock
+
+    with requests_mock.Mocker(real_http=True) as mock:
+        mock.get(f"{MOCK_NOMAD}/v1/job/web", json=mocked_job())
+        mock.post(f"{MOCK_NOMAD}/v1/job/web", **response)
+        answer = hook(create_app(mocked_nomad_settings(consul, secret)), secret, {"tag": NEW})
+    assert answer.status_code == status
+    assert answer.json["error"] == code
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)

@@ -236,31 +236,37 @@ class NomadRollouts:
     def _call(self, target: NomadTarget, action: str, call: Callable[[Any], T]) -> T:
         try:
             return call(self.client(target))
-        except nomad_errors.URLNotAuthorizedNomadException as exc:
-            log.error("nomad %s %s: token refused: %s", action, target.job, _text(exc))
-            raise NomadForbidden() from None
-        except nomad_errors.URLNotFoundNomadException:
-            where = f" in namespace {target.namespace!r}" if target.namespace else ""
-            raise NomadJobNotFound(f"Nomad job {target.job!r} was not found{where}.") from None
-        except nomad_errors.BadRequestNomadException as exc:
-            log.error("nomad %s %s: rejected: %s", action, target.job, _text(exc))
-            raise NomadError() from None
         except nomad_errors.BaseNomadException as exc:
-            text = _text(exc)
-            if INDEX_CONFLICT in text:
-                raise _IndexConflict() from None
-            if isinstance(exc.nomad_resp, requests.Timeout):
-                log.warning(
-                    "nomad %s %s: no answer in %ss", action, target.job, self.settings.timeout
-                )
-            else:
-                log.warning("nomad %s %s: unavailable: %s", action, target.job, text)
-            raise NomadUnavailable() from None
+            raise self._translate(exc, target, action) from None
         except requests.RequestException as exc:
             log.warning("nomad %s %s: unavailable: %s", action, target.job, type(exc).__name__)
             raise NomadUnavailable() from None
         except ValueError:
             raise NomadError("Nomad answered with something that is not JSON.") from None
+
+    def _translate(
+        self, exc: nomad_errors.BaseNomadException, target: NomadTarget, action: str
+    ) -> Exception:
+        """The NomanError for what python-nomad raised (or the index conflict)."""
+        text = _text(exc)
+        # Matched on the text: the status of this error differs between versions.
+        if INDEX_CONFLICT in text:
+            return _IndexConflict()
+        if isinstance(exc, nomad_errors.URLNotAuthorizedNomadException):
+            log.error("nomad %s %s: token refused: %s", action, target.job, text)
+            return NomadForbidden()
+        if isinstance(exc, nomad_errors.URLNotFoundNomadException):
+            where = f" in namespace {target.namespace!r}" if target.namespace else ""
+            return NomadJobNotFound(f"Nomad job {target.job!r} was not found{where}.")
+        status = getattr(exc.nomad_resp, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+            log.error("nomad %s %s: rejected (%s): %s", action, target.job, status, text)
+            return NomadError()
+        if isinstance(exc.nomad_resp, requests.Timeout):
+            log.warning("nomad %s %s: no answer in %ss", action, target.job, self.settings.timeout)
+        else:
+            log.warning("nomad %s %s: unavailable: %s", action, target.job, text)
+        return NomadUnavailable()
 
 
 class _IndexConflict(Exception):
