@@ -10,6 +10,7 @@ file, so one config file works across environments.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -87,6 +88,8 @@ SCHEMA: tuple[Key, ...] = (
     _k(_S, "key", (str,), None, "The Consul key that receives the tag (required)."),
     _k(_S, "secret_sha256", (str, list), None, "sha256 hex of the URL secret (or a list)."),
     _k(_S, "secret_env", (str,), None, "Env var holding the URL secret itself."),
+    _k(_S, "github_secret_env", (str,), None, "Env var with the GitHub webhook secret(s)."),
+    _k(_S, "standard_secret_env", (str,), None, "Env var with the whsec_ key(s)."),
     _k(_S, "tag_pattern", (str,), DEFAULT_TAG_PATTERN, "Accepted tags; group 1 orders them."),
     _k(_S, "strategy", (str,), "restart", '"restart" (Consul only) or "rolling".'),
     _k(_N, "job", (str,), None, "Nomad job ID (required for rolling)."),
@@ -166,6 +169,9 @@ class Service:
     tag_pattern: re.Pattern[str] = re.compile(DEFAULT_TAG_PATTERN, re.ASCII)
     strategy: Literal["restart", "rolling"] = "restart"
     nomad: NomadTarget | None = None
+    # Keys of signed senders; several during a rotation.
+    github_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    standard_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -524,7 +530,37 @@ class _Parser:
             tag_pattern=pattern,
             strategy=v["strategy"],
             nomad=target,
+            github_keys=tuple(k.encode() for k in self.keys(table, "github_secret_env", v)),
+            standard_keys=self.standard_keys(table, v),
         )
+
+    def keys(self, table: str, name: str, v: Mapping[str, Any]) -> tuple[str, ...]:
+        """The whitespace-separated keys in the environment variable ``v[name]`` names."""
+        variable = v[name]
+        if variable is None:
+            return ()
+        if not _ENV_NAME_RE.match(variable):
+            raise self.fail(table, name, "must be an environment variable name")
+        keys = tuple(self.env.get(variable, "").split())
+        if not keys:
+            raise self.fail(table, name, f"environment {variable} is not set")
+        if any(len(key) < MIN_SECRET_CHARS for key in keys):
+            raise self.fail(table, name, f"environment {variable} holds a key that is too short")
+        return keys
+
+    def standard_keys(self, table: str, v: Mapping[str, Any]) -> tuple[str, ...]:
+        keys = self.keys(table, "standard_secret_env", v)
+        for key in keys:
+            try:
+                raw = key.removeprefix("whsec_")
+                decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+            except ValueError:
+                decoded = b""
+            if len(decoded) < 16:
+                raise self.fail(
+                    table, "standard_secret_env", "keys must be whsec_ + base64 of >= 16 bytes"
+                )
+        return keys
 
     def secrets(self, table: str, v: Mapping[str, Any]) -> tuple[bytes, ...]:
         """The accepted secret digests; never empty (an empty secret is not 'open')."""

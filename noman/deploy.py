@@ -8,8 +8,10 @@ concurrent deploys of one service always end with the newer tag.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +21,9 @@ from noman.release import Outcome, Release, Rollout
 from noman.stores import Store
 
 log = logging.getLogger(__name__)
+
+# Delivery ids remembered per service, to refuse replays of signed deliveries.
+KEEP_DELIVERIES = 500
 
 # The OCI distribution spec's tag grammar.
 OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -45,9 +50,14 @@ class Orchestrator(Protocol):
         ...
 
 
+def deliveries_key(service: Service) -> str:
+    """The Consul key beside the service's key that remembers recent delivery ids."""
+    return f"{service.key}.deliveries"
+
+
 def check_release(service: Service, release: Release) -> None:
     """Refuse a release this service must never run (bad tag, other repository)."""
-    if release.repository is not None and release.repository != service.repository:
+    if release.repository is not None and release.repository.lower() != service.repository.lower():
         raise RepositoryMismatch(
             f"Repository {_quote(release.repository)} is not the one this service deploys."
         )
@@ -106,6 +116,21 @@ class Deployer:
     def deploy(self, service: Service, release: Release) -> Outcome:
         """Deploy ``release`` to ``service``; returns only once the store confirmed it."""
         check_release(service, release)
+        if release.delivery_id and release.delivery_id in self._deliveries(service)[0]:
+            return Outcome(
+                service=service.name,
+                key=service.key,
+                tag=release.tag,
+                previous=self.store.read(service.key).value,
+                changed=False,
+                duplicate_delivery=True,
+            )
+        outcome = self._write(service, release)
+        if release.delivery_id:
+            self._remember(service, release.delivery_id)
+        return outcome
+
+    def _write(self, service: Service, release: Release) -> Outcome:
         for _ in range(self.cas_retries):
             entry = self.store.read(service.key)
             if not needs_write(service, entry.value, release):
@@ -118,6 +143,33 @@ class Deployer:
                 release.tag,
             )
         raise WriteConflict()
+
+    def _deliveries(self, service: Service) -> tuple[dict[str, float], int]:
+        """Recent delivery ids of signed senders (id -> time) and the key's index."""
+        entry = self.store.read(deliveries_key(service))
+        try:
+            seen = json.loads(entry.value or "{}")
+        except ValueError:
+            seen = {}
+        return (seen if isinstance(seen, dict) else {}), entry.modify_index
+
+    def _remember(self, service: Service, delivery_id: str) -> None:
+        """Record a handled delivery; a failure here never fails the deploy that landed."""
+        try:
+            for _ in range(self.cas_retries):
+                seen, index = self._deliveries(service)
+                seen[delivery_id] = time.time()
+                newest = sorted(seen.items(), key=lambda item: item[1])[-KEEP_DELIVERIES:]
+                if self.store.write(deliveries_key(service), json.dumps(dict(newest)), index):
+                    return
+        except NomanError as exc:
+            log.warning(
+                "service %s: delivery %s not recorded: %s", service.name, delivery_id, exc.code
+            )
+            return
+        log.warning(
+            "service %s: delivery %s not recorded (key kept changing)", service.name, delivery_id
+        )
 
     def current_tag(self, service: Service) -> str | None:
         """The tag the service's key holds now."""

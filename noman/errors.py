@@ -8,6 +8,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── NotFound                        404 not_found
     ├── MethodNotAllowed                405 method_not_allowed
     ├── Unauthorized                    401 unauthorized
+    ├── InvalidSignature                401 invalid_signature
     ├── BadRequest                      400 bad_request  (malformed HTTP, e.g. a cut-off body)
     ├── InvalidJSON                     400 invalid_json
     ├── InvalidPayload                  400 invalid_payload
@@ -78,6 +79,13 @@ class Unauthorized(NomanError):
     status = 401
     code = "unauthorized"
     default_message = "Send the service secret as 'Authorization: Bearer <secret>'."
+
+
+class InvalidSignature(NomanError):
+    """A signed sender's signature is missing, malformed, wrong or outside its time window."""
+
+    status = 401
+    code = "invalid_signature"
 
 
 class BadRequest(NomanError):

@@ -17,6 +17,8 @@ class Release:
     pushed_at: int | None = None
     # A URL with a per-push token in its path: keep it out of reprs and logs.
     callback_url: str | None = field(default=None, repr=False)
+    # Signed senders name each delivery; a replayed one is deployed at most once.
+    delivery_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Outcome:
     previous: str | None
     changed: bool
     rollout: Rollout | None = None
+    duplicate_delivery: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON answer of a successful hook call."""
@@ -49,6 +52,8 @@ class Outcome:
             "previous": self.previous,
             "changed": self.changed,
         }
+        if self.duplicate_delivery:
+            body["duplicate_delivery"] = True
         if self.rollout is not None:
             body["deployment"] = {
                 "job": self.rollout.job,

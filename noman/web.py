@@ -20,7 +20,7 @@ from noman.deploy import Deployer
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
 from noman.release import Release
-from noman.senders import parse_json, parse_release
+from noman.senders import read_release
 
 bp = Blueprint("noman", __name__)
 log = logging.getLogger("noman.hooks")
@@ -92,7 +92,11 @@ def _handle_hook(secret: str) -> Response:
     try:
         service = _service_for(secret)
         fields["service"] = service.name
-        release = parse_release(parse_json(_read_json_body()))
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        release = read_release(service, headers, _read_json_body())
+        if release is None:  # GitHub's ping when the webhook is created
+            _log_hook(fields, "ping", 200, started)
+            return jsonify({"service": service.name, "event": "ping"})
         fields["tag"] = release.tag[:140]
         fields["sender"] = release.sender
         outcome = _deployer().deploy(service, release)

@@ -1,20 +1,28 @@
-"""Turning a request body into a ``Release``: strict JSON, then one parser per sender.
+"""Turning a request into a ``Release``: verify, strict JSON, one parser per sender.
 
-Each sender module knows one payload shape; ``parse_release`` picks the
-sender by shape. Nothing here trusts the body: every field is type-checked
-and anything odd is an ``InvalidJSON`` or ``InvalidPayload`` (400).
+Signed senders (GitHub packages, Standard Webhooks) are recognised by their
+headers and verified over the raw body before any parsing; unsigned bodies
+(DockerHub, plain curl/CI) are recognised by shape. Nothing here trusts
+the body: every field is type-checked and anything odd is a 4xx.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from noman.config import Service
 from noman.errors import InvalidJSON, InvalidPayload
 from noman.release import Release
-from noman.senders import dockerhub, plain
+from noman.senders import dockerhub, github, plain, standard
 
 MAX_DEPTH = 32
+
+
+# Request headers with lower-case names (HTTP header names are case-insensitive).
+Headers = Mapping[str, str]
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -34,6 +42,25 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidJSON("The body must be a JSON object.")
     return data
+
+
+def read_release(service: Service, headers: Headers, body: bytes) -> Release | None:
+    """The release a request asks ``service`` to deploy; None for a GitHub ping.
+
+    ``headers`` has lower-case names.
+    """
+    if github.looks_like(headers):
+        github.verify(service, headers, body)
+        if github.event(headers) == "ping":
+            return None
+        return github.parse_package(parse_json(body), headers)
+    if standard.looks_like(headers):
+        msg_id = standard.verify(service, headers, body)
+        release = parse_release(parse_json(body))
+        return dataclasses.replace(
+            release, sender=f"standard-{release.sender}", delivery_id=f"standard:{msg_id}"
+        )
+    return parse_release(parse_json(body))
 
 
 def parse_release(payload: dict[str, Any]) -> Release:

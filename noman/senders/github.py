@@ -1,0 +1,94 @@
+"""GitHub packages (GHCR) webhooks: signed with HMAC-SHA256 over the raw body.
+
+Headers: ``X-GitHub-Event`` (``package``, or ``registry_package`` from the
+older registry; ``ping`` when the hook is created), ``X-GitHub-Delivery``
+(stable across redeliveries) and ``X-Hub-Signature-256``. The SHA-1
+``X-Hub-Signature`` alone is refused. The image is
+``ghcr.io/<namespace>/<name>``; the tag is
+``package_version.container_metadata.tag.name`` (``package_version.name``
+is the digest, not the tag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from noman.config import Service
+from noman.errors import InvalidPayload, InvalidSignature, InvalidTag
+from noman.release import Release
+
+if TYPE_CHECKING:
+    from noman.senders import Headers
+
+EVENTS = ("package", "registry_package")
+REGISTRY = "ghcr.io"
+
+
+def looks_like(headers: Headers) -> bool:
+    """GitHub names its event in a header."""
+    return "x-github-event" in headers or "x-hub-signature-256" in headers
+
+
+def verify(service: Service, headers: Headers, body: bytes) -> None:
+    """Check ``X-Hub-Signature-256`` over the raw body against the service's keys."""
+    if not service.github_keys:
+        raise InvalidSignature("This service has no GitHub secret configured.")
+    header = headers.get("x-hub-signature-256", "")
+    scheme, _, signature = header.partition("=")
+    if scheme != "sha256" or len(signature) != 64:
+        raise InvalidSignature("X-Hub-Signature-256 must be 'sha256=<64 hex digits>'.")
+    presented = signature.lower().encode("ascii", errors="replace")
+    matched = False
+    for key in service.github_keys:
+        expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+        matched |= hmac.compare_digest(presented, expected)
+    if not matched:
+        raise InvalidSignature("The GitHub signature does not match the body.")
+
+
+def event(headers: Headers) -> str:
+    """The event name (verify first: the header is not covered by the signature)."""
+    return str(headers.get("x-github-event", ""))
+
+
+def parse_package(payload: dict[str, Any], headers: Headers) -> Release:
+    """The release a verified ``package`` event announces."""
+    name = event(headers)
+    if name not in EVENTS:
+        raise InvalidPayload(f"GitHub event {name[:40]!r} is not a package event.")
+    package = payload.get("package") or payload.get("registry_package")
+    if not isinstance(package, dict):
+        raise InvalidPayload("package must be a JSON object.")
+    kind = package.get("package_type") or package.get("ecosystem") or ""
+    if not isinstance(kind, str) or kind.upper() != "CONTAINER":
+        raise InvalidPayload("Only container packages can be deployed.")
+    version = package.get("package_version")
+    metadata = version.get("container_metadata") if isinstance(version, dict) else None
+    tag_info = metadata.get("tag") if isinstance(metadata, dict) else None
+    tag = tag_info.get("name") if isinstance(tag_info, dict) else None
+    if not isinstance(tag, str):
+        raise InvalidPayload("package.package_version.container_metadata.tag.name is missing.")
+    if not tag:
+        raise InvalidTag("This push has no tag (an untagged manifest); nothing to deploy.")
+    namespace, repo = _namespace(package), package.get("name")
+    if not isinstance(repo, str) or not repo:
+        raise InvalidPayload("package.name must be a non-empty string.")
+    delivery = headers.get("x-github-delivery") or None
+    return Release(
+        tag=tag,
+        sender="github",
+        repository=f"{REGISTRY}/{namespace}/{repo}".lower(),
+        delivery_id=f"github:{delivery}" if delivery else None,
+    )
+
+
+def _namespace(package: dict[str, Any]) -> str:
+    namespace = package.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        owner = package.get("owner")
+        namespace = owner.get("login") if isinstance(owner, dict) else None
+    if not isinstance(namespace, str) or not namespace:
+        raise InvalidPayload("package.namespace (or package.owner.login) is missing.")
+    return namespace
