@@ -454,6 +454,8 @@ class _Parser:
             targets.append(NotifyTarget(t["kind"], t["url"], on, hmac_key))
         if v["retries"] < 1:
             raise self.fail("notify", "retries", "must be at least 1")
+        if v["backoff"] < 0:
+            raise self.fail("notify", "backoff", "must not be negative")
         return NotifySettings(
             targets=tuple(targets),
             retries=v["retries"],

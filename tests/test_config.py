@@ -205,6 +205,7 @@ MISTAKES = [
         "url: is required",
     ),
     ("notify unknown outcome", GOOD + '\n[notify]\non = ["maybe"]\n', "may only contain"),
+    ("negative backoff", GOOD + "\n[notify]\nbackoff = -1\n", "backoff: must not be negative"),
     ("tiny body cap", GOOD + "\n[server]\nmax_body_bytes = 10\n", "at least 1024"),
 ]
 
