@@ -151,7 +151,11 @@ class Deployer:
             seen = json.loads(entry.value or "{}")
         except ValueError:
             seen = {}
-        return (seen if isinstance(seen, dict) else {}), entry.modify_index
+        if not isinstance(seen, dict):
+            seen = {}
+        # Only well-formed entries count; anything else is dropped on the next write.
+        valid = {k: v for k, v in seen.items() if isinstance(v, int | float)}
+        return valid, entry.modify_index
 
     def _remember(self, service: Service, delivery_id: str) -> None:
         """Record a handled delivery; a failure here never fails the deploy that landed."""
@@ -170,10 +174,6 @@ class Deployer:
         log.warning(
             "service %s: delivery %s not recorded (key kept changing)", service.name, delivery_id
         )
-
-    def current_tag(self, service: Service) -> str | None:
-        """The tag the service's key holds now."""
-        return self.store.read(service.key).value
 
     def _finish(
         self, service: Service, release: Release, previous: str | None, changed: bool
