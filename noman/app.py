@@ -13,7 +13,7 @@ from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from noman import logs
-from noman.config import Settings, config_path, load_settings
+from noman.config import Settings, load
 from noman.deploy import Deployer
 from noman.notify import Reporter
 from noman.ratelimit import FailureLimiter
@@ -29,8 +29,8 @@ class NomanFlask(Flask):
 
 
 def create_app(config: Settings | str | Path | None = None, *, store: Store | None = None) -> Flask:
-    """Build the Noman app from ``config`` (Settings, a TOML path, or NOMAN_CONFIG)."""
-    settings = config if isinstance(config, Settings) else load_settings(config_path(config))
+    """Build the Noman app from ``config``: Settings, a TOML path, or the environment."""
+    settings = config if isinstance(config, Settings) else load(config)
     logs.configure(settings.log_level)
     app = NomanFlask("noman")
     # A redirect would copy a hook path, secret included, into Location.

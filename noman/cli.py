@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from noman import auth
-from noman.config import Settings, config_path, load_settings
+from noman.config import Settings, config_path, load
 from noman.errors import ConfigError, NomanError
 
 DEV_SERVICE = "demo"
@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(config_path(args.config))
+    return load(args.config)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -92,9 +92,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev:
         _prepare_dev(Path(args.data_dir), env)
     else:
-        path = config_path(args.config)
-        load_settings(path)  # fail here, readably, not inside a gunicorn worker
-        env["NOMAN_CONFIG"] = str(path)
+        load(args.config)  # fail here, readably, not inside a gunicorn worker
+        if args.config:
+            env.pop("NOMAN_CONFIG_TOML", None)  # --config wins, in the workers too
+        if args.config or not env.get("NOMAN_CONFIG_TOML"):
+            env["NOMAN_CONFIG"] = str(config_path(args.config))
     command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG]
     if args.dev:
         command += ["--workers", "1"]

@@ -103,6 +103,7 @@ SCHEMA: tuple[Key, ...] = (
 # Keys that come from the environment; the README documents these too.
 ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NOMAN_CONFIG", "Path of the TOML file (default ./noman.toml); --config wins."),
+    ("NOMAN_CONFIG_TOML", "The TOML itself (containers without mounts); wins over NOMAN_CONFIG."),
     ("NOMAN_BIND", "gunicorn's listen address (default 127.0.0.1:8000)."),
     ("NOMAN_WORKERS", "gunicorn worker processes (default 2)."),
     ("CONSUL_HTTP_ADDR", "Overrides consul.address (host:port or scheme://host:port)."),
@@ -234,6 +235,14 @@ def config_path(
     """The config file to read: --config, else NOMAN_CONFIG, else ./noman.toml."""
     env = os.environ if environ is None else environ
     return Path(explicit or env.get("NOMAN_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load(explicit: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from --config, else $NOMAN_CONFIG_TOML, else $NOMAN_CONFIG, else ./noman.toml."""
+    env = os.environ if environ is None else environ
+    if explicit is None and env.get("NOMAN_CONFIG_TOML"):
+        return parse_settings(env["NOMAN_CONFIG_TOML"], source="$NOMAN_CONFIG_TOML", environ=env)
+    return load_settings(config_path(explicit, env), env)
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:

@@ -242,3 +242,21 @@ def test_rolling_service_inherits_nomad_namespace() -> None:
         "image",
     )
     assert service.nomad.tasks == ("b",)
+
+
+def test_config_from_the_environment_alone(tmp_path: Path) -> None:
+    from noman.config import load
+
+    settings = load(None, {"NOMAN_CONFIG_TOML": GOOD})
+    assert settings.source == "$NOMAN_CONFIG_TOML"
+    assert settings.service("stut-dev").key == "configs/stut.dev/IMAGE_TAG"
+    with pytest.raises(ConfigError, match=r"^\$NOMAN_CONFIG_TOML, line 5: \[consul\] timeout"):
+        load(None, {"NOMAN_CONFIG_TOML": GOOD.replace("timeout = 3", "timeout = -1")})
+    # --config wins over the inline TOML, which wins over NOMAN_CONFIG (the
+    # image sets NOMAN_CONFIG by default).
+    path = tmp_path / "noman.toml"
+    path.write_text(GOOD.replace("dc1", "dc2"))
+    both = {"NOMAN_CONFIG": str(path), "NOMAN_CONFIG_TOML": GOOD}
+    assert load(path, both).consul.datacenter == "dc2"
+    assert load(None, both).consul.datacenter == "dc1"
+    assert load(None, {"NOMAN_CONFIG": str(path)}).consul.datacenter == "dc2"
