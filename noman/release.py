@@ -61,3 +61,13 @@ class Outcome:
                 "eval_id": self.rollout.eval_id,
             }
         return body
+
+
+def split_image(image: str) -> tuple[str, str | None]:
+    """``registry:5000/owner/app:tag@sha256:..`` -> (``registry:5000/owner/app``, ``tag``)."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1 :]
+    return name, None

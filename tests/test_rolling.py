@@ -13,7 +13,8 @@ import pytest
 from noman import create_app
 from noman.config import Service, Settings
 from noman.notify import sign
-from noman.rollouts.nomad import NomadRollouts, split_image
+from noman.release import split_image
+from noman.rollouts.nomad import NomadRollouts
 from tests.conftest import ConsulHandle, make_settings
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver

@@ -28,23 +28,13 @@ from noman.errors import (
     NomadUnavailable,
     NomanError,
 )
-from noman.release import Rollout
+from noman.release import Rollout, split_image
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TERMINAL = frozenset({"successful", "failed", "cancelled"})
 INDEX_CONFLICT = "Enforcing job modify index"
-
-
-def split_image(image: str) -> tuple[str, str | None]:
-    """``registry:5000/owner/app:tag@sha256:..`` -> (``registry:5000/owner/app``, ``tag``)."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        return name[:colon], name[colon + 1 :]
-    return name, None
 
 
 def job_tag(job: dict[str, Any], target: NomadTarget) -> str | None:

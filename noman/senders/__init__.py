@@ -16,7 +16,7 @@ from typing import Any
 from noman.config import Service
 from noman.errors import InvalidJSON, InvalidPayload
 from noman.release import Release
-from noman.senders import dockerhub, github, plain, standard
+from noman.senders import dockerhub, github, plain, registries, standard
 
 MAX_DEPTH = 32
 
@@ -56,20 +56,29 @@ def read_release(service: Service, headers: Headers, body: bytes) -> Release | N
         return github.parse_package(parse_json(body), headers)
     if standard.looks_like(headers):
         msg_id = standard.verify(service, headers, body)
-        release = parse_release(parse_json(body))
+        release = parse_release(parse_json(body), service)
         return dataclasses.replace(
             release, sender=f"standard-{release.sender}", delivery_id=f"standard:{msg_id}"
         )
-    return parse_release(parse_json(body))
+    return parse_release(parse_json(body), service)
 
 
-def parse_release(payload: dict[str, Any]) -> Release:
-    """The release a payload asks for, whichever supported sender sent it."""
+def parse_release(payload: dict[str, Any], service: Service | None = None) -> Release:
+    """The release an unsigned payload asks for, whichever supported sender sent it.
+
+    ``service`` picks among several pushed tags (Harbor, Quay).
+    """
     if dockerhub.looks_like(payload):
         return dockerhub.parse_push(payload)
     if plain.looks_like(payload):
         return plain.parse_plain(payload)
-    raise InvalidPayload('Unrecognised payload: send a DockerHub push webhook or {"tag": "<tag>"}.')
+    if service is not None and registries.is_harbor(payload):
+        return registries.parse_harbor(payload, service)
+    if service is not None and registries.is_quay(payload):
+        return registries.parse_quay(payload, service)
+    raise InvalidPayload(
+        'Unrecognised payload: send a DockerHub, Harbor or Quay push webhook, or {"tag": "<tag>"}.'
+    )
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,106 @@
+"""Harbor and Quay push webhooks through the hook, and the choice among several tags."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from noman import create_app
+from noman.config import Service
+from noman.errors import InvalidTag
+from noman.senders.registries import pick_tag
+from tests.conftest import ConsulHandle, make_settings
+
+PAYLOADS = Path(__file__).parent / "payloads"
+TAG = "release-20230103082900"
+
+
+def load(name: str) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads((PAYLOADS / name).read_text())
+    return payload
+
+
+def hook(
+    consul: ConsulHandle,
+    secret: str,
+    repository: str,
+    payload: dict[str, Any],
+    bearer: bool = False,
+) -> Any:
+    client = create_app(make_settings(consul, secret, repository=repository)).test_client()
+    if bearer:  # Harbor sends its configured auth header verbatim
+        return client.post("/hooks", json=payload, headers={"Authorization": f"Bearer {secret}"})
+    return client.post(f"/hooks/{secret}", json=payload)
+
+
+def test_harbor_push_deploys_with_the_auth_header(consul: ConsulHandle, secret: str) -> None:
+    answer = hook(
+        consul,
+        secret,
+        "harbor.example.com/stut/stut.dev",
+        load("harbor-push-artifact.json"),
+        bearer=True,
+    )
+    assert answer.status_code == 200, answer.json
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
+
+
+def test_harbor_other_repository_is_refused(consul: ConsulHandle, secret: str) -> None:
+    answer = hook(
+        consul, secret, "harbor.example.com/stut/other", load("harbor-push-artifact.json")
+    )
+    assert answer.status_code == 403
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
+
+
+def test_harbor_non_push_event_is_refused(consul: ConsulHandle, secret: str) -> None:
+    payload = load("harbor-push-artifact.json")
+    payload["type"] = "SCANNING_COMPLETED"
+    answer = hook(consul, secret, "harbor.example.com/stut/stut.dev", payload)
+    assert answer.status_code == 400
+    assert answer.json["error"] == "invalid_payload"
+
+
+def test_quay_push_deploys_the_newest_accepted_tag(consul: ConsulHandle, secret: str) -> None:
+    answer = hook(consul, secret, "quay.io/stut/stut.dev", load("quay-repo-push.json"))
+    assert answer.status_code == 200, answer.json
+    assert answer.json["tag"] == TAG
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
+
+
+def test_quay_push_of_only_unaccepted_tags_is_422(consul: ConsulHandle, secret: str) -> None:
+    payload = load("quay-repo-push.json")
+    payload["updated_tags"] = ["latest", "main"]
+    answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
+    assert answer.status_code == 422
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "PUSH_ARTIFACT", "event_data": {"resources": []}},
+        {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"tag": 1}]}},
+        {"type": "PUSH_ARTIFACT", "event_data": None},
+        {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"tag": TAG}]}},
+        {"updated_tags": "release-1", "docker_url": "quay.io/a/b"},
+        {"updated_tags": [TAG], "docker_url": 5},
+    ],
+)
+def test_malformed_registry_payloads_are_400(
+    consul: ConsulHandle, secret: str, payload: dict[str, Any]
+) -> None:
+    answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
+    assert answer.status_code == 400
+    assert answer.json["error"] == "invalid_payload"
+
+
+def test_pick_tag_orders_by_the_pattern() -> None:
+    service = Service("s", "a/b", "k", (b"",), tag_pattern=re.compile(r"^v(\d+)$", re.ASCII))
+    assert pick_tag(service, ["v9", "v10", "latest"]) == "v10"
+    with pytest.raises(InvalidTag):
+        pick_tag(service, ["latest", "../x"])
