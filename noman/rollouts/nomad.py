@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -98,19 +99,25 @@ class NomadRollouts:
     def __init__(self, settings: NomadSettings, sleep: Callable[[float], None] = time.sleep):
         self.settings = settings
         self._sleep = sleep
+        self._clients: dict[tuple[str | None, str | None], Any] = {}
+        self._clients_lock = threading.Lock()
 
     def client(self, target: NomadTarget) -> Any:
-        """A python-nomad client for the target's namespace and region."""
-        return nomad.Nomad(
-            address=self.settings.address,
-            token=self.settings.token,
-            timeout=self.settings.timeout,
-            namespace=target.namespace,
-            region=target.region,
-            # python-nomad does not verify TLS by default; Noman always does
-            # unless told otherwise.
-            verify=self.settings.verify,
-        )
+        """The python-nomad client for the target's namespace and region (made once)."""
+        where = (target.namespace, target.region)
+        with self._clients_lock:
+            if where not in self._clients:
+                self._clients[where] = nomad.Nomad(
+                    address=self.settings.address,
+                    token=self.settings.token,
+                    timeout=self.settings.timeout,
+                    namespace=target.namespace,
+                    region=target.region,
+                    # python-nomad does not verify TLS by default; Noman always
+                    # does unless told otherwise.
+                    verify=self.settings.verify,
+                )
+            return self._clients[where]
 
     def read(self, service: Service) -> JobState:
         """The job as it is now, with the tag it runs."""
