@@ -17,6 +17,11 @@ def secrets_match(presented: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(presented, expected)
 
 
+def sign(key: bytes, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256(key, body)>``: GitHub's scheme, also Noman's notifications."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
 def find_service(services: Iterable[Service], secret: str) -> Service | None:
     """The service whose secret is ``secret``, or None.
 

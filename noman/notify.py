@@ -9,8 +9,6 @@ comes from the payload and must not make Noman call anything else.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -24,6 +22,7 @@ from urllib.parse import urlsplit
 import requests
 
 from noman import metrics
+from noman.auth import sign
 from noman.config import NotifyTarget, Service, Settings
 from noman.errors import NomanError
 from noman.release import Outcome, Release
@@ -57,11 +56,6 @@ class Report:
             "deployment": self.deployment,
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-
-
-def sign(key: bytes, body: bytes) -> str:
-    """The signature header value: ``sha256=<hex HMAC-SHA256(key, body)>``."""
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
 def callback_allowed(url: str, settings: Settings) -> bool:

@@ -11,10 +11,9 @@ is the digest, not the tag).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import TYPE_CHECKING, Any
 
+from noman.auth import secrets_match, sign
 from noman.config import Service
 from noman.errors import InvalidPayload, InvalidSignature, InvalidTag
 from noman.release import Release
@@ -39,11 +38,10 @@ def verify(service: Service, headers: Headers, body: bytes) -> None:
     scheme, _, signature = header.partition("=")
     if scheme != "sha256" or len(signature) != 64:
         raise InvalidSignature("X-Hub-Signature-256 must be 'sha256=<64 hex digits>'.")
-    presented = signature.lower().encode("ascii", errors="replace")
+    presented = header.lower().encode("ascii", errors="replace")
     matched = False
     for key in service.github_keys:
-        expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
-        matched |= hmac.compare_digest(presented, expected)
+        matched |= secrets_match(presented, sign(key, body).encode())
     if not matched:
         raise InvalidSignature("The GitHub signature does not match the body.")
 
