@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from noman import logs
+from noman import logs, ordering
 from noman.config import Settings, load
 from noman.deploy import Deployer
 from noman.notify import Reporter
@@ -32,6 +32,7 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
     """Build the Noman app from ``config``: Settings, a TOML path, or the environment."""
     settings = config if isinstance(config, Settings) else load(config)
     logs.configure(settings.log_level)
+    ordering.warn_unordered(settings.services)
     app = NomanFlask("noman")
     # A redirect would copy a hook path, secret included, into Location.
     app.url_map.strict_slashes = False

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from noman.config import Service
 from noman.errors import InvalidTag, NomanError, RepositoryMismatch, StaleTag, WriteConflict
-from noman.release import Outcome, Release, Rollout
+from noman.ordering import OrderKey, is_older, order_key
+from noman.release import OCI_TAG, Outcome, Release, Rollout
 from noman.stores import Store
 
 log = logging.getLogger(__name__)
 
 # Delivery ids remembered per service, to refuse replays of signed deliveries.
 KEEP_DELIVERIES = 500
-
-# The OCI distribution spec's tag grammar.
-OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -70,15 +67,9 @@ def check_release(service: Service, release: Release) -> None:
         )
 
 
-def release_order(service: Service, tag: str | None) -> int | str | None:
-    """What orders ``tag`` among releases: the pattern's first group (a number if digits)."""
-    if tag is None or service.tag_pattern.groups < 1:
-        return None
-    match = service.tag_pattern.fullmatch(tag)
-    if match is None or match.group(1) is None:
-        return None
-    value = match.group(1)
-    return int(value) if value.isdigit() else value
+def release_order(service: Service, tag: str | None) -> OrderKey | None:
+    """Where ``tag`` sits among the service's releases (see ``noman.ordering``)."""
+    return order_key(service.tag_pattern, tag)
 
 
 def needs_write(service: Service, current: str | None, release: Release) -> bool:
@@ -87,10 +78,8 @@ def needs_write(service: Service, current: str | None, release: Release) -> bool
         return False
     if release.force:
         return True
-    new, old = release_order(service, release.tag), release_order(service, current)
-    # Only tags of one kind can be ordered; an unordered current value (set
-    # by hand, or a first deploy) never blocks a valid release.
-    if new is not None and old is not None and type(new) is type(old) and new < old:  # type: ignore[operator]
+    # An unordered current value (set by hand, or a first deploy) never blocks a valid release.
+    if is_older(service.tag_pattern, release.tag, current):
         raise StaleTag(
             f"Tag {release.tag} is older than the deployed {current}; "
             'send "force": true to roll back on purpose.'

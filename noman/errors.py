@@ -16,6 +16,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RepositoryMismatch              403 repository_mismatch
     ├── InvalidTag                      422 invalid_tag
+    ├── AmbiguousTags                   422 ambiguous_tags
     ├── StaleTag                        409 stale_tag
     ├── NotRolling                      409 not_rolling
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
@@ -137,6 +138,13 @@ class InvalidTag(NomanError):
 
     status = 422
     code = "invalid_tag"
+
+
+class AmbiguousTags(NomanError):
+    """One push carries several accepted tags and the service's tag_pattern does not order them."""
+
+    status = 422
+    code = "ambiguous_tags"
 
 
 class StaleTag(NomanError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# The OCI distribution spec's tag grammar.
+OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,34 @@ class Release:
     callback_url: str | None = field(default=None, repr=False)
     # Signed senders name each delivery; a replayed one is deployed at most once.
     delivery_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A registry event that announces nothing this service deploys: answered 202, no write.
+
+    ``reason`` is a stable code (one of ``IGNORED_REASONS``), ``message`` says
+    what was received and why it deploys nothing.
+    """
+
+    reason: str
+    message: str
+    sender: str | None = None
+
+    def as_dict(self, service: str) -> dict[str, Any]:
+        """The JSON answer of an ignored hook call."""
+        return {"service": service, "ignored": True, "reason": self.reason, "message": self.message}
+
+
+# The codes an Ignored answer carries; callers may branch on them.
+IGNORED_REASONS = (
+    "no_tag",  # an untagged manifest (one platform of a multi-arch build), or no tag at all
+    "digest_only",  # pushed by digest (Harbor)
+    "tag_not_accepted",  # every pushed tag is outside tag_pattern (``latest`` beside releases)
+    "not_a_push",  # another event: delete, pull, scan, ...
+    "not_a_container",  # a GitHub package event for npm, Maven, ...
+    "test_notification",  # the registry's "test" button (Quay)
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +93,16 @@ class Outcome:
                 "eval_id": self.rollout.eval_id,
             }
         return body
+
+
+def tag_accepted(pattern: re.Pattern[str], tag: str) -> bool:
+    """True when ``tag`` is a valid OCI tag that ``pattern`` (a service's tag_pattern) takes."""
+    return OCI_TAG.fullmatch(tag) is not None and pattern.fullmatch(tag) is not None
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """Untrusted text echoed in a message: cut, and repr'd so control characters stay visible."""
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def split_image(image: str) -> tuple[str, str | None]:

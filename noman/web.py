@@ -19,7 +19,7 @@ from noman.config import Service, Settings
 from noman.deploy import Deployer
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
-from noman.release import Release
+from noman.release import Ignored, Release
 from noman.senders import read_release
 
 bp = Blueprint("noman", __name__)
@@ -93,10 +93,13 @@ def _handle_hook(secret: str) -> Response:
         service = _service_for(secret)
         fields["service"] = service.name
         headers = {name.lower(): value for name, value in request.headers.items()}
-        release = read_release(service, headers, _read_json_body())
-        if release is None:  # GitHub's ping when the webhook is created
+        parsed = read_release(service, headers, _read_json_body())
+        if parsed is None:  # GitHub's ping when the webhook is created
             _log_hook(fields, "ping", 200, started)
             return jsonify({"service": service.name, "event": "ping"})
+        if isinstance(parsed, Ignored):
+            return _answer_ignored(service, parsed, fields, started)
+        release = parsed
         fields["tag"] = release.tag[:140]
         fields["sender"] = release.sender
         outcome = _deployer().deploy(service, release)
@@ -112,6 +115,18 @@ def _handle_hook(secret: str) -> Response:
     _log_hook(fields, result, 200, started)
     current_app.extensions["noman.reporter"].succeeded(service, release, outcome)
     return jsonify(outcome.as_dict())
+
+
+def _answer_ignored(
+    service: Service, ignored: Ignored, fields: dict[str, Any], started: float
+) -> Response:
+    """202: a registry event with nothing to deploy; no write, no report, no callback."""
+    fields["sender"] = ignored.sender
+    fields["ignored"] = ignored.reason
+    _log_hook(fields, "ignored", 202, started, ignored.message)
+    answer = jsonify(ignored.as_dict(service.name))
+    answer.status_code = 202
+    return answer
 
 
 def _log_hook(

@@ -50,9 +50,11 @@ def test_forward_only_same_tag_and_force() -> None:
 @pytest.mark.parametrize(
     ("pattern", "tag", "order"),
     [
-        (r"^release-(\d{14})$", "release-20230103082900", 20230103082900),
-        (r"^v(\d+)$", "v10", 10),
-        (r"^build-([a-z]+)$", "build-abc", "abc"),
+        (r"^release-(\d{14})$", "release-20230103082900", (20230103082900,)),
+        (r"^v(\d+)$", "v10", (10,)),
+        (r"^v?(\d+(?:\.\d+)*)$", "v1.2.10", (1, 2, 10)),
+        # Letters in the group: no order (see tests/test_ordering.py).
+        (r"^build-([a-z]+)$", "build-abc", None),
         (r"^[a-z]+$", "abc", None),
     ],
 )

@@ -192,9 +192,10 @@ def test_refused_dockerhub_push_calls_back_error(consul: ConsulHandle, secret: s
         )
         app = create_app(settings)
         payload = dockerhub_payload(f"{receiver.url}/cb")
-        payload["push_data"]["tag"] = "latest"
-        assert app.test_client().post(f"/hooks/{secret}", json=payload).status_code == 422
+        # A push of `latest` is ignored (tests/test_ignored.py); another repository is refused.
+        payload["repository"]["repo_name"] = "stut/other"
+        assert app.test_client().post(f"/hooks/{secret}", json=payload).status_code == 403
         body = receiver.wait_for(1)[0].json()
         assert body["state"] == "error"
-        assert "latest" in body["description"]
+        assert "stut/other" in body["description"]
         assert len(body["context"]) <= 100

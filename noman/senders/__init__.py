@@ -2,8 +2,14 @@
 
 Signed senders (GitHub packages, Standard Webhooks) are recognised by their
 headers and verified over the raw body before any parsing; unsigned bodies
-(DockerHub, plain curl/CI) are recognised by shape. Nothing here trusts
-the body: every field is type-checked and anything odd is a 4xx.
+(DockerHub, Harbor, Quay, plain curl/CI) are recognised by shape. Nothing
+here trusts the body: every field is type-checked and anything odd is a 4xx.
+
+A registry event that announces nothing this service deploys (no tag, a
+digest only, a tag outside ``tag_pattern``, another event, a test
+notification) is an ``Ignored``, answered 202 so the registry neither marks
+the delivery failed nor retries it. An explicit request (plain body, signed
+CI body) names its tag on purpose, so a bad one stays a 422.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from typing import Any
 
 from noman.config import Service
 from noman.errors import InvalidJSON, InvalidPayload
-from noman.release import Release
+from noman.release import Ignored, Release
 from noman.senders import dockerhub, github, plain, registries, standard
+from noman.senders.common import screen
 
 MAX_DEPTH = 32
 
@@ -44,8 +51,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def read_release(service: Service, headers: Headers, body: bytes) -> Release | None:
-    """The release a request asks ``service`` to deploy; None for a GitHub ping.
+def read_release(service: Service, headers: Headers, body: bytes) -> Release | Ignored | None:
+    """What a request asks ``service`` to deploy: a Release, an Ignored, or None for a ping.
 
     ``headers`` has lower-case names.
     """
@@ -53,31 +60,36 @@ def read_release(service: Service, headers: Headers, body: bytes) -> Release | N
         github.verify(service, headers, body)
         if github.event(headers) == "ping":
             return None
-        return github.parse_package(parse_json(body), headers)
+        return screen(service, github.parse_package(parse_json(body), headers, service))
     if standard.looks_like(headers):
         msg_id = standard.verify(service, headers, body)
-        release = parse_release(parse_json(body), service)
+        parsed = parse_release(parse_json(body), service)
+        if isinstance(parsed, Ignored):
+            return parsed
         return dataclasses.replace(
-            release, sender=f"standard-{release.sender}", delivery_id=f"standard:{msg_id}"
+            parsed, sender=f"standard-{parsed.sender}", delivery_id=f"standard:{msg_id}"
         )
-    return parse_release(parse_json(body), service)
+    return screen(service, parse_release(parse_json(body), service))
 
 
-def parse_release(payload: dict[str, Any], service: Service | None = None) -> Release:
+def parse_release(payload: dict[str, Any], service: Service | None = None) -> Release | Ignored:
     """The release an unsigned payload asks for, whichever supported sender sent it.
 
     ``service`` picks among several pushed tags (Harbor, Quay).
     """
     if dockerhub.looks_like(payload):
-        return dockerhub.parse_push(payload)
+        return dockerhub.parse_push(payload, service)
     if plain.looks_like(payload):
         return plain.parse_plain(payload)
     if service is not None and registries.is_harbor(payload):
         return registries.parse_harbor(payload, service)
+    if service is not None and registries.is_harbor_cloudevent(payload):
+        return registries.parse_harbor_cloudevent(payload, service)
     if service is not None and registries.is_quay(payload):
         return registries.parse_quay(payload, service)
     raise InvalidPayload(
-        'Unrecognised payload: send a DockerHub, Harbor or Quay push webhook, or {"tag": "<tag>"}.'
+        "Unrecognised payload: send a DockerHub, Harbor (Default or CloudEvents format) or "
+        'Quay push webhook, or {"tag": "<tag>"}.'
     )
 
 

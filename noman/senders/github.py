@@ -7,6 +7,12 @@ older registry; ``ping`` when the hook is created), ``X-GitHub-Delivery``
 ``ghcr.io/<namespace>/<name>``; the tag is
 ``package_version.container_metadata.tag.name`` (``package_version.name``
 is the digest, not the tag).
+
+What deploys: ``package`` / ``registry_package`` events, action
+``published`` (or ``updated``), of a ``CONTAINER`` package, with a tag.
+What is ignored (202): other events and actions, other package types, and
+untagged versions (``tag.name == ""``): a multi-arch build publishes one
+untagged version per platform manifest beside the tagged index.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from noman.auth import secrets_match, sign
 from noman.config import Service
-from noman.errors import InvalidPayload, InvalidSignature, InvalidTag
-from noman.release import Release
+from noman.errors import InvalidPayload, InvalidSignature
+from noman.release import Ignored, Release, shown
+from noman.senders.common import check_repository
 
 if TYPE_CHECKING:
     from noman.senders import Headers
 
 EVENTS = ("package", "registry_package")
+ACTIONS = ("published", "updated")
 REGISTRY = "ghcr.io"
 
 
@@ -51,17 +59,32 @@ def event(headers: Headers) -> str:
     return str(headers.get("x-github-event", ""))
 
 
-def parse_package(payload: dict[str, Any], headers: Headers) -> Release:
-    """The release a verified ``package`` event announces."""
+def parse_package(
+    payload: dict[str, Any], headers: Headers, service: Service | None = None
+) -> Release | Ignored:
+    """The release a verified ``package`` event announces, or why it announces none."""
     name = event(headers)
     if name not in EVENTS:
-        raise InvalidPayload(f"GitHub event {name[:40]!r} is not a package event.")
+        return _ignored("not_a_push", f"GitHub event {shown(name, 40)} is not a package event.")
+    action = payload.get("action")
+    if action not in ACTIONS:
+        return _ignored(
+            "not_a_push", f"GitHub package action {shown(str(action), 40)} is not a publish."
+        )
     package = payload.get("package") or payload.get("registry_package")
     if not isinstance(package, dict):
         raise InvalidPayload("package must be a JSON object.")
     kind = package.get("package_type") or package.get("ecosystem") or ""
-    if not isinstance(kind, str) or kind.upper() != "CONTAINER":
-        raise InvalidPayload("Only container packages can be deployed.")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidPayload("package.package_type must be a non-empty string.")
+    if kind.upper() != "CONTAINER":
+        return _ignored(
+            "not_a_container", f"Package type {shown(kind, 40)} is not a container image."
+        )
+    namespace, repo = _namespace(package), package.get("name")
+    if not isinstance(repo, str) or not repo:
+        raise InvalidPayload("package.name must be a non-empty string.")
+    repository = f"{REGISTRY}/{namespace}/{repo}".lower()
     version = package.get("package_version")
     metadata = version.get("container_metadata") if isinstance(version, dict) else None
     tag_info = metadata.get("tag") if isinstance(metadata, dict) else None
@@ -69,17 +92,24 @@ def parse_package(payload: dict[str, Any], headers: Headers) -> Release:
     if not isinstance(tag, str):
         raise InvalidPayload("package.package_version.container_metadata.tag.name is missing.")
     if not tag:
-        raise InvalidTag("This push has no tag (an untagged manifest); nothing to deploy.")
-    namespace, repo = _namespace(package), package.get("name")
-    if not isinstance(repo, str) or not repo:
-        raise InvalidPayload("package.name must be a non-empty string.")
+        if service is not None:
+            check_repository(service, repository)
+        return _ignored(
+            "no_tag",
+            "This version is untagged (one platform of a multi-arch build); the tagged "
+            "version arrives in its own delivery.",
+        )
     delivery = headers.get("x-github-delivery") or None
     return Release(
         tag=tag,
         sender="github",
-        repository=f"{REGISTRY}/{namespace}/{repo}".lower(),
+        repository=repository,
         delivery_id=f"github:{delivery}" if delivery else None,
     )
+
+
+def _ignored(reason: str, message: str) -> Ignored:
+    return Ignored(reason, f"{message} Nothing to deploy.", "github")
 
 
 def _namespace(package: dict[str, Any]) -> str:
