@@ -11,7 +11,8 @@ import pytest
 
 from noman import create_app
 from noman.config import Service
-from noman.errors import InvalidTag
+from noman.errors import AmbiguousTags
+from noman.release import Ignored
 from noman.senders.registries import pick_tag
 from tests.conftest import ConsulHandle, make_settings
 
@@ -57,12 +58,13 @@ def test_harbor_other_repository_is_refused(consul: ConsulHandle, secret: str) -
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
 
 
-def test_harbor_non_push_event_is_refused(consul: ConsulHandle, secret: str) -> None:
+def test_harbor_non_push_event_is_ignored(consul: ConsulHandle, secret: str) -> None:
     payload = load("harbor-push-artifact.json")
     payload["type"] = "SCANNING_COMPLETED"
     answer = hook(consul, secret, "harbor.example.com/stut/stut.dev", payload)
-    assert answer.status_code == 400
-    assert answer.json["error"] == "invalid_payload"
+    assert answer.status_code == 202
+    assert answer.json["reason"] == "not_a_push"
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
 
 
 def test_quay_push_deploys_the_newest_accepted_tag(consul: ConsulHandle, secret: str) -> None:
@@ -72,11 +74,12 @@ def test_quay_push_deploys_the_newest_accepted_tag(consul: ConsulHandle, secret:
     assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
 
 
-def test_quay_push_of_only_unaccepted_tags_is_422(consul: ConsulHandle, secret: str) -> None:
+def test_quay_push_of_only_unaccepted_tags_is_ignored(consul: ConsulHandle, secret: str) -> None:
     payload = load("quay-repo-push.json")
     payload["updated_tags"] = ["latest", "main"]
     answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
-    assert answer.status_code == 422
+    assert answer.status_code == 202
+    assert answer.json["reason"] == "tag_not_accepted"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
 
 
@@ -85,10 +88,16 @@ def test_quay_push_of_only_unaccepted_tags_is_422(consul: ConsulHandle, secret: 
     [
         {"type": "PUSH_ARTIFACT", "event_data": {"resources": []}},
         {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"tag": 1}]}},
+        {"type": "PUSH_ARTIFACT", "event_data": {"resources": ["x"]}},
+        {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"tag": TAG, "resource_url": 3}]}},
         {"type": "PUSH_ARTIFACT", "event_data": None},
         {"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"tag": TAG}]}},
         {"updated_tags": "release-1", "docker_url": "quay.io/a/b"},
         {"updated_tags": [TAG], "docker_url": 5},
+        {"updated_tags": [TAG, 5], "docker_url": "quay.io/stut/stut.dev"},
+        {"specversion": "1.0", "type": "harbor.artifact.pushed", "data": {"resources": []}},
+        {"specversion": "1.0", "type": "harbor.artifact.pushed"},
+        {"specversion": "1.0", "type": "dev.knative.example"},
     ],
 )
 def test_malformed_registry_payloads_are_400(
@@ -99,8 +108,43 @@ def test_malformed_registry_payloads_are_400(
     assert answer.json["error"] == "invalid_payload"
 
 
-def test_pick_tag_orders_by_the_pattern() -> None:
-    service = Service("s", "a/b", "k", (b"",), tag_pattern=re.compile(r"^v(\d+)$", re.ASCII))
-    assert pick_tag(service, ["v9", "v10", "latest"]) == "v10"
-    with pytest.raises(InvalidTag):
-        pick_tag(service, ["latest", "../x"])
+def service(pattern: str) -> Service:
+    return Service("s", "a/b", "k", (b"",), tag_pattern=re.compile(pattern, re.ASCII))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "tags", "picked"),
+    [
+        (r"^v(\d+)$", ["v9", "v10", "latest"], "v10"),
+        (r"^v?(\d+(?:\.\d+)*)$", ["1.2.9", "1.2.10"], "1.2.10"),
+        (r"^v?(\d+(?:\.\d+)*)$", ["1.2.10", "v1.3"], "v1.3"),
+        (r"^release-(\d{14})$", ["latest", "release-20230103082900"], "release-20230103082900"),
+        # One accepted tag needs no order, even with a pattern that gives none.
+        (r"^([0-9a-f]{7})$", ["latest", "0e2a89b"], "0e2a89b"),
+        # The same tag twice is one tag.
+        (r"^([0-9a-f]{7})$", ["0e2a89b", "0e2a89b"], "0e2a89b"),
+    ],
+)
+def test_pick_tag_takes_the_newest_accepted(pattern: str, tags: list[str], picked: str) -> None:
+    assert pick_tag(service(pattern), tags) == picked
+
+
+def test_pick_tag_ignores_a_push_of_no_accepted_tag() -> None:
+    result = pick_tag(service(r"^v(\d+)$"), ["latest", "../x"])
+    assert isinstance(result, Ignored)
+    assert result.reason == "tag_not_accepted"
+    assert "'latest'" in result.message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "tags"),
+    [
+        (r"^([0-9a-f]{7})$", ["0e2a89b", "a41c3f0"]),
+        (r"^(main|dev)$", ["main", "dev"]),
+        (r"^[a-z]+$", ["abc", "def"]),
+    ],
+)
+def test_pick_tag_refuses_several_unordered_tags(pattern: str, tags: list[str]) -> None:
+    with pytest.raises(AmbiguousTags) as raised:
+        pick_tag(service(pattern), tags)
+    assert all(repr(tag) in raised.value.message for tag in tags)

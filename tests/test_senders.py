@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from noman.errors import InvalidJSON, InvalidPayload
+from noman.release import Ignored
 from noman.senders import parse_json, parse_release
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -29,6 +30,15 @@ def test_dockerhub_cannot_force() -> None:
     payload = json.loads((PAYLOADS / "dockerhub-push.json").read_text())
     payload["force"] = True
     assert parse_release(payload).force is False
+
+
+@pytest.mark.parametrize("tag", [None, ""])
+def test_dockerhub_push_without_a_tag_is_ignored(tag: str | None) -> None:
+    payload = json.loads((PAYLOADS / "dockerhub-push.json").read_text())
+    payload["push_data"]["tag"] = tag
+    result = parse_release(payload)
+    assert isinstance(result, Ignored)
+    assert (result.reason, result.sender) == ("no_tag", "dockerhub")
 
 
 def test_plain_sample() -> None:
@@ -70,7 +80,8 @@ def test_brackets_inside_strings_do_not_count_as_depth() -> None:
     "payload",
     [
         {"push_data": None, "repository": {"repo_name": "a/b"}},
-        {"push_data": {"tag": ""}, "repository": {"repo_name": "a/b"}},
+        {"push_data": {"tag": 5}, "repository": {"repo_name": "a/b"}},
+        {"push_data": {"tag": "x"}, "repository": {}},
         {"push_data": {"tag": "x"}, "repository": {"repo_name": 5}},
         {"push_data": {"tag": "x", "pushed_at": "yesterday"}, "repository": {"repo_name": "a/b"}},
         {"push_data": {"tag": "x", "pushed_at": True}, "repository": {"repo_name": "a/b"}},
