@@ -308,3 +308,26 @@ def test_signed_keys_are_validated_at_start(consul: ConsulHandle, secret: str) -
         )
     with pytest.raises(ConfigError, match="github_secret_env: environment G is not set"):
         make_settings(consul, secret, github_secret_env="G")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"tag": "latest"},
+        # A DockerHub body, signed by CI: the caller asked explicitly, so never "ignored".
+        {"push_data": {"tag": "latest"}, "repository": {"repo_name": "ghcr.io/stut/stut.dev"}},
+        {"push_data": {"pusher": "ci"}, "repository": {"repo_name": "ghcr.io/stut/stut.dev"}},
+    ],
+)
+def test_standard_webhook_with_a_bad_tag_is_still_422(
+    signed: Settings, secret: str, consul: ConsulHandle, payload: dict[str, object]
+) -> None:
+    body = json.dumps(payload).encode()
+    answer = (
+        create_app(signed)
+        .test_client()
+        .post(f"/hooks/{secret}", data=body, headers=standard_headers(body))
+    )
+    assert answer.status_code == 422
+    assert answer.json["error"] == "invalid_tag"
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)

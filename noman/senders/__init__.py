@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from noman.config import Service
-from noman.errors import InvalidJSON, InvalidPayload
+from noman.errors import InvalidJSON, InvalidPayload, InvalidTag
 from noman.release import Ignored, Release
 from noman.senders import dockerhub, github, plain, registries, standard
 from noman.senders.common import screen
@@ -65,7 +65,8 @@ def read_release(service: Service, headers: Headers, body: bytes) -> Release | I
         msg_id = standard.verify(service, headers, body)
         parsed = parse_release(parse_json(body), service)
         if isinstance(parsed, Ignored):
-            return parsed
+            # A signed CI caller asks for its release on purpose: refuse, never ignore.
+            raise InvalidTag(parsed.message)
         return dataclasses.replace(
             parsed, sender=f"standard-{parsed.sender}", delivery_id=f"standard:{msg_id}"
         )
