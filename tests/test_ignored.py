@@ -71,10 +71,13 @@ class Case:
 
 IGNORED: dict[str, tuple[Case, str]] = {
     "dockerhub-latest-beside-releases": (
-        Case("dockerhub", "dockerhub-push-latest.json"),
+        Case("dockerhub", "ignored-dockerhub-push-latest.json"),
         "tag_not_accepted",
     ),
-    "dockerhub-pre-2017-no-tag": (Case("dockerhub", "dockerhub-push-no-tag.json"), "no_tag"),
+    "dockerhub-pre-2017-no-tag": (
+        Case("dockerhub", "ignored-dockerhub-push-no-tag.json"),
+        "no_tag",
+    ),
     "github-multi-arch-untagged-manifest": (
         Case("github", "github-package-untagged.json"),
         "no_tag",
@@ -319,7 +322,7 @@ def test_pushes_of_an_accepted_tag_deploy(
         (
             Case(
                 "dockerhub",
-                "dockerhub-push-latest.json",
+                "ignored-dockerhub-push-latest.json",
                 setting("repository.repo_name", "stut/other"),
             ),
             403,

@@ -17,9 +17,14 @@ from noman.release import Ignored, Release, shown, tag_accepted
 REGISTRY_SENDERS = frozenset({"dockerhub", "github", "harbor", "quay"})
 
 
+def same_repository(service: Service, repository: str | None) -> bool:
+    """True unless ``repository`` is given and is not the one the service deploys."""
+    return repository is None or repository.lower() == service.repository.lower()
+
+
 def check_repository(service: Service, repository: str | None) -> None:
     """RepositoryMismatch unless ``repository`` (when given) is the one the service deploys."""
-    if repository is not None and repository.lower() != service.repository.lower():
+    if not same_repository(service, repository):
         raise RepositoryMismatch(
             f"Repository {shown(repository, 140)} is not the one this service deploys."
         )
@@ -29,8 +34,11 @@ def screen(service: Service, parsed: Release | Ignored) -> Release | Ignored:
     """A registry's push of a tag outside ``tag_pattern`` becomes Ignored; the rest passes."""
     if isinstance(parsed, Ignored) or parsed.sender not in REGISTRY_SENDERS:
         return parsed
-    check_repository(service, parsed.repository)
-    if tag_accepted(service.tag_pattern, parsed.tag):
+    # A misdirected push goes on to the deploy policy, which refuses it (403) with the
+    # release in hand, so DockerHub still gets its error callback.
+    if not same_repository(service, parsed.repository) or tag_accepted(
+        service.tag_pattern, parsed.tag
+    ):
         return parsed
     return Ignored(
         "tag_not_accepted",
