@@ -123,27 +123,31 @@ def _kind(source: str, flags: int) -> Kind | None:
     return None
 
 
+def _children(name: str, arg: Any) -> list[Any]:
+    """The sub-patterns nested in one parsed item; empty for a leaf."""
+    if name == "SUBPATTERN":
+        return [arg[3]]
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        return [arg[2]]
+    if name == "BRANCH":
+        return list(arg[1])
+    if name in ("ASSERT", "ASSERT_NOT"):
+        return [arg[1]]
+    if name == "ATOMIC_GROUP":
+        return [arg]
+    return []
+
+
 def _find_group(items: list[tuple[Any, Any]], number: int) -> list[tuple[Any, Any]] | None:
     """The parsed body of capture group ``number``, searched depth-first."""
     for op, arg in items:
         name = str(op)
-        if name == "SUBPATTERN":
-            if arg[0] == number:
-                return list(arg[3])
-            found = _find_group(list(arg[3]), number)
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            found = _find_group(list(arg[2]), number)
-        elif name == "BRANCH":
-            found = None
-            for branch in arg[1]:
-                found = found or _find_group(list(branch), number)
-        elif name in ("ASSERT", "ASSERT_NOT", "ATOMIC_GROUP"):
-            body = arg[1] if name != "ATOMIC_GROUP" else arg
-            found = _find_group(list(body), number)
-        else:
-            found = None
-        if found is not None:
-            return found
+        if name == "SUBPATTERN" and arg[0] == number:
+            return list(arg[3])
+        for child in _children(name, arg):
+            found = _find_group(list(child), number)
+            if found is not None:
+                return found
     return None
 
 
@@ -159,29 +163,14 @@ def _chars(items: list[tuple[Any, Any]]) -> frozenset[int] | None:
             if chars is None:
                 return None
             result |= chars
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            inner = _chars(list(arg[2]))
-            if inner is None:
-                return None
-            result |= inner
-        elif name == "SUBPATTERN":
-            inner = _chars(list(arg[3]))
-            if inner is None:
-                return None
-            result |= inner
-        elif name == "ATOMIC_GROUP":
-            inner = _chars(list(arg))
-            if inner is None:
-                return None
-            result |= inner
-        elif name == "BRANCH":
-            for branch in arg[1]:
-                inner = _chars(list(branch))
+        elif name in ("AT", "ASSERT", "ASSERT_NOT"):
+            continue  # zero-width: consumes nothing
+        elif _children(name, arg):
+            for child in _children(name, arg):
+                inner = _chars(list(child))
                 if inner is None:
                     return None
                 result |= inner
-        elif name in ("AT", "ASSERT", "ASSERT_NOT"):
-            continue  # zero-width: consumes nothing
         else:
             return None  # ANY, NOT_LITERAL, back-references...: could be anything
     return frozenset(result)

@@ -24,7 +24,7 @@ def same_repository(service: Service, repository: str | None) -> bool:
 
 def check_repository(service: Service, repository: str | None) -> None:
     """RepositoryMismatch unless ``repository`` (when given) is the one the service deploys."""
-    if not same_repository(service, repository):
+    if repository is not None and not same_repository(service, repository):
         raise RepositoryMismatch(
             f"Repository {shown(repository, 140)} is not the one this service deploys."
         )

@@ -84,27 +84,13 @@ def parse_harbor(payload: dict[str, Any], service: Service) -> Release | Ignored
             f"This is Harbor 1.x's webhook format (type {kind!r}), which Noman does not "
             "support; upgrade to Harbor 2, whose PUSH_ARTIFACT events it takes."
         )
-    if kind != HARBOR_PUSH:
-        return Ignored(
-            "not_a_push",
-            f"Harbor event {shown(str(kind), 40)} is not a push ({HARBOR_PUSH}); "
-            "nothing to deploy.",
-            "harbor",
-        )
-    return _harbor_push(payload.get("event_data"), service, "event_data")
+    return _harbor_event(kind, HARBOR_PUSH, payload.get("event_data"), service, "event_data")
 
 
 def parse_harbor_cloudevent(payload: dict[str, Any], service: Service) -> Release | Ignored:
     """The release a Harbor CloudEvents-format event announces, or why it announces none."""
     kind = payload["type"]
-    if kind != HARBOR_CLOUDEVENTS_PUSH:
-        return Ignored(
-            "not_a_push",
-            f"Harbor event {shown(kind, 40)} is not a push ({HARBOR_CLOUDEVENTS_PUSH}); "
-            "nothing to deploy.",
-            "harbor",
-        )
-    return _harbor_push(payload.get("data"), service, "data")
+    return _harbor_event(kind, HARBOR_CLOUDEVENTS_PUSH, payload.get("data"), service, "data")
 
 
 def parse_quay(payload: dict[str, Any], service: Service) -> Release | Ignored:
@@ -158,6 +144,19 @@ def pick_tag(service: Service, tags: list[str], sender: str | None = None) -> st
             "that one tag per push matches, or capture a number or a version in its first group."
         )
     return best
+
+
+def _harbor_event(
+    kind: Any, push: str, data: Any, service: Service, where: str
+) -> Release | Ignored:
+    """Both Harbor formats carry the same resources; only the event names differ."""
+    if kind != push:
+        return Ignored(
+            "not_a_push",
+            f"Harbor event {shown(str(kind), 40)} is not a push ({push}); nothing to deploy.",
+            "harbor",
+        )
+    return _harbor_push(data, service, where)
 
 
 def _harbor_push(data: Any, service: Service, where: str) -> Release | Ignored:
