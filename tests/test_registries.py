@@ -148,3 +148,32 @@ def test_pick_tag_refuses_several_unordered_tags(pattern: str, tags: list[str]) 
     with pytest.raises(AmbiguousTags) as raised:
         pick_tag(service(pattern), tags)
     assert all(repr(tag) in raised.value.message for tag in tags)
+
+
+def test_old_quay_updated_tags_object_is_read_by_its_keys(
+    consul: ConsulHandle, secret: str
+) -> None:
+    # Quay's early docs: "updated_tags": {"<tag>": "<image id>"}.
+    payload = load("quay-repo-push-one-tag.json")
+    payload["updated_tags"] = {
+        TAG: "b750fe79269d2ec9a3c593ef05b4332b1d1a02a62b4accb2c21d589ff2f5f2dc"
+    }
+    answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
+    assert answer.status_code == 200, answer.json
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
+
+
+def test_harbor_resources_of_several_tags_deploy_the_newest(
+    consul: ConsulHandle, secret: str
+) -> None:
+    payload = load("harbor-push-artifact.json")
+    first = payload["event_data"]["resources"][0]
+    older = "release-20221224120000"
+    payload["event_data"]["resources"] = [
+        first,
+        {**first, "tag": older, "resource_url": f"harbor.example.com/stut/stut.dev:{older}"},
+        {**first, "tag": "latest", "resource_url": "harbor.example.com/stut/stut.dev:latest"},
+    ]
+    answer = hook(consul, secret, "harbor.example.com/stut/stut.dev", payload)
+    assert answer.status_code == 200, answer.json
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
