@@ -11,6 +11,7 @@ names its request handler (a :class:`QuietHandler`) and answers requests itself,
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import socketserver
@@ -29,8 +30,29 @@ __all__ = [
     "Hang",
     "QuietHandler",
     "RequestRecord",
+    "parse_duration",
     "run_main",
 ]
+
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a Go duration such as ``"1s"``, ``"500ms"`` or ``"1m30s"``.
+
+    Raises:
+        ValueError: when ``text`` is not a Go duration (Go requires a unit except for "0").
+    """
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0.0
+    if not _DURATION.fullmatch(body):
+        raise ValueError(f"time: invalid duration {text!r}")
+    return sign * sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(body))
+
 
 #: One recorded request: (method, path, query, headers with Title-Cased names).
 RequestRecord = tuple[str, str, dict[str, list[str]], dict[str, str]]

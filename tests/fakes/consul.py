@@ -49,7 +49,15 @@ from http import HTTPStatus
 from typing import Any, Self
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from tests.fakes._server import FakeClock, FakeHTTPServer, FakeServer, Hang, QuietHandler, run_main
+from tests.fakes._server import (
+    FakeClock,
+    FakeHTTPServer,
+    FakeServer,
+    Hang,
+    QuietHandler,
+    parse_duration,
+    run_main,
+)
 
 __all__ = [
     "ANONYMOUS_ACCESSOR_ID",
@@ -94,24 +102,6 @@ _MAX_BODY = 64 * 1024 * 1024
 _KEY_CHARS = frozenset(string.ascii_letters + string.digits + ",-_./")
 _WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"})
 _UNFILTERED_READS = frozenset({"get", "get-tree", "get-or-empty"})
-_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """Return the seconds in a Go duration such as ``"1s"``, ``"500ms"`` or ``"1m30s"``.
-
-    Raises:
-        ValueError: when ``text`` is not a Go duration (Go requires a unit except for "0").
-    """
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text[1:] if text[:1] in ("+", "-") else text
-    if body == "0":
-        return 0.0
-    if not _DURATION.fullmatch(body):
-        raise ValueError(f"time: invalid duration {text!r}")
-    return sign * sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(body))
 
 
 def _q(text: str) -> str:
