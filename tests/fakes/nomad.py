@@ -6,8 +6,16 @@ HTTP, either with plain ``requests`` or through python-nomad:
 * jobs keyed by ``(namespace, id)`` with server-managed fields, versions and the
   ``JobModifyIndex`` check-and-set of ``EnforceIndex`` registrations (same error text as Nomad);
 * deployments created for every new version of a service job, whose outcome is scripted per
-  fake (:meth:`FakeNomad.script_deployments`) and evaluated lazily on read, including Nomad's
-  automatic revert to the latest stable version when a deployment fails;
+  fake (:meth:`FakeNomad.script_deployments`) and happens at its due time on the fake's clock
+  (the wall clock, or a :class:`FakeClock` the test moves with :meth:`FakeNomad.advance`), or
+  at once with :meth:`FakeNomad.finish_deployment`; a success makes the version ``Stable``, a
+  failure with ``AutoRevert`` registers the latest stable version again as a new (unstable)
+  version with its own deployment, as Nomad's deployment watcher does;
+* blocking queries (``?index=N&wait=5s``) on ``/v1/job/<id>``, its ``versions``,
+  ``deployment`` and ``deployments``, ``/v1/deployment/<id>`` and ``/v1/jobs``: every answer
+  carries the resource's ``X-Nomad-Index`` (the job's or deployment's ``ModifyIndex``, the
+  deployments table's index for a job's deployments) and waits until it passes N; waiting
+  queries wake when an outcome comes due, without a timer thread (no jitter, unlike Nomad);
 * ACL tokens (``X-Nomad-Token`` or ``Authorization: Bearer``) and fault injection (failed
   answers, hung requests, refused connections).
 
