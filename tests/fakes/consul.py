@@ -332,9 +332,13 @@ class _Store:
             # Re-acquiring a lock already held keeps LockIndex; a new acquisition bumps it.
             lock_index = old.lock_index if old.session == session else old.lock_index + 1
             self.entries[key] = replace(
-                old, value=value, flags=flags, modify_index=index, lock_index=lock_index,
+                old,
+                value=value,
+                flags=flags,
+                modify_index=index,
+                lock_index=lock_index,
                 session=session,
-            )  # fmt: skip
+            )
         self._changed(index)
         return True
 
