@@ -921,6 +921,31 @@ def test_auto_revert_registers_the_latest_stable_version_as_a_new_unstable_one(
     assert fake.job("web")["Stable"] is True  # type: ignore[index]
 
 
+def test_a_progress_deadline_failure_reads_like_nomad_and_reverts(fake: FakeNomad) -> None:
+    fake.script_deployments("deadline")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    failed = fake.deployments("web")[0]
+    assert failed["Status"] == "failed"
+    assert failed["StatusDescription"] == (
+        "Failed due to progress deadline - rolling back to job version 0"
+    )
+    assert failed["TaskGroups"]["web"]["HealthyAllocs"] == 0
+    assert fake.job("web")["Version"] == 2  # type: ignore[index]
+
+
+def test_the_deployment_list_blocks_until_any_deployment_changes(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    first = get(fake, "/v1/deployments")
+    watcher = Blocked(fake, "/v1/deployments", index=index_of(first), wait="10s")
+    fake.finish_deployment(first.json()[0]["ID"], "cancelled")
+    answer = watcher.join()
+    assert [d["Status"] for d in answer.json()] == ["cancelled"]
+    assert index_of(answer) > index_of(first)
+
+
 def test_advance_needs_a_fake_clock(fake: FakeNomad) -> None:
     with pytest.raises(RuntimeError, match="FakeClock"):
         fake.advance(1)
