@@ -1013,6 +1013,40 @@ def test_acl_through_python_nomad(acl_fake: FakeNomad) -> None:
 # ---- faults ---------------------------------------------------------------------------------
 
 
+def test_a_late_answer_means_the_job_was_registered_unbeknown_to_the_client(
+    fake: FakeNomad,
+) -> None:
+    fake.add_job(sample_service_job())
+    job = fake.job("web")
+    assert job is not None
+    body = register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+    fake.answer_late(10)
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{fake.url}/v1/job/web", json=body, timeout=0.3)
+    current = fake.job("web")
+    assert current is not None
+    assert current["Version"] == 1  # the register was applied
+    assert current["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == NEW_IMAGE
+    fake.heal()
+    retry = requests.post(f"{fake.url}/v1/job/web", json=body, timeout=2)
+    assert retry.status_code == 500 and "conflicting job modify index" in retry.text
+
+
+def test_a_slow_failure_answers_late_and_registers_nothing(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job())
+    job = fake.job("web")
+    assert job is not None
+    body = register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+    fake.fail_always(status=500, body="rpc error: leader changed", after=0.3)
+    started = time.monotonic()
+    answer = requests.post(f"{fake.url}/v1/job/web", json=body, timeout=5)
+    assert time.monotonic() - started >= 0.25
+    assert (answer.status_code, answer.text) == (500, "rpc error: leader changed")
+    assert len(fake.versions("web")) == 1
+    fake.heal()
+    assert requests.post(f"{fake.url}/v1/job/web", json=body, timeout=2).status_code == 200
+
+
 def test_fail_next(fake: FakeNomad, client: nomad.Nomad) -> None:
     fake.add_job(sample_service_job())
     fake.fail_next(count=2, status=503, body="rpc error: No cluster leader")

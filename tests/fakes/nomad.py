@@ -17,7 +17,8 @@ HTTP, either with plain ``requests`` or through python-nomad:
   deployments table's index for a job's deployments) and waits until it passes N; waiting
   queries wake when an outcome comes due, without a timer thread (no jitter, unlike Nomad);
 * ACL tokens (``X-Nomad-Token`` or ``Authorization: Bearer``) and fault injection (failed
-  answers, hung requests, refused connections).
+  answers, at once or slowly; answers held back after the register was applied; hung
+  requests; refused connections).
 
 Run it by hand with ``python -m tests.fakes.nomad [--port N] [--acl-token T]``.
 """
@@ -201,6 +202,8 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     # When set, the handler waits it out and then drops the connection without answering.
     hang: Hang | None = None
+    # When set, the handler waits it out (without the lock) before answering.
+    delay: Hang | None = None
 
 
 @dataclass
@@ -285,6 +288,8 @@ class _Handler(QuietHandler):
             # connection closed without a response (or its own read timeout first).
             self.close_connection = True
             return
+        if reply.delay is not None:
+            reply.delay.wait()
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         for name, value in reply.headers.items():
@@ -717,17 +722,22 @@ class FakeNomad(FakeServer):
             if isinstance(fault, Hang):
                 return _Reply(hang=fault)
             if fault is not None:
-                return _text(*fault)
+                failed = _text(fault.status, fault.body)
+                failed.delay = fault.delay
+                return failed
+            late = self._next_late()
             try:
                 self._check_acl(path, headers)
                 if decode_error is not None:
                     raise _HTTPError(400, decode_error)
                 self._refresh()
-                return self._route(method, path, query, payload)
+                reply = self._route(method, path, query, payload)
             except _HTTPError as exc:
-                return _text(exc.status, exc.text)
+                reply = _text(exc.status, exc.text)
             except Exception as exc:  # a bug in the fake: surface it instead of hanging
-                return _text(500, f"fake nomad internal error: {exc!r}")
+                reply = _text(500, f"fake nomad internal error: {exc!r}")
+            reply.delay = late  # applied already: only the answer is late
+            return reply
 
     @staticmethod
     def _is_register_path(path: str) -> bool:
