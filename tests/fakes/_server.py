@@ -11,6 +11,7 @@ names its request handler (a :class:`QuietHandler`) and answers requests itself,
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import socketserver
@@ -22,7 +23,37 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-__all__ = ["FakeHTTPServer", "FakeServer", "Hang", "QuietHandler", "RequestRecord", "run_main"]
+__all__ = [
+    "Failure",
+    "FakeClock",
+    "FakeHTTPServer",
+    "FakeServer",
+    "Hang",
+    "QuietHandler",
+    "RequestRecord",
+    "parse_duration",
+    "run_main",
+]
+
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a Go duration such as ``"1s"``, ``"500ms"`` or ``"1m30s"``.
+
+    Raises:
+        ValueError: when ``text`` is not a Go duration (Go requires a unit except for "0").
+    """
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0.0
+    if not _DURATION.fullmatch(body):
+        raise ValueError(f"time: invalid duration {text!r}")
+    return sign * sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(body))
+
 
 #: One recorded request: (method, path, query, headers with Title-Cased names).
 RequestRecord = tuple[str, str, dict[str, list[str]], dict[str, str]]
@@ -109,6 +140,57 @@ class Hang:
         self.release.wait(self.seconds)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A failed answer from :meth:`FakeServer.fail_next`/``fail_always``: nothing is applied.
+
+    ``delay`` (when set) must be waited out, without the lock, before answering.
+    """
+
+    status: int
+    body: str
+    delay: Hang | None = None
+
+
+class FakeClock:
+    """A manual monotonic clock for the fakes: time stands still until :meth:`advance`.
+
+    Pass one to a fake (``FakeConsul(clock=clock)``, ``FakeNomad(clock=clock)``; one clock may
+    drive several fakes) and the fake's timed behaviour (Consul session TTLs and lock-delays,
+    Nomad's scripted deployment outcomes) follows it instead of the wall clock, so tests need
+    no sleeps. Blocking queries still time out on the wall clock (``wait=``): only the
+    simulated events follow this clock.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self._fakes: list[FakeServer] = []
+
+    def __call__(self) -> float:
+        """The current time in seconds (only meaningful relative to other readings)."""
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, then let every attached fake apply what came due and wake waiters.
+
+        Returns once every event due by the new time has happened, so a test can assert on the
+        outcome right away (a blocked HTTP reader is woken, it still needs a moment to answer).
+        """
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        with self._lock:
+            self._now += seconds
+            fakes = list(self._fakes)
+        for fake in fakes:
+            fake._tick()
+
+    def _attach(self, fake: FakeServer) -> None:
+        with self._lock:
+            self._fakes.append(fake)
+
+
 class FakeServer:
     """Socket and thread lifecycle, fault injection and request log of a fake HTTP server.
 
@@ -125,16 +207,26 @@ class FakeServer:
     #: How often the serving loop checks for shutdown: stop() waits up to this long.
     _poll_interval: ClassVar[float] = 0.05
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, clock: FakeClock | None = None
+    ) -> None:
         self.host = host
+        #: The manual clock driving timed events, or None for the wall clock (time.monotonic).
+        self.clock = clock
+        if clock is not None:
+            clock._attach(self)
         self._port = port
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         #: Every request received, faulted ones included: (method, path, query, headers with
         #: Title-Cased names); each fake documents which form of the path it records.
         self.requests: list[RequestRecord] = []
-        self._fail_next: list[tuple[int, str]] = []
-        self._fail_always: tuple[int, str] | None = None
+        # (status, body, seconds before answering)
+        self._fail_next: list[tuple[int, str, float]] = []
+        self._fail_always: tuple[int, str, float] | None = None
+        # Seconds by which answers of applied requests are held back (answer_late).
+        self._late_next: list[float] = []
+        self._late_always: float | None = None
         self._hang: float | None = None
         self._hang_release = threading.Event()
         self._server: FakeHTTPServer[Any] | None = None
@@ -212,23 +304,91 @@ class FakeServer:
         server.close_connections()
         thread.join(timeout=5)
 
+    # ---- time ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The fake's notion of monotonic time: its :class:`FakeClock`, else time.monotonic()."""
+        return self.clock() if self.clock is not None else time.monotonic()
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake's :class:`FakeClock` forward (see :meth:`FakeClock.advance`).
+
+        Raises:
+            RuntimeError: when the fake runs on the wall clock (no ``clock=`` given).
+        """
+        if self.clock is None:
+            raise RuntimeError("advance() needs a fake created with clock=FakeClock()")
+        self.clock.advance(seconds)
+
+    def _next_due(self) -> float | None:
+        """When (in :meth:`now` time) the next timed event is due, or None; lock held."""
+        return None
+
+    def _apply_due(self) -> bool:
+        """Apply every timed event that is due; True when something changed. Lock held."""
+        return False
+
+    def _tick(self) -> None:
+        """Apply due events and wake every waiter if anything changed."""
+        with self._cond:
+            if self._apply_due():
+                self._cond.notify_all()
+
+    def _wait(self, remaining: float) -> None:
+        """Wait on ``_cond`` (held) for up to ``remaining`` wall seconds, then apply due events.
+
+        On the wall clock the wait also ends when the next timed event is due, so that events
+        happen on time (and wake blocking queries) without a timer thread.
+        """
+        if self.clock is None and (due := self._next_due()) is not None:
+            remaining = min(remaining, max(due - time.monotonic(), 0.0))
+        self._cond.wait(remaining)
+        if self._apply_due():
+            self._cond.notify_all()
+
     # ---- faults ----------------------------------------------------------------------------
 
-    def fail_next(self, count: int = 1, status: int = 500, body: str = "No cluster leader") -> None:
+    def fail_next(
+        self,
+        count: int = 1,
+        status: int = 500,
+        body: str = "No cluster leader",
+        after: float = 0.0,
+    ) -> None:
         """Answer the next ``count`` requests (any endpoint) with ``status`` and a text body.
 
-        Nothing is applied. Failures queue up after any already pending.
+        Nothing is applied. With ``after``, each failure is answered only that many seconds
+        later (a server failing slowly). Failures queue up after any already pending.
         """
         with self._lock:
-            self._fail_next.extend([(status, body)] * count)
+            self._fresh_release()
+            self._fail_next.extend([(status, body, after)] * count)
 
-    def fail_always(self, status: int = 500, body: str = "No cluster leader") -> None:
+    def fail_always(
+        self, status: int = 500, body: str = "No cluster leader", after: float = 0.0
+    ) -> None:
         """Answer every request with ``status`` and a text body (after any :meth:`fail_next`).
 
-        Lasts until :meth:`heal`.
+        With ``after``, each answer comes that many seconds late. Lasts until :meth:`heal`.
         """
         with self._lock:
-            self._fail_always = (status, body)
+            self._fresh_release()
+            self._fail_always = (status, body, after)
+
+    def answer_late(self, seconds: float, count: int | None = 1) -> None:
+        """Apply the next ``count`` requests normally but hold each answer back ``seconds``.
+
+        The write lands while a client with a shorter timeout gives up: the outcome is
+        unknown to it. ``count=None`` delays every answer until :meth:`heal`. Requests that
+        meet another fault (fail, hang) are not delayed by this. :meth:`heal` and
+        :meth:`stop` release held answers at once.
+        """
+        with self._lock:
+            self._fresh_release()
+            if count is None:
+                self._late_always = seconds
+            else:
+                self._late_next.extend([seconds] * count)
 
     def hang(self, seconds: float) -> None:
         """Make every request wait ``seconds``, then close the connection without an answer.
@@ -237,13 +397,15 @@ class FakeServer:
         """
         with self._lock:
             self._hang = seconds
-            self._hang_release = threading.Event()
+            self._fresh_release()
 
     def heal(self) -> None:
-        """Clear everything set by :meth:`fail_next`, :meth:`fail_always` and :meth:`hang`."""
+        """Clear every fault (fail_next, fail_always, hang, answer_late); release waiters."""
         with self._lock:
             self._fail_next.clear()
             self._fail_always = None
+            self._late_next.clear()
+            self._late_always = None
             self._hang = None
             self._hang_release.set()
 
@@ -257,18 +419,31 @@ class FakeServer:
             if self._server is None:
                 self._listen()
 
-    def _next_fault(self) -> Hang | tuple[int, str] | None:
+    def _fresh_release(self) -> None:
+        """A new release event for faults set from now on, once heal() used the old one."""
+        if self._hang_release.is_set():
+            self._hang_release = threading.Event()
+
+    def _next_fault(self) -> Hang | Failure | None:
         """The fault the request being handled meets, if any; the caller holds the lock.
 
         A :class:`Hang` must be waited out without the lock, then the connection closed
-        unanswered; ``(status, body)`` is answered as text instead of applying the request.
-        Faults come before anything else: they model the network or an unhealthy server.
+        unanswered; a :class:`Failure` is answered as text (after its delay, without the
+        lock) instead of applying the request. Faults come before anything else: they model
+        the network or an unhealthy server.
         """
         if self._hang is not None:
             return Hang(self._hang, self._hang_release)
-        if self._fail_next:
-            return self._fail_next.pop(0)
-        return self._fail_always
+        failure = self._fail_next.pop(0) if self._fail_next else self._fail_always
+        if failure is None:
+            return None
+        status, body, after = failure
+        return Failure(status, body, Hang(after, self._hang_release) if after > 0 else None)
+
+    def _next_late(self) -> Hang | None:
+        """How long to hold back the answer of a request applied normally; lock held."""
+        seconds = self._late_next.pop(0) if self._late_next else self._late_always
+        return None if seconds is None else Hang(seconds, self._hang_release)
 
 
 def run_main(fake: FakeServer) -> int:
