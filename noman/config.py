@@ -34,6 +34,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ SCHEMA: tuple[Key, ...] = (
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
     _k("server", "auth_failures_per_minute", (int,), 0, "Failed secrets per address; 0: off."),
     _k("server", "proxy_hops", (int,), 0, "Proxies whose X-Forwarded-For to trust."),
+    _k("server", "metrics_bind", (str,), None, "host:port of an internal /metrics listener."),
     _k("store", "backend", (str,), "consul", '"consul", or "file" for a local JSON file.'),
     _k("store", "path", (str,), ".noman/store.json", "The JSON file of the file backend."),
     _k("consul", "address", (str,), "http://127.0.0.1:8500", "Consul's HTTP address."),
@@ -80,6 +82,7 @@ SCHEMA: tuple[Key, ...] = (
     _k("notify", "retries", (int,), 3, "Attempts per notification."),
     _k("notify", "backoff", (int, float), 1, "Seconds before the first retry; doubles."),
     _k("notify", "timeout", (int, float), 5, "Seconds allowed for each notification."),
+    _k("notify", "dry_run", (bool,), False, "Log reports instead of sending them."),
     _k(_T, "kind", (str,), "webhook", '"webhook" (generic JSON) or "slack".'),
     _k(_T, "url", (str,), None, "Where to POST (required)."),
     _k(_T, "secret_env", (str,), None, "Env var with the HMAC-SHA256 key (webhook)."),
@@ -193,6 +196,8 @@ class NotifySettings:
     retries: int = 3
     backoff: float = 1.0
     timeout: float = 5.0
+    # serve --dev: reports are logged, never sent (demo payloads carry real URLs).
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,8 @@ class Settings:
     log_level: str = "info"
     auth_failures_per_minute: int = 0
     proxy_hops: int = 0
+    # A second, internal listener for /metrics; None: /metrics on the main one.
+    metrics_bind: str | None = None
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -362,6 +369,8 @@ class _Parser:
                 raise self.fail("server", name, "must not be negative")
         if server["log_level"] not in ("debug", "info", "warning", "error"):
             raise self.fail("server", "log_level", "must be debug, info, warning or error")
+        if server["metrics_bind"] is not None and not _BIND_RE.match(server["metrics_bind"]):
+            raise self.fail("server", "metrics_bind", "must be host:port, e.g. 127.0.0.1:9100")
         store = self.table(data.get("store", {}), "store", "store")
         if store["backend"] not in ("consul", "file"):
             raise self.fail("store", "backend", 'must be "consul" or "file"')
@@ -379,6 +388,7 @@ class _Parser:
             log_level=server["log_level"],
             auth_failures_per_minute=server["auth_failures_per_minute"],
             proxy_hops=server["proxy_hops"],
+            metrics_bind=server["metrics_bind"],
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
@@ -470,6 +480,7 @@ class _Parser:
             retries=v["retries"],
             backoff=float(v["backoff"]),
             timeout=float(self.positive("notify", "timeout", v["timeout"])),
+            dry_run=v["dry_run"],
         )
 
     def services(self, data: Any, nomad: NomadSettings) -> tuple[Service, ...]:
