@@ -111,15 +111,26 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NOMAN_WORKERS", "gunicorn worker processes (default 2)."),
     ("CONSUL_HTTP_ADDR", "Overrides consul.address (host:port or scheme://host:port)."),
     ("CONSUL_HTTP_TOKEN", "Overrides consul.token."),
+    ("CONSUL_HTTP_TOKEN_FILE", "File holding the token (when CONSUL_HTTP_TOKEN is not set)."),
     ("CONSUL_HTTP_SSL", "true: use https for an address without a scheme."),
     ("CONSUL_HTTP_SSL_VERIFY", "false: do not verify Consul's certificate."),
     ("CONSUL_CACERT", "CA bundle for Consul's certificate."),
+    ("CONSUL_CLIENT_CERT", "Client certificate for Consul (with CONSUL_CLIENT_KEY)."),
+    ("CONSUL_CLIENT_KEY", "Key of CONSUL_CLIENT_CERT."),
+    ("CONSUL_TLS_SERVER_NAME", "Name to verify Consul's certificate against (SNI)."),
     ("NOMAD_ADDR", "Overrides nomad.address."),
     ("NOMAD_TOKEN", "Overrides nomad.token."),
     ("NOMAD_NAMESPACE", "Overrides nomad.namespace."),
     ("NOMAD_REGION", "Overrides nomad.region."),
     ("NOMAD_CACERT", "CA bundle for Nomad's certificate."),
     ("NOMAD_SKIP_VERIFY", "true: do not verify Nomad's certificate."),
+    ("NOMAD_CLIENT_CERT", "Client certificate for Nomad (with NOMAD_CLIENT_KEY)."),
+    ("NOMAD_CLIENT_KEY", "Key of NOMAD_CLIENT_CERT."),
+    ("NOMAD_TLS_SERVER_NAME", "Name to verify Nomad's certificate against (SNI)."),
+    ("NOMAN_WORKER_TMP_DIR", "gunicorn's heartbeat and metrics files (default /dev/shm)."),
+    ("NOMAN_GUNICORN_LOG_LEVEL", "Level of gunicorn's own error log (default info)."),
+    ("NOMAN_DEV_BANNER", "Set by serve --dev: the banner printed once serving."),
+    ("PROMETHEUS_MULTIPROC_DIR", "Workers' metrics files (made by the gunicorn config)."),
 )
 
 
@@ -133,6 +144,9 @@ class ConsulSettings:
     token: str | None = field(default=None, repr=False)
     verify: bool | str = True
     cas_retries: int = 8
+    # CONSUL_CLIENT_CERT/KEY and CONSUL_TLS_SERVER_NAME, as the Consul CLI reads them.
+    cert: tuple[str, str] | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,9 @@ class NomadSettings:
     register_retries: int = 5
     watch_timeout: float = 900.0
     poll_interval: float = 2.0
+    # NOMAD_CLIENT_CERT/KEY and NOMAD_TLS_SERVER_NAME, as the Nomad CLI reads them.
+    cert: tuple[str, str] | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -349,6 +366,34 @@ class _Parser:
             return False
         raise ConfigError(f"environment {name}={raw!r}: expected true or false")
 
+    def token_file(self, name: str) -> str | None:
+        """The token in the file the environment variable ``name`` points at."""
+        path = self.env.get(name)
+        if not path:
+            return None
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"environment {name}={path!r}: cannot read the token: {exc}"
+            ) from None
+        if not token:
+            raise ConfigError(f"environment {name}={path!r}: the file is empty")
+        return token
+
+    def client_cert(self, cert_name: str, key_name: str) -> tuple[str, str] | None:
+        """The (certificate, key) pair for mutual TLS, both files readable, or None."""
+        cert, key = self.env.get(cert_name) or None, self.env.get(key_name) or None
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            given, missing = (cert_name, key_name) if cert else (key_name, cert_name)
+            raise ConfigError(f"environment {given} is set but {missing} is not: set both")
+        for name, path in ((cert_name, cert), (key_name, key)):
+            if not os.access(path, os.R_OK) or not Path(path).is_file():
+                raise ConfigError(f"environment {name}={path!r}: not a readable file")
+        return cert, key
+
     # -- sections --------------------------------------------------------------------------
 
     def settings(self, data: dict[str, Any]) -> Settings:
@@ -409,9 +454,15 @@ class _Parser:
             address=address.rstrip("/"),
             datacenter=v["datacenter"],
             timeout=float(self.positive("consul", "timeout", v["timeout"])),
-            token=self.env.get("CONSUL_HTTP_TOKEN") or v["token"],
+            token=(
+                self.env.get("CONSUL_HTTP_TOKEN")
+                or self.token_file("CONSUL_HTTP_TOKEN_FILE")
+                or v["token"]
+            ),
             verify=verify,
             cas_retries=v["cas_retries"],
+            cert=self.client_cert("CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"),
+            tls_server_name=self.env.get("CONSUL_TLS_SERVER_NAME") or None,
         )
 
     def nomad(self, data: Mapping[str, Any]) -> NomadSettings:
@@ -437,6 +488,8 @@ class _Parser:
             register_retries=v["register_retries"],
             watch_timeout=float(self.positive("nomad", "watch_timeout", v["watch_timeout"])),
             poll_interval=float(self.positive("nomad", "poll_interval", v["poll_interval"])),
+            cert=self.client_cert("NOMAD_CLIENT_CERT", "NOMAD_CLIENT_KEY"),
+            tls_server_name=self.env.get("NOMAD_TLS_SERVER_NAME") or None,
         )
 
     def outcomes(self, table: str, name: str, value: list[Any]) -> frozenset[str]:
