@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from noman import auth
+from noman import __version__, auth
 from noman.config import MIN_SECRET_CHARS, Settings, config_path, load
 from noman.errors import ConfigError, NomanError
 
@@ -36,9 +36,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+DESCRIPTION = "Noman: deploy pushed container images through Consul keys and Nomad jobs."
+EPILOG = """\
+configuration:
+  read from --config FILE, else $NOMAN_CONFIG_TOML (the TOML text itself),
+  else $NOMAN_CONFIG (a path), else ./noman.toml. CONSUL_HTTP_ADDR,
+  CONSUL_HTTP_TOKEN, NOMAD_ADDR, NOMAD_TOKEN and the other variables listed
+  in README.md override the file.
+
+exit codes: 0 success, 1 an error (its code is printed), 2 a configuration error.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    config_help = "TOML file (default: $NOMAN_CONFIG, else ./noman.toml)"
-    parser = argparse.ArgumentParser(prog="noman", description=__doc__)
+    config_help = "TOML file (default: $NOMAN_CONFIG_TOML, else $NOMAN_CONFIG, else ./noman.toml)"
+    parser = argparse.ArgumentParser(
+        prog="noman",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"noman {__version__}")
     parser.add_argument("--config", help=config_help)
     # --config is accepted after the command too (`noman deploy web TAG --config x`);
     # SUPPRESS keeps a value given before the command.

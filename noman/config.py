@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -253,6 +254,16 @@ class Settings:
         return any(s.strategy == "rolling" for s in self.services)
 
 
+SEARCH_ORDER = (
+    "the config is read from --config FILE, else $NOMAN_CONFIG_TOML (the TOML itself), "
+    "else $NOMAN_CONFIG (a path), else ./noman.toml"
+)
+
+
+class _NotFound(ConfigError):
+    """The config file does not exist (``load`` adds how it was looked for)."""
+
+
 def config_path(
     explicit: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Path:
@@ -266,7 +277,16 @@ def load(explicit: str | Path | None = None, environ: Mapping[str, str] | None =
     env = os.environ if environ is None else environ
     if explicit is None and env.get("NOMAN_CONFIG_TOML"):
         return parse_settings(env["NOMAN_CONFIG_TOML"], source="$NOMAN_CONFIG_TOML", environ=env)
-    return load_settings(config_path(explicit, env), env)
+    path = config_path(explicit, env)
+    try:
+        return load_settings(path, env)
+    except _NotFound:
+        given = "--config" if explicit else "$NOMAN_CONFIG" if env.get("NOMAN_CONFIG") else None
+        raise ConfigError(
+            f"{path.resolve()}: config file not found"
+            + (f" (given by {given})" if given else "")
+            + f"; {SEARCH_ORDER}"
+        ) from None
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -275,7 +295,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise _NotFound(f"{path.resolve()}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     return parse_settings(text, source=str(path), environ=environ)
@@ -307,12 +327,18 @@ class _Parser:
 
     # -- error reporting ---------------------------------------------------------------
 
-    def _line_of(self, table: str, name: str | None) -> int | None:
-        """Best-effort line number of ``name`` inside ``[table]`` (for messages)."""
-        header = re.compile(r"^\s*\[+\s*" + re.escape(table) + r"\s*\]+\s*(#.*)?$")
-        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
-        if start is None:
+    def _line_of(self, table: str, name: str | None, occurrence: int = 0) -> int | None:
+        """Best-effort line number of ``name`` inside ``[table]`` (for messages).
+
+        ``table`` is written as in TOML (``services."stut.dev"``) and matched
+        key by key, whatever quotes and spaces the file uses; ``occurrence``
+        picks one of several ``[[array]]`` tables.
+        """
+        wanted = _header_keys(f"[{table}]")
+        starts = [i for i, line in enumerate(self.lines) if _header_keys(line) == wanted]
+        if wanted is None or len(starts) <= occurrence:
             return None
+        start = starts[occurrence]
         if name is None:
             return start + 1
         key = re.compile(r"^\s*" + re.escape(name) + r"\s*=")
@@ -323,29 +349,36 @@ class _Parser:
                 return i + 1
         return start + 1
 
-    def fail(self, table: str, name: str | None, problem: str) -> ConfigError:
+    def fail(self, table: str, name: str | None, problem: str, occurrence: int = 0) -> ConfigError:
         """A ConfigError naming file, line, table and key."""
-        line = self._line_of(table, name)
+        line = self._line_of(table, name, occurrence)
         where = f"{self.source}" + (f", line {line}" if line else "")
         what = f"[{table}]" + (f" {name}" if name else "")
         return ConfigError(f"{where}: {what}: {problem}")
 
     # -- generic checks ------------------------------------------------------------------
 
-    def table(self, data: Mapping[str, Any], table: str, schema_table: str) -> dict[str, Any]:
+    def table(
+        self, data: Mapping[str, Any], table: str, schema_table: str, occurrence: int = 0
+    ) -> dict[str, Any]:
         """Type-check ``data`` against the schema; unknown keys and wrong types fail."""
         known = {k.name: k for k in SCHEMA if k.table == schema_table}
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            allowed = ", ".join(sorted(known))
+            others = f"; also unknown: {', '.join(unknown[1:])}" if unknown[1:] else ""
+            raise self.fail(
+                table, unknown[0], f"unknown key{others} (allowed: {allowed})", occurrence
+            )
         values: dict[str, Any] = {}
         for name, value in data.items():
-            key = known.get(name)
-            if key is None:
-                allowed = ", ".join(sorted(known))
-                raise self.fail(table, name, f"unknown key (allowed: {allowed})")
+            key = known[name]
             # bool is an int in Python; a number key must not accept true.
             if isinstance(value, bool) and bool not in key.types:
-                raise self.fail(table, name, f"expected {_type_names(key.types)}, got a boolean")
+                expected = f"expected {_type_names(key.types)}, got a boolean"
+                raise self.fail(table, name, expected, occurrence)
             if not isinstance(value, key.types):
-                raise self.fail(table, name, f"expected {_type_names(key.types)}")
+                raise self.fail(table, name, f"expected {_type_names(key.types)}", occurrence)
             values[name] = value
         for key in known.values():
             values.setdefault(key.name, key.default)
@@ -398,11 +431,12 @@ class _Parser:
 
     def settings(self, data: dict[str, Any]) -> Settings:
         allowed = {"server", "store", "consul", "nomad", "notify", "services"}
-        for name in data:
-            if name not in allowed:
-                raise ConfigError(
-                    f"{self.source}: unknown table [{name}] (allowed: {', '.join(sorted(allowed))})"
-                )
+        unknown = [f"[{_toml_key(name)}]" for name in data if name not in allowed]
+        if unknown:
+            raise ConfigError(
+                f"{self.source}: unknown table {', '.join(unknown)} "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
         for name in allowed - {"services"}:
             if name in data and not isinstance(data[name], dict):
                 raise ConfigError(f"{self.source}: {name} must be a table")
@@ -505,24 +539,31 @@ class _Parser:
         if not isinstance(raw_targets, list):
             raise self.fail("notify", "targets", "use [[notify.targets]] tables")
         targets = []
-        for raw in raw_targets:
+        for n, raw in enumerate(raw_targets):
             if not isinstance(raw, dict):
                 raise self.fail("notify", "targets", "use [[notify.targets]] tables")
-            t = self.table(raw, "notify.targets", "notify.targets")
+
+            # Each [[notify.targets]] table's own line, not the first one's.
+            def fail(name: str, problem: str, n: int = n) -> ConfigError:
+                return self.fail("notify.targets", name, problem, occurrence=n)
+
+            t = self.table(raw, "notify.targets", "notify.targets", occurrence=n)
             if t["kind"] not in ("webhook", "slack"):
-                raise self.fail("notify.targets", "kind", 'must be "webhook" or "slack"')
+                raise fail("kind", 'must be "webhook" or "slack"')
             if not t["url"]:
-                raise self.fail("notify.targets", "url", "is required")
-            _check_url(t["url"], lambda p: self.fail("notify.targets", "url", p))
+                raise fail("url", "is required")
+            _check_url(t["url"], lambda p: fail("url", p))
             hmac_key = None
             if t["secret_env"] is not None:
                 secret = self.env.get(t["secret_env"], "")
                 if not secret:
-                    raise self.fail(
-                        "notify.targets", "secret_env", f"environment {t['secret_env']} is not set"
-                    )
+                    raise fail("secret_env", f"environment {t['secret_env']} is not set")
                 hmac_key = secret.encode("utf-8")
-            on = default_on if t["on"] is None else self.outcomes("notify.targets", "on", t["on"])
+            on = default_on
+            if t["on"] is not None:
+                if not all(item in ("success", "failure") for item in t["on"]):
+                    raise fail("on", 'may only contain "success" and "failure"')
+                on = frozenset(t["on"])
             targets.append(NotifyTarget(t["kind"], t["url"], on, hmac_key))
         if v["retries"] < 1:
             raise self.fail("notify", "retries", "must be at least 1")
@@ -545,17 +586,19 @@ class _Parser:
         seen: dict[bytes, str] = {}
         keys: dict[str, str] = {}
         for service in services:
+            table = f"services.{_toml_key(service.name)}"
             for digest in service.secret_hashes:
                 if digest in seen:
+                    # Name the key the secret came from, as written.
                     raise self.fail(
-                        f"services.{service.name}",
-                        "secret_sha256" if service.secret_hashes else "secret_env",
+                        table,
+                        "secret_env" if "secret_env" in data[service.name] else "secret_sha256",
                         f"same secret as service {seen[digest]!r}; every service needs its own",
                     )
                 seen[digest] = service.name
             if service.key in keys:
                 raise self.fail(
-                    f"services.{service.name}",
+                    table,
                     "key",
                     f"same key as service {keys[service.key]!r}",
                 )
@@ -563,7 +606,7 @@ class _Parser:
         return services
 
     def service(self, name: str, raw: Any, nomad: NomadSettings) -> Service:
-        table = f"services.{name}"
+        table = f"services.{_toml_key(name)}"
         if not _NAME_RE.match(name):
             raise self.fail(table, None, "service names use letters, digits, '.', '_' and '-'")
         if not isinstance(raw, dict):
@@ -693,6 +736,39 @@ class _Parser:
             meta_key=v["meta_key"],
             tasks=tuple(tasks),
         )
+
+
+def _toml_key(name: str) -> str:
+    """``name`` as a TOML key: bare when it can be, else quoted (``"stut.dev"``)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
+_KEY_PART = re.compile(r"""\s*(?:([A-Za-z0-9_-]+)|"((?:[^"\\]|\\.)*)"|'([^']*)')\s*""")
+
+
+def _header_keys(line: str) -> tuple[str, ...] | None:
+    """The keys of a ``[table]`` or ``[[array]]`` header line, unquoted; None if not one."""
+    match = re.match(r"^\s*\[\[?(.*?)\]\]?\s*(#.*)?$", line)
+    if match is None:
+        return None
+    text, keys, pos = match.group(1), [], 0
+    while True:
+        part = _KEY_PART.match(text, pos)
+        if part is None:
+            return None
+        bare, basic, literal = part.groups()
+        if basic is not None:
+            try:
+                basic = json.loads(f'"{basic}"')
+            except ValueError:
+                return None
+        keys.append(bare if bare is not None else basic if basic is not None else literal)
+        pos = part.end()
+        if pos == len(text):
+            return tuple(keys)
+        if text[pos] != ".":
+            return None
+        pos += 1
 
 
 def _check_url(url: str, fail: Any) -> None:

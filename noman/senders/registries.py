@@ -70,7 +70,7 @@ def pick_tag(service: Service, tags: list[str]) -> str:
     if not accepted:
         shown = ", ".join(repr(t[:40]) for t in tags[:5])
         raise InvalidTag(
-            f"None of the pushed tags ({shown}) matches {service.tag_pattern.pattern!r}."
+            f"None of the pushed tags ({shown}) matches {service.tag_pattern.pattern}."
         )
     ordered = [(release_order(service, t), t) for t in accepted]
     if all(isinstance(order, int) for order, _ in ordered) or all(
