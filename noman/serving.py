@@ -49,11 +49,10 @@ def start_fields(settings: Settings, cfg: Any) -> dict[str, Any]:
         "config": settings.source,
         "services": len(settings.services),
         "service_names": [service.name for service in settings.services],
-        "store": (
-            f"file {settings.store_path}"
-            if settings.store_backend == "file"
-            else f"consul {settings.consul.address}"
-        ),
+        "store": settings.store_backend,
+        # None where unused: no Consul with the file store, no Nomad without rolling services.
+        "consul": settings.consul.address if settings.store_backend == "consul" else None,
+        "store_path": settings.store_path if settings.store_backend == "file" else None,
         "nomad": settings.nomad.address if settings.uses_nomad else None,
         "bind": list(cfg.bind),
         "metrics_bind": settings.metrics_bind,

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from noman.config import parse_settings
 from noman.errors import ConsulUnavailable
 from noman.notify import Reporter
 from noman.release import Release
+from noman.serving import start_fields
 from tests.conftest import SAMPLE_TAG, ConsulHandle, free_port, make_settings, settings_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +97,8 @@ def test_serve_logs_one_start_line_and_keeps_metrics_on_their_own_listener(
     assert started[0]["config"] == str(config)
     assert started[0]["services"] == 1
     assert started[0]["service_names"] == ["web"]
-    assert started[0]["store"] == f"consul {consul.url}"
+    assert (started[0]["store"], started[0]["consul"]) == ("consul", consul.url)
+    assert started[0]["nomad"] is None  # no rolling service
     assert started[0]["metrics_bind"] == f"127.0.0.1:{metrics_port}"
     assert re.fullmatch(r"gunicorn gthread, 2 worker\(s\) x 4 threads", started[0]["serving"])
     hook = [line for line in lines if line["msg"] == "hook unauthorized"]
@@ -227,3 +230,18 @@ def test_metrics_carry_the_build_info(client: Any) -> None:
 @pytest.mark.parametrize("outcome", metrics.OUTCOMES)
 def test_every_non_error_outcome_is_documented(outcome: str) -> None:
     assert f"`{outcome}`" in README[README.index("noman_hook_requests_total") :]
+
+
+def test_the_start_line_names_nomad_when_a_service_rolls() -> None:
+    text = (
+        '[nomad]\naddress = "http://nomad.internal:4646"\n'
+        f'[services.web]\nrepository = "a/b"\nkey = "k"\nsecret_sha256 = "{"ab" * 32}"\n'
+        'strategy = "rolling"\n[services.web.nomad]\njob = "web"\n'
+    )
+    settings = parse_settings(text, source="n.toml", environ={})
+    cfg = SimpleNamespace(worker_class_str="gevent", workers=3, threads=1, bind=["0.0.0.0:8000"])
+    fields = start_fields(settings, cfg)
+    assert fields["nomad"] == "http://nomad.internal:4646"
+    assert fields["serving"] == "gunicorn gevent, 3 worker(s)"
+    assert fields["service_names"] == ["web"]
+    assert "ab" * 32 not in json.dumps(fields)
