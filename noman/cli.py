@@ -113,6 +113,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     from noman.serving import DEV_BANNER_ENV, unavailable
 
+    if args.new_secret and not args.dev:
+        print("noman: --new-secret replaces the demo secret of --dev; add --dev", file=sys.stderr)
+        return 2
     env = dict(os.environ)
     env.pop(DEV_BANNER_ENV, None)
     if args.bind:

@@ -31,7 +31,12 @@ def when_ready(server: Any) -> None:
         return  # plain gunicorn with a bad config: each worker reports it
     logs.configure(settings.log_level)
     if settings.metrics_bind:
-        metrics.serve(settings.metrics_bind)
+        try:
+            metrics.serve(settings.metrics_bind)
+        except OSError as exc:
+            # Before any worker exists: stop here rather than serve without metrics.
+            log.error("cannot listen on server.metrics_bind %s: %s", settings.metrics_bind, exc)
+            raise SystemExit(1) from None
     log.info("noman started", extra={"fields": start_fields(settings, server.cfg)})
     banner = os.environ.get(DEV_BANNER_ENV)
     if banner:

@@ -245,3 +245,40 @@ def test_the_start_line_names_nomad_when_a_service_rolls() -> None:
     assert fields["serving"] == "gunicorn gevent, 3 worker(s)"
     assert fields["service_names"] == ["web"]
     assert "ab" * 32 not in json.dumps(fields)
+
+
+def test_new_secret_goes_with_dev(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--new-secret"]) == 2
+    assert "--dev" in capsys.readouterr().err
+
+
+def test_plain_gunicorn_stops_when_the_metrics_port_is_busy(
+    tmp_path: Path, consul: ConsulHandle, secret: str, listening: int
+) -> None:
+    config = tmp_path / "noman.toml"
+    text = settings_toml(consul, secret)
+    config.write_text(f'[server]\nmetrics_bind = "127.0.0.1:{listening}"\n{text}')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:noman.gunicorn_conf",
+            "noman:create_app()",
+        ],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "NOMAN_CONFIG": str(config),
+            "NOMAN_BIND": f"127.0.0.1:{free_port()}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"cannot listen on server.metrics_bind 127.0.0.1:{listening}" in done.stderr
+    assert "Booting worker" not in done.stderr
