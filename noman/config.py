@@ -526,9 +526,11 @@ class _Parser:
             tls_server_name=self.env.get("NOMAD_TLS_SERVER_NAME") or None,
         )
 
-    def outcomes(self, table: str, name: str, value: list[Any]) -> frozenset[str]:
+    def outcomes(
+        self, table: str, name: str, value: list[Any], occurrence: int = 0
+    ) -> frozenset[str]:
         if not all(item in ("success", "failure") for item in value):
-            raise self.fail(table, name, 'may only contain "success" and "failure"')
+            raise self.fail(table, name, 'may only contain "success" and "failure"', occurrence)
         return frozenset(value)
 
     def notify(self, data: Mapping[str, Any]) -> NotifySettings:
@@ -561,9 +563,7 @@ class _Parser:
                 hmac_key = secret.encode("utf-8")
             on = default_on
             if t["on"] is not None:
-                if not all(item in ("success", "failure") for item in t["on"]):
-                    raise fail("on", 'may only contain "success" and "failure"')
-                on = frozenset(t["on"])
+                on = self.outcomes("notify.targets", "on", t["on"], occurrence=n)
             targets.append(NotifyTarget(t["kind"], t["url"], on, hmac_key))
         if v["retries"] < 1:
             raise self.fail("notify", "retries", "must be at least 1")

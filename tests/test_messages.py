@@ -72,6 +72,8 @@ def test_an_error_in_the_second_notify_target_names_its_own_line() -> None:
     assert fails(text).startswith("noman.toml, line 6: [notify.targets] url: must be")
     unknown = text.replace('kind = "webhook"', "knd = 1")
     assert fails(unknown).startswith("noman.toml, line 5: [notify.targets] knd: unknown key")
+    outcomes = text.replace('kind = "webhook"', 'on = ["sometimes"]').replace("ftp:", "https:")
+    assert fails(outcomes).startswith("noman.toml, line 5: [notify.targets] on: may only")
 
 
 def test_a_duplicate_secret_names_the_key_it_came_from() -> None:
