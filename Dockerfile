@@ -70,10 +70,13 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/opt/venv/bin/noman", "healthcheck"]
 
-# gunicorn stops gracefully on SIGTERM (in-flight requests finish within its
-# graceful_timeout); give `docker stop -t` at least that long.
+# `noman serve` validates the configuration first (a mistake is one
+# "noman: configuration error: ..." line and exit code 2, not a wall of worker
+# tracebacks), then replaces itself with gunicorn (exec: gunicorn is PID 1 and
+# gets the signals). gunicorn stops gracefully on SIGTERM (in-flight requests
+# finish within its graceful_timeout); give `docker stop -t` at least that long.
 STOPSIGNAL SIGTERM
-CMD ["/opt/venv/bin/gunicorn", "-c", "python:noman.gunicorn_conf", "noman:create_app()"]
+CMD ["/opt/venv/bin/noman", "serve"]
 
 # Labels last, so that changing VERSION/REVISION/CREATED does not rebuild
 # any layer above.

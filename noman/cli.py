@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -12,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from noman import auth
-from noman.config import Settings, config_path, load
+from noman import __version__, auth
+from noman.config import MIN_SECRET_CHARS, Settings, config_path, load
 from noman.errors import ConfigError, NomanError
 
 DEV_SERVICE = "demo"
+DEFAULT_BIND = "127.0.0.1:8000"
 GUNICORN_CONFIG = "python:noman.gunicorn_conf"
 
 
@@ -34,9 +36,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+DESCRIPTION = "Noman: deploy pushed container images through Consul keys and Nomad jobs."
+EPILOG = """\
+configuration:
+  read from --config FILE, else $NOMAN_CONFIG_TOML (the TOML text itself),
+  else $NOMAN_CONFIG (a path), else ./noman.toml. CONSUL_HTTP_ADDR,
+  CONSUL_HTTP_TOKEN, NOMAD_ADDR, NOMAD_TOKEN and the other variables listed
+  in README.md override the file.
+
+exit codes: 0 success, 1 an error (its code is printed), 2 a configuration error.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    config_help = "TOML file (default: $NOMAN_CONFIG, else ./noman.toml)"
-    parser = argparse.ArgumentParser(prog="noman", description=__doc__)
+    config_help = "TOML file (default: $NOMAN_CONFIG_TOML, else $NOMAN_CONFIG, else ./noman.toml)"
+    parser = argparse.ArgumentParser(
+        prog="noman",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"noman {__version__}")
     parser.add_argument("--config", help=config_help)
     # --config is accepted after the command too (`noman deploy web TAG --config x`);
     # SUPPRESS keeps a value given before the command.
@@ -46,8 +66,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the server under gunicorn", parents=[common])
     serve.add_argument("--dev", action="store_true", help="embedded store and a demo service")
-    serve.add_argument("--bind", help="address to listen on (default: $NOMAN_BIND or :8000)")
+    serve.add_argument(
+        "--bind", help=f"address to listen on (default: $NOMAN_BIND, else {DEFAULT_BIND})"
+    )
     serve.add_argument("--data-dir", default=".noman-dev", help="where --dev keeps its files")
+    serve.add_argument(
+        "--new-secret", action="store_true", help="--dev: replace the demo secret kept in DATA_DIR"
+    )
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser(
@@ -86,17 +111,36 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from noman.serving import DEV_BANNER_ENV, unavailable
+
+    if args.new_secret and not args.dev:
+        print("noman: --new-secret replaces the demo secret of --dev; add --dev", file=sys.stderr)
+        return 2
     env = dict(os.environ)
+    env.pop(DEV_BANNER_ENV, None)
     if args.bind:
         env["NOMAN_BIND"] = args.bind
+    env.setdefault("NOMAN_BIND", DEFAULT_BIND)
+    metrics_bind = None
     if args.dev:
-        _prepare_dev(Path(args.data_dir), env)
+        _prepare_dev(Path(args.data_dir), env, new_secret=args.new_secret)
     else:
-        load(args.config)  # fail here, readably, not inside a gunicorn worker
+        # Fail here, readably, not inside a gunicorn worker.
+        metrics_bind = load(args.config).metrics_bind
         if args.config:
             env.pop("NOMAN_CONFIG_TOML", None)  # --config wins, in the workers too
         if args.config or not env.get("NOMAN_CONFIG_TOML"):
             env["NOMAN_CONFIG"] = str(config_path(args.config))
+    # A busy port is one line naming the way out, not gunicorn's five retries.
+    for address, remedy in ((env["NOMAN_BIND"], "--bind HOST:PORT"), (metrics_bind, None)):
+        problem = unavailable(address) if address else None
+        if problem:
+            remedy = remedy or "server.metrics_bind in the config"
+            print(
+                f"noman: cannot listen on {address}: {problem}; choose another with {remedy}",
+                file=sys.stderr,
+            )
+            return 1
     command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG]
     if args.dev:
         command += ["--workers", "1"]
@@ -106,17 +150,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
-    """Write the demo config with a fresh secret's hash, and print how to call it."""
+def _dev_secret(data_dir: Path, new: bool) -> tuple[str, str]:
+    """The demo secret kept in ``data_dir`` (so saved curl commands keep working)."""
+    path = data_dir / "secret"
+    secret = "" if new or not path.exists() else path.read_text(encoding="utf-8").strip()
+    if len(secret) < MIN_SECRET_CHARS:
+        secret, _ = auth.new_secret()
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n", encoding="utf-8")
+    return secret, hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _prepare_dev(data_dir: Path, env: dict[str, str], new_secret: bool = False) -> None:
+    """Write the demo config and the banner that the server prints once it listens."""
+    from noman.serving import DEV_BANNER_ENV
+
     data_dir.mkdir(parents=True, exist_ok=True)
     store = (data_dir / "store.json").resolve()
     config = data_dir / "noman.toml"
-    secret, digest = auth.new_secret()
+    secret, digest = _dev_secret(data_dir, new_secret)
     config.write_text(
-        "# Written by `noman serve --dev`; rewritten (with a new secret) at every start.\n"
+        "# Written by `noman serve --dev` at every start; the secret stays in `secret`\n"
+        "# next to this file (`noman serve --dev --new-secret` replaces it).\n"
         "[store]\n"
         'backend = "file"\n'
         f"path = {json.dumps(str(store))}\n\n"
+        "# Demo payloads carry real callback URLs: log reports, never send them.\n"
+        "[notify]\n"
+        "dry_run = true\n\n"
         f"[services.{DEV_SERVICE}]\n"
         'repository = "stut/stut.dev"\n'
         'key = "configs/stut.dev/IMAGE_TAG"\n'
@@ -124,14 +185,17 @@ def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
         encoding="utf-8",
     )
     env["NOMAN_CONFIG"] = str(config)
-    env.setdefault("NOMAN_BIND", "127.0.0.1:8000")
+    env.pop("NOMAN_CONFIG_TOML", None)
     bind = env["NOMAN_BIND"]
     base = f"http://{bind.replace('0.0.0.0', '127.0.0.1')}"  # noqa: S104 (display only)
     installed = Path(sys.executable).parent / "noman"
     command = str(installed) if installed.exists() else "noman"
-    print(
-        f"Noman dev server: service {DEV_SERVICE!r} (repository stut/stut.dev), "
-        f"tags kept in {store}\n\n"
+    banner = data_dir / "banner.txt"
+    banner.touch(mode=0o600)  # it holds the secret
+    banner.write_text(
+        f"Noman dev server on {base}: service {DEV_SERVICE!r} (repository stut/stut.dev), "
+        f"tags kept in {store}\n"
+        "Outcome reports (DockerHub callbacks, notifications) are logged, not sent.\n\n"
         "Deploy a tag:\n"
         f"  curl -sS -X POST {base}/hooks/{secret} \\\n"
         "    -H 'Content-Type: application/json' -d '{\"tag\": \"release-20230103082900\"}'\n\n"
@@ -139,8 +203,9 @@ def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
         f"  curl -sS -X POST {base}/hooks -H 'Authorization: Bearer {secret}' \\\n"
         "    -H 'Content-Type: application/json' -d '{\"tag\": \"release-20230103082900\"}'\n\n"
         f"Status: {command} --config {config} status\n",
-        flush=True,
+        encoding="utf-8",
     )
+    env[DEV_BANNER_ENV] = str(banner.resolve())
 
 
 def _check(args: argparse.Namespace) -> int:

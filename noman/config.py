@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -34,6 +35,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ SCHEMA: tuple[Key, ...] = (
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
     _k("server", "auth_failures_per_minute", (int,), 0, "Failed secrets per address; 0: off."),
     _k("server", "proxy_hops", (int,), 0, "Proxies whose X-Forwarded-For to trust."),
+    _k("server", "metrics_bind", (str,), None, "host:port of an internal /metrics listener."),
     _k("store", "backend", (str,), "consul", '"consul", or "file" for a local JSON file.'),
     _k("store", "path", (str,), ".noman/store.json", "The JSON file of the file backend."),
     _k("consul", "address", (str,), "http://127.0.0.1:8500", "Consul's HTTP address."),
@@ -80,6 +83,7 @@ SCHEMA: tuple[Key, ...] = (
     _k("notify", "retries", (int,), 3, "Attempts per notification."),
     _k("notify", "backoff", (int, float), 1, "Seconds before the first retry; doubles."),
     _k("notify", "timeout", (int, float), 5, "Seconds allowed for each notification."),
+    _k("notify", "dry_run", (bool,), False, "Log reports instead of sending them."),
     _k(_T, "kind", (str,), "webhook", '"webhook" (generic JSON) or "slack".'),
     _k(_T, "url", (str,), None, "Where to POST (required)."),
     _k(_T, "secret_env", (str,), None, "Env var with the HMAC-SHA256 key (webhook)."),
@@ -108,15 +112,26 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NOMAN_WORKERS", "gunicorn worker processes (default 2)."),
     ("CONSUL_HTTP_ADDR", "Overrides consul.address (host:port or scheme://host:port)."),
     ("CONSUL_HTTP_TOKEN", "Overrides consul.token."),
+    ("CONSUL_HTTP_TOKEN_FILE", "File holding the token (when CONSUL_HTTP_TOKEN is not set)."),
     ("CONSUL_HTTP_SSL", "true: use https for an address without a scheme."),
     ("CONSUL_HTTP_SSL_VERIFY", "false: do not verify Consul's certificate."),
     ("CONSUL_CACERT", "CA bundle for Consul's certificate."),
+    ("CONSUL_CLIENT_CERT", "Client certificate for Consul (with CONSUL_CLIENT_KEY)."),
+    ("CONSUL_CLIENT_KEY", "Key of CONSUL_CLIENT_CERT."),
+    ("CONSUL_TLS_SERVER_NAME", "Name to verify Consul's certificate against (SNI)."),
     ("NOMAD_ADDR", "Overrides nomad.address."),
     ("NOMAD_TOKEN", "Overrides nomad.token."),
     ("NOMAD_NAMESPACE", "Overrides nomad.namespace."),
     ("NOMAD_REGION", "Overrides nomad.region."),
     ("NOMAD_CACERT", "CA bundle for Nomad's certificate."),
     ("NOMAD_SKIP_VERIFY", "true: do not verify Nomad's certificate."),
+    ("NOMAD_CLIENT_CERT", "Client certificate for Nomad (with NOMAD_CLIENT_KEY)."),
+    ("NOMAD_CLIENT_KEY", "Key of NOMAD_CLIENT_CERT."),
+    ("NOMAD_TLS_SERVER_NAME", "Name to verify Nomad's certificate against (SNI)."),
+    ("NOMAN_WORKER_TMP_DIR", "gunicorn's heartbeat and metrics files (default /dev/shm)."),
+    ("NOMAN_GUNICORN_LOG_LEVEL", "Level of gunicorn's own error log (default info)."),
+    ("NOMAN_DEV_BANNER", "Set by serve --dev: the banner printed once serving."),
+    ("PROMETHEUS_MULTIPROC_DIR", "Workers' metrics files (made by the gunicorn config)."),
 )
 
 
@@ -130,6 +145,9 @@ class ConsulSettings:
     token: str | None = field(default=None, repr=False)
     verify: bool | str = True
     cas_retries: int = 8
+    # CONSUL_CLIENT_CERT/KEY and CONSUL_TLS_SERVER_NAME, as the Consul CLI reads them.
+    cert: tuple[str, str] | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,9 @@ class NomadSettings:
     register_retries: int = 5
     watch_timeout: float = 900.0
     poll_interval: float = 2.0
+    # NOMAD_CLIENT_CERT/KEY and NOMAD_TLS_SERVER_NAME, as the Nomad CLI reads them.
+    cert: tuple[str, str] | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +214,8 @@ class NotifySettings:
     retries: int = 3
     backoff: float = 1.0
     timeout: float = 5.0
+    # serve --dev: reports are logged, never sent (demo payloads carry real URLs).
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +233,8 @@ class Settings:
     log_level: str = "info"
     auth_failures_per_minute: int = 0
     proxy_hops: int = 0
+    # A second, internal listener for /metrics; None: /metrics on the main one.
+    metrics_bind: str | None = None
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -229,6 +254,16 @@ class Settings:
         return any(s.strategy == "rolling" for s in self.services)
 
 
+SEARCH_ORDER = (
+    "the config is read from --config FILE, else $NOMAN_CONFIG_TOML (the TOML itself), "
+    "else $NOMAN_CONFIG (a path), else ./noman.toml"
+)
+
+
+class _NotFound(ConfigError):
+    """The config file does not exist (``load`` adds how it was looked for)."""
+
+
 def config_path(
     explicit: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Path:
@@ -242,7 +277,16 @@ def load(explicit: str | Path | None = None, environ: Mapping[str, str] | None =
     env = os.environ if environ is None else environ
     if explicit is None and env.get("NOMAN_CONFIG_TOML"):
         return parse_settings(env["NOMAN_CONFIG_TOML"], source="$NOMAN_CONFIG_TOML", environ=env)
-    return load_settings(config_path(explicit, env), env)
+    path = config_path(explicit, env)
+    try:
+        return load_settings(path, env)
+    except _NotFound:
+        given = "--config" if explicit else "$NOMAN_CONFIG" if env.get("NOMAN_CONFIG") else None
+        raise ConfigError(
+            f"{path.resolve()}: config file not found"
+            + (f" (given by {given})" if given else "")
+            + f"; {SEARCH_ORDER}"
+        ) from None
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -251,7 +295,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise _NotFound(f"{path.resolve()}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     return parse_settings(text, source=str(path), environ=environ)
@@ -283,12 +327,18 @@ class _Parser:
 
     # -- error reporting ---------------------------------------------------------------
 
-    def _line_of(self, table: str, name: str | None) -> int | None:
-        """Best-effort line number of ``name`` inside ``[table]`` (for messages)."""
-        header = re.compile(r"^\s*\[+\s*" + re.escape(table) + r"\s*\]+\s*(#.*)?$")
-        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
-        if start is None:
+    def _line_of(self, table: str, name: str | None, occurrence: int = 0) -> int | None:
+        """Best-effort line number of ``name`` inside ``[table]`` (for messages).
+
+        ``table`` is written as in TOML (``services."stut.dev"``) and matched
+        key by key, whatever quotes and spaces the file uses; ``occurrence``
+        picks one of several ``[[array]]`` tables.
+        """
+        wanted = _header_keys(f"[{table}]")
+        starts = [i for i, line in enumerate(self.lines) if _header_keys(line) == wanted]
+        if wanted is None or len(starts) <= occurrence:
             return None
+        start = starts[occurrence]
         if name is None:
             return start + 1
         key = re.compile(r"^\s*" + re.escape(name) + r"\s*=")
@@ -299,29 +349,36 @@ class _Parser:
                 return i + 1
         return start + 1
 
-    def fail(self, table: str, name: str | None, problem: str) -> ConfigError:
+    def fail(self, table: str, name: str | None, problem: str, occurrence: int = 0) -> ConfigError:
         """A ConfigError naming file, line, table and key."""
-        line = self._line_of(table, name)
+        line = self._line_of(table, name, occurrence)
         where = f"{self.source}" + (f", line {line}" if line else "")
         what = f"[{table}]" + (f" {name}" if name else "")
         return ConfigError(f"{where}: {what}: {problem}")
 
     # -- generic checks ------------------------------------------------------------------
 
-    def table(self, data: Mapping[str, Any], table: str, schema_table: str) -> dict[str, Any]:
+    def table(
+        self, data: Mapping[str, Any], table: str, schema_table: str, occurrence: int = 0
+    ) -> dict[str, Any]:
         """Type-check ``data`` against the schema; unknown keys and wrong types fail."""
         known = {k.name: k for k in SCHEMA if k.table == schema_table}
+        unknown = [name for name in data if name not in known]
+        if unknown:
+            allowed = ", ".join(sorted(known))
+            others = f"; also unknown: {', '.join(unknown[1:])}" if unknown[1:] else ""
+            raise self.fail(
+                table, unknown[0], f"unknown key{others} (allowed: {allowed})", occurrence
+            )
         values: dict[str, Any] = {}
         for name, value in data.items():
-            key = known.get(name)
-            if key is None:
-                allowed = ", ".join(sorted(known))
-                raise self.fail(table, name, f"unknown key (allowed: {allowed})")
+            key = known[name]
             # bool is an int in Python; a number key must not accept true.
             if isinstance(value, bool) and bool not in key.types:
-                raise self.fail(table, name, f"expected {_type_names(key.types)}, got a boolean")
+                expected = f"expected {_type_names(key.types)}, got a boolean"
+                raise self.fail(table, name, expected, occurrence)
             if not isinstance(value, key.types):
-                raise self.fail(table, name, f"expected {_type_names(key.types)}")
+                raise self.fail(table, name, f"expected {_type_names(key.types)}", occurrence)
             values[name] = value
         for key in known.values():
             values.setdefault(key.name, key.default)
@@ -342,15 +399,44 @@ class _Parser:
             return False
         raise ConfigError(f"environment {name}={raw!r}: expected true or false")
 
+    def token_file(self, name: str) -> str | None:
+        """The token in the file the environment variable ``name`` points at."""
+        path = self.env.get(name)
+        if not path:
+            return None
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"environment {name}={path!r}: cannot read the token: {exc}"
+            ) from None
+        if not token:
+            raise ConfigError(f"environment {name}={path!r}: the file is empty")
+        return token
+
+    def client_cert(self, cert_name: str, key_name: str) -> tuple[str, str] | None:
+        """The (certificate, key) pair for mutual TLS, both files readable, or None."""
+        cert, key = self.env.get(cert_name) or None, self.env.get(key_name) or None
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            given, missing = (cert_name, key_name) if cert else (key_name, cert_name)
+            raise ConfigError(f"environment {given} is set but {missing} is not: set both")
+        for name, path in ((cert_name, cert), (key_name, key)):
+            if not os.access(path, os.R_OK) or not Path(path).is_file():
+                raise ConfigError(f"environment {name}={path!r}: not a readable file")
+        return cert, key
+
     # -- sections --------------------------------------------------------------------------
 
     def settings(self, data: dict[str, Any]) -> Settings:
         allowed = {"server", "store", "consul", "nomad", "notify", "services"}
-        for name in data:
-            if name not in allowed:
-                raise ConfigError(
-                    f"{self.source}: unknown table [{name}] (allowed: {', '.join(sorted(allowed))})"
-                )
+        unknown = [f"[{_toml_key(name)}]" for name in data if name not in allowed]
+        if unknown:
+            raise ConfigError(
+                f"{self.source}: unknown table {', '.join(unknown)} "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
         for name in allowed - {"services"}:
             if name in data and not isinstance(data[name], dict):
                 raise ConfigError(f"{self.source}: {name} must be a table")
@@ -362,6 +448,8 @@ class _Parser:
                 raise self.fail("server", name, "must not be negative")
         if server["log_level"] not in ("debug", "info", "warning", "error"):
             raise self.fail("server", "log_level", "must be debug, info, warning or error")
+        if server["metrics_bind"] is not None and not _BIND_RE.match(server["metrics_bind"]):
+            raise self.fail("server", "metrics_bind", "must be host:port, e.g. 127.0.0.1:9100")
         store = self.table(data.get("store", {}), "store", "store")
         if store["backend"] not in ("consul", "file"):
             raise self.fail("store", "backend", 'must be "consul" or "file"')
@@ -379,6 +467,7 @@ class _Parser:
             log_level=server["log_level"],
             auth_failures_per_minute=server["auth_failures_per_minute"],
             proxy_hops=server["proxy_hops"],
+            metrics_bind=server["metrics_bind"],
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
@@ -399,9 +488,15 @@ class _Parser:
             address=address.rstrip("/"),
             datacenter=v["datacenter"],
             timeout=float(self.positive("consul", "timeout", v["timeout"])),
-            token=self.env.get("CONSUL_HTTP_TOKEN") or v["token"],
+            token=(
+                self.env.get("CONSUL_HTTP_TOKEN")
+                or self.token_file("CONSUL_HTTP_TOKEN_FILE")
+                or v["token"]
+            ),
             verify=verify,
             cas_retries=v["cas_retries"],
+            cert=self.client_cert("CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"),
+            tls_server_name=self.env.get("CONSUL_TLS_SERVER_NAME") or None,
         )
 
     def nomad(self, data: Mapping[str, Any]) -> NomadSettings:
@@ -427,11 +522,15 @@ class _Parser:
             register_retries=v["register_retries"],
             watch_timeout=float(self.positive("nomad", "watch_timeout", v["watch_timeout"])),
             poll_interval=float(self.positive("nomad", "poll_interval", v["poll_interval"])),
+            cert=self.client_cert("NOMAD_CLIENT_CERT", "NOMAD_CLIENT_KEY"),
+            tls_server_name=self.env.get("NOMAD_TLS_SERVER_NAME") or None,
         )
 
-    def outcomes(self, table: str, name: str, value: list[Any]) -> frozenset[str]:
+    def outcomes(
+        self, table: str, name: str, value: list[Any], occurrence: int = 0
+    ) -> frozenset[str]:
         if not all(item in ("success", "failure") for item in value):
-            raise self.fail(table, name, 'may only contain "success" and "failure"')
+            raise self.fail(table, name, 'may only contain "success" and "failure"', occurrence)
         return frozenset(value)
 
     def notify(self, data: Mapping[str, Any]) -> NotifySettings:
@@ -442,24 +541,29 @@ class _Parser:
         if not isinstance(raw_targets, list):
             raise self.fail("notify", "targets", "use [[notify.targets]] tables")
         targets = []
-        for raw in raw_targets:
+        for n, raw in enumerate(raw_targets):
             if not isinstance(raw, dict):
                 raise self.fail("notify", "targets", "use [[notify.targets]] tables")
-            t = self.table(raw, "notify.targets", "notify.targets")
+
+            # Each [[notify.targets]] table's own line, not the first one's.
+            def fail(name: str, problem: str, n: int = n) -> ConfigError:
+                return self.fail("notify.targets", name, problem, occurrence=n)
+
+            t = self.table(raw, "notify.targets", "notify.targets", occurrence=n)
             if t["kind"] not in ("webhook", "slack"):
-                raise self.fail("notify.targets", "kind", 'must be "webhook" or "slack"')
+                raise fail("kind", 'must be "webhook" or "slack"')
             if not t["url"]:
-                raise self.fail("notify.targets", "url", "is required")
-            _check_url(t["url"], lambda p: self.fail("notify.targets", "url", p))
+                raise fail("url", "is required")
+            _check_url(t["url"], lambda p: fail("url", p))
             hmac_key = None
             if t["secret_env"] is not None:
                 secret = self.env.get(t["secret_env"], "")
                 if not secret:
-                    raise self.fail(
-                        "notify.targets", "secret_env", f"environment {t['secret_env']} is not set"
-                    )
+                    raise fail("secret_env", f"environment {t['secret_env']} is not set")
                 hmac_key = secret.encode("utf-8")
-            on = default_on if t["on"] is None else self.outcomes("notify.targets", "on", t["on"])
+            on = default_on
+            if t["on"] is not None:
+                on = self.outcomes("notify.targets", "on", t["on"], occurrence=n)
             targets.append(NotifyTarget(t["kind"], t["url"], on, hmac_key))
         if v["retries"] < 1:
             raise self.fail("notify", "retries", "must be at least 1")
@@ -470,6 +574,7 @@ class _Parser:
             retries=v["retries"],
             backoff=float(v["backoff"]),
             timeout=float(self.positive("notify", "timeout", v["timeout"])),
+            dry_run=v["dry_run"],
         )
 
     def services(self, data: Any, nomad: NomadSettings) -> tuple[Service, ...]:
@@ -481,17 +586,19 @@ class _Parser:
         seen: dict[bytes, str] = {}
         keys: dict[str, str] = {}
         for service in services:
+            table = f"services.{_toml_key(service.name)}"
             for digest in service.secret_hashes:
                 if digest in seen:
+                    # Name the key the secret came from, as written.
                     raise self.fail(
-                        f"services.{service.name}",
-                        "secret_sha256" if service.secret_hashes else "secret_env",
+                        table,
+                        "secret_env" if "secret_env" in data[service.name] else "secret_sha256",
                         f"same secret as service {seen[digest]!r}; every service needs its own",
                     )
                 seen[digest] = service.name
             if service.key in keys:
                 raise self.fail(
-                    f"services.{service.name}",
+                    table,
                     "key",
                     f"same key as service {keys[service.key]!r}",
                 )
@@ -499,7 +606,7 @@ class _Parser:
         return services
 
     def service(self, name: str, raw: Any, nomad: NomadSettings) -> Service:
-        table = f"services.{name}"
+        table = f"services.{_toml_key(name)}"
         if not _NAME_RE.match(name):
             raise self.fail(table, None, "service names use letters, digits, '.', '_' and '-'")
         if not isinstance(raw, dict):
@@ -629,6 +736,39 @@ class _Parser:
             meta_key=v["meta_key"],
             tasks=tuple(tasks),
         )
+
+
+def _toml_key(name: str) -> str:
+    """``name`` as a TOML key: bare when it can be, else quoted (``"stut.dev"``)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
+_KEY_PART = re.compile(r"""\s*(?:([A-Za-z0-9_-]+)|"((?:[^"\\]|\\.)*)"|'([^']*)')\s*""")
+
+
+def _header_keys(line: str) -> tuple[str, ...] | None:
+    """The keys of a ``[table]`` or ``[[array]]`` header line, unquoted; None if not one."""
+    match = re.match(r"^\s*\[\[?(.*?)\]\]?\s*(#.*)?$", line)
+    if match is None:
+        return None
+    text, keys, pos = match.group(1), [], 0
+    while True:
+        part = _KEY_PART.match(text, pos)
+        if part is None:
+            return None
+        bare, basic, literal = part.groups()
+        if basic is not None:
+            try:
+                basic = json.loads(f'"{basic}"')
+            except ValueError:
+                return None
+        keys.append(bare if bare is not None else basic if basic is not None else literal)
+        pos = part.end()
+        if pos == len(text):
+            return tuple(keys)
+        if text[pos] != ".":
+            return None
+        pos += 1
 
 
 def _check_url(url: str, fail: Any) -> None:

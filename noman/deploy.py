@@ -63,7 +63,7 @@ def check_release(service: Service, release: Release) -> None:
     if not service.tag_pattern.fullmatch(release.tag):
         raise InvalidTag(
             f"Tag {_quote(release.tag)} does not match this service's pattern "
-            f"{service.tag_pattern.pattern!r}."
+            f"{service.tag_pattern.pattern}."
         )
 
 
@@ -82,7 +82,7 @@ def needs_write(service: Service, current: str | None, release: Release) -> bool
     if is_older(service.tag_pattern, release.tag, current):
         raise StaleTag(
             f"Tag {release.tag} is older than the deployed {current}; "
-            'send "force": true to roll back on purpose.'
+            'to roll back on purpose, send "force": true (HTTP) or use --force (noman deploy).'
         )
     return True
 

@@ -1,7 +1,8 @@
 """The production gunicorn configuration: `gunicorn -c python:noman.gunicorn_conf`.
 
 Environment: NOMAN_BIND (default 127.0.0.1:8000), NOMAN_WORKERS (default 2),
-NOMAN_WORKER_TMP_DIR (default /dev/shm, so a read-only root filesystem works).
+NOMAN_WORKER_TMP_DIR (default /dev/shm, so a read-only root filesystem works),
+NOMAN_GUNICORN_LOG_LEVEL (default info).
 """
 
 import os
@@ -40,6 +41,13 @@ limit_request_fields = 100
 # gunicorn 25.1+ opens a control socket under $HOME by default: pointless in
 # a container and impossible on a read-only root filesystem.
 control_socket_disable = True
+
+
+def when_ready(server):  # type: ignore[no-untyped-def]
+    """Once listening: the start log line, the metrics listener, the dev banner."""
+    from noman.serving import when_ready as ready
+
+    ready(server)
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]

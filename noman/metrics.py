@@ -3,12 +3,18 @@
 Labels are service names from the config and stable error codes, never a
 secret or anything a caller sent. Under gunicorn the workers write to
 ``PROMETHEUS_MULTIPROC_DIR`` (set up by ``noman.gunicorn_conf``) and
-``/metrics`` adds them up, whichever worker answers.
+``/metrics`` adds them up, whichever worker answers; with
+``server.metrics_bind`` the gunicorn master serves the same text on a second,
+internal listener instead (``serve``).
+
+``noman_hook_requests_total``'s ``outcome`` is one of ``OUTCOMES`` or an
+error code of ``noman.errors`` (the README lists them all).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,11 +24,19 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from noman import __version__
+
+# The outcomes of a hook request that are not errors.
+OUTCOMES = ("deployed", "unchanged", "ignored", "ping")
 
 HOOK_REQUESTS = Counter(
     "noman_hook_requests_total",
-    "Hook requests by service and outcome (deployed, unchanged or an error code).",
+    "Hook requests by service and outcome (deployed, unchanged, ignored, ping or an error code).",
     ["service", "outcome"],
 )
 HOOK_DURATION = Histogram(
@@ -42,10 +56,36 @@ REPORT_FAILURES = Counter(
 )
 
 
+class BuildInfo(Collector):
+    """``noman_build_info{version} 1``: a constant, so kept out of the per-worker files."""
+
+    def collect(self) -> Iterator[Metric]:
+        """The one sample."""
+        info = GaugeMetricFamily(
+            "noman_build_info", "Noman's version, as a label; always 1.", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+
+
+def registry() -> CollectorRegistry:
+    """A registry of every worker's metrics (under gunicorn) plus the build info."""
+    combined = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+    combined.register(BuildInfo())
+    return combined
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text of every worker's metrics, and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    text = generate_latest(registry())
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        text = generate_latest(REGISTRY) + text
+    return text, CONTENT_TYPE_LATEST
+
+
+def serve(address: str) -> None:
+    """Serve the metrics on ``address`` (host:port) from a daemon thread of this process."""
+    host, _, port = address.rpartition(":")
+    start_http_server(int(port), host.strip("[]") or "0.0.0.0", registry=registry())  # noqa: S104

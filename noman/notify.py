@@ -210,6 +210,19 @@ class Reporter:
     ) -> bool:
         """POST with bounded retries and exponential backoff; never raises."""
         config = self.settings.notify
+        if config.dry_run:
+            log.info(
+                "%s not sent (dry run)",
+                what,
+                extra={
+                    "fields": {
+                        "service": service,
+                        "host": urlsplit(url).hostname,
+                        "report": json.loads(body),
+                    }
+                },
+            )
+            return True
         headers = {"Content-Type": "application/json", "User-Agent": "noman", **headers}
         problem = ""
         for attempt in range(config.retries):

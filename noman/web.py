@@ -44,7 +44,8 @@ def hook(secret: str) -> Response:
 @bp.post("/hooks", provide_automatic_options=False)
 def hook_bearer() -> Response:
     """The same, with the secret in ``Authorization: Bearer`` (out of access logs)."""
-    return _handle_hook(_bearer_secret())
+    # None: read the header inside, so that a missing one gets its hook line too.
+    return _handle_hook(None)
 
 
 @bp.get("/hooks/<secret>/deployment", provide_automatic_options=False)
@@ -59,7 +60,9 @@ def deployment(secret: str) -> Response:
 
 @bp.get("/metrics")
 def metrics_view() -> Response:
-    """Prometheus metrics of every worker."""
+    """Prometheus metrics of every worker (unless they have a listener of their own)."""
+    if current_app.extensions["noman.settings"].metrics_bind:
+        raise errors.NotFound()
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
 
@@ -84,13 +87,13 @@ def readyz() -> tuple[Response, int]:
     return jsonify({"status": "ready", "store": store}), 200
 
 
-def _handle_hook(secret: str) -> Response:
+def _handle_hook(secret: str | None) -> Response:
     started = time.monotonic()
     fields: dict[str, Any] = {"service": None, "tag": None}
     service: Service | None = None
     release: Release | None = None
     try:
-        service = _service_for(secret)
+        service = _service_for(_bearer_secret() if secret is None else secret)
         fields["service"] = service.name
         headers = {name.lower(): value for name, value in request.headers.items()}
         parsed = read_release(service, headers, _read_json_body())

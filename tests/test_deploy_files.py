@@ -65,7 +65,11 @@ def test_noman_job_runs_two_checked_hardened_instances() -> None:
     group = next(iter(next(blocks(job, "group")).values()))
     assert group["count"] == 2
     assert next(blocks(job, "update"))["auto_revert"] is True
-    assert [unquote(c["path"]) for c in blocks(job, "check")] == ["/readyz"]
+    checks = {unquote(c["path"]): c for c in blocks(job, "check")}
+    assert set(checks) == {"/healthz", "/readyz"}
+    # Liveness restarts; readiness (which needs Consul) only routes.
+    assert "check_restart" in checks["/healthz"]
+    assert "check_restart" not in checks["/readyz"]
     config = next(blocks(job, "config"))
     assert config["readonly_rootfs"] is True
     assert [unquote(c) for c in config["cap_drop"]] == ["all"]
@@ -79,3 +83,10 @@ def test_noman_job_config_template_is_a_valid_noman_toml() -> None:
     toml = "\n".join(line for line in lines if "{{" not in line)
     settings = parse_settings(toml, source="noman.nomad.hcl", environ={})
     assert settings.services
+
+
+def test_image_runs_noman_serve() -> None:
+    """`noman serve` validates the config first: one line and exit 2 on a mistake."""
+    dockerfile = (NOMAD.parent.parent / "Dockerfile").read_text()
+    cmd = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
+    assert cmd == ['CMD ["/opt/venv/bin/noman", "serve"]']

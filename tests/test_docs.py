@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,34 @@ def test_every_config_key_is_documented(key: object) -> None:
 @pytest.mark.parametrize("variable", [name for name, _ in ENVIRONMENT])
 def test_every_environment_variable_is_documented(variable: str) -> None:
     assert f"`{variable}`" in README
+
+
+# Names shaped like a variable that are not one.
+NOT_VARIABLES = {"NOMAN_IMAGE_TAG"}  # the default Nomad job Meta key (update = "meta")
+
+
+def variables_read() -> set[str]:
+    """Every NOMAN_/CONSUL_/NOMAD_/PROMETHEUS_ name in the package and the README's scripts."""
+    shape = re.compile(r"^(NOMAN|CONSUL|NOMAD|PROMETHEUS)_[A-Z0-9_]+$")
+    found: set[str] = set()
+    for path in (ROOT / "noman").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_text and shape.match(node.value):  # type: ignore[attr-defined]
+                found.add(node.value)  # type: ignore[attr-defined]
+    for script in ("scripts/dev", "scripts/_venv.sh", "scripts/test"):
+        text = (ROOT / script).read_text()
+        found |= set(re.findall(r"\$\{?((?:NOMAN|CONSUL|NOMAD)_[A-Z0-9_]+)", text))
+    return found - NOT_VARIABLES
+
+
+def test_the_scan_finds_the_variables_it_should() -> None:
+    assert {"NOMAN_BIND", "CONSUL_HTTP_TOKEN_FILE", "NOMAD_TLS_SERVER_NAME"} <= variables_read()
+
+
+@pytest.mark.parametrize("variable", sorted(variables_read()))
+def test_every_environment_variable_the_code_reads_is_documented(variable: str) -> None:
+    assert f"`{variable}`" in README, f"README.md does not document {variable}"
 
 
 CODES = sorted(

@@ -38,8 +38,8 @@ job "noman" {
   type        = "service"
   datacenters = var.datacenters
 
-  # One allocation at a time; a new one must pass its Consul check (/readyz)
-  # for min_healthy_time before the next is replaced; a deployment that does
+  # One allocation at a time; a new one must pass its Consul checks (/healthz
+  # and /readyz) for min_healthy_time before the next is replaced; a deployment that does
   # not get healthy is rolled back to the last good version.
   update {
     max_parallel      = 1
@@ -78,19 +78,31 @@ job "noman" {
       # ]
       # or Fabio: tags = ["urlprefix-deploy.example.com/hooks"]
 
+      # Liveness: /healthz answers as long as the process does. Only this
+      # check restarts an instance (after a grace period for start-up).
+      check {
+        name     = "noman-alive"
+        type     = "http"
+        path     = "/healthz"
+        interval = "10s"
+        timeout  = "2s"
+
+        check_restart {
+          limit = 3
+          grace = "20s"
+        }
+      }
+
+      # Readiness: /readyz also needs Consul (a leader, the token). It only
+      # routes: a failing instance leaves Consul's catalog of healthy
+      # instances (and so the proxy's backends) and is never restarted for it,
+      # or a Consul outage would restart every Noman at once.
       check {
         name     = "noman-ready"
         type     = "http"
         path     = "/readyz"
         interval = "10s"
         timeout  = "2s"
-
-        # Restart an instance whose readiness keeps failing (Consul lost,
-        # token revoked...) after a grace period for start-up.
-        check_restart {
-          limit = 3
-          grace = "20s"
-        }
       }
     }
 

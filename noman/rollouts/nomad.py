@@ -20,6 +20,7 @@ import nomad
 import requests
 from nomad.api import exceptions as nomad_errors
 
+from noman import transport
 from noman.config import NomadSettings, NomadTarget, Service
 from noman.deploy import JobState
 from noman.errors import (
@@ -101,6 +102,7 @@ class NomadRollouts:
         self._sleep = sleep
         self._clients: dict[tuple[str | None, str | None], Any] = {}
         self._clients_lock = threading.Lock()
+        self._session = transport.configure(requests.Session(), settings.tls_server_name)
 
     def client(self, target: NomadTarget) -> Any:
         """The python-nomad client for the target's namespace and region (made once)."""
@@ -116,6 +118,9 @@ class NomadRollouts:
                     # python-nomad does not verify TLS by default; Noman always
                     # does unless told otherwise.
                     verify=self.settings.verify,
+                    cert=self.settings.cert or (),
+                    # No HTTP(S)_PROXY, as for Consul; *_TLS_SERVER_NAME honoured.
+                    session=self._session,
                 )
             return self._clients[where]
 
@@ -250,6 +255,12 @@ class NomadRollouts:
         if INDEX_CONFLICT in text:
             return _IndexConflict()
         if isinstance(exc, nomad_errors.URLNotAuthorizedNomadException):
+            if not self.settings.token:
+                log.error("nomad %s %s: no token configured: %s", action, target.job, text)
+                return NomadForbidden(
+                    "Nomad refused the request and Noman has no token configured "
+                    "(NOMAD_TOKEN or nomad.token); the deploy was not started."
+                )
             log.error("nomad %s %s: token refused: %s", action, target.job, text)
             return NomadForbidden()
         if isinstance(exc, nomad_errors.URLNotFoundNomadException):

@@ -43,6 +43,6 @@ def screen(service: Service, parsed: Release | Ignored) -> Release | Ignored:
     return Ignored(
         "tag_not_accepted",
         f"Tag {shown(parsed.tag)} does not match this service's pattern "
-        f"{service.tag_pattern.pattern!r}; nothing to deploy.",
+        f"{service.tag_pattern.pattern}; nothing to deploy.",
         parsed.sender,
     )

@@ -24,8 +24,10 @@ def parse_plain(payload: dict[str, Any]) -> Release:
     """The release a plain JSON body asks for."""
     unknown = sorted(set(payload) - FIELDS)
     if unknown:
-        names = ", ".join(repr(name[:40]) for name in unknown[:5])
-        raise InvalidPayload(f"Unknown field(s) {names}; allowed: force, repository, tag.")
+        # Every one named (a typo rarely comes alone), within a bounded answer.
+        names = ", ".join(repr(name[:40]) for name in unknown[:50])
+        more = f" and {len(unknown) - 50} more" if len(unknown) > 50 else ""
+        raise InvalidPayload(f"Unknown field(s) {names}{more}; allowed: force, repository, tag.")
     tag = payload["tag"]
     if not isinstance(tag, str) or not tag:
         raise InvalidPayload("tag must be a non-empty string.")

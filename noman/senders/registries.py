@@ -130,7 +130,7 @@ def pick_tag(service: Service, tags: list[str], sender: str | None = None) -> st
         return Ignored(
             "tag_not_accepted",
             f"None of the pushed tags ({names}) matches this service's pattern "
-            f"{service.tag_pattern.pattern!r}; nothing to deploy.",
+            f"{service.tag_pattern.pattern}; nothing to deploy.",
             sender,
         )
     if len(accepted) == 1:
@@ -140,7 +140,7 @@ def pick_tag(service: Service, tags: list[str], sender: str | None = None) -> st
         names = ", ".join(shown(t, 40) for t in accepted[:10])
         raise AmbiguousTags(
             f"This push carries several tags this service accepts ({names}) and its pattern "
-            f"{service.tag_pattern.pattern!r} does not order them; tighten tag_pattern so "
+            f"{service.tag_pattern.pattern} does not order them; tighten tag_pattern so "
             "that one tag per push matches, or capture a number or a version in its first group."
         )
     return best

@@ -24,6 +24,7 @@ from consul.exceptions import (
     NotFound,
 )
 
+from noman import transport
 from noman.config import ConsulSettings
 from noman.errors import ConsulError, ConsulForbidden, ConsulUnavailable
 from noman.stores import Entry
@@ -46,11 +47,12 @@ class ConsulStore:
             token=settings.token,
             dc=settings.datacenter,
             verify=settings.verify,
+            cert=settings.cert,
             connections_timeout=settings.timeout,
         )
         # Consul is reached directly: no HTTP(S)_PROXY, and no per-call scan of
         # the environment for one (about a millisecond per request).
-        self.client.http.session.trust_env = False
+        transport.configure(self.client.http.session, settings.tls_server_name)
         if settings.token:
             # py-consul leaves the token off some calls (txn); a session-wide
             # header makes every request carry it.
@@ -107,6 +109,14 @@ class ConsulStore:
             log.warning("consul %s %s: %s unreachable: %s", action, key, where, type(exc).__name__)
             raise ConsulUnavailable() from None
         except (ACLPermissionDenied, ACLDisabled) as exc:
+            if not self.settings.token:
+                # Not the same fix as a refused token: there is none to fix.
+                log.error("consul %s %s: no token configured: %s", action, key, _first_line(exc))
+                raise ConsulForbidden(
+                    "Consul refused the request and Noman has no token configured "
+                    "(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token); "
+                    "nothing was written."
+                ) from None
             log.error("consul %s %s: token refused: %s", action, key, _first_line(exc))
             raise ConsulForbidden() from None
         except (BadRequest, ClientError, NotFound) as exc:
