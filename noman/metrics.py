@@ -32,11 +32,11 @@ from prometheus_client.registry import Collector
 from noman import __version__
 
 # The outcomes of a hook request that are not errors.
-OUTCOMES = ("deployed", "unchanged", "ignored", "ping")
+OUTCOMES = ("deployed", "pending", "unchanged", "ignored", "ping")
 
 HOOK_REQUESTS = Counter(
     "noman_hook_requests_total",
-    "Hook requests by service and outcome (deployed, unchanged, ignored, ping or an error code).",
+    "Hook requests by service and outcome (see OUTCOMES, or an error code).",
     ["service", "outcome"],
 )
 HOOK_DURATION = Histogram(

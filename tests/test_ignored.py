@@ -23,6 +23,7 @@ from noman import create_app
 from noman.auth import sign
 from noman.config import Settings
 from noman.release import IGNORED_REASONS
+from noman.wiring import components
 from tests.conftest import ConsulHandle, make_settings
 from tests.fakes.receiver import Receiver
 
@@ -218,7 +219,10 @@ class Hook:
 
     def quiet(self) -> bool:
         """True when every report finished and none reached the receiver."""
-        return bool(self.app.extensions["noman.reporter"].wait(5)) and not self.receiver.received
+        parts = components(self.app)
+        # Success reports come from the reconciler's record transitions: let it act first.
+        settled = parts.reconciler.settle(10) and parts.reporter.wait(5)
+        return bool(settled) and not self.receiver.received
 
 
 @pytest.fixture
@@ -290,6 +294,7 @@ def test_the_harness_sees_notifications_and_callbacks(
     hook = Hook(consul, secret, receiver, Case("dockerhub", "dockerhub-push.json"))
     answer = hook.post(Case("dockerhub", "dockerhub-push.json"))
     assert answer.status_code == 200, answer.json
+    assert components(hook.app).reconciler.settle(10)
     paths = sorted(r.path for r in receiver.wait_for(2))
     assert paths == ["/callback", "/notify"]
 
