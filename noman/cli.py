@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     secret = commands.add_parser("secret", help="manage hook secrets")
     secret_commands = secret.add_subparsers(required=True, metavar="ACTION")
     new = secret_commands.add_parser("new", help="print a fresh secret and its config line")
-    new.add_argument("service")
+    new.add_argument("service", nargs="?", help="the service the hook secret is for")
+    new.add_argument("--ui", action="store_true", help="an admin token for the status page")
     new.set_defaults(run=_secret_new)
 
     deploy = commands.add_parser(
@@ -170,7 +171,17 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _secret_new(args: argparse.Namespace) -> int:
+    if args.ui == bool(args.service):
+        print("noman secret new: give a service name, or --ui (not both)", file=sys.stderr)
+        return 2
     secret, digest = auth.new_secret()
+    if args.ui:
+        print(
+            f"token: {secret}\n\n"
+            "Log in at /ui with it. Put this in noman.toml (the token itself stays out of "
+            f'the file):\n[ui]\ntoken_sha256 = "{digest}"'
+        )
+        return 0
     print(
         f"secret:    {secret}\n"
         f"hook path: /hooks/{secret}\n"

@@ -26,6 +26,7 @@ DEFAULT_CONFIG_PATH = "noman.toml"
 DEFAULT_TAG_PATTERN = r"^release-(\d{14})$"
 # 22 url-safe characters carry 132 bits; anything shorter is guessable.
 MIN_SECRET_CHARS = 22
+MIN_SESSION_KEY_CHARS = 32
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 DOCKERHUB_CALLBACK_HOSTS = ("registry.hub.docker.com", "hub.docker.com")
 
@@ -98,6 +99,10 @@ SCHEMA: tuple[Key, ...] = (
     _k(_N, "update", (str,), "meta", '"meta" (job Meta) or "image" (task images).'),
     _k(_N, "meta_key", (str,), "NOMAN_IMAGE_TAG", "The job Meta key set by update = meta."),
     _k(_N, "tasks", (list,), [], "Tasks whose image to rewrite (update = image)."),
+    _k("ui", "token_sha256", (str, list), None, "sha256 hex of the admin token (or a list)."),
+    _k("ui", "token_env", (str,), None, "Env var holding the admin token itself."),
+    _k("ui", "session_key_env", (str,), None, "Env var with the cookie signing key."),
+    _k("ui", "session_hours", (int, float), 12, "Hours a login lasts."),
 )
 
 # Keys that come from the environment; the README documents these too.
@@ -196,6 +201,21 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class UISettings:
+    """The operator status page: off unless an admin token is configured."""
+
+    token_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+    # None: a random key per start (see noman.ui.session_key).
+    session_key: bytes | None = field(default=None, repr=False)
+    session_hours: float = 12.0
+
+    @property
+    def enabled(self) -> bool:
+        """True when an admin token is configured."""
+        return bool(self.token_hashes)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything Noman needs, checked."""
 
@@ -210,6 +230,7 @@ class Settings:
     log_level: str = "info"
     auth_failures_per_minute: int = 0
     proxy_hops: int = 0
+    ui: UISettings = UISettings()
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -345,7 +366,7 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def settings(self, data: dict[str, Any]) -> Settings:
-        allowed = {"server", "store", "consul", "nomad", "notify", "services"}
+        allowed = {"server", "store", "consul", "nomad", "notify", "services", "ui"}
         for name in data:
             if name not in allowed:
                 raise ConfigError(
@@ -367,6 +388,7 @@ class _Parser:
             raise self.fail("store", "backend", 'must be "consul" or "file"')
         nomad = self.nomad(data.get("nomad", {}))
         services = self.services(data.get("services"), nomad)
+        ui = self.ui(data.get("ui", {}), services)
         return Settings(
             services=services,
             source=self.source,
@@ -379,6 +401,7 @@ class _Parser:
             log_level=server["log_level"],
             auth_failures_per_minute=server["auth_failures_per_minute"],
             proxy_hops=server["proxy_hops"],
+            ui=ui,
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
@@ -603,6 +626,64 @@ class _Parser:
                 raise self.fail(table, "secret_sha256", "is the hash of an empty secret")
             digests.append(bytes.fromhex(item))
         return tuple(digests)
+
+    def ui(self, data: Mapping[str, Any], services: tuple[Service, ...]) -> UISettings:
+        """The status page's settings; a token of its own, never a service's secret."""
+        v = self.table(data, "ui", "ui")
+        if v["token_sha256"] is None and v["token_env"] is None:
+            if data:
+                raise self.fail("ui", None, "set token_sha256 or token_env to enable the page")
+            return UISettings()
+        hashes = self.ui_token(v)
+        hooks = {digest for service in services for digest in service.secret_hashes}
+        if any(digest in hooks for digest in hashes):
+            name = "token_env" if v["token_env"] else "token_sha256"
+            raise self.fail("ui", name, "is a service's hook secret; use a separate token")
+        key = None
+        if v["session_key_env"] is not None:
+            name = v["session_key_env"]
+            if not _ENV_NAME_RE.match(name):
+                raise self.fail("ui", "session_key_env", "must be an environment variable name")
+            value = self.env.get(name, "")
+            if len(value) < MIN_SESSION_KEY_CHARS:
+                raise self.fail(
+                    "ui",
+                    "session_key_env",
+                    f"environment {name} must hold at least {MIN_SESSION_KEY_CHARS} "
+                    "random characters",
+                )
+            key = value.encode("utf-8")
+        hours = float(self.positive("ui", "session_hours", v["session_hours"]))
+        return UISettings(token_hashes=hashes, session_key=key, session_hours=hours)
+
+    def ui_token(self, v: Mapping[str, Any]) -> tuple[bytes, ...]:
+        """The admin token's accepted digests, from token_sha256 or token_env."""
+        if v["token_sha256"] is not None and v["token_env"] is not None:
+            raise self.fail("ui", "token_sha256", "set exactly one of token_sha256, token_env")
+        if v["token_env"] is not None:
+            name = v["token_env"]
+            if not _ENV_NAME_RE.match(name):
+                raise self.fail("ui", "token_env", "must be an environment variable name")
+            token = self.env.get(name, "")
+            if len(token) < MIN_SECRET_CHARS:
+                problem = "is not set" if not token else "holds a token that is too short"
+                raise self.fail(
+                    "ui",
+                    "token_env",
+                    f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
+                    "random characters; `noman secret new --ui` makes one)",
+                )
+            return (hash_secret(token),)
+        raw = v["token_sha256"]
+        hashes = [raw] if isinstance(raw, str) else raw
+        if not hashes:
+            raise self.fail("ui", "token_sha256", "must not be empty")
+        for item in hashes:
+            if not isinstance(item, str) or not _HEX64_RE.match(item):
+                raise self.fail("ui", "token_sha256", "must be 64 hex characters (a sha256)")
+            if item.lower() == EMPTY_SHA256:
+                raise self.fail("ui", "token_sha256", "is the hash of an empty token")
+        return tuple(bytes.fromhex(item) for item in hashes)
 
     def nomad_target(self, table: str, raw: Any, nomad: NomadSettings) -> NomadTarget | None:
         if raw is None:
