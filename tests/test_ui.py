@@ -210,6 +210,21 @@ def test_a_session_ends_when_its_token_leaves_the_config(settings: Settings, tok
     assert same.get("/ui/api/overview").status_code != 401
 
 
+def test_a_session_ends_after_session_hours(
+    ui_app: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from itsdangerous.timed import TimestampSigner
+
+    client = ui_app.test_client()
+    # Logged in 13 hours ago: the cookie's signed timestamp says so.
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(time.time()) - 13 * 3600)
+    log_in(client, token)
+    monkeypatch.undo()
+    assert client.get("/ui/api/overview").status_code == 401
+
+
 def test_login_without_the_forms_csrf_token_is_refused(ui_app: Any, token: str) -> None:
     client = ui_app.test_client()
     client.get("/ui")
