@@ -1,7 +1,10 @@
-"""The application factory: settings -> store, Nomad, deployer, reporter -> Flask app.
+"""The application factory: settings -> wiring -> blueprint.
 
-Everything the views need hangs off ``app.extensions``, wired here and
-nowhere else; nothing is created at import time.
+The components (store, Nomad, deployer, reporter, reconciler) are built by
+``wiring.build`` and stored once in ``app.extensions["noman"]``; nothing is
+created at import time. The reconciler's thread is started by the server
+(gunicorn's ``post_worker_init``, see ``gunicorn_conf``), not here, so an
+app built for a test or a script never leaves a thread behind.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from noman import logs
 from noman.config import Settings, load
-from noman.deploy import Deployer
-from noman.notify import Reporter
 from noman.ratelimit import FailureLimiter
 from noman.stores import Store
+from noman.wiring import EXTENSION, build
 
 
 class NomanFlask(Flask):
@@ -37,13 +39,8 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    store = store if store is not None else build_store(settings)
-    nomad = build_nomad(settings)
-    app.extensions["noman.settings"] = settings
-    app.extensions["noman.store"] = store
-    app.extensions["noman.nomad"] = nomad
-    app.extensions["noman.deployer"] = build_deployer(settings, store, nomad)
-    app.extensions["noman.reporter"] = Reporter(settings, nomad)
+    app.extensions[EXTENSION] = build(settings, store)
+    # Per-app, not per-deploy: the failure limiter is an HTTP concern only.
     app.extensions["noman.limiter"] = (
         FailureLimiter(settings.auth_failures_per_minute)
         if settings.auth_failures_per_minute
@@ -64,33 +61,3 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
 
     ui.init_app(app, settings)
     return app
-
-
-def build_store(settings: Settings) -> Store:
-    """The store the settings ask for."""
-    if settings.store_backend == "file":
-        from noman.stores.file import FileStore
-
-        return FileStore(settings.store_path)
-    from noman.stores.consul import ConsulStore
-
-    return ConsulStore(settings.consul)
-
-
-def build_nomad(settings: Settings) -> Any:
-    """A Nomad client when any service rolls through Nomad, else None."""
-    if not settings.uses_nomad:
-        return None
-    from noman.rollouts.nomad import NomadRollouts
-
-    return NomadRollouts(settings.nomad)
-
-
-def build_deployer(settings: Settings, store: Store, nomad: Any) -> Deployer:
-    """The deploy use case wired to its store and orchestrator."""
-    return Deployer(
-        store,
-        nomad,
-        cas_retries=settings.consul.cas_retries,
-        register_retries=settings.nomad.register_retries,
-    )

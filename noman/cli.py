@@ -1,4 +1,4 @@
-"""The ``noman`` command: serve, check, secret new, deploy, status, healthcheck."""
+"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -71,9 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--wait", action="store_true", help="wait for the Nomad deployment")
     deploy.set_defaults(run=_deploy)
 
-    status = commands.add_parser(
-        "status", help="show each service's deployed tag", parents=[common]
+    rollback = commands.add_parser(
+        "rollback", help="deploy an earlier tag (default: the last good one)", parents=[common]
     )
+    rollback.add_argument("service")
+    rollback.add_argument("--to", dest="tag", help="the tag to go back to")
+    rollback.set_defaults(run=_rollback)
+
+    for name, frozen in (("freeze", True), ("unfreeze", False)):
+        action = "refuse" if frozen else "accept"
+        cmd = commands.add_parser(name, help=f"{action} deploys of a service", parents=[common])
+        cmd.add_argument("service")
+        cmd.set_defaults(run=_set_frozen, frozen=frozen)
+
+    status = commands.add_parser(
+        "status",
+        help="each service's desired and running tag, rollout and history",
+        parents=[common],
+    )
+    status.add_argument("service", nargs="?", help="only this service")
     status.set_defaults(run=_status)
 
     health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")
@@ -146,7 +163,7 @@ def _prepare_dev(data_dir: Path, env: dict[str, str]) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from noman.app import build_nomad, build_store
+    from noman.wiring import build_nomad, build_store
 
     print(f"config: {settings.source}: {len(settings.services)} service(s)")
     problems = 0
@@ -194,40 +211,70 @@ def _secret_new(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from noman.app import build_deployer, build_nomad, build_store
     from noman.release import Release
+    from noman.wiring import build
 
-    settings = _settings(args)
-    service = settings.service(args.service)
-    nomad = build_nomad(settings)
-    deployer = build_deployer(settings, build_store(settings), nomad)
-    outcome = deployer.deploy(service, Release(tag=args.tag, sender="cli", force=args.force))
-    result: dict[str, Any] = outcome.as_dict()
-    if args.wait and outcome.rollout is not None:
-        result["deployment"] = nomad.watch(service, outcome.rollout)
+    parts = build(_settings(args))
+    service = parts.settings.service(args.service)
+    outcome = parts.deployer.deploy(service, Release(tag=args.tag, sender="cli", force=args.force))
+    return _answer(parts, service, outcome.as_dict(), args.wait)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from noman.wiring import build
+
+    parts = build(_settings(args))
+    service = parts.settings.service(args.service)
+    outcome = parts.deployer.rollback(service, args.tag, sender="cli")
+    return _answer(parts, service, outcome.as_dict(), wait=False)
+
+
+def _answer(parts: Any, service: Any, result: dict[str, Any], wait: bool) -> int:
+    """Print the result; with ``wait``, follow the record until the rollout ends."""
+    if wait and service.strategy == "rolling":
+        # The elected reconciler carries the rollout; the CLI only watches the record.
+        deadline = time.monotonic() + parts.settings.nomad.watch_timeout + 60
+        rollout = None
+        while time.monotonic() < deadline:
+            rollout = parts.deployer.status(service)["rollout"]
+            if (
+                rollout
+                and rollout["tag"] == result["tag"]
+                and rollout["state"]
+                in (
+                    "successful",
+                    "failed",
+                    "cancelled",
+                    "timed_out",
+                )
+            ):
+                break
+            time.sleep(1)
+        result["rollout"] = rollout
         print(json.dumps(result, indent=2))
-        return 0 if result["deployment"].get("status") == "successful" else 1
+        return 0 if rollout and rollout["state"] == "successful" else 1
     print(json.dumps(result, indent=2))
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    from noman.app import build_nomad, build_store
+def _set_frozen(args: argparse.Namespace) -> int:
+    from noman.wiring import build
 
-    settings = _settings(args)
-    store = build_store(settings)
-    nomad = build_nomad(settings)
-    for service in settings.services:
-        line: dict[str, Any] = {
-            "service": service.name,
-            "key": service.key,
-            "tag": store.read(service.key).value,
-            "strategy": service.strategy,
-        }
-        if nomad is not None and service.strategy == "rolling":
-            line["job_tag"] = nomad.read(service).tag
-            line["deployment"] = nomad.deployment_status(service)
-        print(json.dumps(line))
+    parts = build(_settings(args))
+    service = parts.settings.service(args.service)
+    print(json.dumps(parts.deployer.set_frozen(service, args.frozen, sender="cli")))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from noman.wiring import build
+
+    parts = build(_settings(args))
+    services = parts.settings.services
+    if args.service:
+        services = (parts.settings.service(args.service),)
+    for service in services:
+        print(json.dumps(parts.deployer.status(service)))
     return 0
 
 

@@ -22,8 +22,12 @@ from typing import Any, Literal
 
 from noman.errors import ConfigError
 
+# Re-exported: these lived here before noman.model existed.
+from noman.model import DEFAULT_TAG_PATTERN as DEFAULT_TAG_PATTERN
+from noman.model import NomadTarget as NomadTarget
+from noman.model import Service as Service
+
 DEFAULT_CONFIG_PATH = "noman.toml"
-DEFAULT_TAG_PATTERN = r"^release-(\d{14})$"
 # 22 url-safe characters carry 132 bits; anything shorter is guessable.
 MIN_SECRET_CHARS = 22
 MIN_SESSION_KEY_CHARS = 32
@@ -68,6 +72,9 @@ SCHEMA: tuple[Key, ...] = (
     _k("consul", "token", (str,), None, "ACL token; prefer CONSUL_HTTP_TOKEN."),
     _k("consul", "verify", (bool, str), True, "Verify TLS: true, false or a CA bundle path."),
     _k("consul", "cas_retries", (int,), 8, "Check-and-set attempts before 503."),
+    _k("consul", "state_prefix", (str,), "noman/", "Where Noman keeps its records and lock."),
+    _k("consul", "session_ttl", (int, float), 15, "Seconds the reconciler's leader lock lives."),
+    _k("consul", "lock_delay", (int, float), 1, "Seconds a lost leader lock stays blocked."),
     _k("nomad", "address", (str,), "http://127.0.0.1:4646", "Nomad's HTTP address."),
     _k("nomad", "token", (str,), None, "ACL token; prefer NOMAD_TOKEN."),
     _k("nomad", "namespace", (str,), None, "Default namespace of rolling jobs."),
@@ -77,6 +84,11 @@ SCHEMA: tuple[Key, ...] = (
     _k("nomad", "register_retries", (int,), 5, "Job registrations tried on index conflicts."),
     _k("nomad", "watch_timeout", (int, float), 900, "Seconds a deployment is watched."),
     _k("nomad", "poll_interval", (int, float), 2, "Seconds between deployment polls."),
+    _k("rollout", "answer_within", (int, float), 5, "Seconds the hook waits for Nomad."),
+    _k("rollout", "history_size", (int,), 50, "Deploys kept in each service's history."),
+    _k("rollout", "retry_backoff", (int, float), 1, "Seconds before the first retry; doubles."),
+    _k("rollout", "retry_max", (int, float), 60, "Longest wait between two retries."),
+    _k("rollout", "refused_retry", (int, float), 300, "Wait after Nomad refused Noman's token."),
     _k("notify", "on", (list,), ["failure"], 'Outcomes to report: "success", "failure".'),
     _k("notify", "retries", (int,), 3, "Attempts per notification."),
     _k("notify", "backoff", (int, float), 1, "Seconds before the first retry; doubles."),
@@ -135,6 +147,20 @@ class ConsulSettings:
     token: str | None = field(default=None, repr=False)
     verify: bool | str = True
     cas_retries: int = 8
+    state_prefix: str = "noman/"
+    session_ttl: float = 15.0
+    lock_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How the hook and the reconciler carry a rollout to its end."""
+
+    answer_within: float = 5.0
+    history_size: int = 50
+    retry_backoff: float = 1.0
+    retry_max: float = 60.0
+    refused_retry: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -150,34 +176,6 @@ class NomadSettings:
     register_retries: int = 5
     watch_timeout: float = 900.0
     poll_interval: float = 2.0
-
-
-@dataclass(frozen=True)
-class NomadTarget:
-    """The Nomad job a rolling service updates, and which field of it."""
-
-    job: str
-    namespace: str | None = None
-    region: str | None = None
-    update: Literal["meta", "image"] = "meta"
-    meta_key: str = "NOMAN_IMAGE_TAG"
-    tasks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Service:
-    """One deployable thing: who may deploy it, what is accepted, where it goes."""
-
-    name: str
-    repository: str
-    key: str
-    secret_hashes: tuple[bytes, ...] = field(repr=False)
-    tag_pattern: re.Pattern[str] = re.compile(DEFAULT_TAG_PATTERN, re.ASCII)
-    strategy: Literal["restart", "rolling"] = "restart"
-    nomad: NomadTarget | None = None
-    # Keys of signed senders; several during a rotation.
-    github_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    standard_keys: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -224,6 +222,7 @@ class Settings:
     consul: ConsulSettings = ConsulSettings()
     nomad: NomadSettings = NomadSettings()
     notify: NotifySettings = NotifySettings()
+    rollout: RolloutSettings = RolloutSettings()
     store_backend: Literal["consul", "file"] = "consul"
     store_path: str = ".noman/store.json"
     max_body_bytes: int = 65536
@@ -366,7 +365,7 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def settings(self, data: dict[str, Any]) -> Settings:
-        allowed = {"server", "store", "consul", "nomad", "notify", "services", "ui"}
+        allowed = {"server", "store", "consul", "nomad", "notify", "rollout", "services", "ui"}
         for name in data:
             if name not in allowed:
                 raise ConfigError(
@@ -388,11 +387,14 @@ class _Parser:
             raise self.fail("store", "backend", 'must be "consul" or "file"')
         nomad = self.nomad(data.get("nomad", {}))
         services = self.services(data.get("services"), nomad)
+        consul = self.consul(data.get("consul", {}))
+        self.check_prefix(consul.state_prefix, services)
         ui = self.ui(data.get("ui", {}), services)
         return Settings(
             services=services,
             source=self.source,
-            consul=self.consul(data.get("consul", {})),
+            consul=consul,
+            rollout=self.rollout(data.get("rollout", {})),
             nomad=nomad,
             notify=self.notify(data.get("notify", {})),
             store_backend=store["backend"],
@@ -425,6 +427,53 @@ class _Parser:
             token=self.env.get("CONSUL_HTTP_TOKEN") or v["token"],
             verify=verify,
             cas_retries=v["cas_retries"],
+            state_prefix=self.state_prefix(v["state_prefix"]),
+            session_ttl=float(self.at_least("consul", "session_ttl", v["session_ttl"], 10)),
+            lock_delay=float(self.at_least("consul", "lock_delay", v["lock_delay"], 0)),
+        )
+
+    def state_prefix(self, raw: str) -> str:
+        prefix = raw if raw.endswith("/") else raw + "/"
+        body = prefix[:-1]
+        if not _KEY_RE.match(body) or any(part in (".", "..") for part in body.split("/")):
+            raise self.fail(
+                "consul", "state_prefix", "must be a Consul folder like \"noman/\" (no leading '/')"
+            )
+        return prefix
+
+    def check_prefix(self, prefix: str, services: tuple[Service, ...]) -> None:
+        """Noman's own keys must never appear in a folder a job template lists."""
+        for service in services:
+            folder = service.key.rpartition("/")[0]
+            if folder and (prefix == folder + "/" or prefix.startswith(folder + "/")):
+                raise self.fail(
+                    "consul",
+                    "state_prefix",
+                    f"{prefix!r} is inside the folder of service {service.name!r}'s key "
+                    f"{service.key!r}; a template listing that folder would see Noman's records",
+                )
+            if service.key.startswith(prefix):
+                raise self.fail(
+                    f"services.{service.name}",
+                    "key",
+                    f"{service.key!r} is under consul.state_prefix {prefix!r}, Noman's own folder",
+                )
+
+    def at_least(self, table: str, name: str, value: float, minimum: float) -> float:
+        if value < minimum:
+            raise self.fail(table, name, f"must be at least {minimum:g}")
+        return value
+
+    def rollout(self, data: Mapping[str, Any]) -> RolloutSettings:
+        v = self.table(data, "rollout", "rollout")
+        if v["history_size"] < 1:
+            raise self.fail("rollout", "history_size", "must be at least 1")
+        return RolloutSettings(
+            answer_within=float(self.at_least("rollout", "answer_within", v["answer_within"], 0)),
+            history_size=v["history_size"],
+            retry_backoff=float(self.positive("rollout", "retry_backoff", v["retry_backoff"])),
+            retry_max=float(self.positive("rollout", "retry_max", v["retry_max"])),
+            refused_retry=float(self.positive("rollout", "refused_retry", v["refused_retry"])),
         )
 
     def nomad(self, data: Mapping[str, Any]) -> NomadSettings:

@@ -1,45 +1,64 @@
-"""The use case: decide whether a release may be deployed, and deploy it safely.
+"""The use case: decide whether a release may be deployed, and make it the desired state.
 
-Plain Python with no Flask and no Consul: a ``Store`` keeps tags with
-check-and-set, an optional ``Orchestrator`` (Nomad) rolls jobs for the
-rolling strategy. Every decision is taken again after a lost race, so two
-concurrent deploys of one service always end with the newer tag.
+Plain Python with no Flask and no Consul. A deploy is ONE store transaction
+that writes the service's tag key and its record (under Noman's prefix)
+with check-and-set on both; once it landed, the deploy is durable and the
+reconciler carries it to its end. Nothing here ever writes a compensating
+"restore". Rolling services get a fast path: the instance that took the
+hook registers the job version inline when Nomad answers quickly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import Any, Literal, Protocol
 
-from noman.config import Service
-from noman.errors import InvalidTag, NomanError, RepositoryMismatch, StaleTag, WriteConflict
+from noman.errors import (
+    ConsulUnavailable,
+    Frozen,
+    InvalidTag,
+    NomanError,
+    NothingToRollBack,
+    RepositoryMismatch,
+    StaleTag,
+    WriteConflict,
+)
+from noman.model import (
+    OCI_TAG,
+    HistoryEntry,
+    JobState,
+    Record,
+    RolloutState,
+    Service,
+    orders_before,
+    release_order,
+    utc_now,
+)
 from noman.release import Outcome, Release, Rollout
-from noman.stores import Store
+from noman.stores import Entry, OutcomeUnknown, Store, Write
+
+__all__ = [
+    "OCI_TAG",
+    "Deployer",
+    "JobState",
+    "Orchestrator",
+    "check_release",
+    "needs_write",
+    "release_order",
+]
 
 log = logging.getLogger(__name__)
 
 # Delivery ids remembered per service, to refuse replays of signed deliveries.
 KEEP_DELIVERIES = 500
 
-# The OCI distribution spec's tag grammar.
-OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-
-
-@dataclass(frozen=True)
-class JobState:
-    """A job as an orchestrator read it: the tag it runs and what is needed to change it."""
-
-    tag: str | None
-    spec: dict[str, Any]
-    modify_index: int
-
 
 class Orchestrator(Protocol):
-    """Something that runs a new job version per deploy (Nomad)."""
+    """Something that runs a new job version per deploy (Nomad), and reports on it."""
 
     def read(self, service: Service) -> JobState:
         """The job of ``service`` as it is now."""
@@ -49,10 +68,12 @@ class Orchestrator(Protocol):
         """Register ``state`` with ``tag``; None if the job changed since it was read."""
         ...
 
-
-def deliveries_key(service: Service) -> str:
-    """The Consul key beside the service's key that remembers recent delivery ids."""
-    return f"{service.key}.deliveries"
+    def follow(
+        self, service: Service, version: int, deployment_id: str | None, index: int, wait: float
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The deployment of job ``version`` (None while there is none) and the index to
+        block on next; blocks up to ``wait`` s for a change past ``index``."""
+        ...
 
 
 def check_release(service: Service, release: Release) -> None:
@@ -70,27 +91,15 @@ def check_release(service: Service, release: Release) -> None:
         )
 
 
-def release_order(service: Service, tag: str | None) -> int | str | None:
-    """What orders ``tag`` among releases: the pattern's first group (a number if digits)."""
-    if tag is None or service.tag_pattern.groups < 1:
-        return None
-    match = service.tag_pattern.fullmatch(tag)
-    if match is None or match.group(1) is None:
-        return None
-    value = match.group(1)
-    return int(value) if value.isdigit() else value
-
-
 def needs_write(service: Service, current: str | None, release: Release) -> bool:
     """True to write ``release``, False when it is already deployed; StaleTag when older."""
     if current == release.tag:
         return False
     if release.force:
         return True
-    new, old = release_order(service, release.tag), release_order(service, current)
     # Only tags of one kind can be ordered; an unordered current value (set
     # by hand, or a first deploy) never blocks a valid release.
-    if new is not None and old is not None and type(new) is type(old) and new < old:  # type: ignore[operator]
+    if orders_before(service, release.tag, current):
         raise StaleTag(
             f"Tag {release.tag} is older than the deployed {current}; "
             'send "force": true to roll back on purpose.'
@@ -98,8 +107,32 @@ def needs_write(service: Service, current: str | None, release: Release) -> bool
     return True
 
 
+def report(
+    service: Service,
+    tag: str,
+    state: str,
+    description: str,
+    previous: str | None = None,
+    deployment: dict[str, Any] | None = None,
+    callback_url: str | None = None,
+) -> dict[str, Any]:
+    """An outcome report waiting in a record; ``event_id`` lets receivers drop repeats."""
+    return {
+        "event_id": f"{service.name}:{tag}:{state}",
+        "service": service.name,
+        "key": service.key,
+        "tag": tag,
+        "previous": previous,
+        "state": state,
+        "success": state == "successful",
+        "description": description,
+        "deployment": deployment,
+        "callback_url": callback_url,
+    }
+
+
 class Deployer:
-    """Deploys releases to services: policy, check-and-set, and the rolling step."""
+    """Deploys, rolls back, freezes and describes services: every front end goes through it."""
 
     def __init__(
         self,
@@ -107,135 +140,435 @@ class Deployer:
         orchestrator: Orchestrator | None = None,
         cas_retries: int = 8,
         register_retries: int = 5,
+        *,
+        state_prefix: str = "noman/",
+        answer_within: float = 5.0,
+        history_size: int = 50,
     ) -> None:
         self.store = store
         self.orchestrator = orchestrator
         self.cas_retries = cas_retries
         self.register_retries = register_retries
+        self.state_prefix = state_prefix
+        self.answer_within = answer_within
+        self.history_size = history_size
 
-    def deploy(self, service: Service, release: Release) -> Outcome:
-        """Deploy ``release`` to ``service``; returns only once the store confirmed it."""
-        check_release(service, release)
-        if release.delivery_id and release.delivery_id in self._deliveries(service)[0]:
-            return Outcome(
-                service=service.name,
-                key=service.key,
-                tag=release.tag,
-                previous=self.store.read(service.key).value,
-                changed=False,
-                duplicate_delivery=True,
-            )
-        outcome = self._write(service, release)
-        if release.delivery_id:
-            self._remember(service, release.delivery_id)
-        return outcome
+    # -- reading -------------------------------------------------------------------------
 
-    def _write(self, service: Service, release: Release) -> Outcome:
+    def record_key(self, service: Service) -> str:
+        """Where the service's record lives: under Noman's prefix, never beside its key."""
+        return f"{self.state_prefix}{service.name}"
+
+    def read(self, service: Service) -> tuple[Entry, Entry, Record]:
+        """The tag key, the record's entry and the parsed record."""
+        key = self.store.read(service.key)
+        entry = self.store.read(self.record_key(service))
+        return key, entry, Record.parse(entry.value)
+
+    def status(self, service: Service) -> dict[str, Any]:
+        """Desired tag, running tag, frozen flag, rollout and history of ``service``."""
+        key, _, record = self.read(service)
+        running = None
+        if service.strategy == "rolling" and self.orchestrator is not None:
+            try:
+                running = self.orchestrator.read(service).tag
+            except NomanError as exc:
+                log.warning("status of %s: job unreadable: %s", service.name, exc.code)
+        return {
+            "service": service.name,
+            "strategy": service.strategy,
+            "key": service.key,
+            "tag": key.value,
+            "running": running,
+            "frozen": record.frozen,
+            "rollout": record.rollout.public() if record.rollout else None,
+            "history": [asdict(h) for h in record.history],
+        }
+
+    # -- the operations ------------------------------------------------------------------
+
+    def deploy(self, service: Service, release: Release, request_id: str | None = None) -> Outcome:
+        """Make ``release`` the desired state of ``service``; returns once Consul confirmed."""
+        return self._deploy(service, release, request_id, "deploy")
+
+    def rollback(
+        self, service: Service, tag: str | None, sender: str, request_id: str | None = None
+    ) -> Outcome:
+        """Deploy an earlier tag on purpose (default: the last good one before the current)."""
+        if tag is None:
+            key, _, record = self.read(service)
+            for entry in record.history:
+                if entry.tag != key.value and entry.outcome == "successful":
+                    tag = entry.tag
+                    break
+            else:
+                raise NothingToRollBack()
+        release = Release(tag=tag, sender=sender, force=True)
+        return self._deploy(service, release, request_id, "rollback")
+
+    def set_frozen(self, service: Service, frozen: bool, sender: str) -> dict[str, Any]:
+        """Freeze or unfreeze ``service`` (kept in its record); returns its status."""
+        self.update_record(service, lambda record: replace(record, frozen=frozen))
+        log.info("service %s %s by %s", service.name, "frozen" if frozen else "unfrozen", sender)
+        return self.status(service)
+
+    def update_record(
+        self, service: Service, change: Callable[[Record], Record | None]
+    ) -> Record | None:
+        """Check-and-set ``change`` on the record until it lands (None: change declined)."""
         for _ in range(self.cas_retries):
-            entry = self.store.read(service.key)
-            if not needs_write(service, entry.value, release):
-                return self._finish(service, release, entry.value, changed=False)
-            if self.store.write(service.key, release.tag, entry.modify_index):
-                return self._finish(service, release, entry.value, changed=True)
+            entry = self.store.read(self.record_key(service))
+            new = change(Record.parse(entry.value))
+            if new is None:
+                return None
+            new = replace(new, write_id=uuid.uuid4().hex)
+            if self.store.write(self.record_key(service), new.dump(), entry.modify_index):
+                return new
+        raise WriteConflict()
+
+    # -- the transaction -----------------------------------------------------------------
+
+    def _deploy(
+        self,
+        service: Service,
+        release: Release,
+        request_id: str | None,
+        kind: Literal["deploy", "rollback"],
+    ) -> Outcome:
+        check_release(service, release)
+        for _ in range(self.cas_retries):
+            key, entry, record = self.read(service)
+            if record.frozen and kind == "deploy":
+                raise Frozen()
+            if release.delivery_id and release.delivery_id in record.deliveries:
+                return Outcome(
+                    service.name,
+                    service.key,
+                    release.tag,
+                    key.value,
+                    changed=False,
+                    duplicate_delivery=True,
+                )
+            write = needs_write(service, key.value, release)
+            retry = not write and self._retry_wanted(service, record, release)
+            if not write and not retry:
+                return self._unchanged(service, release, key.value, record)
+            new = self._next_record(service, release, request_id, kind, key.value, record)
+            writes = [Write(self.record_key(service), new.dump(), entry.modify_index)]
+            if write:
+                writes.insert(0, Write(service.key, release.tag, key.modify_index))
+            if self._commit(service, writes, new):
+                log.info(
+                    "service %s: desired tag %s (%s)",
+                    service.name,
+                    release.tag,
+                    kind,
+                    extra={"fields": {"service": service.name, "tag": release.tag}},
+                )
+                return self._after_commit(service, release, key.value)
             log.info(
-                "service %s: key changed while deploying %s; deciding again",
+                "service %s: key or record changed while deploying %s; deciding again",
                 service.name,
                 release.tag,
             )
         raise WriteConflict()
 
-    def _deliveries(self, service: Service) -> tuple[dict[str, float], int]:
-        """Recent delivery ids of signed senders (id -> time) and the key's index."""
-        entry = self.store.read(deliveries_key(service))
-        try:
-            seen = json.loads(entry.value or "{}")
-        except ValueError:
-            seen = {}
-        if not isinstance(seen, dict):
-            seen = {}
-        # Only well-formed entries count; anything else is dropped on the next write.
-        valid = {k: v for k, v in seen.items() if isinstance(v, int | float)}
-        return valid, entry.modify_index
-
-    def _remember(self, service: Service, delivery_id: str) -> None:
-        """Record a handled delivery; a failure here never fails the deploy that landed."""
-        try:
-            for _ in range(self.cas_retries):
-                seen, index = self._deliveries(service)
-                seen[delivery_id] = time.time()
-                newest = sorted(seen.items(), key=lambda item: item[1])[-KEEP_DELIVERIES:]
-                if self.store.write(deliveries_key(service), json.dumps(dict(newest)), index):
-                    return
-        except NomanError as exc:
-            log.warning(
-                "service %s: delivery %s not recorded: %s", service.name, delivery_id, exc.code
-            )
-            return
-        log.warning(
-            "service %s: delivery %s not recorded (key kept changing)", service.name, delivery_id
+    def _retry_wanted(self, service: Service, record: Record, release: Release) -> bool:
+        """Pushing a failed tag again (or with force) retries its rollout on purpose."""
+        rollout = record.rollout
+        if service.strategy != "rolling" or rollout is None or rollout.tag != release.tag:
+            return False
+        return rollout.state in ("failed", "cancelled", "timed_out") or (
+            release.force and rollout.terminal
         )
 
-    def _finish(
-        self, service: Service, release: Release, previous: str | None, changed: bool
-    ) -> Outcome:
-        rollout = None
-        if service.strategy == "rolling":
-            try:
-                rollout = self._roll(service, release)
-            except NomanError:
-                if changed:
-                    self._restore(service, release.tag, previous)
-                raise
-        return Outcome(
-            service=service.name,
-            key=service.key,
+    def _next_record(
+        self,
+        service: Service,
+        release: Release,
+        request_id: str | None,
+        kind: Literal["deploy", "rollback"],
+        previous: str | None,
+        record: Record,
+    ) -> Record:
+        rolling = service.strategy == "rolling"
+        history = record.history
+        if record.rollout is not None and not record.rollout.terminal and rolling:
+            superseded = f"superseded by {release.tag} before it finished"
+            history = replace(record, history=history).finish_history(
+                record.rollout.tag, "cancelled", superseded
+            )
+        entry = HistoryEntry(
             tag=release.tag,
             previous=previous,
-            changed=changed or rollout is not None,
+            time=utc_now(),
+            sender=release.sender,
+            request_id=request_id,
+            kind=kind,
+            outcome="pending" if rolling else "successful",
+            description="" if rolling else f"{release.tag} written to {service.key}",
+        )
+        deliveries = dict(record.deliveries)
+        if release.delivery_id:
+            deliveries[release.delivery_id] = time.time()
+            deliveries = dict(sorted(deliveries.items(), key=lambda i: i[1])[-KEEP_DELIVERIES:])
+        reports = record.reports
+        rollout = None
+        if rolling:
+            rollout = RolloutState(
+                state="pending",
+                tag=release.tag,
+                updated_at=utc_now(),
+                force=release.force or kind == "rollback",
+                callback_url=release.callback_url,
+            )
+        else:
+            reports = (
+                *reports,
+                report(
+                    service,
+                    release.tag,
+                    "successful",
+                    entry.description,
+                    previous=previous,
+                    callback_url=release.callback_url,
+                ),
+            )
+        return Record(
+            tag=release.tag,
+            frozen=record.frozen,
             rollout=rollout,
+            deliveries=deliveries,
+            history=(entry, *history)[: self.history_size],
+            reports=reports,
+            write_id=uuid.uuid4().hex,
         )
 
-    def _roll(self, service: Service, release: Release) -> Rollout | None:
-        """Register the job version that runs ``release``; None if it already does."""
-        if self.orchestrator is None:
-            raise NomanError(f"service {service.name} is rolling but Nomad is not configured")
-        for _ in range(self.register_retries):
-            state = self.orchestrator.read(service)
-            if not needs_write(service, state.tag, release):
-                return None
-            rollout = self.orchestrator.register(service, state, release.tag)
-            if rollout is not None:
-                return rollout
-            log.info(
-                "service %s: job changed while deploying %s; reading it again",
-                service.name,
-                release.tag,
-            )
-        raise WriteConflict("The Nomad job kept changing; nothing was deployed. Retry later.")
-
-    def _restore(self, service: Service, tag: str, previous: str | None) -> None:
-        """Put the key back as it was, unless a newer deploy has moved it on since."""
+    def _commit(self, service: Service, writes: list[Write], new: Record) -> bool:
+        """Run the transaction; after a timed-out answer, re-read once to learn the truth."""
         try:
-            entry = self.store.read(service.key)
-            if entry.value != tag:
-                return
-            if previous is None:
-                restored = self.store.delete(service.key, entry.modify_index)
-            else:
-                restored = self.store.write(service.key, previous, entry.modify_index)
-        except NomanError as exc:
-            restored = False
-            log.error("service %s: could not restore %s: %s", service.name, service.key, exc)
-        if restored:
-            log.warning("service %s: restored %s to %s", service.name, service.key, previous)
-        else:
-            log.error(
-                "service %s: %s still holds %s although the rollout failed; "
-                "a retry of the same tag completes it",
-                service.name,
-                service.key,
-                tag,
+            return self.store.transact(writes)
+        except OutcomeUnknown:
+            pass
+        try:
+            landed = Record.parse(self.store.read(self.record_key(service)).value)
+        except NomanError:
+            raise ConsulUnavailable(
+                "Consul did not answer in time and could not be re-read: the deploy may or "
+                "may not have landed; sending the same request again is safe."
+            ) from None
+        if landed.write_id == new.write_id:
+            log.warning("service %s: Consul answered late, but the deploy landed", service.name)
+            return True
+        raise ConsulUnavailable(
+            "Consul did not answer in time and a re-read shows nothing was written. Retry later."
+        )
+
+    def _unchanged(
+        self, service: Service, release: Release, current: str | None, record: Record
+    ) -> Outcome:
+        rollout = record.rollout
+        pending = None
+        if (
+            service.strategy == "rolling"
+            and rollout is not None
+            and rollout.tag == release.tag
+            and rollout.state == "pending"
+        ):
+            pending = rollout.reason or "pending"
+        return Outcome(
+            service.name, service.key, release.tag, current, changed=False, pending=pending
+        )
+
+    def _after_commit(self, service: Service, release: Release, previous: str | None) -> Outcome:
+        outcome = Outcome(service.name, service.key, release.tag, previous, changed=True)
+        if service.strategy != "rolling":
+            return outcome
+        return self._register_inline(service, release.tag, outcome)
+
+    # -- the rolling fast path -----------------------------------------------------------
+
+    def _register_inline(self, service: Service, tag: str, outcome: Outcome) -> Outcome:
+        """Register the job version now if Nomad answers within ``answer_within``.
+
+        Safe against the reconciler doing the same: ``EnforceIndex`` lets one
+        registration win, and the record moves on only from ``pending``.
+        """
+        if self.orchestrator is None:
+            return replace(outcome, pending="nomad_not_configured")
+        started = time.monotonic()
+        reason = "nomad_slow"
+        for _ in range(self.register_retries):
+            if time.monotonic() - started > self.answer_within:
+                break
+            try:
+                state = self.orchestrator.read(service)
+                rollout = self._current_rollout(service, tag)
+                if rollout is None or rollout.state != "pending":
+                    return replace(outcome, pending=None)  # the reconciler moved it on
+                if state.tag == tag:
+                    registered = Rollout(
+                        service.nomad.job if service.nomad else service.name, state.version, ""
+                    )
+                elif not rollout.force and orders_before(service, tag, state.tag):
+                    self.finish(
+                        service,
+                        tag,
+                        "cancelled",
+                        f"The job already runs the newer {state.tag}; "
+                        'push with "force": true to deploy the older tag.',
+                        reason="stale_tag",
+                    )
+                    return replace(outcome, state="cancelled", pending="stale_tag")
+                else:
+                    found = self.orchestrator.register(service, state, tag)
+                    if found is None:
+                        reason = "write_conflict"
+                        continue
+                    registered = found
+            except NomanError as exc:
+                self.note_failure(service, tag, exc)
+                return replace(outcome, pending=exc.code)
+            self.mark_registered(service, tag, registered.version)
+            return replace(outcome, rollout=registered)
+        self.note_failure(service, tag, WriteConflict())
+        return replace(outcome, pending=reason)
+
+    def _current_rollout(self, service: Service, tag: str) -> RolloutState | None:
+        rollout = Record.parse(self.store.read(self.record_key(service)).value).rollout
+        return rollout if rollout is not None and rollout.tag == tag else None
+
+    # -- record transitions (shared with the reconciler) ---------------------------------
+
+    def mark_registered(self, service: Service, tag: str, version: int) -> None:
+        """``pending`` -> ``registered`` with the job version Nomad accepted."""
+
+        def change(record: Record) -> Record | None:
+            rollout = record.rollout
+            if rollout is None or rollout.tag != tag or rollout.state != "pending":
+                return None
+            return replace(
+                record,
+                rollout=rollout.moved(
+                    "registered",
+                    version=version,
+                    reason=None,
+                    description=None,
+                    registered_at=time.time(),
+                ),
             )
+
+        self.update_record(service, change)
+
+    def note_failure(self, service: Service, tag: str, error: NomanError) -> bool:
+        """Count a failed attempt; True when this refusal is new (to be notified once)."""
+        permanent = error.code in ("nomad_forbidden", "nomad_job_not_found")
+        first: list[bool] = []
+
+        def change(record: Record) -> Record | None:
+            rollout = record.rollout
+            if rollout is None or rollout.tag != tag or rollout.terminal:
+                return None
+            new_reason = rollout.reason != error.code
+            first[:] = [new_reason]
+            reports = record.reports
+            if permanent and new_reason:
+                reports = (
+                    *reports,
+                    report(service, tag, error.code, error.message),
+                )
+            return replace(
+                record,
+                rollout=rollout.moved(
+                    rollout.state,
+                    reason=error.code,
+                    description=error.message,
+                    attempts=rollout.attempts + 1,
+                ),
+                reports=reports,
+            )
+
+        try:
+            self.update_record(service, change)
+        except NomanError as exc:
+            log.warning("service %s: attempt not recorded: %s", service.name, exc.code)
+        return bool(first and first[0])
+
+    def finish(
+        self,
+        service: Service,
+        tag: str,
+        state: str,
+        description: str,
+        reason: str | None = None,
+        deployment: dict[str, Any] | None = None,
+        running: str | None = None,
+    ) -> bool:
+        """Record the end of ``tag``'s rollout, its history outcome and its report.
+
+        With ``running`` (Nomad reverted to that tag), the tag key is set back
+        to it in the same transaction, so Consul tells the truth.
+        """
+        for _ in range(self.cas_retries):
+            key, entry, record = self.read(service)
+            rollout = record.rollout
+            if rollout is None or rollout.tag != tag or rollout.terminal:
+                return False
+            counts = (
+                {name: deployment.get(name) for name in ("placed", "healthy", "desired")}
+                if deployment
+                else {}
+            )
+            history = record.finish_history(tag, state, description)
+            new_tag = record.tag
+            writes: list[Write] = []
+            if running is not None and running != tag and key.value == tag:
+                new_tag = running
+                writes.append(Write(service.key, running, key.modify_index))
+                history = (
+                    HistoryEntry(
+                        tag=running,
+                        previous=tag,
+                        time=utc_now(),
+                        sender="nomad",
+                        request_id=None,
+                        kind="rollback",
+                        outcome="successful",
+                        description=f"{tag} failed, running {running}",
+                    ),
+                    *history,
+                )[: self.history_size]
+            new = Record(
+                tag=new_tag,
+                frozen=record.frozen,
+                rollout=rollout.moved(
+                    state,
+                    reason=reason,
+                    description=description,
+                    deployment_id=(deployment or {}).get("id") or rollout.deployment_id,
+                    callback_url=None,
+                    **counts,
+                ),
+                deliveries=record.deliveries,
+                history=history,
+                reports=(
+                    *record.reports,
+                    report(
+                        service,
+                        tag,
+                        state,
+                        description,
+                        previous=next((h.previous for h in record.history if h.tag == tag), None),
+                        deployment=deployment,
+                        callback_url=rollout.callback_url,
+                    ),
+                ),
+                write_id=uuid.uuid4().hex,
+            )
+            writes.append(Write(self.record_key(service), new.dump(), entry.modify_index))
+            if self._commit(service, writes, new):
+                return True
+        raise WriteConflict()
 
 
 def _quote(text: str, limit: int = 140) -> str:

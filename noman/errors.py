@@ -19,6 +19,8 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── InvalidTag                      422 invalid_tag
     ├── StaleTag                        409 stale_tag
     ├── NotRolling                      409 not_rolling
+    ├── NothingToRollBack               409 nothing_to_roll_back
+    ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
     └── UpstreamError                   (the store or the orchestrator failed; nothing written)
         ├── WriteConflict               503 write_conflict      (retryable)
@@ -161,6 +163,22 @@ class NotRolling(NomanError):
     status = 409
     code = "not_rolling"
     default_message = "This service uses the restart strategy; it has no Nomad deployment."
+
+
+class NothingToRollBack(NomanError):
+    """A rollback without a tag, but history has no earlier successful deploy."""
+
+    status = 409
+    code = "nothing_to_roll_back"
+    default_message = "History has no successfully deployed tag before the current one."
+
+
+class Frozen(NomanError):
+    """The service is frozen: deploys are refused (rollbacks still work)."""
+
+    status = 423
+    code = "frozen"
+    default_message = "This service is frozen; deploys are refused until it is unfrozen."
 
 
 class TooManyFailures(NomanError):

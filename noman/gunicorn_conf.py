@@ -12,7 +12,8 @@ import tempfile
 bind = os.environ.get("NOMAN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("NOMAN_WORKERS", "2"))
 # Threads let a worker answer health checks while another request waits on
-# Consul or Nomad; background deployment watches run in the workers too.
+# Consul or Nomad. Each worker also runs one reconciler thread; one of them
+# (in one instance of the cluster) holds the leader lock and does the work.
 worker_class = "gthread"
 threads = 4
 # Every Consul and Nomad call has its own few-second timeout, so a request
@@ -46,12 +47,24 @@ limit_request_fields = 100
 control_socket_disable = True
 
 
-def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Give outcome reports in flight a few seconds to be sent before a worker goes."""
+def _components(worker):  # type: ignore[no-untyped-def]
     app = getattr(worker, "wsgi", None)
-    reporter = getattr(app, "extensions", {}).get("noman.reporter")
-    if reporter is not None:
-        reporter.wait(5)
+    return getattr(app, "extensions", {}).get("noman")
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """Start the worker's reconciler thread (it leads only while it holds the lock)."""
+    parts = _components(worker)  # type: ignore[no-untyped-call]
+    if parts is not None:
+        parts.reconciler.start()
+
+
+def worker_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Stop the reconciler (giving up the lock) and let refusal reports finish."""
+    parts = _components(worker)  # type: ignore[no-untyped-call]
+    if parts is not None:
+        parts.reconciler.stop(timeout=8)
+        parts.reporter.wait(5)
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

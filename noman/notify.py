@@ -1,8 +1,12 @@
-"""Reporting outcomes after the answer: DockerHub's callback, webhooks, Slack, logs.
+"""Reporting outcomes: DockerHub's callback, webhooks, Slack, logs.
 
-Nothing here runs on the request path: each report runs in a daemon
-thread (a rolling deploy first waits for its Nomad deployment to end), is
-retried with exponential backoff, and can never fail the deploy itself.
+Outcome reports are fed by record transitions: a deploy's transaction (restart
+strategy) or the reconciler (rolling) puts a report in the service's record,
+and the elected reconciler calls ``deliver`` and then removes it. Each report
+carries an ``event_id`` (service:tag:state), so a report repeated after a
+failover can be dropped by its receiver. Refused hooks are reported from the
+request, in a short-lived thread. Every send is retried with exponential
+backoff and can never fail the deploy itself.
 DockerHub callbacks only ever go to DockerHub's own hosts, because the URL
 comes from the payload and must not make Noman call anything else.
 """
@@ -42,11 +46,15 @@ class Report:
     key: str | None = None
     previous: str | None = None
     deployment: dict[str, Any] | None = None
+    event_id: str | None = None
+    state: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The generic webhook body."""
         return {
             "event": "deploy",
+            "event_id": self.event_id,
+            "state": self.state,
             "status": "success" if self.success else "failure",
             "service": self.service,
             "tag": self.tag,
@@ -76,20 +84,64 @@ class Reporter:
     def __init__(
         self,
         settings: Settings,
-        nomad: Any = None,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self.nomad = nomad
         self.session = session or requests.Session()
         self._sleep = sleep
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def succeeded(self, service: Service, release: Release | None, outcome: Outcome) -> None:
-        """Report a deploy the store confirmed; rolling ones after their deployment ends."""
-        self._spawn(self._report_success, service, release, outcome)
+    def deliver(self, data: dict[str, Any]) -> None:
+        """Send one report taken from a record (see ``deploy.report``); blocks until done."""
+        success = bool(data.get("success"))
+        report = Report(
+            service=str(data.get("service")),
+            tag=data.get("tag"),
+            success=success,
+            description=str(data.get("description") or ""),
+            key=data.get("key"),
+            previous=data.get("previous"),
+            deployment=data.get("deployment"),
+            event_id=data.get("event_id"),
+            state=data.get("state"),
+        )
+        outcome = "success" if success else "failure"
+        metrics.DEPLOYS.labels(report.service, outcome).inc()
+        log.log(
+            logging.INFO if success else logging.ERROR,
+            "deploy finished",
+            extra={
+                "fields": {
+                    "service": report.service,
+                    "tag": report.tag,
+                    "outcome": outcome,
+                    "state": report.state,
+                    "event_id": report.event_id,
+                    "deployment": report.deployment,
+                    "reason": report.description,
+                }
+            },
+        )
+        callback = data.get("callback_url")
+        if isinstance(callback, str) and callback:
+            self._dockerhub_callback(callback, "success" if success else "failure", report)
+        for target in self.settings.notify.targets:
+            if outcome in target.on:
+                self._notify(target, report)
+
+    def unchanged(self, service: Service, release: Release, outcome: Outcome) -> None:
+        """A push of the tag already deployed: only DockerHub's callback wants to know."""
+        if release.callback_url:
+            report = Report(
+                service.name,
+                outcome.tag,
+                True,
+                f"{outcome.tag} was already deployed",
+                key=outcome.key,
+            )
+            self._spawn(self._send_all, report, release, False, "success")
 
     def failed(self, service: Service, release: Release | None, error: NomanError) -> None:
         """Report a refused or failed hook call."""
@@ -126,48 +178,6 @@ class Reporter:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
-
-    def _report_success(self, service: Service, release: Release | None, outcome: Outcome) -> None:
-        deployment = None
-        if outcome.rollout is not None and self.nomad is not None:
-            deployment = self.nomad.watch(service, outcome.rollout)
-            success = deployment.get("status") == "successful"
-            description = (
-                f"Nomad deployment of {outcome.rollout.job} v{outcome.rollout.version}: "
-                f"{deployment.get('status')} ({deployment.get('description') or 'no detail'})"
-            )
-        else:
-            success = True
-            description = (
-                f"{outcome.tag} written to {outcome.key}"
-                if outcome.changed
-                else f"{outcome.tag} was already deployed"
-            )
-        report = Report(
-            service.name,
-            outcome.tag,
-            success,
-            description,
-            key=outcome.key,
-            previous=outcome.previous,
-            deployment=deployment,
-        )
-        metrics.DEPLOYS.labels(service.name, "success" if success else "failure").inc()
-        level = logging.INFO if success else logging.ERROR
-        log.log(
-            level,
-            "deploy finished",
-            extra={
-                "fields": {
-                    "service": service.name,
-                    "tag": outcome.tag,
-                    "outcome": "success" if success else "failure",
-                    "deployment": deployment,
-                    "reason": description,
-                }
-            },
-        )
-        self._send_all(report, release, True, "success" if success else "failure")
 
     def _send_all(self, report: Report, release: Release | None, notify: bool, state: str) -> None:
         if release is not None and release.callback_url:

@@ -42,6 +42,16 @@ class Outcome:
     changed: bool
     rollout: Rollout | None = None
     duplicate_delivery: bool = False
+    # Set while Nomad has not accepted the job version yet: the reason code.
+    # The deploy is durable all the same; the reconciler carries it on.
+    pending: str | None = None
+    # Rollout state when it is neither accepted nor pending (e.g. "cancelled").
+    state: str | None = None
+
+    @property
+    def status(self) -> int:
+        """200 when done (or accepted by Nomad), 202 while the rollout is still pending."""
+        return 202 if self.pending is not None or self.state is not None else 200
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON answer of a successful hook call."""
@@ -54,6 +64,8 @@ class Outcome:
         }
         if self.duplicate_delivery:
             body["duplicate_delivery"] = True
+        if self.pending is not None or self.state is not None:
+            body["rollout"] = {"state": self.state or "pending", "reason": self.pending}
         if self.rollout is not None:
             body["deployment"] = {
                 "job": self.rollout.job,

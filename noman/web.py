@@ -7,6 +7,7 @@ Every failure, Flask's own 404/405 included, leaves as the JSON error shape.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -15,12 +16,12 @@ from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
 from noman import auth, errors, metrics
-from noman.config import Service, Settings
-from noman.deploy import Deployer
+from noman.config import Service
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
 from noman.release import Release
-from noman.senders import read_release
+from noman.senders import parse_json, read_release
+from noman.wiring import components
 
 bp = Blueprint("noman", __name__)
 log = logging.getLogger("noman.hooks")
@@ -36,25 +37,96 @@ _HTTP_ERRORS: dict[int, type[NomanError]] = {
 
 # No automatic OPTIONS answers: hook routes take POST and nothing else.
 @bp.post("/hooks/<secret>", provide_automatic_options=False)
-def hook(secret: str) -> Response:
+def hook(secret: str) -> tuple[Response, int]:
     """Deploy the pushed tag to the service this secret belongs to."""
     return _handle_hook(secret)
 
 
 @bp.post("/hooks", provide_automatic_options=False)
-def hook_bearer() -> Response:
+def hook_bearer() -> tuple[Response, int]:
     """The same, with the secret in ``Authorization: Bearer`` (out of access logs)."""
     return _handle_hook(_bearer_secret())
 
 
+@bp.get("/hooks/<secret>/status", provide_automatic_options=False)
 @bp.get("/hooks/<secret>/deployment", provide_automatic_options=False)
-def deployment(secret: str) -> Response:
-    """The latest Nomad deployment of a rolling service."""
+def status(secret: str) -> Response:
+    """Desired and running tag, frozen flag, rollout and history (``/deployment``: alias)."""
+    return jsonify(components(current_app).deployer.status(_service_for(secret)))
+
+
+@bp.get("/hooks/status", provide_automatic_options=False)
+def status_bearer() -> Response:
+    """The same, with the secret in ``Authorization: Bearer``."""
+    return jsonify(components(current_app).deployer.status(_service_for(_bearer_secret())))
+
+
+@bp.post("/hooks/<secret>/rollback", provide_automatic_options=False)
+def rollback(secret: str) -> tuple[Response, int]:
+    """Deploy an earlier tag: the body's ``tag``, else the last good one before the current."""
+    return _rollback(secret)
+
+
+@bp.post("/hooks/rollback", provide_automatic_options=False)
+def rollback_bearer() -> tuple[Response, int]:
+    """The same, with the secret in ``Authorization: Bearer``."""
+    return _rollback(_bearer_secret())
+
+
+@bp.post("/hooks/<secret>/freeze", provide_automatic_options=False)
+def freeze(secret: str) -> Response:
+    """Refuse deploys of this service (423) until it is unfrozen; rollbacks still work."""
+    return _set_frozen(secret, True)
+
+
+@bp.post("/hooks/freeze", provide_automatic_options=False)
+def freeze_bearer() -> Response:
+    """The same, with the secret in ``Authorization: Bearer``."""
+    return _set_frozen(_bearer_secret(), True)
+
+
+@bp.post("/hooks/<secret>/unfreeze", provide_automatic_options=False)
+def unfreeze(secret: str) -> Response:
+    """Accept deploys again."""
+    return _set_frozen(secret, False)
+
+
+@bp.post("/hooks/unfreeze", provide_automatic_options=False)
+def unfreeze_bearer() -> Response:
+    """The same, with the secret in ``Authorization: Bearer``."""
+    return _set_frozen(_bearer_secret(), False)
+
+
+def _rollback(secret: str) -> tuple[Response, int]:
     service = _service_for(secret)
-    if service.strategy != "rolling":
-        raise errors.NotRolling()
-    state = current_app.extensions["noman.nomad"].deployment_status(service)
-    return jsonify({"service": service.name, "deployment": state})
+    tag = None
+    if request.content_length or request.headers.get("Transfer-Encoding"):
+        data = parse_json(_read_json_body())
+        tag = data.get("tag")
+        if tag is not None and not isinstance(tag, str):
+            raise errors.InvalidPayload('"tag" must be a string.')
+    outcome = components(current_app).deployer.rollback(
+        service, tag, sender="api", request_id=_request_id()
+    )
+    log.info(
+        "rollback",
+        extra={"fields": {"service": service.name, "tag": outcome.tag, "outcome": "rollback"}},
+    )
+    return jsonify(outcome.as_dict()), outcome.status
+
+
+def _set_frozen(secret: str, frozen: bool) -> Response:
+    service = _service_for(secret)
+    return jsonify(components(current_app).deployer.set_frozen(service, frozen, sender="api"))
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id() -> str | None:
+    """The caller's ``X-Request-Id`` when it is a plain token (it lands in history)."""
+    value = request.headers.get("X-Request-Id", "")
+    return value if _REQUEST_ID.fullmatch(value) else None
 
 
 @bp.get("/metrics")
@@ -73,18 +145,18 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Ready: Consul has a leader and lets Noman's token read every service's key."""
-    settings: Settings = current_app.extensions["noman.settings"]
+    parts = components(current_app)
     try:
-        store = current_app.extensions["noman.store"].check_ready()
-        for service in settings.services:
-            current_app.extensions["noman.store"].read(service.key)
+        store = parts.store.check_ready()
+        for service in parts.settings.services:
+            parts.store.read(service.key)
     except NomanError as exc:
         body = {"status": "unavailable", "error": exc.code, "message": exc.message}
         return jsonify(body), 503
     return jsonify({"status": "ready", "store": store}), 200
 
 
-def _handle_hook(secret: str) -> Response:
+def _handle_hook(secret: str) -> tuple[Response, int]:
     started = time.monotonic()
     fields: dict[str, Any] = {"service": None, "tag": None}
     service: Service | None = None
@@ -96,22 +168,25 @@ def _handle_hook(secret: str) -> Response:
         release = read_release(service, headers, _read_json_body())
         if release is None:  # GitHub's ping when the webhook is created
             _log_hook(fields, "ping", 200, started)
-            return jsonify({"service": service.name, "event": "ping"})
+            return jsonify({"service": service.name, "event": "ping"}), 200
         fields["tag"] = release.tag[:140]
         fields["sender"] = release.sender
-        outcome = _deployer().deploy(service, release)
+        outcome = components(current_app).deployer.deploy(service, release, _request_id())
     except Exception as exc:
         # Unexpected errors too get their hook line, metric and report; the
         # handler below logs the traceback.
         error = exc if isinstance(exc, NomanError) else errors.NomanError()
         _log_hook(fields, error.code, error.status, started, error.message)
         if service is not None:
-            current_app.extensions["noman.reporter"].failed(service, release, error)
+            components(current_app).reporter.failed(service, release, error)
         raise
     result = "deployed" if outcome.changed else "unchanged"
-    _log_hook(fields, result, 200, started)
-    current_app.extensions["noman.reporter"].succeeded(service, release, outcome)
-    return jsonify(outcome.as_dict())
+    if outcome.status == 202:
+        result = "pending"
+    _log_hook(fields, result, outcome.status, started)
+    if not outcome.changed:
+        components(current_app).reporter.unchanged(service, release, outcome)
+    return jsonify(outcome.as_dict()), outcome.status
 
 
 def _log_hook(
@@ -129,7 +204,7 @@ def _log_hook(
 
 
 def _service_for(secret: str) -> Service:
-    settings: Settings = current_app.extensions["noman.settings"]
+    settings = components(current_app).settings
     limiter: FailureLimiter | None = current_app.extensions["noman.limiter"]
     address = request.remote_addr or "unknown"
     if limiter is not None:
@@ -158,7 +233,7 @@ def _read_json_body() -> bytes:
         mimetype.startswith("application/") and mimetype.endswith("+json")
     ):
         raise errors.UnsupportedMediaType()
-    limit: int = current_app.extensions["noman.settings"].max_body_bytes
+    limit = components(current_app).settings.max_body_bytes
     too_large = errors.PayloadTooLarge(f"The body is over {limit} bytes.")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
@@ -166,11 +241,6 @@ def _read_json_body() -> bytes:
     if len(body) > limit:
         raise too_large
     return body
-
-
-def _deployer() -> Deployer:
-    deployer: Deployer = current_app.extensions["noman.deployer"]
-    return deployer
 
 
 def register_error_handlers(app: Flask) -> None:

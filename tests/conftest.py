@@ -21,6 +21,8 @@ import requests
 
 from noman import create_app
 from noman.config import Settings, parse_settings
+from noman.model import Record
+from noman.wiring import components
 from tests.fakes.consul import FakeConsul
 
 # Read before the autouse fixture below clears the environment for each test.
@@ -60,6 +62,26 @@ class ConsulHandle:
     def key(self, name: str) -> str:
         """A key name private to this test."""
         return f"{self.prefix}/{name}"
+
+    @property
+    def state_prefix(self) -> str:
+        """Noman's own folder for this test (outside the service keys' folder)."""
+        return f"{self.prefix}-noman/"
+
+    def record(self, service: str = "web") -> Record:
+        """The service's Noman record as stored."""
+        return Record.parse(self.get(f"{self.state_prefix}{service}")[0])
+
+    def folder(self, folder: str) -> list[str]:
+        """The keys directly in ``folder`` (what consul-template's ``ls`` lists)."""
+        answer = self.http.get(
+            f"{self.url}/v1/kv/{folder}/", params={"keys": "", "separator": "/"}, timeout=5
+        )
+        if answer.status_code == 404:
+            return []
+        answer.raise_for_status()
+        keys: list[str] = answer.json()
+        return keys
 
     def get(self, key: str) -> tuple[str | None, int]:
         """The key's value and ModifyIndex as Consul reports them (None, 0 if missing)."""
@@ -122,7 +144,8 @@ def settings_toml(consul: ConsulHandle, secret: str, extra: str = "", **service:
     lines = "\n".join(f"{name} = {_toml(value)}" for name, value in fields.items())
     token = f"token = {_toml(consul.token)}\n" if consul.token else ""
     return (
-        f'[consul]\naddress = "{consul.url}"\ntimeout = 1\n{token}\n'
+        f'[consul]\naddress = "{consul.url}"\ntimeout = 1\n{token}'
+        f'state_prefix = "{consul.state_prefix}"\n\n'
         f"[services.web]\n{lines}\n{extra}"
     )
 
@@ -165,7 +188,7 @@ def app(settings: Settings) -> Iterator[Any]:
     """The Noman app on the test's Consul."""
     app = create_app(settings)
     yield app
-    app.extensions["noman.reporter"].wait(5)
+    components(app).reporter.wait(5)
 
 
 @pytest.fixture

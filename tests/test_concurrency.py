@@ -8,6 +8,7 @@ from typing import Any
 
 from noman import create_app
 from noman.config import Settings
+from noman.wiring import components
 from tests.conftest import ConsulHandle
 
 OLDER = "release-20240101000000"
@@ -44,5 +45,5 @@ def test_newer_tag_always_wins(settings: Settings, consul: ConsulHandle, secret:
         # The older one either landed first (200) or saw the newer (409).
         assert results[OLDER] in (200, 409)
         statuses.append((results[OLDER], results[NEWER]))
-    app.extensions["noman.reporter"].wait(5)
+    components(app).reporter.wait(5)
     assert len(statuses) == ROUNDS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -106,6 +107,8 @@ def test_consul_token_from_the_environment(secret: str) -> None:
 
 MOCK_URL = "http://consul.invalid:8500"
 KV = f"{MOCK_URL}/v1/kv/configs/web/IMAGE_TAG"
+TXN = f"{MOCK_URL}/v1/txn"
+RECORD = re.compile(r".*/v1/kv/noman-test/[0-9a-f]+-noman/web$")
 
 
 @pytest.fixture
@@ -155,6 +158,11 @@ def test_consul_error_shapes_on_read(
     ("response", "status", "code"),
     [
         ({"status_code": 403, "text": "Permission denied"}, 502, "consul_forbidden"),
+        (
+            {"status_code": 409, "json": {"Errors": [{"OpIndex": 0, "What": "Permission denied"}]}},
+            502,
+            "consul_forbidden",
+        ),
         ({"status_code": 500, "text": "internal error"}, 503, "consul_unavailable"),
         ({"exc": requests.exceptions.ReadTimeout}, 503, "consul_unavailable"),
     ],
@@ -164,23 +172,29 @@ def test_consul_error_shapes_on_write(
 ) -> None:
     mock, client = mocked
     mock.get(KV, status_code=404, headers={"X-Consul-Index": "7"})
-    mock.put(KV, **response)
+    mock.get(RECORD, status_code=404, headers={"X-Consul-Index": "7"})
+    mock.put(TXN, **response)
     answer = hook(client, secret)
     assert answer.status_code == status
     assert answer.json["error"] == code
+    # One transaction, never a blind retry, never a compensating write.
+    assert len([r for r in mock.request_history if r.method == "PUT"]) == 1
 
 
 def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> None:
     mock, client = mocked
     mock.get(KV, status_code=404, headers={"X-Consul-Index": "7"})
-    mock.put(KV, text="false")
+    mock.get(RECORD, status_code=404, headers={"X-Consul-Index": "7"})
+    stale = {"OpIndex": 0, "What": 'failed to set key "configs/web/IMAGE_TAG", index is stale'}
+    mock.put(TXN, status_code=409, json={"Results": None, "Errors": [stale]})
     answer = hook(client, secret)
     assert answer.status_code == 503
     assert answer.json["error"] == "write_conflict"
     assert "Retry-After" in answer.headers
     puts = [r for r in mock.request_history if r.method == "PUT"]
     assert len(puts) == 8  # consul.cas_retries' default
-    assert all(r.qs["cas"] == ["0"] for r in puts)
+    assert all([op["KV"]["Verb"] for op in r.json()] == ["cas", "cas"] for r in puts)
+    assert all(op["KV"]["Index"] == 0 for r in puts for op in r.json())
 
 
 def test_sample_tag_constant_is_a_valid_release() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from noman.errors import (
     WriteConflict,
 )
 from noman.release import Release, Rollout
-from noman.stores import Entry
+from noman.stores import Entry, Write
 from noman.stores.file import FileStore
 
 SERVICE = Service(
@@ -104,14 +106,15 @@ class RacingStore(FileStore):
         self.intruder_tag = intruder_tag
         self.writes = 0
 
-    def write(self, key: str, value: str, index: int) -> bool:
+    def transact(self, writes: Sequence[Write]) -> bool:
         self.writes += 1
         if self.races:
             self.races -= 1
+            key = writes[0].key
             current = super().read(key)
             super().write(key, f"{self.intruder_tag}", current.modify_index)
             self.intruder_tag = self.intruder_tag[:-1] + str(int(self.intruder_tag[-1]) + 1)
-        return super().write(key, value, index)
+        return super().transact(writes)
 
 
 def test_lost_race_decides_again_and_wins_when_newer() -> None:
@@ -161,55 +164,65 @@ class FakeJobs:
     def __init__(self, tag: str | None = None, fail: Exception | None = None) -> None:
         self.tag = tag
         self.index = 10
+        self.version = 3
         self.fail = fail
         self.registered: list[str] = []
 
     def read(self, service: Service) -> JobState:
         if self.fail:
             raise self.fail
-        return JobState(self.tag, {"Version": 3}, self.index)
+        return JobState(self.tag, {"Version": self.version}, self.index)
 
     def register(self, service: Service, state: JobState, tag: str) -> Rollout | None:
+        if self.fail:
+            raise self.fail
         if state.modify_index != self.index:
             return None
         self.registered.append(tag)
-        self.tag, self.index = tag, self.index + 1
-        return Rollout(job="web", version=4, eval_id="e1")
+        self.tag, self.index, self.version = tag, self.index + 1, self.version + 1
+        return Rollout(job="web", version=self.version, eval_id="e1")
+
+    def follow(
+        self, service: Service, version: int, deployment_id: str | None, index: int, wait: float
+    ) -> tuple[dict[str, Any] | None, int]:
+        return {"id": "d1", "version": version, "status": "successful", "description": ""}, 1
 
 
 def test_rolling_writes_consul_then_registers_the_job() -> None:
     store, jobs = FileStore(), FakeJobs("release-20230101000000")
     outcome = Deployer(store, jobs).deploy(ROLLING, release("release-20240101000000"))
     assert outcome.rollout == Rollout(job="web", version=4, eval_id="e1")
+    assert outcome.status == 200
     assert jobs.registered == ["release-20240101000000"]
     assert store.read("web/IMAGE_TAG").value == "release-20240101000000"
 
 
-def test_rolling_failure_restores_the_key() -> None:
+def test_nomad_down_keeps_the_desired_tag_and_answers_pending() -> None:
+    """No compensating write: the deploy is durable, the rollout pending with a reason."""
     store = FileStore()
     store.write("web/IMAGE_TAG", "release-20230101000000", 0)
     jobs = FakeJobs(fail=NomadUnavailable())
-    with pytest.raises(NomadUnavailable):
-        Deployer(store, jobs).deploy(ROLLING, release("release-20240101000000"))
-    assert store.read("web/IMAGE_TAG").value == "release-20230101000000"
+    deployer = Deployer(store, jobs)
+    outcome = deployer.deploy(ROLLING, release("release-20240101000000"))
+    assert (outcome.status, outcome.as_dict()["rollout"]) == (
+        202,
+        {"state": "pending", "reason": "nomad_unavailable"},
+    )
+    assert store.read("web/IMAGE_TAG").value == "release-20240101000000"
+    status = deployer.status(ROLLING)
+    assert status["rollout"]["state"] == "pending"
+    assert status["rollout"]["reason"] == "nomad_unavailable"
+    assert status["rollout"]["attempts"] == 1
+    assert status["history"][0]["outcome"] == "pending"
 
 
-def test_rolling_failure_on_a_new_key_deletes_it() -> None:
+def test_the_same_tag_again_is_unchanged_and_still_pending() -> None:
     store = FileStore()
-    with pytest.raises(NomadUnavailable):
-        Deployer(store, FakeJobs(fail=NomadUnavailable())).deploy(
-            ROLLING, release("release-20240101000000")
-        )
-    assert store.read("web/IMAGE_TAG") == Entry(None, 0)
-
-
-def test_rolling_retry_completes_a_half_deploy() -> None:
-    """Consul already has the tag (restore failed earlier); the job does not: roll it."""
-    store, jobs = FileStore(), FakeJobs("release-20230101000000")
-    store.write("web/IMAGE_TAG", "release-20240101000000", 0)
-    outcome = Deployer(store, jobs).deploy(ROLLING, release("release-20240101000000"))
-    assert outcome.changed is True
-    assert jobs.registered == ["release-20240101000000"]
+    jobs = FakeJobs(fail=NomadUnavailable())
+    deployer = Deployer(store, jobs)
+    deployer.deploy(ROLLING, release("release-20240101000000"))
+    again = deployer.deploy(ROLLING, release("release-20240101000000"))
+    assert (again.changed, again.status, again.pending) == (False, 202, "nomad_unavailable")
 
 
 def test_rolling_same_tag_everywhere_is_a_no_op() -> None:

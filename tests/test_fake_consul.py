@@ -20,9 +20,15 @@ from typing import Any
 import consul
 import pytest
 import requests
-from consul.exceptions import ClientError
+from consul.exceptions import ClientError, NotFound
 
-from tests.fakes.consul import ANONYMOUS_ACCESSOR_ID, MAX_VALUE_SIZE, FakeConsul, parse_duration
+from tests.fakes.consul import (
+    ANONYMOUS_ACCESSOR_ID,
+    MAX_VALUE_SIZE,
+    FakeClock,
+    FakeConsul,
+    parse_duration,
+)
 
 TOKEN = "4a1c5e1e-noman-test-token"
 TIMEOUT = 5
@@ -32,6 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def fake() -> Iterator[FakeConsul]:
     with FakeConsul() as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked(clock: FakeClock) -> Iterator[FakeConsul]:
+    """A fake whose session TTLs and lock-delays follow a manual clock."""
+    with FakeConsul(clock=clock) as server:
         yield server
 
 
@@ -791,8 +809,8 @@ def test_unknown_endpoints_and_methods(fake: FakeConsul) -> None:
     assert unknown.status_code == 404
     assert unknown.headers["Content-Type"].startswith("text/plain")
     assert kv(fake, "noman/web", "POST", data=b"v1").status_code == 405
-    response = requests.get(f"{fake.url}/v1/kv/noman/web?dc=dc9", timeout=TIMEOUT)
-    assert response.status_code == 404  # dc is accepted and ignored
+    response = requests.get(f"{fake.url}/v1/kv/noman/web?dc=dc1", timeout=TIMEOUT)
+    assert response.status_code == 404  # the fake's own datacenter is served
 
 
 def test_bad_cas_or_flags_are_500_like_consul(fake: FakeConsul) -> None:
@@ -902,6 +920,441 @@ def test_py_consul_with_a_token_in_acl_mode(acl_fake: FakeConsul) -> None:
     client.http.session.headers["X-Consul-Token"] = TOKEN
     assert client.txn.put(ops)["Errors"] is None
     assert acl_fake.value("noman/api") == b"v1"
+
+
+# ---- item 16: sessions, locks, lock-delay, TTL expiry ------------------------------------------
+
+
+def create_session(fake: FakeConsul, **body: Any) -> str:
+    """PUT /v1/session/create with ``body``; returns the new session's ID."""
+    response = requests.put(f"{fake.url}/v1/session/create", json=body, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    session_id: str = response.json()["ID"]
+    return session_id
+
+
+def session_call(fake: FakeConsul, action: str, session_id: str) -> requests.Response:
+    method = "GET" if action == "info" else "PUT"
+    url = f"{fake.url}/v1/session/{action}/{session_id}"
+    return requests.request(method, url, timeout=TIMEOUT)
+
+
+def acquire(fake: FakeConsul, key: str, session: str, value: bytes = b"") -> Any:
+    response = kv(fake, key, "PUT", data=value, params={"acquire": session})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def release(fake: FakeConsul, key: str, session: str, value: bytes = b"") -> Any:
+    response = kv(fake, key, "PUT", data=value, params={"release": session})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def read(fake: FakeConsul, key: str) -> dict[str, Any]:
+    response = kv(fake, key)
+    assert response.status_code == 200, response.text
+    entry: dict[str, Any] = response.json()[0]
+    return entry
+
+
+def test_item_16_session_create_defaults_info_and_list(fake: FakeConsul) -> None:
+    bare = requests.put(f"{fake.url}/v1/session/create", timeout=TIMEOUT)
+    assert bare.status_code == 200
+    session_id = bare.json()["ID"]
+    info = session_call(fake, "info", session_id)
+    assert info.status_code == 200
+    assert int(info.headers["X-Consul-Index"]) >= 1
+    [session] = info.json()
+    assert session["ID"] == session_id
+    assert session["Behavior"] == "release"
+    assert session["LockDelay"] == 15_000_000_000  # Consul's default, in nanoseconds
+    assert session["TTL"] == ""
+    assert session["Node"] == fake.node_name
+    assert session["NodeChecks"] == ["serfHealth"]
+    assert session["CreateIndex"] == session["ModifyIndex"] >= 1
+    named = create_session(fake, Name="noman-leader", TTL="15s", LockDelay="1s", Behavior="delete")
+    listed = requests.get(f"{fake.url}/v1/session/list", timeout=TIMEOUT).json()
+    assert [one["ID"] for one in listed] == [session_id, named]
+    assert listed[1] | {"ID": "x", "CreateIndex": 0, "ModifyIndex": 0} == {
+        "ID": "x",
+        "Name": "noman-leader",
+        "Node": fake.node_name,
+        "LockDelay": 1_000_000_000,
+        "Behavior": "delete",
+        "TTL": "15s",
+        "NodeChecks": ["serfHealth"],
+        "ServiceChecks": None,
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+    }
+    assert fake.session(named) == listed[1]
+    assert session_call(fake, "info", "4a1c5e1e-0000-0000-0000-000000000000").json() == []
+
+
+@pytest.mark.parametrize(
+    ("lock_delay", "nanoseconds"),
+    [("1s", 10**9), ("0s", 0), ("250ms", 250_000_000), (5, 5 * 10**9), (2 * 10**9, 2 * 10**9)],
+    ids=["1s", "0s", "250ms", "bare-seconds", "bare-nanoseconds"],
+)
+def test_item_16_lock_delay_takes_durations_seconds_or_nanoseconds(
+    fake: FakeConsul, lock_delay: str | int, nanoseconds: int
+) -> None:
+    session_id = create_session(fake, LockDelay=lock_delay)
+    assert fake.session(session_id)["LockDelay"] == nanoseconds  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        ({"TTL": "5s"}, 500, "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]"),
+        (
+            {"TTL": "86401s"},
+            500,
+            "Invalid Session TTL '86401000000000', must be between [10s=24h0m0s]",
+        ),
+        ({"TTL": "soon"}, 500, "Session TTL 'soon' invalid: time: invalid duration \"soon\""),
+        ({"Behavior": "explode"}, 500, "Invalid Behavior setting 'explode'"),
+        ({"LockDelay": "later"}, 400, 'Request decode failed: time: invalid duration "later"'),
+        ({"Node": "elsewhere"}, 500, "Missing node registration"),
+    ],
+    ids=["ttl-too-short", "ttl-too-long", "ttl-not-a-duration", "behavior", "lock-delay", "node"],
+)
+def test_item_16_session_create_refusals(
+    fake: FakeConsul, body: dict[str, Any], status: int, text: str
+) -> None:
+    response = requests.put(f"{fake.url}/v1/session/create", json=body, timeout=TIMEOUT)
+    assert (response.status_code, response.text) == (status, text)
+    assert fake.sessions() == []
+
+
+def test_item_16_ttl_bounds_are_inclusive(fake: FakeConsul) -> None:
+    create_session(fake, TTL="10s")
+    create_session(fake, TTL="24h")
+    assert [one["TTL"] for one in fake.sessions()] == ["10s", "24h"]
+
+
+def test_item_16_renew_destroy_and_the_404_after(fake: FakeConsul) -> None:
+    session_id = create_session(fake, TTL="15s")
+    renewed = session_call(fake, "renew", session_id)
+    assert renewed.status_code == 200
+    assert [one["ID"] for one in renewed.json()] == [session_id]
+    destroyed = session_call(fake, "destroy", session_id)
+    assert (destroyed.status_code, destroyed.json()) == (200, True)
+    gone = session_call(fake, "renew", session_id)
+    assert (gone.status_code, gone.text) == (404, f"Session id '{session_id}' not found")
+    assert session_call(fake, "info", session_id).json() == []
+    assert session_call(fake, "destroy", session_id).json() is True  # again: still true
+    assert requests.get(f"{fake.url}/v1/session/create", timeout=TIMEOUT).status_code == 405
+
+
+def test_item_16_acquire_and_release_follow_consul(fake: FakeConsul) -> None:
+    first, second = create_session(fake), create_session(fake)
+    assert acquire(fake, "noman/leader", first, b"instance-a") is True
+    entry = read(fake, "noman/leader")
+    assert (entry["Session"], entry["LockIndex"]) == (first, 1)
+    assert base64.b64decode(entry["Value"]) == b"instance-a"
+    # Another session cannot take it; the value stays.
+    assert acquire(fake, "noman/leader", second, b"instance-b") is False
+    assert read(fake, "noman/leader")["Session"] == first
+    assert fake.value("noman/leader") == b"instance-a"
+    # The holder may acquire again: no new lock, LockIndex unchanged, the body is written.
+    assert acquire(fake, "noman/leader", first, b"instance-a2") is True
+    assert read(fake, "noman/leader")["LockIndex"] == 1
+    assert fake.value("noman/leader") == b"instance-a2"
+    # A plain write keeps the lock.
+    assert kv(fake, "noman/leader", "PUT", data=b"plain").json() is True
+    assert read(fake, "noman/leader")["Session"] == first
+    # Only the holder releases; the release body becomes the value; Session disappears.
+    assert release(fake, "noman/leader", second) is False
+    before = read(fake, "noman/leader")["ModifyIndex"]
+    assert release(fake, "noman/leader", first, b"free") is True
+    entry = read(fake, "noman/leader")
+    assert "Session" not in entry
+    assert entry["LockIndex"] == 1
+    assert entry["ModifyIndex"] > before
+    assert fake.value("noman/leader") == b"free"
+    # A plain release starts no lock-delay: the other session gets it at once, a new lock.
+    assert acquire(fake, "noman/leader", second) is True
+    assert read(fake, "noman/leader")["LockIndex"] == 2
+    assert fake.entry("noman/leader")["Session"] == second  # type: ignore[index]
+
+
+def test_item_16_acquire_with_an_unknown_or_missing_session_is_500(fake: FakeConsul) -> None:
+    unknown = kv(fake, "noman/leader", "PUT", params={"acquire": "nope"})
+    assert (unknown.status_code, unknown.text) == (500, 'invalid session "nope"')
+    missing = kv(fake, "noman/leader", "PUT", params={"acquire": ""})
+    assert (missing.status_code, missing.text) == (500, "missing session")
+    assert fake.value("noman/leader") is None
+    assert release(fake, "noman/leader", "nope") is False  # release checks only the holder
+    conflict = kv(fake, "noman/leader", "PUT", params={"acquire": "a", "cas": "0"})
+    assert conflict.status_code == 400
+
+
+def test_item_16_ttl_expiry_releases_the_lock_at_exactly_the_ttl(
+    clocked: FakeConsul, clock: FakeClock
+) -> None:
+    session_id = create_session(clocked, TTL="15s", LockDelay="0s")
+    assert acquire(clocked, "noman/leader", session_id) is True
+    clock.advance(10)
+    assert session_call(clocked, "renew", session_id).status_code == 200  # TTL starts again
+    clock.advance(14.9)
+    assert read(clocked, "noman/leader")["Session"] == session_id
+    clock.advance(0.1)
+    assert "Session" not in read(clocked, "noman/leader")
+    assert clocked.value("noman/leader") == b""  # release behaviour keeps the key
+    assert session_call(clocked, "renew", session_id).status_code == 404
+    assert clocked.session(session_id) is None
+
+
+def test_item_16_ttl_multiplier_models_consuls_grace_period(clock: FakeClock) -> None:
+    with FakeConsul(clock=clock, session_ttl_multiplier=2) as fake:
+        session_id = create_session(fake, TTL="10s")
+        clock.advance(19.9)
+        assert fake.session(session_id) is not None
+        clock.advance(0.1)
+        assert fake.session(session_id) is None
+
+
+def test_item_16_delete_behaviour_deletes_the_held_keys(
+    clocked: FakeConsul, clock: FakeClock
+) -> None:
+    session_id = create_session(clocked, TTL="10s", Behavior="delete")
+    other = create_session(clocked)
+    assert acquire(clocked, "noman/leader", session_id, b"a") is True
+    assert acquire(clocked, "noman/other", other, b"b") is True
+    clock.advance(10)
+    assert kv(clocked, "noman/leader").status_code == 404
+    assert read(clocked, "noman/other")["Session"] == other  # another session's lock stays
+
+
+def test_item_16_lock_delay_blocks_every_session_after_invalidation(
+    clocked: FakeConsul, clock: FakeClock
+) -> None:
+    holder = create_session(clocked, LockDelay="5s")
+    successor = create_session(clocked)
+    assert acquire(clocked, "noman/leader", holder) is True
+    assert session_call(clocked, "destroy", holder).json() is True
+    assert "Session" not in read(clocked, "noman/leader")
+    assert clocked.lock_delay("noman/leader") == 5
+    assert acquire(clocked, "noman/leader", successor) is False
+    clock.advance(4.9)
+    assert acquire(clocked, "noman/leader", successor) is False
+    clock.advance(0.1)
+    assert acquire(clocked, "noman/leader", successor) is True
+    assert read(clocked, "noman/leader")["LockIndex"] == 2
+
+
+def test_item_16_lock_delay_is_capped_at_sixty_seconds(
+    clocked: FakeConsul, clock: FakeClock
+) -> None:
+    holder = create_session(clocked, LockDelay="10m")
+    assert clocked.session(holder)["LockDelay"] == 600 * 10**9  # type: ignore[index]
+    assert acquire(clocked, "noman/leader", holder) is True
+    assert clocked.expire_session(holder) is True
+    assert clocked.expire_session(holder) is False
+    clock.advance(60)
+    assert acquire(clocked, "noman/leader", create_session(clocked)) is True
+
+
+def test_item_16_expiry_wakes_a_blocking_read_on_the_lock_key(
+    clocked: FakeConsul, clock: FakeClock
+) -> None:
+    session_id = create_session(clocked, TTL="15s")
+    assert acquire(clocked, "noman/leader", session_id) is True
+    index = read(clocked, "noman/leader")["ModifyIndex"]
+    answers: list[requests.Response] = []
+    reader = threading.Thread(
+        target=lambda: answers.append(
+            kv(clocked, "noman/leader", params={"index": index, "wait": "10s"})
+        )
+    )
+    reader.start()
+    clock.advance(15)
+    reader.join(timeout=5)
+    assert not reader.is_alive()
+    [answer] = answers
+    assert int(answer.headers["X-Consul-Index"]) > index
+    assert "Session" not in answer.json()[0]
+
+
+def test_item_16_on_the_wall_clock_expiry_wakes_blocked_readers_without_requests() -> None:
+    # 10 s (the shortest TTL) * 0.03: the session dies 0.3 s of wall time after its creation.
+    with FakeConsul(session_ttl_multiplier=0.03) as fake:
+        session_id = create_session(fake, TTL="10s", LockDelay="0s")
+        assert acquire(fake, "noman/leader", session_id) is True
+        index = read(fake, "noman/leader")["ModifyIndex"]
+        started = time.monotonic()
+        answer = kv(fake, "noman/leader", params={"index": index, "wait": "5s"})
+        assert time.monotonic() - started < 3
+        assert "Session" not in answer.json()[0]
+        assert fake.session(session_id) is None
+
+
+def test_item_16_expire_session_hook_releases_like_a_ttl(fake: FakeConsul) -> None:
+    session_id = create_session(fake, LockDelay="0s")
+    assert acquire(fake, "noman/leader", session_id) is True
+    assert fake.expire_session(session_id) is True
+    assert "Session" not in read(fake, "noman/leader")
+    assert session_call(fake, "info", session_id).json() == []
+
+
+def lock_op(verb: str, key: str, session: str, value: bytes = b"") -> dict[str, Any]:
+    return {"KV": {"Verb": verb, "Key": key, "Value": b64(value), "Session": session}}
+
+
+def test_item_16_txn_lock_unlock_and_check_session(fake: FakeConsul) -> None:
+    first, second = create_session(fake), create_session(fake)
+    locked = txn(fake, [lock_op("lock", "noman/leader", first, b"a")])
+    assert locked.status_code == 200, locked.text
+    [result] = locked.json()["Results"]
+    assert result["KV"]["Session"] == first
+    assert (result["KV"]["LockIndex"], result["KV"]["Value"]) == (1, None)
+    checked = txn(
+        fake,
+        [
+            {"KV": {"Verb": "check-session", "Key": "noman/leader", "Session": first}},
+            {"KV": {"Verb": "set", "Key": "noman/state", "Value": b64(b"s1")}},
+        ],
+    )
+    assert checked.status_code == 200
+    assert fake.value("noman/state") == b"s1"
+    stale = txn(
+        fake,
+        [
+            {"KV": {"Verb": "check-session", "Key": "noman/leader", "Session": second}},
+            {"KV": {"Verb": "set", "Key": "noman/state", "Value": b64(b"s2")}},
+        ],
+    )
+    assert stale.status_code == 409
+    assert stale.json()["Errors"] == [
+        {
+            "OpIndex": 0,
+            "What": f'failed session check for key "noman/leader", '
+            f'current session "{first}" != "{second}"',
+        }
+    ]
+    assert fake.value("noman/state") == b"s1"
+    held = txn(fake, [lock_op("lock", "noman/leader", second)])
+    assert held.json()["Errors"] == [
+        {"OpIndex": 0, "What": 'failed to lock key "noman/leader", lock is already held'}
+    ]
+    not_holder = txn(fake, [lock_op("unlock", "noman/leader", second)])
+    assert not_holder.json()["Errors"][0]["What"] == (
+        'failed to unlock key "noman/leader", lock isn\'t held, or is held by another session'
+    )
+    unlocked = txn(fake, [lock_op("unlock", "noman/leader", first, b"free")])
+    assert unlocked.status_code == 200
+    assert "Session" not in unlocked.json()["Results"][0]["KV"]
+    assert fake.value("noman/leader") == b"free"
+    unknown = txn(fake, [lock_op("lock", "noman/leader", "nope")])
+    assert unknown.json()["Errors"][0]["What"] == 'invalid session "nope"'
+    missing = txn(fake, [lock_op("lock", "noman/leader", "")])
+    assert missing.json()["Errors"][0]["What"] == "missing session"
+
+
+def test_item_16_txn_lock_respects_lock_delay(clocked: FakeConsul, clock: FakeClock) -> None:
+    holder = create_session(clocked, LockDelay="2s")
+    successor = create_session(clocked)
+    assert acquire(clocked, "noman/leader", holder) is True
+    clocked.expire_session(holder)
+    delayed = txn(clocked, [lock_op("lock", "noman/leader", successor)])
+    assert delayed.status_code == 409
+    assert delayed.json()["Errors"] == [
+        {"OpIndex": 0, "What": 'failed to lock key "noman/leader" due to lock delay'}
+    ]
+    clock.advance(2)
+    assert txn(clocked, [lock_op("lock", "noman/leader", successor)]).status_code == 200
+
+
+def test_item_16_txn_check_session_of_an_unlocked_key(fake: FakeConsul) -> None:
+    fake.set("noman/web", "v1")
+    ok = txn(fake, [{"KV": {"Verb": "check-session", "Key": "noman/web"}}])
+    assert ok.status_code == 200
+    missing = txn(fake, [{"KV": {"Verb": "check-session", "Key": "noman/none", "Session": "s"}}])
+    assert missing.json()["Errors"][0]["What"] == (
+        'failed to check session, key "noman/none" doesn\'t exist'
+    )
+
+
+def test_item_16_sessions_need_a_token_under_acls(acl_fake: FakeConsul) -> None:
+    denied_create = requests.put(f"{acl_fake.url}/v1/session/create", timeout=TIMEOUT)
+    assert denied_create.status_code == 403
+    assert denied_create.text.startswith("Permission denied")
+    headers = {"X-Consul-Token": TOKEN}
+    created = requests.put(f"{acl_fake.url}/v1/session/create", headers=headers, timeout=TIMEOUT)
+    session_id = created.json()["ID"]
+    anonymous = requests.get(f"{acl_fake.url}/v1/session/list", timeout=TIMEOUT)
+    assert anonymous.json() == []
+    listed = requests.get(f"{acl_fake.url}/v1/session/list", headers=headers, timeout=TIMEOUT)
+    assert [one["ID"] for one in listed.json()] == [session_id]
+
+
+@pytest.mark.usefixtures("no_consul_env")
+def test_item_16_py_consul_session_and_lock_round_trip(fake: FakeConsul) -> None:
+    client = consul.Consul(host="127.0.0.1", port=fake.port, connections_timeout=2)
+    session_id = client.session.create(name="noman", ttl=15, lock_delay=1, behavior="release")
+    assert client.kv.put("noman/leader", "me", acquire=session_id) is True
+    _, data = client.kv.get("noman/leader")
+    assert data["Session"] == session_id
+    assert client.session.renew(session_id)["ID"] == session_id
+    assert client.session.info(session_id)[1]["TTL"] == "15s"
+    assert client.session.destroy(session_id) is True
+    with pytest.raises(NotFound, match="not found"):
+        client.session.renew(session_id)
+    _, data = client.kv.get("noman/leader")
+    assert "Session" not in data
+
+
+# ---- datacenters and a leaderless cluster (issue 8) -------------------------------------------
+
+
+def test_an_unknown_datacenter_is_500_no_path_to_datacenter(fake: FakeConsul) -> None:
+    fake.set("noman/web", "v1")
+    for method, path in [
+        ("GET", "/v1/kv/noman/web"),
+        ("PUT", "/v1/kv/noman/web"),
+        ("PUT", "/v1/txn"),
+        ("PUT", "/v1/session/create"),
+    ]:
+        answer = requests.request(
+            method, f"{fake.url}{path}", params={"dc": "dc2"}, data=b"[]", timeout=TIMEOUT
+        )
+        assert (answer.status_code, answer.text) == (500, "No path to datacenter"), path
+    assert fake.value("noman/web") == b"v1"
+    assert kv(fake, "noman/web", params={"dc": "dc1"}).status_code == 200
+
+
+@pytest.mark.usefixtures("no_consul_env")
+def test_the_datacenter_is_configurable_and_py_consul_sends_it_on_every_request() -> None:
+    with FakeConsul(datacenter="eu-west") as fake:
+        client = consul.Consul(host="127.0.0.1", port=fake.port, dc="eu-west")
+        assert client.kv.put("noman/web", "v1") is True
+        assert client.kv.get("noman/web")[1]["Value"] == b"v1"
+        assert all(query.get("dc") == ["eu-west"] for _, _, query, _ in fake.requests)
+        wrong = consul.Consul(host="127.0.0.1", port=fake.port, dc="dc1")
+        with pytest.raises(consul.ConsulException, match="No path to datacenter"):
+            wrong.kv.get("noman/web")
+
+
+def test_a_leaderless_cluster_fails_reads_and_writes_with_no_cluster_leader(
+    fake: FakeConsul,
+) -> None:
+    fake.set("noman/web", "v1")
+    fake.set_leader(False)
+    assert requests.get(f"{fake.url}/v1/status/leader", timeout=TIMEOUT).json() == ""
+    read_answer = kv(fake, "noman/web")
+    assert (read_answer.status_code, read_answer.text) == (500, "No cluster leader")
+    assert kv(fake, "noman/web", "PUT", data=b"v2").status_code == 500
+    assert txn(fake, []).status_code == 500
+    assert requests.put(f"{fake.url}/v1/session/create", timeout=TIMEOUT).status_code == 500
+    stale = kv(fake, "noman/web", params={"stale": ""})  # a follower still serves stale reads
+    assert stale.status_code == 200
+    assert stale.headers["X-Consul-KnownLeader"] == "false"
+    assert fake.value("noman/web") == b"v1"
+    fake.set_leader(True)
+    assert requests.get(f"{fake.url}/v1/status/leader", timeout=TIMEOUT).json() == "127.0.0.1:8300"
+    assert kv(fake, "noman/web", "PUT", data=b"v2").json() is True
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -21,8 +21,10 @@ import nomad.api.exceptions as nomad_exc
 import pytest
 import requests
 
+from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import (
     SERVER_FIELDS,
+    FakeClock,
     FakeNomad,
     _Handler,
     sample_service_job,
@@ -54,6 +56,18 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def fake() -> Iterator[FakeNomad]:
     with FakeNomad() as server:
+        yield server
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked(clock: FakeClock) -> Iterator[FakeNomad]:
+    """A fake whose scripted deployment outcomes happen only when the test moves ``clock``."""
+    with FakeNomad(clock=clock) as server:
         yield server
 
 
@@ -565,7 +579,6 @@ def test_scripted_outcomes(
     fake.script_deployments(outcome)
     fake.add_job(sample_service_job())
     deploy_new_image(client)
-    time.sleep(0.05)
     dep = client.job.get_deployment("web")
     assert (dep["Status"], dep["StatusDescription"]) == (status, description)
     assert len(fake.versions("web")) == 2
@@ -691,15 +704,242 @@ def test_newer_deployment_cancels_older(fake: FakeNomad, client: nomad.Nomad) ->
 
 
 def test_finished_deployment_is_not_cancelled_by_newer(
-    fake: FakeNomad, client: nomad.Nomad
+    clocked: FakeNomad, clock: FakeClock
 ) -> None:
-    fake.script_deployments("successful", after=0.1)
-    fake.add_job(sample_service_job())
+    clocked.script_deployments("successful", after=10)
+    clocked.add_job(sample_service_job())
+    client = nomad.Nomad(host="127.0.0.1", port=clocked.port, timeout=2)
     deploy_new_image(client, "a:1")
-    time.sleep(0.2)
+    clock.advance(10)
     deploy_new_image(client, "a:2")
-    statuses = [d["Status"] for d in fake.deployments("web")]
+    statuses = [d["Status"] for d in clocked.deployments("web")]
     assert statuses == ["successful", "running"]
+
+
+# ---- blocking queries, the clock, versions and auto-revert ----------------------------------
+
+
+def get(fake: FakeNomad, path: str, **params: Any) -> requests.Response:
+    response = requests.get(f"{fake.url}{path}", params=params, timeout=15)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def index_of(response: requests.Response) -> int:
+    return int(response.headers["X-Nomad-Index"])
+
+
+class Blocked:
+    """A GET running in a thread, typically a blocking query; join() returns its answer."""
+
+    def __init__(self, fake: FakeNomad, path: str, **params: Any) -> None:
+        self._answers: list[requests.Response] = []
+        self.started = time.monotonic()
+        self._thread = threading.Thread(
+            target=lambda: self._answers.append(get(fake, path, **params)), daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float = 5.0) -> requests.Response:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the blocking query was not woken"
+        self.elapsed = time.monotonic() - self.started
+        [answer] = self._answers
+        return answer
+
+
+def test_every_blocking_endpoint_carries_its_resource_index(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    job = fake.job("web")
+    assert job is not None
+    [deployment] = fake.deployments("web")
+    assert index_of(get(fake, "/v1/job/web")) == job["ModifyIndex"]
+    assert index_of(get(fake, f"/v1/deployment/{deployment['ID']}")) == deployment["ModifyIndex"]
+    assert index_of(get(fake, "/v1/job/web/deployment")) == deployment["ModifyIndex"]
+    assert index_of(get(fake, "/v1/job/web/deployments")) == deployment["ModifyIndex"]
+    versions = get(fake, "/v1/job/web/versions")
+    assert index_of(versions) == versions.json()["Index"] == job["ModifyIndex"]
+    assert index_of(get(fake, "/v1/jobs")) == job["ModifyIndex"]
+
+
+def test_a_blocking_query_without_change_answers_the_same_index_after_wait(
+    fake: FakeNomad,
+) -> None:
+    fake.add_job(sample_service_job())
+    index = index_of(get(fake, "/v1/job/web"))
+    started = time.monotonic()
+    answer = get(fake, "/v1/job/web", index=index, wait="300ms")
+    assert 0.25 <= time.monotonic() - started < 3
+    assert index_of(answer) == index
+    assert answer.json()["ID"] == "web"
+    # An index already passed answers at once.
+    assert index_of(get(fake, "/v1/job/web", index=index - 1, wait="10s")) == index
+
+
+def test_blocking_query_parameters_are_checked_like_nomad(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job())
+    bad_wait = requests.get(f"{fake.url}/v1/job/web?index=1&wait=soon", timeout=2)
+    assert (bad_wait.status_code, bad_wait.text) == (400, "Invalid wait time")
+    bad_index = requests.get(f"{fake.url}/v1/job/web?index=x", timeout=2)
+    assert (bad_index.status_code, bad_index.text) == (400, "Invalid index")
+
+
+def test_a_register_wakes_a_blocking_job_read(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job())
+    index = index_of(get(fake, "/v1/job/web"))
+    reader = Blocked(fake, "/v1/job/web", index=index, wait="10s")
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    answer = reader.join()
+    assert reader.elapsed < 3
+    assert index_of(answer) > index
+    assert answer.json()["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == NEW_IMAGE
+
+
+def test_a_new_job_wakes_a_blocking_job_list(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job("web"))
+    index = index_of(get(fake, "/v1/jobs"))
+    reader = Blocked(fake, "/v1/jobs", index=index, wait="10s")
+    fake.add_job(sample_service_job("api"))
+    answer = reader.join()
+    assert sorted(stub["ID"] for stub in answer.json()) == ["api", "web"]
+    assert index_of(answer) > index
+
+
+def test_the_clock_decides_when_a_scripted_outcome_happens(
+    clocked: FakeNomad, clock: FakeClock
+) -> None:
+    clocked.script_deployments("successful", after=30)
+    clocked.add_job(sample_service_job())
+    clocked.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    clock.advance(29.9)
+    assert get(clocked, "/v1/job/web/deployment").json()["Status"] == "running"
+    assert clocked.job("web")["Stable"] is False  # type: ignore[index]
+    clock.advance(0.1)
+    deployment = get(clocked, "/v1/job/web/deployment").json()
+    assert (deployment["Status"], deployment["StatusDescription"]) == (
+        "successful",
+        "Deployment completed successfully",
+    )
+    assert clocked.job("web")["Stable"] is True  # type: ignore[index]
+
+
+def test_advancing_the_clock_wakes_a_deployment_watcher(
+    clocked: FakeNomad, clock: FakeClock
+) -> None:
+    clocked.script_deployments("successful", after=60)
+    clocked.add_job(sample_service_job())
+    clocked.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    first = get(clocked, "/v1/job/web/deployment")
+    deployment_id = first.json()["ID"]
+    watchers = [
+        Blocked(clocked, "/v1/job/web/deployment", index=index_of(first), wait="10s"),
+        Blocked(clocked, f"/v1/deployment/{deployment_id}", index=index_of(first), wait="10s"),
+    ]
+    clock.advance(60)
+    for watcher in watchers:
+        answer = watcher.join()
+        assert watcher.elapsed < 3
+        assert answer.json()["Status"] == "successful"
+        assert index_of(answer) > index_of(first)
+
+
+def test_on_the_wall_clock_an_outcome_wakes_a_watcher_when_due(fake: FakeNomad) -> None:
+    fake.script_deployments("failed", after=0.3)
+    job = sample_service_job()
+    job["TaskGroups"][0]["Update"]["AutoRevert"] = False
+    job["Update"]["AutoRevert"] = False
+    fake.add_job(job)
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    first = get(fake, "/v1/job/web/deployment")
+    assert first.json()["Status"] == "running"
+    # Nobody else talks to the fake: the blocked query itself must wake at the due time.
+    watcher = Blocked(fake, f"/v1/deployment/{first.json()['ID']}", index=index_of(first))
+    answer = watcher.join()
+    assert watcher.elapsed < 3
+    assert answer.json()["Status"] == "failed"
+    # It failed at its due time, not when somebody happened to look.
+    assert answer.json()["ModifyTime"] - answer.json()["CreateTime"] >= 0.3e9
+
+
+def test_finish_deployment_succeeds_a_stalled_deployment_and_wakes_waiters(
+    fake: FakeNomad,
+) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    versions = get(fake, "/v1/job/web/versions")
+    assert [v["Stable"] for v in versions.json()["Versions"]] == [False, True]
+    watcher = Blocked(fake, "/v1/job/web/versions", index=index_of(versions), wait="10s")
+    deployment_id = fake.deployments("web")[0]["ID"]
+    finished = fake.finish_deployment(deployment_id)
+    assert finished["Status"] == "successful"
+    answer = watcher.join()
+    assert [(v["Version"], v["Stable"]) for v in answer.json()["Versions"]] == [
+        (1, True),
+        (0, True),
+    ]
+    assert fake.deployment(deployment_id) == finished
+    assert fake.latest_deployment("web") == finished
+    with pytest.raises(ValueError, match="successful"):
+        fake.finish_deployment(deployment_id)
+    with pytest.raises(KeyError):
+        fake.finish_deployment("no-such-deployment")
+    with pytest.raises(ValueError):
+        fake.finish_deployment(deployment_id, "exploded")
+
+
+def test_auto_revert_registers_the_latest_stable_version_as_a_new_unstable_one(
+    fake: FakeNomad,
+) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())  # version 0, stable
+    fake.change_job("web", lambda j: with_image(j, "stut/stut.dev:release-1"))
+    fake.finish_deployment(fake.deployments("web")[-1]["ID"], "successful")  # v1 stable
+    fake.change_job("web", lambda j: with_image(j, "stut/stut.dev:release-2"))
+    failed = fake.finish_deployment(fake.deployments("web")[-1]["ID"], "failed")
+    assert failed["StatusDescription"] == (
+        "Failed due to unhealthy allocations - rolling back to job version 1"
+    )
+    body = get(fake, "/v1/job/web/versions").json()
+    images = [
+        (v["Version"], v["Stable"], v["TaskGroups"][0]["Tasks"][0]["Config"]["image"])
+        for v in body["Versions"]
+    ]
+    assert images == [
+        (3, False, "stut/stut.dev:release-1"),  # the revert: v1's spec, not stable yet
+        (2, False, "stut/stut.dev:release-2"),
+        (1, True, "stut/stut.dev:release-1"),
+        (0, True, OLD_IMAGE),
+    ]
+    # The revert has a deployment of its own; once it succeeds, version 3 is stable.
+    revert = fake.latest_deployment("web")
+    assert revert is not None
+    assert (revert["JobVersion"], revert["Status"]) == (3, "running")
+    fake.finish_deployment(revert["ID"])
+    assert fake.job("web")["Stable"] is True  # type: ignore[index]
+
+
+def test_advance_needs_a_fake_clock(fake: FakeNomad) -> None:
+    with pytest.raises(RuntimeError, match="FakeClock"):
+        fake.advance(1)
+
+
+def test_one_clock_drives_consul_sessions_and_nomad_deployments(clock: FakeClock) -> None:
+    with FakeConsul(clock=clock) as consul_fake, FakeNomad(clock=clock) as nomad_fake:
+        nomad_fake.script_deployments("successful", after=20)
+        nomad_fake.add_job(sample_service_job())
+        nomad_fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+        created = requests.put(
+            f"{consul_fake.url}/v1/session/create", json={"TTL": "15s"}, timeout=2
+        )
+        session_id = created.json()["ID"]
+        clock.advance(15)
+        assert consul_fake.session(session_id) is None
+        assert nomad_fake.latest_deployment("web")["Status"] == "running"  # type: ignore[index]
+        clock.advance(5)
+        assert nomad_fake.latest_deployment("web")["Status"] == "successful"  # type: ignore[index]
 
 
 # ---- ACL ------------------------------------------------------------------------------------

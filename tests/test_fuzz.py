@@ -51,6 +51,7 @@ def app_with_memory_store(settings: Settings) -> Any:
 class _NoConsul:
     url = "http://127.0.0.1:9"
     token = None
+    state_prefix = "noman/"
 
     def key(self, name: str) -> str:
         return f"fuzz/{name}"

@@ -93,4 +93,7 @@ def test_the_limit_holds_across_gunicorn_workers(tmp_path: Path, secret: str) ->
             server.stop()
     assert codes == [404, 404, 404, 429, 429, 429]
     assert good.status_code == 429
-    assert fake.writes == 0
+    # Nothing deployed: neither the tag key nor the record (the reconciler's own lock
+    # session is the only thing written).
+    assert fake.value("web/IMAGE_TAG") is None
+    assert fake.value("noman/web") is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from noman.config import Service, Settings
 from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
+from noman.wiring import components
 from tests.conftest import ConsulHandle, make_settings
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver
@@ -87,7 +90,6 @@ def test_meta_update_changes_exactly_one_field(
     assert nomad.registrations[-1]["EnforceIndex"] is True
     assert nomad.registrations[-1]["JobModifyIndex"] == before["JobModifyIndex"]
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
-    app.extensions["noman.reporter"].wait(5)
 
 
 def test_image_update_changes_only_the_image_tag(
@@ -102,7 +104,6 @@ def test_image_update_changes_only_the_image_tag(
     expected = json.loads(json.dumps(spec(before)))
     expected["TaskGroups"][0]["Tasks"][0]["Config"]["image"] = f"stut/stut.dev:{NEW}"
     assert spec(after) == expected
-    app.extensions["noman.reporter"].wait(5)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_concurrent_job_change_is_retried_not_overwritten(
     consul: ConsulHandle, nomad: FakeNomad, secret: str
 ) -> None:
     app = create_app(rolling_settings(consul, nomad, secret))
-    rollouts: NomadRollouts = app.extensions["noman.nomad"]
+    rollouts: NomadRollouts = components(app).nomad
     original_register = rollouts.register
     interfered: list[bool] = []
 
@@ -141,23 +142,23 @@ def test_concurrent_job_change_is_retried_not_overwritten(
     assert job is not None
     assert job["Meta"] == {"owner": "ops", "NOMAN_IMAGE_TAG": NEW}
     assert len(nomad.registrations) == 2  # the first lost on EnforceIndex, then re-read
-    app.extensions["noman.reporter"].wait(5)
 
 
 @pytest.mark.parametrize(
-    ("fault", "status", "code"),
+    ("fault", "code"),
     [
-        ("forbidden", 502, "nomad_forbidden"),
-        ("missing", 502, "nomad_job_not_found"),
-        ("error500", 503, "nomad_unavailable"),
-        ("hang", 503, "nomad_unavailable"),
-        ("refused", 503, "nomad_unavailable"),
-        ("bad_request", 502, "nomad_error"),
+        ("forbidden", "nomad_forbidden"),
+        ("missing", "nomad_job_not_found"),
+        ("error500", "nomad_unavailable"),
+        ("hang", "nomad_unavailable"),
+        ("refused", "nomad_unavailable"),
+        ("bad_request", "nomad_error"),
     ],
 )
-def test_nomad_failures_leave_consul_and_nomad_as_they_were(
-    consul: ConsulHandle, nomad: FakeNomad, secret: str, fault: str, status: int, code: str
+def test_nomad_failures_leave_a_durable_pending_deploy(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, fault: str, code: str
 ) -> None:
+    """202 with the reason; the key holds the new tag (no restore), the job is untouched."""
     key = consul.key("IMAGE_TAG")
     consul.put(key, OLD)
     settings = rolling_settings(consul, nomad, secret)
@@ -181,21 +182,22 @@ def test_nomad_failures_leave_consul_and_nomad_as_they_were(
     nomad.heal()
     if fault == "refused":
         nomad.resume()
-    assert answer.status_code == status
-    assert answer.json["error"] == code
-    if status == 503:
-        assert "Retry-After" in answer.headers
-    assert consul.get(key)[0] == OLD
+    assert answer.status_code == 202, answer.json
+    assert answer.json["rollout"] == {"state": "pending", "reason": code}
+    assert answer.json["tag"] == NEW
+    assert consul.get(key)[0] == NEW
     assert len(nomad.versions("web")) == versions
-    # Once Nomad is back, the same call deploys completely.
+    rollout = consul.record().rollout
+    assert rollout is not None
+    assert (rollout.state, rollout.reason, rollout.attempts) == ("pending", code, 1)
+    # Once Nomad is back, the reconciler lands the same deploy: no new webhook.
     if fault != "missing":
-        assert hook(app, secret, {"tag": NEW}).status_code == 200
-        assert consul.get(key)[0] == NEW
+        assert components(app).reconciler.settle(10)
         assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
-    app.extensions["noman.reporter"].wait(5)
+        assert consul.record().rollout.state == "successful"  # type: ignore[union-attr]
 
 
-def test_newer_tag_in_the_job_makes_the_hook_stale_and_restores_consul(
+def test_a_job_running_a_newer_tag_cancels_the_rollout(
     consul: ConsulHandle, nomad: FakeNomad, secret: str
 ) -> None:
     key = consul.key("IMAGE_TAG")
@@ -205,30 +207,62 @@ def test_newer_tag_in_the_job_makes_the_hook_stale_and_restores_consul(
     )
     app = create_app(rolling_settings(consul, nomad, secret))
     answer = hook(app, secret, {"tag": NEW})
-    assert answer.status_code == 409
-    assert answer.json["error"] == "stale_tag"
-    assert consul.get(key)[0] == OLD
+    assert answer.status_code == 202
+    assert answer.json["rollout"] == {"state": "cancelled", "reason": "stale_tag"}
+    assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == "release-20250101000000"  # type: ignore[index]
+    status = app.test_client().get(f"/hooks/{secret}/status").json
+    assert status["rollout"]["state"] == "cancelled"
+    assert status["running"] == "release-20250101000000"
 
 
-def test_deployment_endpoint(consul: ConsulHandle, nomad: FakeNomad, secret: str) -> None:
+def test_status_follows_the_rollout(consul: ConsulHandle, nomad: FakeNomad, secret: str) -> None:
     nomad.script_deployments("stall")
     app = create_app(rolling_settings(consul, nomad, secret))
     client = app.test_client()
-    assert client.get(f"/hooks/{secret}/deployment").json == {"service": "web", "deployment": None}
-    hook(app, secret, {"tag": NEW})
-    state = client.get(f"/hooks/{secret}/deployment").json["deployment"]
-    assert state["job"] == "web"
-    assert state["version"] == 1
-    assert state["status"] == "running"
-    assert state["desired"] == 2
-    assert {"healthy", "unhealthy", "placed", "description", "id"} <= set(state)
-    assert client.get("/hooks/wrong/deployment").status_code == 404
+    before = client.get(f"/hooks/{secret}/status").json
+    assert before == {
+        "service": "web",
+        "strategy": "rolling",
+        "key": consul.key("IMAGE_TAG"),
+        "tag": None,
+        "running": OLD,
+        "frozen": False,
+        "rollout": None,
+        "history": [],
+    }
+    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    reconciler = components(app).reconciler
+    reconciler.run_once(wait=0.2)
+    state = client.get(f"/hooks/{secret}/status").json
+    assert (state["tag"], state["running"]) == (NEW, NEW)
+    rollout = state["rollout"]
+    assert (rollout["state"], rollout["version"], rollout["desired"]) == ("running", 1, 2)
+    assert rollout["deployment_id"]
+    assert set(rollout) == {
+        "state", "tag", "version", "deployment_id", "reason", "description", "attempts",
+        "placed", "healthy", "desired", "updated_at",
+    }  # fmt: skip
+    assert state["history"][0]["outcome"] == "pending"
+    # The old path is an alias; Bearer works too; a wrong secret is a 404.
+    assert client.get(f"/hooks/{secret}/deployment").json == state
+    bearer = client.get("/hooks/status", headers={"Authorization": f"Bearer {secret}"})
+    assert bearer.json == state
+    assert client.get("/hooks/wrong/status").status_code == 404
+    nomad.finish_deployment(rollout["deployment_id"], "successful")
+    assert reconciler.settle(5)
+    done = client.get(f"/hooks/{secret}/status").json
+    assert done["rollout"]["state"] == "successful"
+    assert done["history"][0]["outcome"] == "successful"
 
 
-def test_deployment_endpoint_for_restart_service_is_409(client: Any, secret: str) -> None:
-    answer = client.get(f"/hooks/{secret}/deployment")
-    assert answer.status_code == 409
-    assert answer.json["error"] == "not_rolling"
+def test_status_of_a_restart_service(client: Any, secret: str) -> None:
+    answer = client.get(f"/hooks/{secret}/status")
+    assert answer.status_code == 200
+    assert (answer.json["strategy"], answer.json["running"], answer.json["rollout"]) == (
+        "restart",
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -267,8 +301,8 @@ def test_end_to_end_dockerhub_to_callback_and_notification(
         assert answer.status_code == 200
         assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
         after = nomad.job("web")
-        assert after["Version"] == before["Version"] + 1  # type: ignore[index]
-        assert spec(after)["Meta"] == {**before["Meta"], "NOMAN_IMAGE_TAG": NEW}  # type: ignore[index]
+        assert after["Version"] >= before["Version"] + 1  # type: ignore[index]
+        assert components(app).reconciler.settle(10)
         callback = dockerhub.wait_for(1)[0]
         assert callback.path == "/u/stut/stut.dev/hook/abc/"
         assert callback.json()["state"] == state
@@ -277,11 +311,11 @@ def test_end_to_end_dockerhub_to_callback_and_notification(
         assert note.json()["status"] == notified
         assert note.json()["deployment"]["status"] == outcome
         assert note.json()["tag"] == NEW
+        assert note.json()["event_id"] == f"web:{NEW}:{outcome}"
         assert note.headers["X-Noman-Signature-256"] == sign(b"notify-hmac-key", note.body)
-        assert app.extensions["noman.reporter"].wait(5)
 
 
-def test_watch_deadline_reports_timeout(
+def test_a_stalled_deployment_times_out(
     consul: ConsulHandle, nomad: FakeNomad, secret: str
 ) -> None:
     nomad.script_deployments("stall")
@@ -290,48 +324,52 @@ def test_watch_deadline_reports_timeout(
         settings, nomad=dataclasses.replace(settings.nomad, watch_timeout=0.3)
     )
     app = create_app(settings)
-    answer = hook(app, secret, {"tag": NEW})
-    rollouts: NomadRollouts = app.extensions["noman.nomad"]
-    from noman.release import Rollout
-
-    result = rollouts.watch(settings.services[0], Rollout(**answer.json["deployment"]))
-    assert result["status"] == "timeout"
-    assert result["version"] == 1
-
-
-def test_watch_follows_its_own_deployment_by_id(
-    consul: ConsulHandle, nomad: FakeNomad, secret: str
-) -> None:
-    nomad.script_deployments("successful", after=0.3)
-    app = create_app(rolling_settings(consul, nomad, secret))
-    answer = hook(app, secret, {"tag": NEW})
-    rollouts: NomadRollouts = app.extensions["noman.nomad"]
-    from noman.release import Rollout
-
-    result = rollouts.watch(
-        app.extensions["noman.settings"].services[0], Rollout(**answer.json["deployment"])
-    )
-    assert (result["status"], result["version"]) == ("successful", 1)
-    paths = [path for _, path, _, _ in nomad.requests]
-    assert f"/v1/deployment/{result['id']}" in paths
-    assert not any(path.endswith("/deployments") for path in paths)
+    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert components(app).reconciler.settle(5)
+    rollout = consul.record().rollout
+    assert rollout is not None
+    assert (rollout.state, rollout.version) == ("timed_out", 1)
+    assert consul.record().history[0].outcome == "timed_out"
 
 
-def test_watch_reports_a_superseded_rollout_as_cancelled(
+def test_follow_blocks_on_its_own_deployment_by_id(
     consul: ConsulHandle, nomad: FakeNomad, secret: str
 ) -> None:
     nomad.script_deployments("stall")
     app = create_app(rolling_settings(consul, nomad, secret))
-    answer = hook(app, secret, {"tag": NEW})
-    nomad.change_job("web", lambda job: job["Meta"].update(owner="ops"))
-    rollouts: NomadRollouts = app.extensions["noman.nomad"]
-    from noman.release import Rollout
+    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    rollouts = components(app).nomad
+    assert rollouts is not None
+    service = components(app).settings.services[0]
+    found, index = rollouts.follow(service, 1, None, 0, 0)
+    assert found is not None and found["status"] == "running"
+    started = time.monotonic()
+    same, _ = rollouts.follow(service, 1, found["id"], index, 0.3)
+    assert time.monotonic() - started >= 0.25  # nothing changed: it waited
+    assert same is not None and same["status"] == "running"
+    finisher = threading.Timer(0.2, nomad.finish_deployment, (found["id"], "successful"))
+    finisher.start()
+    started = time.monotonic()
+    done, _ = rollouts.follow(service, 1, found["id"], index, 5)
+    finisher.join()
+    assert done is not None and done["status"] == "successful"
+    assert time.monotonic() - started < 2  # woken by the change, not by the wait
+    paths = [path for _, path, _, _ in nomad.requests]
+    assert f"/v1/deployment/{found['id']}" in paths
 
-    result = rollouts.watch(
-        app.extensions["noman.settings"].services[0], Rollout(**answer.json["deployment"])
-    )
-    assert result["status"] == "cancelled"
-    assert result["version"] == 1
+
+def test_follow_reports_a_superseded_rollout_as_cancelled(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    nomad.script_deployments("stall")
+    app = create_app(rolling_settings(consul, nomad, secret))
+    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    nomad.change_job("web", lambda job: job["Meta"].update(owner="ops"))
+    rollouts = components(app).nomad
+    assert rollouts is not None
+    found, _ = rollouts.follow(components(app).settings.services[0], 1, None, 0, 0)
+    assert found is not None
+    assert (found["status"], found["version"]) == ("cancelled", 1)
 
 
 MOCK_NOMAD = "http://nomad.invalid:4646"
@@ -376,21 +414,19 @@ def test_index_conflict_is_recognised_by_its_text_whatever_the_status(
         assert answer.status_code == 200, answer.json
         assert answer.json["deployment"] == {"job": "web", "version": 5, "eval_id": "e-2"}
         assert register.call_count == 2
-        mock.get(f"{MOCK_NOMAD}/v1/job/web/deployment", json=None)
-        app.extensions["noman.reporter"].wait(0.1)
 
 
 @pytest.mark.parametrize(
-    ("response", "status", "code"),
+    ("response", "code"),
     [
-        ({"status_code": 405, "text": "Invalid method"}, 502, "nomad_error"),
-        ({"status_code": 429, "text": "rate limited"}, 503, "nomad_unavailable"),
-        ({"status_code": 502, "text": "<html>bad gateway</html>"}, 503, "nomad_unavailable"),
-        ({"status_code": 403, "text": "ACL token not found"}, 502, "nomad_forbidden"),
+        ({"status_code": 405, "text": "Invalid method"}, "nomad_error"),
+        ({"status_code": 429, "text": "rate limited"}, "nomad_unavailable"),
+        ({"status_code": 502, "text": "<html>bad gateway</html>"}, "nomad_unavailable"),
+        ({"status_code": 403, "text": "ACL token not found"}, "nomad_forbidden"),
     ],
 )
 def test_nomad_register_error_shapes(
-    consul: ConsulHandle, secret: str, response: dict[str, Any], status: int, code: str
+    consul: ConsulHandle, secret: str, response: dict[str, Any], code: str
 ) -> None:
     import requests_mock
 
@@ -398,6 +434,6 @@ def test_nomad_register_error_shapes(
         mock.get(f"{MOCK_NOMAD}/v1/job/web", json=mocked_job())
         mock.post(f"{MOCK_NOMAD}/v1/job/web", **response)
         answer = hook(create_app(mocked_nomad_settings(consul, secret)), secret, {"tag": NEW})
-    assert answer.status_code == status
-    assert answer.json["error"] == code
-    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
+    assert answer.status_code == 202
+    assert answer.json["rollout"] == {"state": "pending", "reason": code}
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW

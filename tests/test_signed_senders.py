@@ -14,7 +14,6 @@ from standardwebhooks import Webhook
 
 from noman import create_app
 from noman.config import Settings
-from noman.deploy import deliveries_key
 from noman.notify import sign
 from tests.conftest import ConsulHandle, make_settings
 
@@ -110,7 +109,9 @@ def test_github_package_deploys_once_per_delivery(
         ]
         is True
     )
-    assert "github:d-1" in json.loads(consul.get(deliveries_key(signed.services[0]))[0] or "{}")
+    # Remembered in the service's record under Noman's prefix, never beside the key.
+    assert "github:d-1" in consul.record().deliveries
+    assert consul.folder(consul.prefix) == [consul.key("IMAGE_TAG")]
 
 
 def test_github_ping_is_acknowledged(signed: Settings, secret: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from noman import create_app
+from noman.wiring import components
 from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -366,11 +367,10 @@ def test_werkzeug_400s_are_json_bad_request(secret: str, settings: Any) -> None:
 def test_an_unexpected_error_is_a_json_500_with_a_hook_line(
     app: Any, client: Any, secret: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Broken:
-        def deploy(self, service: object, release: object) -> object:
-            raise RuntimeError(f"bug while handling {secret}")
+    def broken(service: object, release: object, request_id: object = None) -> object:
+        raise RuntimeError(f"bug while handling {secret}")
 
-    app.extensions["noman.deployer"] = Broken()
+    components(app).deployer.deploy = broken  # type: ignore[method-assign,assignment]
     answer = post(client, secret, {"tag": DEPLOYED})
     assert answer.status_code == 500
     assert answer.json == {

@@ -5,6 +5,8 @@ A deploy registers a new job version in which exactly one thing changed:
 ``Config.image`` (update = "image"). Registration uses ``EnforceIndex`` on
 the ``JobModifyIndex`` that was read, so a concurrent change to the job is
 never overwritten: the deployer reads again and decides again.
+Deployments are followed with Nomad's blocking queries (``?index=&wait=``),
+about one request per state change.
 """
 
 from __future__ import annotations
@@ -20,21 +22,19 @@ import nomad
 import requests
 from nomad.api import exceptions as nomad_errors
 
-from noman.config import NomadSettings, NomadTarget, Service
-from noman.deploy import JobState
+from noman.config import NomadSettings
 from noman.errors import (
     NomadError,
     NomadForbidden,
     NomadJobNotFound,
     NomadUnavailable,
-    NomanError,
 )
+from noman.model import JobState, NomadTarget, Service
 from noman.release import Rollout, split_image
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TERMINAL = frozenset({"successful", "failed", "cancelled"})
 INDEX_CONFLICT = "Enforcing job modify index"
 
 
@@ -101,6 +101,8 @@ class NomadRollouts:
         self._sleep = sleep
         self._clients: dict[tuple[str | None, str | None], Any] = {}
         self._clients_lock = threading.Lock()
+        # Blocking queries go through plain requests: python-nomad has no index/wait.
+        self._http = requests.Session()
 
     def client(self, target: NomadTarget) -> Any:
         """The python-nomad client for the target's namespace and region (made once)."""
@@ -155,34 +157,85 @@ class NomadRollouts:
             self._call(target, "read deployment", lambda c: c.job.get_deployment(target.job))
         )
 
-    def watch(self, service: Service, rollout: Rollout) -> dict[str, Any]:
-        """Poll until the rollout's deployment ends or the watch deadline passes.
+    def follow(
+        self, service: Service, version: int, deployment_id: str | None, index: int, wait: float
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The deployment of job ``version``, waiting up to ``wait`` s for a change past ``index``.
 
-        Only the endpoints every Nomad has are used: the job's latest
-        deployment until the one for our version appears, then that
-        deployment by ID (a newer version may have become the latest since).
+        Until our deployment's ID is known, the job's latest deployment is
+        read (a newer version there means ours was superseded); then the
+        deployment itself, by ID.
         """
         target = _target(service)
-        deadline = time.monotonic() + self.settings.watch_timeout
-        last: dict[str, Any] | None = None
-        while True:
-            try:
-                found = self._poll(target, rollout.version, last["id"] if last else None)
-            except NomanError as exc:
-                log.warning(
-                    "watching %s v%s: %s (will retry)", target.job, rollout.version, exc.code
-                )
-            else:
-                last = found or last
-                if last and last["status"] in TERMINAL:
-                    return last
-            if time.monotonic() >= deadline:
-                return {
-                    **(last or {"job": target.job, "version": rollout.version}),
-                    "status": "timeout",
-                    "description": f"Still not finished after {self.settings.watch_timeout:g}s.",
-                }
-            self._sleep(self.settings.poll_interval)
+        started = time.monotonic()
+        if deployment_id:
+            data, new_index = self._blocking(target, f"deployment/{deployment_id}", index, wait)
+            found = summarize(data)
+        else:
+            data, new_index = self._blocking(target, f"job/{target.job}/deployment", index, wait)
+            found = self._ours(target, summarize(data), version)
+        if index and new_index <= index and time.monotonic() - started < wait / 2:
+            # A Nomad (or proxy) that ignores blocking parameters: poll instead of spinning.
+            self._sleep(min(self.settings.poll_interval, wait))
+        return found, new_index
+
+    def _ours(
+        self, target: NomadTarget, state: dict[str, Any] | None, version: int
+    ) -> dict[str, Any] | None:
+        if state is None or not isinstance(state["version"], int) or state["version"] < version:
+            return None
+        if state["version"] > version:
+            # A newer version replaced ours before we saw its deployment:
+            # Nomad cancels the older one.
+            return {
+                "id": None,
+                "job": target.job,
+                "version": version,
+                "status": "cancelled",
+                "description": f"Superseded by job version {state['version']}.",
+            }
+        return state
+
+    def _blocking(self, target: NomadTarget, path: str, index: int, wait: float) -> tuple[Any, int]:
+        params: dict[str, str] = {}
+        if target.namespace:
+            params["namespace"] = target.namespace
+        if target.region:
+            params["region"] = target.region
+        timeout = self.settings.timeout
+        if index and wait > 0:
+            params.update(index=str(index), wait=f"{max(wait, 0.001):g}s")
+            timeout += wait * 1.1
+        headers = {"X-Nomad-Token": self.settings.token} if self.settings.token else {}
+        try:
+            answer = self._http.get(
+                f"{self.settings.address}/v1/{path}",
+                params=params,
+                headers=headers,
+                timeout=timeout,
+                verify=self.settings.verify,
+            )
+        except requests.RequestException as exc:
+            log.warning("nomad watch %s: unavailable: %s", target.job, type(exc).__name__)
+            raise NomadUnavailable() from None
+        text = answer.text.strip()[:300]
+        if answer.status_code == 403:
+            log.error("nomad watch %s: token refused: %s", target.job, text)
+            raise NomadForbidden()
+        if answer.status_code == 404:
+            raise NomadJobNotFound(f"Nomad has no {path!r}.")
+        if answer.status_code >= 500 or answer.status_code in (408, 429):
+            log.warning("nomad watch %s: unavailable (%s)", target.job, answer.status_code)
+            raise NomadUnavailable()
+        if answer.status_code != 200:
+            log.error("nomad watch %s: rejected (%s): %s", target.job, answer.status_code, text)
+            raise NomadError()
+        try:
+            data = answer.json()
+            new_index = int(answer.headers.get("X-Nomad-Index", "0"))
+        except ValueError:
+            raise NomadError("Nomad answered with something that is not JSON.") from None
+        return data, new_index
 
     def check(self, service: Service) -> list[str]:
         """Warnings about the job's setup for rolling deploys (raises if unreadable)."""
@@ -201,34 +254,6 @@ class NomadRollouts:
         if state.tag is None:
             warnings.append(f"job {service.nomad.job!r} does not run a tag Noman can read yet")  # type: ignore[union-attr]
         return warnings
-
-    def _poll(
-        self, target: NomadTarget, version: int, deployment_id: str | None
-    ) -> dict[str, Any] | None:
-        """Our deployment's state, or None while Nomad has not created it yet."""
-        if deployment_id:
-            return summarize(
-                self._call(
-                    target,
-                    "read deployment",
-                    lambda c: c.deployment.get_deployment(deployment_id),
-                )
-            )
-        latest = self._call(target, "read deployment", lambda c: c.job.get_deployment(target.job))
-        state = summarize(latest)
-        if state is None or not isinstance(state["version"], int) or state["version"] < version:
-            return None
-        if state["version"] > version:
-            # A newer version replaced ours before we saw its deployment:
-            # Nomad cancels the older one.
-            return {
-                "id": None,
-                "job": target.job,
-                "version": version,
-                "status": "cancelled",
-                "description": f"Superseded by job version {state['version']}.",
-            }
-        return state
 
     def _call(self, target: NomadTarget, action: str, call: Callable[[Any], T]) -> T:
         try:

@@ -2,14 +2,19 @@
 
 Network trouble and 5xx answers become ``ConsulUnavailable`` (503, retry);
 a refused token becomes ``ConsulForbidden`` (502, the operator must act).
-Nothing here ever retries a write blindly: a timed-out PUT is reported and
-the caller's retry goes through check-and-set again.
+Nothing here ever retries a write blindly: a timed-out transaction raises
+``OutcomeUnknown`` and the caller re-reads to learn what happened. The
+reconciler's leader lock is a Consul session lock.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
-from collections.abc import Callable
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -26,7 +31,7 @@ from consul.exceptions import (
 
 from noman.config import ConsulSettings
 from noman.errors import ConsulError, ConsulForbidden, ConsulUnavailable
-from noman.stores import Entry
+from noman.stores import Entry, LeaderLock, OutcomeUnknown, Snapshot, Write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +92,111 @@ class ConsulStore:
             )
         )
 
+    def transact(self, writes: Sequence[Write]) -> bool:
+        """One ``/v1/txn`` of ``cas`` operations; False when an index was stale."""
+        ops = [
+            {
+                "KV": {
+                    "Verb": "cas",
+                    "Key": w.key,
+                    "Value": base64.b64encode(w.value.encode("utf-8")).decode("ascii"),
+                    "Index": w.cas,
+                }
+            }
+            for w in writes
+        ]
+        what = ",".join(w.key for w in writes)
+        try:
+            answer = self._http("PUT", "txn", json=ops)
+        except requests.Timeout:
+            log.warning("consul txn %s: no answer within %ss", what, self.settings.timeout)
+            raise OutcomeUnknown() from None
+        if answer.status_code == 200:
+            return True
+        if answer.status_code == 409:
+            try:
+                problems = [str(e.get("What", "")) for e in answer.json().get("Errors") or []]
+            except (ValueError, AttributeError):
+                problems = []
+            if problems and all("index is stale" in p or "doesn't exist" in p for p in problems):
+                return False
+            if any("Permission denied" in p or "ACL not found" in p for p in problems):
+                log.error("consul txn %s: token refused: %s", what, problems[0][:300])
+                raise ConsulForbidden()
+            log.error("consul txn %s: rejected: %s", what, "; ".join(problems)[:300])
+            raise ConsulError()
+        self._raise_for(answer, "txn", what)
+        return False  # pragma: no cover (_raise_for always raises)
+
+    def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
+        """``GET /v1/kv/<prefix>?recurse``, blocking on ``index`` up to ``wait`` seconds."""
+        params: dict[str, str] = {"recurse": ""}
+        timeout = self.settings.timeout
+        if index and wait > 0:
+            params.update(index=str(index), wait=f"{wait:g}s")
+            # Consul adds up to wait/16 of jitter to a blocking read.
+            timeout += wait * 1.1
+        try:
+            answer = self._http("GET", f"kv/{prefix}", params=params, timeout=timeout)
+        except requests.Timeout:
+            raise ConsulUnavailable() from None
+        new_index = _index(answer)
+        if answer.status_code == 404:
+            return Snapshot(new_index, {})
+        if answer.status_code != 200:
+            self._raise_for(answer, "list", prefix)
+        entries: dict[str, Entry] = {}
+        for item in answer.json() or []:
+            raw = item.get("Value")
+            value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
+            entries[item["Key"]] = Entry(value, int(item["ModifyIndex"]))
+        return Snapshot(new_index, entries)
+
+    def leader_lock(self, key: str, ttl: float, lock_delay: float) -> LeaderLock:
+        """A Consul session lock on ``key``."""
+        return ConsulLock(self, key, ttl, lock_delay)
+
+    def _http(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        data: bytes | None = None,
+        timeout: float | None = None,
+    ) -> requests.Response:
+        """A raw call to Consul's HTTP API (for what py-consul does not cover well)."""
+        query = dict(params or {})
+        if self.settings.datacenter:
+            query["dc"] = self.settings.datacenter
+        try:
+            answer: requests.Response = self.client.http.session.request(
+                method,
+                f"{self.settings.address}/v1/{path}",
+                params=query,
+                json=json,
+                data=data,
+                timeout=timeout or self.settings.timeout,
+                verify=self.settings.verify,
+            )
+            return answer
+        except requests.Timeout:
+            raise
+        except requests.RequestException as exc:
+            log.warning("consul %s %s: unreachable: %s", method, path, type(exc).__name__)
+            raise ConsulUnavailable() from None
+
+    def _raise_for(self, answer: requests.Response, action: str, key: str) -> None:
+        text = answer.text.strip()[:300]
+        if answer.status_code in (401, 403):
+            log.error("consul %s %s: token refused: %s", action, key, text)
+            raise ConsulForbidden()
+        if 400 <= answer.status_code < 500:
+            log.error("consul %s %s: rejected (%s): %s", action, key, answer.status_code, text)
+            raise ConsulError()
+        log.warning("consul %s %s: server error (%s): %s", action, key, answer.status_code, text)
+        raise ConsulUnavailable()
+
     def check_ready(self) -> str:
         """Ready when Consul answers with a known leader."""
         leader = self._call("status", "leader", self.client.status.leader)
@@ -116,6 +226,101 @@ class ConsulStore:
             # 5xx, or a body that is not Consul's JSON: both pass with time.
             log.warning("consul %s %s: server error: %s", action, key, _first_line(exc))
             raise ConsulUnavailable() from None
+
+
+class ConsulLock:
+    """Leader election with a Consul session: acquire the key, renew the session.
+
+    If this process dies, the session is not renewed; Consul invalidates it
+    after its TTL, releases the key, and after ``lock_delay`` another
+    instance acquires it.
+    """
+
+    def __init__(self, store: ConsulStore, key: str, ttl: float, lock_delay: float) -> None:
+        self.store = store
+        self.key = key
+        self.ttl = ttl
+        self.lock_delay = lock_delay
+        self.session: str | None = None
+        self._renewed = 0.0
+        self._held = False
+        self._name = f"noman {socket.gethostname()} pid {os.getpid()}"
+
+    def hold(self) -> bool:
+        """Create/renew our session, then acquire the key unless we hold it already.
+
+        While the session lives nobody else can hold the key, so a leader only
+        renews: re-acquiring would write the key and wake every watcher.
+        """
+        try:
+            if self.session is None:
+                self._held = False
+                self._create()
+            elif time.monotonic() - self._renewed > self.ttl / 3:
+                self._renew()
+            if self.session is None:
+                return False
+            if self._held:
+                return True
+            answer = self.store._http(
+                "PUT", f"kv/{self.key}", params={"acquire": self.session}, data=self._name.encode()
+            )
+        except (ConsulUnavailable, requests.Timeout):
+            return False
+        if answer.status_code == 500 and "session" in answer.text.lower():
+            self.session = None  # invalidated under us: start a new one next time
+            return False
+        if answer.status_code != 200:
+            log.warning("leader lock: consul answered %s", answer.status_code)
+            return False
+        self._held = answer.json() is True
+        if self._held:
+            log.info("leader lock %s: acquired; this instance reconciles", self.key)
+        return self._held
+
+    def release(self) -> None:
+        """Release the key and destroy the session, so another instance leads at once."""
+        session, self.session = self.session, None
+        self._held = False
+        if session is None:
+            return
+        try:
+            self.store._http("PUT", f"kv/{self.key}", params={"release": session})
+            self.store._http("PUT", f"session/destroy/{session}")
+        except (ConsulUnavailable, requests.Timeout):
+            log.warning("leader lock: could not release; it expires with its session")
+
+    def _create(self) -> None:
+        body = {
+            "Name": self._name,
+            "TTL": f"{self.ttl:g}s",
+            "LockDelay": f"{self.lock_delay:g}s",
+            "Behavior": "release",
+        }
+        answer = self.store._http("PUT", "session/create", json=body)
+        if answer.status_code != 200:
+            log.warning("leader lock: session create answered %s", answer.status_code)
+            return
+        self.session = str(answer.json()["ID"])
+        self._renewed = time.monotonic()
+
+    def _renew(self) -> None:
+        answer = self.store._http("PUT", f"session/renew/{self.session}")
+        if answer.status_code == 404:
+            log.warning("leader lock: session expired; competing again")
+            self.session = None
+            self._held = False
+            self._create()
+            return
+        if answer.status_code == 200:
+            self._renewed = time.monotonic()
+
+
+def _index(answer: requests.Response) -> int:
+    try:
+        return int(answer.headers.get("X-Consul-Index", "0"))
+    except ValueError:
+        return 0
 
 
 def _first_line(exc: Any) -> str:

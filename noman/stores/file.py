@@ -1,8 +1,9 @@
 """The embedded default store: a JSON file, for `noman serve --dev` and tests.
 
 It keeps Consul's check-and-set semantics (a modify index per key, one
-growing global index) so the deploy logic behaves exactly as with Consul.
-A lock file serialises writers across gunicorn workers and the CLI.
+growing global index, all-or-nothing transactions) so the deploy logic
+behaves exactly as with Consul. A lock file serialises writers across
+gunicorn workers and the CLI; another one elects the reconciler.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from noman.stores import Entry
+from noman.stores import Entry, LeaderLock, Snapshot, Write
+
+# How often a blocking list looks at the file for another process's writes.
+_POLL = 0.1
 
 
 class FileStore:
@@ -27,6 +32,8 @@ class FileStore:
         self.path = Path(path) if path is not None else None
         self._memory: dict[str, Any] = {"index": 1, "keys": {}}
         self._lock = threading.Lock()
+        # Wakes blocking lists in this process at once after a write.
+        self._changed = threading.Condition()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -46,7 +53,8 @@ class FileStore:
                 return True
             state["index"] += 1
             state["keys"][key] = {"value": value, "index": state["index"]}
-            return True
+        self._notify()
+        return True
 
     def delete(self, key: str, index: int) -> bool:
         """Check-and-set delete."""
@@ -58,11 +66,54 @@ class FileStore:
                 return False
             del state["keys"][key]
             state["index"] += 1
-            return True
+        self._notify()
+        return True
+
+    def transact(self, writes: Sequence[Write]) -> bool:
+        """Every check-and-set write, or none (under the one lock)."""
+        with self._state(write=True) as state:
+            keys = state["keys"]
+            if any((keys[w.key]["index"] if w.key in keys else 0) != w.cas for w in writes):
+                return False
+            state["index"] += 1
+            for w in writes:
+                if w.key not in keys or keys[w.key]["value"] != w.value:
+                    keys[w.key] = {"value": w.value, "index": state["index"]}
+        self._notify()
+        return True
+
+    def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
+        """Keys under ``prefix``; blocks up to ``wait`` s while nothing under it changed."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._state() as state:
+                found = {
+                    k: Entry(v["value"], v["index"])
+                    for k, v in state["keys"].items()
+                    if k.startswith(prefix)
+                }
+            # The highest modify index under the prefix: it moves with every change there
+            # (a deleted key is not seen; the reconciler also rereads on a timer).
+            current = max((e.modify_index for e in found.values()), default=1)
+            left = deadline - time.monotonic()
+            if not index or current != index or left <= 0:
+                return Snapshot(current, found)
+            with self._changed:
+                self._changed.wait(min(left, _POLL))
+
+    def leader_lock(self, key: str, ttl: float, lock_delay: float) -> LeaderLock:
+        """In memory: always the leader. On disk: an flock that one process holds."""
+        if self.path is None:
+            return _AlwaysLeader()
+        return _FileLock(self.path.with_name(f"{self.path.name}.leader"))
 
     def check_ready(self) -> str:
         """Always ready; says where the tags live."""
         return f"file store {self.path}" if self.path else "in-memory store"
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     @contextmanager
     def _state(self, write: bool = False) -> Iterator[dict[str, Any]]:
@@ -93,3 +144,41 @@ class FileStore:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(state, handle, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
+
+
+class _AlwaysLeader:
+    """The single process of the in-memory store always leads."""
+
+    def hold(self) -> bool:
+        """Always True."""
+        return True
+
+    def release(self) -> None:
+        """Nothing to give up."""
+
+
+class _FileLock:
+    """An exclusive flock: one process (one gunicorn worker) leads; the kernel frees it on death."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    def hold(self) -> bool:
+        """Take the flock without waiting, or keep it."""
+        if self._handle is not None:
+            return True
+        handle = open(self.path, "a+")  # noqa: SIM115 (held open while leading)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._handle = handle
+        return True
+
+    def release(self) -> None:
+        """Let another process lead."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

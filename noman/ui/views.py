@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -28,10 +28,12 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from noman import errors
 from noman.config import Service, Settings
+from noman.deploy import Deployer
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
 from noman.ui import present
 from noman.ui.session import csrf_ok, csrf_token, log_in, logged_in, token_matches
+from noman.wiring import components
 
 bp = Blueprint(
     "ui",
@@ -55,21 +57,6 @@ _CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-
-
-class Operations(Protocol):
-    """The Deployer operations the page uses (the contract with noman.deploy)."""
-
-    def status(self, service: Service) -> dict[str, Any]:
-        """The service's desired tag, rollout, frozen flag and history."""
-
-    def rollback(
-        self, service: Service, tag: str | None, sender: str, request_id: str | None = None
-    ) -> Any:
-        """Deploy an earlier tag through the normal path, recorded as a rollback."""
-
-    def set_frozen(self, service: Service, frozen: bool, sender: str) -> dict[str, Any]:
-        """Freeze or unfreeze deploys of the service."""
 
 
 @bp.after_request
@@ -197,8 +184,7 @@ def act(name: str, action: str) -> BaseResponse | tuple[str, int]:
             tag = request.form.get("tag") or None
             fields["requested_tag"] = tag
             outcome = operations.rollback(service, tag, sender=SENDER, request_id=uuid.uuid4().hex)
-            done = getattr(outcome, "tag", None) or tag or "the previous good tag"
-            message = f"Rolling back {service.name} to {done}."
+            message = f"Rolling back {service.name} to {outcome.tag}."
         else:
             operations.set_frozen(service, action == "freeze", sender=SENDER)
             message = f"{service.name} is {'frozen' if action == 'freeze' else 'unfrozen'}."
@@ -263,8 +249,7 @@ def _service(name: str) -> Service:
 
 
 def _settings() -> Settings:
-    settings: Settings = current_app.extensions["noman.settings"]
-    return settings
+    return components(current_app).settings
 
 
 def _limiter() -> FailureLimiter | None:
@@ -272,5 +257,5 @@ def _limiter() -> FailureLimiter | None:
     return limiter
 
 
-def _operations() -> Operations:
-    return cast(Operations, current_app.extensions["noman.deployer"])
+def _operations() -> Deployer:
+    return components(current_app).deployer

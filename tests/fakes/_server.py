@@ -11,6 +11,7 @@ names its request handler (a :class:`QuietHandler`) and answers requests itself,
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import socketserver
@@ -22,7 +23,36 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-__all__ = ["FakeHTTPServer", "FakeServer", "Hang", "QuietHandler", "RequestRecord", "run_main"]
+__all__ = [
+    "FakeClock",
+    "FakeHTTPServer",
+    "FakeServer",
+    "Hang",
+    "QuietHandler",
+    "RequestRecord",
+    "parse_duration",
+    "run_main",
+]
+
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a Go duration such as ``"1s"``, ``"500ms"`` or ``"1m30s"``.
+
+    Raises:
+        ValueError: when ``text`` is not a Go duration (Go requires a unit except for "0").
+    """
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in ("+", "-") else text
+    if body == "0":
+        return 0.0
+    if not _DURATION.fullmatch(body):
+        raise ValueError(f"time: invalid duration {text!r}")
+    return sign * sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(body))
+
 
 #: One recorded request: (method, path, query, headers with Title-Cased names).
 RequestRecord = tuple[str, str, dict[str, list[str]], dict[str, str]]
@@ -109,6 +139,45 @@ class Hang:
         self.release.wait(self.seconds)
 
 
+class FakeClock:
+    """A manual monotonic clock for the fakes: time stands still until :meth:`advance`.
+
+    Pass one to a fake (``FakeConsul(clock=clock)``, ``FakeNomad(clock=clock)``; one clock may
+    drive several fakes) and the fake's timed behaviour (Consul session TTLs and lock-delays,
+    Nomad's scripted deployment outcomes) follows it instead of the wall clock, so tests need
+    no sleeps. Blocking queries still time out on the wall clock (``wait=``): only the
+    simulated events follow this clock.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self._fakes: list[FakeServer] = []
+
+    def __call__(self) -> float:
+        """The current time in seconds (only meaningful relative to other readings)."""
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, then let every attached fake apply what came due and wake waiters.
+
+        Returns once every event due by the new time has happened, so a test can assert on the
+        outcome right away (a blocked HTTP reader is woken, it still needs a moment to answer).
+        """
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        with self._lock:
+            self._now += seconds
+            fakes = list(self._fakes)
+        for fake in fakes:
+            fake._tick()
+
+    def _attach(self, fake: FakeServer) -> None:
+        with self._lock:
+            self._fakes.append(fake)
+
+
 class FakeServer:
     """Socket and thread lifecycle, fault injection and request log of a fake HTTP server.
 
@@ -125,8 +194,14 @@ class FakeServer:
     #: How often the serving loop checks for shutdown: stop() waits up to this long.
     _poll_interval: ClassVar[float] = 0.05
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, clock: FakeClock | None = None
+    ) -> None:
         self.host = host
+        #: The manual clock driving timed events, or None for the wall clock (time.monotonic).
+        self.clock = clock
+        if clock is not None:
+            clock._attach(self)
         self._port = port
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -211,6 +286,48 @@ class FakeServer:
         server.server_close()
         server.close_connections()
         thread.join(timeout=5)
+
+    # ---- time ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The fake's notion of monotonic time: its :class:`FakeClock`, else time.monotonic()."""
+        return self.clock() if self.clock is not None else time.monotonic()
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake's :class:`FakeClock` forward (see :meth:`FakeClock.advance`).
+
+        Raises:
+            RuntimeError: when the fake runs on the wall clock (no ``clock=`` given).
+        """
+        if self.clock is None:
+            raise RuntimeError("advance() needs a fake created with clock=FakeClock()")
+        self.clock.advance(seconds)
+
+    def _next_due(self) -> float | None:
+        """When (in :meth:`now` time) the next timed event is due, or None; lock held."""
+        return None
+
+    def _apply_due(self) -> bool:
+        """Apply every timed event that is due; True when something changed. Lock held."""
+        return False
+
+    def _tick(self) -> None:
+        """Apply due events and wake every waiter if anything changed."""
+        with self._cond:
+            if self._apply_due():
+                self._cond.notify_all()
+
+    def _wait(self, remaining: float) -> None:
+        """Wait on ``_cond`` (held) for up to ``remaining`` wall seconds, then apply due events.
+
+        On the wall clock the wait also ends when the next timed event is due, so that events
+        happen on time (and wake blocking queries) without a timer thread.
+        """
+        if self.clock is None and (due := self._next_due()) is not None:
+            remaining = min(remaining, max(due - time.monotonic(), 0.0))
+        self._cond.wait(remaining)
+        if self._apply_due():
+            self._cond.notify_all()
 
     # ---- faults ----------------------------------------------------------------------------
 

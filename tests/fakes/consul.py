@@ -7,10 +7,21 @@ checked against Consul's own sources where they are stricter or more precise:
 * ``/v1/kv/<key>``: GET (``recurse``, ``keys`` + ``separator``, ``raw``, blocking ``index`` +
   ``wait``), PUT (``cas``, ``flags``, 512 KiB limit), DELETE (``recurse``, ``cas``); one raft-like
   index with tombstones, so ``X-Consul-Index`` never goes backwards or reads 0;
-* ``/v1/txn``: all-or-nothing KV transactions with Consul's verbs and error texts;
+* ``/v1/txn``: all-or-nothing KV transactions with Consul's verbs (``set``, ``cas``, ``get``,
+  ``check-index``, ``check-not-exists``, ``check-session``, ``lock``, ``unlock``, ``delete``,
+  ``delete-cas``, ...) and error texts;
+* ``/v1/session/{create,destroy,renew,info,list,node}`` and locks: ``PUT ?acquire=`` /
+  ``?release=``, ``LockIndex``/``Session`` on entries, TTL expiry with ``release`` or
+  ``delete`` behaviour, lock-delay after an invalidation; time comes from the wall clock or a
+  :class:`FakeClock` (``FakeConsul(clock=...)``, :meth:`FakeConsul.advance`), and
+  :meth:`FakeConsul.expire_session` invalidates a session at once. An unrenewed session dies
+  exactly at ``TTL * session_ttl_multiplier`` (default 1; real Consul may wait up to 2 TTLs);
 * ``/v1/status/leader``; the router's 301 for ``//`` paths; newer Consul's key validation;
+* one datacenter (``datacenter``, default "dc1"): another ``?dc=`` is 500 "No path to
+  datacenter"; :meth:`FakeConsul.set_leader` takes the leader away (500 "No cluster leader");
 * ACLs with default-deny: one all-powerful token, requests without a token act as the anonymous
-  token (403 on keys, results filtered from lists, 409 inside a transaction);
+  token (403 on keys and session writes, results filtered from lists, 409 inside a
+  transaction);
 * fault injection: failed answers, hung requests, refused connections.
 
     with FakeConsul() as fake:
@@ -31,15 +42,33 @@ import re
 import string
 import sys
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, Self
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from tests.fakes._server import FakeHTTPServer, FakeServer, Hang, QuietHandler, run_main
+from tests.fakes._server import (
+    FakeClock,
+    FakeHTTPServer,
+    FakeServer,
+    Hang,
+    QuietHandler,
+    parse_duration,
+    run_main,
+)
 
-__all__ = ["ANONYMOUS_ACCESSOR_ID", "MAX_VALUE_SIZE", "FakeConsul", "main", "parse_duration"]
+__all__ = [
+    "ANONYMOUS_ACCESSOR_ID",
+    "MAX_VALUE_SIZE",
+    "NO_CLUSTER_LEADER",
+    "NO_PATH_TO_DATACENTER",
+    "FakeClock",
+    "FakeConsul",
+    "main",
+    "parse_duration",
+]
 
 JSON = dict[str, Any]
 
@@ -53,6 +82,17 @@ MAX_WAIT = 600.0
 #: The AccessorID Consul reports for the anonymous token (requests without a token).
 ANONYMOUS_ACCESSOR_ID = "00000000-0000-0000-0000-000000000002"
 NO_LEADER = "rpc error making call: No cluster leader"
+#: What a server without a leader answers (structs.ErrNoLeader), see :meth:`FakeConsul.set_leader`.
+NO_CLUSTER_LEADER = "No cluster leader"
+#: structs.ErrNoDCPath: the answer to a ``?dc=`` naming a datacenter the agent cannot reach.
+NO_PATH_TO_DATACENTER = "No path to datacenter"
+#: Session limits and defaults (seconds), from Consul's structs and server config.
+SESSION_TTL_MIN = 10.0
+SESSION_TTL_MAX = 86400.0
+DEFAULT_LOCK_DELAY = 15.0
+MAX_LOCK_DELAY = 60.0
+# FixupLockDelay: a bare number below this counts as seconds, else as nanoseconds.
+_LOCK_DELAY_MIN_THRESHOLD = 1000
 
 _UINT64_MAX = 2**64 - 1
 # Bodies above this are refused unread and the connection is closed; Consul's own limit is far
@@ -62,24 +102,6 @@ _MAX_BODY = 64 * 1024 * 1024
 _KEY_CHARS = frozenset(string.ascii_letters + string.digits + ",-_./")
 _WRITE_VERBS = frozenset({"set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"})
 _UNFILTERED_READS = frozenset({"get", "get-tree", "get-or-empty"})
-_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """Return the seconds in a Go duration such as ``"1s"``, ``"500ms"`` or ``"1m30s"``.
-
-    Raises:
-        ValueError: when ``text`` is not a Go duration (Go requires a unit except for "0").
-    """
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text[1:] if text[:1] in ("+", "-") else text
-    if body == "0":
-        return 0.0
-    if not _DURATION.fullmatch(body):
-        raise ValueError(f"time: invalid duration {text!r}")
-    return sign * sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(body))
 
 
 def _q(text: str) -> str:
@@ -199,17 +221,53 @@ class _Entry:
     flags: int
     create_index: int
     modify_index: int
+    lock_index: int = 0
+    session: str = ""  # the session holding the lock, "" when unlocked
 
     def as_json(self, with_value: bool = True) -> JSON:
         # Consul sends an empty value as null, and blanks values of written txn entries.
         value = base64.b64encode(self.value).decode() if with_value and self.value else None
-        return {
-            "LockIndex": 0,
+        data: JSON = {
+            "LockIndex": self.lock_index,
             "Key": self.key,
             "Flags": self.flags,
             "Value": value,
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
+        }
+        if self.session:  # Consul omits Session (omitempty) unless the key is locked
+            data["Session"] = self.session
+        return data
+
+
+@dataclass
+class _Session:
+    """One Consul session; ``expires`` is in the fake's clock time, None without a TTL."""
+
+    id: str
+    name: str
+    node: str
+    lock_delay: float  # seconds, as asked (capped at MAX_LOCK_DELAY only when applied)
+    behavior: str
+    ttl: str
+    ttl_seconds: float
+    node_checks: list[str]
+    service_checks: list[JSON] | None
+    create_index: int
+    expires: float | None
+
+    def as_json(self) -> JSON:
+        return {
+            "ID": self.id,
+            "Name": self.name,
+            "Node": self.node,
+            "LockDelay": round(self.lock_delay * 1e9),  # a Go time.Duration: nanoseconds
+            "Behavior": self.behavior,
+            "TTL": self.ttl,
+            "NodeChecks": list(self.node_checks),
+            "ServiceChecks": self.service_checks,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.create_index,
         }
 
 
@@ -256,9 +314,50 @@ class _Store:
         old = self.entries.get(key)
         if old is not None and old.value == value and old.flags == flags:
             return  # Consul skips unchanged writes: ModifyIndex stays put
-        created = old.create_index if old else index
-        self.entries[key] = _Entry(key, value, flags, created, index)
+        if old is None:
+            self.entries[key] = _Entry(key, value, flags, index, index)
+        else:
+            # A plain write keeps the lock (kvsSetTxn without updateSession).
+            self.entries[key] = replace(old, value=value, flags=flags, modify_index=index)
         self._changed(index)
+
+    def lock(self, key: str, value: bytes, flags: int, session: str, index: int) -> bool:
+        """Consul's kvsLockTxn once the session is known valid: False when another holds it."""
+        old = self.entries.get(key)
+        if old is None:
+            self.entries[key] = _Entry(key, value, flags, index, index, 1, session)
+        elif old.session and old.session != session:
+            return False
+        else:
+            # Re-acquiring a lock already held keeps LockIndex; a new acquisition bumps it.
+            lock_index = old.lock_index if old.session == session else old.lock_index + 1
+            self.entries[key] = replace(
+                old, value=value, flags=flags, modify_index=index, lock_index=lock_index,
+                session=session,
+            )  # fmt: skip
+        self._changed(index)
+        return True
+
+    def unlock(self, key: str, value: bytes, flags: int, session: str, index: int) -> bool:
+        """Consul's kvsUnlockTxn: False unless ``session`` holds the key; the body is written."""
+        old = self.entries.get(key)
+        if old is None or old.session != session:
+            return False
+        self.entries[key] = replace(old, value=value, flags=flags, modify_index=index, session="")
+        self._changed(index)
+        return True
+
+    def release_session(self, session: _Session, index: int) -> tuple[str, ...]:
+        """Invalidate ``session``'s locks (release or delete behaviour); returns their keys."""
+        held = tuple(key for key, entry in self.entries.items() if entry.session == session.id)
+        for key in held:
+            if session.behavior == "delete":
+                self.delete(key, index)
+            else:
+                entry = self.entries[key]
+                self.entries[key] = replace(entry, session="", modify_index=index)
+                self._changed(index)
+        return held
 
     def delete(self, key: str, index: int) -> None:
         if self.entries.pop(key, None) is not None:
@@ -376,8 +475,11 @@ def _precheck(op: _TxnOp, anonymous: bool) -> str | None:
     return _denied("read" if op.verb in ("check-index", "check-session") else "write", op.key)
 
 
-def _run_op(store: _Store, op: _TxnOp, index: int) -> list[JSON]:
-    """Apply one operation to ``store`` and return its results; errors use Consul's texts."""
+def _run_op(store: _Store, op: _TxnOp, index: int, sessions: dict[str, _Session]) -> list[JSON]:
+    """Apply one operation to ``store`` and return its results; errors use Consul's texts.
+
+    ``sessions`` are the live sessions (``lock`` needs its session to exist).
+    """
     key, verb, entry = op.key, op.verb, store.entries.get(op.key)
     if verb in ("set", "cas"):
         if verb == "cas" and not store.set_allowed(key, op.index):
@@ -416,19 +518,25 @@ def _run_op(store: _Store, op: _TxnOp, index: int) -> list[JSON]:
     if verb == "check-session":
         if entry is None:
             raise _OpFailed(f"failed to check session, key {_q(key)} doesn't exist")
-        if op.session:  # the fake has no sessions, so no key is ever locked
+        if entry.session != op.session:
             raise _OpFailed(
-                f'failed session check for key {_q(key)}, current session "" != {_q(op.session)}'
+                f"failed session check for key {_q(key)}, "
+                f"current session {_q(entry.session)} != {_q(op.session)}"
             )
         return [{"KV": entry.as_json(with_value=False)}]
     if verb in ("lock", "unlock"):
         if not op.session:
             raise _OpFailed("missing session")
         if verb == "lock":
-            raise _OpFailed(f"invalid session {_q(op.session)}")
-        raise _OpFailed(
-            f"failed to unlock key {_q(key)}, lock isn't held, or is held by another session"
-        )
+            if op.session not in sessions:
+                raise _OpFailed(f"invalid session {_q(op.session)}")
+            if not store.lock(key, op.value, op.flags, op.session, index):
+                raise _OpFailed(f"failed to lock key {_q(key)}, lock is already held")
+        elif not store.unlock(key, op.value, op.flags, op.session, index):
+            raise _OpFailed(
+                f"failed to unlock key {_q(key)}, lock isn't held, or is held by another session"
+            )
+        return [{"KV": store.entries[key].as_json(with_value=False)}]
     raise _OpFailed(f"unknown KV verb {_q(verb)}")
 
 
@@ -540,30 +648,59 @@ class FakeConsul(FakeServer):
     :meth:`stop`. One lock guards all state; handler threads and test code may use it at once.
     :attr:`requests` records each path as sent (still percent-encoded).
 
+    Sessions (``/v1/session/*``, ``?acquire``/``?release``, txn ``lock``/``unlock``/
+    ``check-session``) expire on the fake's clock (:meth:`now`): the wall clock, or a
+    :class:`FakeClock` passed as ``clock`` that tests move with :meth:`advance`. An unrenewed
+    session is invalidated exactly ``TTL * session_ttl_multiplier`` after its creation or last
+    renewal; the multiplier defaults to 1 although real Consul waits up to 2 TTLs (its
+    ``SessionTTLMultiplier``), so pass 2 to model the slowest real failover.
+    :meth:`expire_session` invalidates one at once.
+
     Args:
-        acl_token: turns ACLs on (default deny): only this token may use /v1/kv and /v1/txn;
-            a request without a token acts as Consul's anonymous token, any other token is
-            unknown ("ACL not found").
+        acl_token: turns ACLs on (default deny): only this token may use /v1/kv, /v1/txn and
+            /v1/session; a request without a token acts as Consul's anonymous token, any
+            other token is unknown ("ACL not found").
         port: the TCP port; 0 picks a free one when the fake starts.
         host: the address to bind.
+        datacenter: the fake's only datacenter; a ``?dc=`` naming another answers 500
+            "No path to datacenter".
+        clock: a manual clock for session TTLs and lock-delays; None uses the wall clock.
+        session_ttl_multiplier: how many TTLs an unrenewed session lives.
     """
 
     _handler_class = _Handler
     _thread_name = "fake-consul"
+    #: The node name sessions are created on (Consul's agent node).
+    node_name = "fake-consul"
 
     def __init__(
-        self, acl_token: str | None = None, port: int = 0, host: str = "127.0.0.1"
+        self,
+        acl_token: str | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        datacenter: str = "dc1",
+        clock: FakeClock | None = None,
+        session_ttl_multiplier: float = 1.0,
     ) -> None:
         # The base's _cond guards everything; notified on every change so blocking reads
         # wake up.
-        super().__init__(host=host, port=port)
+        super().__init__(host=host, port=port, clock=clock)
         self.acl_token = acl_token
-        #: What /v1/status/leader answers; "" means the cluster has no leader.
+        self.datacenter = datacenter
+        self.session_ttl_multiplier = session_ttl_multiplier
+        #: What /v1/status/leader answers; "" means the cluster has no leader. Setting it
+        #: alone changes only that answer and X-Consul-KnownLeader; :meth:`set_leader` also
+        #: makes every KV, txn and session request fail the way a leaderless cluster does.
         self.leader = "127.0.0.1:8300"
+        self._leaderless = False
         #: Mutations applied through HTTP: KV PUTs and DELETEs that changed something, applied
         #: txn operations that changed something. :meth:`set` does not count.
         self.writes = 0
         self._store = _Store()
+        self._sessions: dict[str, _Session] = {}
+        # key -> clock time until which nobody may acquire it (set on session invalidation).
+        self._lock_delays: dict[str, float] = {}
 
     def start(self) -> Self:
         """Listen and serve in a daemon thread; returns ``self``.
@@ -586,28 +723,74 @@ class FakeConsul(FakeServer):
         """Answer every request with ``status`` and a text body until :meth:`heal`."""
         super().fail_always(status, body)
 
+    def set_leader(self, present: bool) -> None:
+        """Give the cluster a leader again (True) or take it away (False).
+
+        Without a leader, /v1/status/leader answers ``""``, and KV reads (except ``?stale``
+        ones), KV writes, transactions and session requests answer 500 "No cluster leader",
+        as a Consul server does while no leader is elected.
+        """
+        with self._cond:
+            self._leaderless = not present
+            self.leader = "127.0.0.1:8300" if present else ""
+
     # ---- direct state access for tests -----------------------------------------------------
 
     def value(self, key: str) -> bytes | None:
         """The stored bytes (``b""`` for an empty value), or None when the key is missing."""
+        self._tick()
         with self._cond:
             entry = self._store.entries.get(key)
         return None if entry is None else entry.value
 
     def entry(self, key: str) -> dict[str, Any] | None:
-        """The key's record as Consul keeps it (``Value`` is bytes, None when empty)."""
+        """The key's record as Consul keeps it (``Value`` is bytes, None when empty).
+
+        ``Session`` is present only while the key is locked, as in Consul's JSON.
+        """
+        self._tick()
         with self._cond:
             entry = self._store.entries.get(key)
         if entry is None:
             return None
-        return {
+        record: dict[str, Any] = {
             "Key": entry.key,
             "Value": entry.value or None,
             "Flags": entry.flags,
             "CreateIndex": entry.create_index,
             "ModifyIndex": entry.modify_index,
-            "LockIndex": 0,
+            "LockIndex": entry.lock_index,
         }
+        if entry.session:
+            record["Session"] = entry.session
+        return record
+
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        """The live session as /v1/session/info shows it, or None once gone."""
+        self._tick()
+        with self._cond:
+            found = self._sessions.get(session_id)
+            return None if found is None else found.as_json()
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every live session, as /v1/session/list shows them (oldest first)."""
+        self._tick()
+        with self._cond:
+            return [found.as_json() for found in self._sessions.values()]
+
+    def expire_session(self, session_id: str) -> bool:
+        """Invalidate a session now, as if its TTL ran out; False when it does not exist.
+
+        Its locks are released or their keys deleted (per its Behavior), lock-delay starts
+        on them and blocking reads wake, exactly as on TTL expiry or destroy.
+        """
+        with self._cond:
+            return self._invalidate(session_id)
+
+    def lock_delay(self, key: str) -> float:
+        """Seconds (fake clock) during which ``key`` cannot be acquired any more; 0 if none."""
+        with self._cond:
+            return max(self._lock_delays.get(key, 0.0) - self.now(), 0.0)
 
     def set(self, key: str, value: bytes | str, flags: int = 0) -> int:
         """Write a key directly (as a plain PUT would) and return its ModifyIndex.
@@ -624,9 +807,54 @@ class FakeConsul(FakeServer):
 
     # ---- request handling ------------------------------------------------------------------
 
+    # ---- sessions and time (callers hold the lock) -----------------------------------------
+
+    def _next_due(self) -> float | None:
+        return min(
+            (found.expires for found in self._sessions.values() if found.expires is not None),
+            default=None,
+        )
+
+    def _apply_due(self) -> bool:
+        now = self.now()
+        due = [
+            found.id
+            for found in self._sessions.values()
+            if found.expires is not None and found.expires <= now
+        ]
+        for session_id in due:
+            self._invalidate(session_id)
+        return bool(due)
+
+    def _invalidate(self, session_id: str) -> bool:
+        """Consul's deleteSessionTxn: drop the session, release or delete its keys."""
+        found = self._sessions.pop(session_id, None)
+        if found is None:
+            return False
+        self._store.index += 1  # the session table write takes a raft index of its own
+        keys = self._store.release_session(found, self._store.index)
+        delay = min(found.lock_delay, MAX_LOCK_DELAY)
+        if delay > 0:
+            until = self.now() + delay
+            for key in keys:
+                self._lock_delays[key] = until
+        self._cond.notify_all()
+        return True
+
+    def _in_lock_delay(self, key: str) -> bool:
+        until = self._lock_delays.get(key)
+        if until is None:
+            return False
+        if until <= self.now():
+            del self._lock_delays[key]
+            return False
+        return True
+
     def _handle(self, req: _Request, server: _Server) -> _Response | None:
         with self._cond:
             self.requests.append((req.method, req.raw_path, req.query, dict(req.headers)))
+            if self._apply_due():
+                self._cond.notify_all()
             fault = self._next_fault()
         if isinstance(fault, Hang):
             fault.wait()
@@ -646,10 +874,18 @@ class FakeConsul(FakeServer):
             # Consul's router (Go's ServeMux) redirects to the cleaned path.
             target = "/v1/kv/" if path == "/v1/kv" else _clean_path(path)
             return _redirect(target, req.raw_query, req.method)
+        dc = _first(req.query, "dc")
+        if dc and dc != self.datacenter:
+            return _text(500, NO_PATH_TO_DATACENTER)
+        leaderless = self._leaderless and not (req.method == "GET" and "stale" in req.query)
+        if leaderless and path.startswith(("/v1/kv/", "/v1/txn", "/v1/session/")):
+            return _text(500, NO_CLUSTER_LEADER)
         if path.startswith("/v1/kv/"):
             return self._kv(req, path.removeprefix("/v1/kv/"), server)
         if path == "/v1/txn":
             return self._txn(req)
+        if path.startswith("/v1/session/"):
+            return self._session(req, path.removeprefix("/v1/session/"))
         if path in ("/v1/status/leader", "/v1/status/peers"):
             if req.method != "GET":
                 return _text(405, f"method {req.method} not allowed", {"Allow": "GET"})
@@ -759,7 +995,7 @@ class FakeConsul(FakeServer):
                     return index, response
                 if server.closing.is_set():
                     return None
-                self._cond.wait(remaining)
+                self._wait(remaining)
 
     def _kv_put(self, req: _Request, key: str) -> _Response:
         query = req.query
@@ -767,8 +1003,6 @@ class FakeConsul(FakeServer):
             return _text(400, "Missing key name")
         _reject_conflicts(query, "cas", "acquire", "release")
         flags, cas = _uint(query, "flags"), _uint(query, "cas")
-        if "acquire" in query or "release" in query:
-            return _text(400, "fake consul: sessions (acquire/release) are not supported")
         if len(req.body) > MAX_VALUE_SIZE:
             return _text(
                 413,
@@ -779,10 +1013,33 @@ class FakeConsul(FakeServer):
         if self._anonymous(req):
             return _text(403, _denied("write", key))
         with self._cond:
+            if "acquire" in query or "release" in query:
+                return _json(self._lock_put(req, key, flags or 0))
             if cas is not None and not self._store.set_allowed(key, cas):
                 return _json(False)
             self._mutate(lambda store, index: store.set(key, req.body, flags or 0, index))
         return _json(True)
+
+    def _lock_put(self, req: _Request, key: str, flags: int) -> bool:
+        """``?acquire=`` / ``?release=``, in Consul's order of checks; the lock is held."""
+        acquire = "acquire" in req.query
+        session = _first(req.query, "acquire" if acquire else "release")
+        # kvsPreApply checks the lock-delay first, then the state store the session.
+        if acquire and self._in_lock_delay(key):
+            return False
+        if not session:
+            raise _Reject(_text(500, "missing session"))
+        if acquire and session not in self._sessions:
+            raise _Reject(_text(500, f"invalid session {_q(session)}"))
+        done = False
+
+        def change(store: _Store, index: int) -> None:
+            nonlocal done
+            lock = store.lock if acquire else store.unlock
+            done = lock(key, req.body, flags, session, index)
+
+        self._mutate(change)
+        return done
 
     def _kv_delete(self, req: _Request, key: str) -> _Response:
         query = req.query
@@ -817,15 +1074,17 @@ class FakeConsul(FakeServer):
             return _text(413, f"Request body too large, max size: {MAX_VALUE_SIZE} bytes")
         ops = _parse_txn(req.body)
         anonymous = self._anonymous(req)
-        problems = [(i, what) for i, op in enumerate(ops) if (what := _precheck(op, anonymous))]
         results: list[JSON] = []
-        if not problems:
-            with self._cond:
+        with self._cond:
+            problems = [
+                (i, what) for i, op in enumerate(ops) if (what := self._txn_precheck(op, anonymous))
+            ]
+            if not problems:
                 # All or nothing: run on a copy, keep it only if every operation succeeded.
                 work = self._store.copy()
                 for i, op in enumerate(ops):
                     try:
-                        results.extend(_run_op(work, op, self._store.index + 1))
+                        results.extend(_run_op(work, op, self._store.index + 1, self._sessions))
                     except _OpFailed as failed:
                         problems.append((i, str(failed)))
                 if not problems and work.mutations != self._store.mutations:
@@ -840,6 +1099,157 @@ class FakeConsul(FakeServer):
         headers = self._leader_meta() if read_only else {}
         # The anonymous token may read nothing: Consul filters those results out.
         return _json({"Results": [] if anonymous else results, "Errors": None}, headers)
+
+    def _txn_precheck(self, op: _TxnOp, anonymous: bool) -> str | None:
+        """kvsPreApply of one operation: ACLs, then the lock-delay of a ``lock``."""
+        if problem := _precheck(op, anonymous):
+            return problem
+        if op.verb == "lock" and self._in_lock_delay(op.key):
+            return f"failed to lock key {_q(op.key)} due to lock delay"
+        return None
+
+    # ---- /v1/session -----------------------------------------------------------------------
+
+    def _session(self, req: _Request, rest: str) -> _Response:
+        action, _, session_id = rest.partition("/")
+        writes = {"create": "PUT", "destroy": "PUT", "renew": "PUT"}
+        reads = {"info": "GET", "list": "GET", "node": "GET"}
+        method = writes.get(action) or reads.get(action)
+        if method is None:
+            return _text(404, f"fake consul: no such endpoint: {req.method} {req.path}")
+        if req.method != method:
+            return _text(405, f"method {req.method} not allowed", {"Allow": method})
+        if action in ("destroy", "renew", "info", "node") and not session_id:
+            what = "node" if action == "node" else "session"
+            return _text(400, f"Missing {what}")
+        anonymous = self._anonymous(req)
+        if anonymous and action in writes:
+            return _text(403, _denied_session(self.node_name))
+        with self._cond:
+            if action == "create":
+                return self._session_create(req)
+            if action == "destroy":
+                self._invalidate(session_id)
+                return _json(True)
+            found = self._sessions.get(session_id)
+            if action == "renew":
+                if found is None:
+                    return _text(404, f"Session id '{session_id}' not found")
+                if found.expires is not None:
+                    found.expires = self.now() + found.ttl_seconds * self.session_ttl_multiplier
+                return _json([found.as_json()])
+            if action == "info":
+                listed = [] if found is None else [found]
+            else:  # list, or the sessions of one node
+                listed = [
+                    one
+                    for one in self._sessions.values()
+                    if action == "list" or one.node == session_id
+                ]
+            extra = {"X-Consul-Results-Filtered-By-ACLs": "true"} if anonymous and listed else {}
+            shown = [] if anonymous else [one.as_json() for one in listed]
+            return _json(shown, {**self._meta(self._store.index), **extra})
+
+    def _session_create(self, req: _Request) -> _Response:
+        fields = _session_body(req.body)
+        behavior = fields.get("behavior") or "release"
+        if behavior not in ("release", "delete"):
+            return _text(500, f"Invalid Behavior setting '{behavior}'")
+        ttl = fields.get("ttl") or ""
+        if not isinstance(ttl, str):
+            return _text(400, _decode_failed("TTL", ttl, "string"))
+        ttl_seconds = 0.0
+        if ttl:
+            try:
+                ttl_seconds = parse_duration(ttl)
+            except ValueError as exc:
+                return _text(500, f"Session TTL '{ttl}' invalid: {_go_duration_error(exc, ttl)}")
+            if ttl_seconds and not SESSION_TTL_MIN <= ttl_seconds <= SESSION_TTL_MAX:
+                return _text(
+                    500,
+                    f"Invalid Session TTL '{round(ttl_seconds * 1e9)}', "
+                    "must be between [10s=24h0m0s]",
+                )
+        node = fields.get("node") or self.node_name
+        if node != self.node_name:
+            return _text(500, "Missing node registration")
+        name = fields.get("name") or ""
+        node_checks = fields.get("nodechecks") or fields.get("checks")
+        if node_checks is None and not fields.get("servicechecks"):
+            node_checks = ["serfHealth"]  # fixupEmptySessionChecks
+        self._store.index += 1
+        session = _Session(
+            id=str(uuid.uuid4()),
+            name=str(name),
+            node=node,
+            lock_delay=fields.get("lockdelay", DEFAULT_LOCK_DELAY),
+            behavior=behavior,
+            ttl=ttl,
+            ttl_seconds=ttl_seconds,
+            node_checks=list(node_checks or []),
+            service_checks=fields.get("servicechecks"),
+            create_index=self._store.index,
+            expires=self.now() + ttl_seconds * self.session_ttl_multiplier if ttl_seconds else None,
+        )
+        self._sessions[session.id] = session
+        self._cond.notify_all()
+        return _json({"ID": session.id})
+
+
+def _denied_session(node: str) -> str:
+    return (
+        f"Permission denied: token with AccessorID '{ANONYMOUS_ACCESSOR_ID}' lacks permission "
+        f"'session:write' on {_q(node)}"
+    )
+
+
+def _decode_failed(name: str, value: Any, go_type: str) -> str:
+    json_type = _JSON_TYPES.get(type(value), "number")
+    return (
+        f"Request decode failed: json: cannot unmarshal {json_type} into Go struct field "
+        f"Session.{name} of type {go_type}"
+    )
+
+
+def _go_duration_error(exc: ValueError, text: str) -> str:
+    del exc  # parse_duration's message uses Python quoting; Go's uses %q
+    return f"time: invalid duration {_q(text)}"
+
+
+def _session_body(body: bytes) -> JSON:
+    """The create body with lower-cased field names and LockDelay in seconds (FixupLockDelay)."""
+    if not body.strip():
+        return {}
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise _Reject(_text(400, f"Request decode failed: {exc}")) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _Reject(
+            _text(400, "Request decode failed: json: cannot unmarshal into structs.Session")
+        )
+    fields = {key.lower(): value for key, value in raw.items()}
+    for name in ("name", "node", "behavior"):
+        if fields.get(name) is not None and not isinstance(fields[name], str):
+            raise _Reject(_text(400, _decode_failed(name.title(), fields[name], "string")))
+    if "lockdelay" in fields:
+        delay = fields["lockdelay"]
+        if isinstance(delay, str):
+            try:
+                fields["lockdelay"] = max(parse_duration(delay), 0.0)
+            except ValueError as exc:
+                message = f"Request decode failed: {_go_duration_error(exc, delay)}"
+                raise _Reject(_text(400, message)) from None
+        elif isinstance(delay, int | float) and not isinstance(delay, bool):
+            seconds = delay if delay < _LOCK_DELAY_MIN_THRESHOLD else delay / 1e9
+            fields["lockdelay"] = max(float(seconds), 0.0)
+        elif delay is None:
+            fields["lockdelay"] = DEFAULT_LOCK_DELAY
+        else:
+            raise _Reject(_text(400, _decode_failed("LockDelay", delay, "time.Duration")))
+    return fields
 
 
 def _key_names(entries: list[_Entry], prefix: str, separator: str) -> list[str]:

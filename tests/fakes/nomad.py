@@ -6,8 +6,16 @@ HTTP, either with plain ``requests`` or through python-nomad:
 * jobs keyed by ``(namespace, id)`` with server-managed fields, versions and the
   ``JobModifyIndex`` check-and-set of ``EnforceIndex`` registrations (same error text as Nomad);
 * deployments created for every new version of a service job, whose outcome is scripted per
-  fake (:meth:`FakeNomad.script_deployments`) and evaluated lazily on read, including Nomad's
-  automatic revert to the latest stable version when a deployment fails;
+  fake (:meth:`FakeNomad.script_deployments`) and happens at its due time on the fake's clock
+  (the wall clock, or a :class:`FakeClock` the test moves with :meth:`FakeNomad.advance`), or
+  at once with :meth:`FakeNomad.finish_deployment`; a success makes the version ``Stable``, a
+  failure with ``AutoRevert`` registers the latest stable version again as a new (unstable)
+  version with its own deployment, as Nomad's deployment watcher does;
+* blocking queries (``?index=N&wait=5s``) on ``/v1/job/<id>``, its ``versions``,
+  ``deployment`` and ``deployments``, ``/v1/deployment/<id>`` and ``/v1/jobs``: every answer
+  carries the resource's ``X-Nomad-Index`` (the job's or deployment's ``ModifyIndex``, the
+  deployments table's index for a job's deployments) and waits until it passes N; waiting
+  queries wake when an outcome comes due, without a timer thread (no jitter, unlike Nomad);
 * ACL tokens (``X-Nomad-Token`` or ``Authorization: Bearer``) and fault injection (failed
   answers, hung requests, refused connections).
 
@@ -29,11 +37,20 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.fakes._server import FakeHTTPServer, FakeServer, Hang, QuietHandler, run_main
+from tests.fakes._server import (
+    FakeClock,
+    FakeHTTPServer,
+    FakeServer,
+    Hang,
+    QuietHandler,
+    parse_duration,
+    run_main,
+)
 
 __all__ = [
     "DEPLOYMENT_OUTCOMES",
     "SERVER_FIELDS",
+    "FakeClock",
     "FakeNomad",
     "main",
     "sample_service_job",
@@ -68,6 +85,9 @@ SECOND_NS = 1_000_000_000
 #: Nomad's default ``update.progress_deadline`` (10 minutes).
 DEFAULT_PROGRESS_DEADLINE_NS = 600 * SECOND_NS
 ENFORCE_INDEX_PREFIX = "Enforcing job modify index"
+#: Blocking queries: Nomad's default ``wait`` and its cap (seconds).
+DEFAULT_WAIT = 300.0
+MAX_WAIT = 600.0
 
 # Deployment states in which Nomad still considers a deployment active (and so cancels it when a
 # newer job version arrives).
@@ -186,7 +206,7 @@ class _Deployment:
     """A deployment plus the script that decides how and when it finishes."""
 
     data: JSON
-    created: float  # time.monotonic() at (logical) creation
+    created: float  # the fake's clock (FakeNomad.now()) at (logical) creation
     outcome: str
     after: float
 
@@ -290,9 +310,15 @@ class FakeNomad(FakeServer):
     # A short poll keeps stop()/refuse_connections() fast (shutdown waits for it).
     _poll_interval = 0.01
 
-    def __init__(self, acl_token: str | None = None, port: int = 0) -> None:
-        """Create a stopped fake; ``acl_token`` enables ACLs, ``port=0`` picks a free port."""
-        super().__init__(host="127.0.0.1", port=port)
+    def __init__(
+        self, acl_token: str | None = None, port: int = 0, *, clock: FakeClock | None = None
+    ) -> None:
+        """Create a stopped fake; ``acl_token`` enables ACLs, ``port=0`` picks a free port.
+
+        ``clock`` (a :class:`FakeClock`) drives the scripted deployment outcomes instead of
+        the wall clock: they then happen only when the test advances it.
+        """
+        super().__init__(host="127.0.0.1", port=port, clock=clock)
         self.acl_token = acl_token
         # Nomad has one Raft index for everything; start above 0 so that "0" stays special
         # (EnforceIndex with JobModifyIndex 0 means "job must not exist").
@@ -302,7 +328,7 @@ class FakeNomad(FakeServer):
         self._outcome = "successful"
         self._after = 0.0
         # Wall clock = monotonic + offset; deadlines use the monotonic clock, JSON the wall one.
-        self._wall_offset = time.time() - time.monotonic()
+        self._wall_offset = time.time() - self.now()
         #: Every register body received over HTTP, accepted or not (faults included), in order.
         self.registrations: list[dict[str, Any]] = []
 
@@ -348,7 +374,7 @@ class FakeNomad(FakeServer):
             self._refresh()
             if (namespace, job_id) in self._jobs:
                 raise ValueError(f"job {job_id!r} already exists in namespace {namespace!r}")
-            stored = self._store_version(namespace, job, time.monotonic(), deploy=False)
+            stored = self._store_version(namespace, job, self.now(), deploy=False)
             stored["Stable"] = True
             return copy.deepcopy(stored)
 
@@ -386,7 +412,7 @@ class FakeNomad(FakeServer):
             candidate = copy.deepcopy(current)
             mutate(candidate)
             candidate["ID"] = job_id
-            stored, _ = self._upsert(namespace, candidate, time.monotonic())
+            stored, _ = self._upsert(namespace, candidate, self.now())
             return copy.deepcopy(stored)
 
     def deployments(self, job_id: str, namespace: str = DEFAULT_NAMESPACE) -> list[JSON]:
@@ -395,7 +421,59 @@ class FakeNomad(FakeServer):
             self._refresh()
             return [copy.deepcopy(d.data) for d in self._job_deployments(namespace, job_id)]
 
+    def deployment(self, deployment_id: str) -> JSON | None:
+        """A deep copy of one deployment, or None."""
+        with self._lock:
+            self._refresh()
+            found = self._deployments.get(deployment_id)
+            return copy.deepcopy(found.data) if found is not None else None
+
+    def finish_deployment(self, deployment_id: str, outcome: str | None = None) -> JSON:
+        """End a running deployment now, as Nomad's deployment watcher would, and wake waiters.
+
+        ``outcome`` is "successful", "failed" or "cancelled"; the default is the outcome
+        scripted when the deployment was created ("successful" for a "stall" script). Exactly
+        what a scripted outcome does happens: ``Stable`` on success, the automatic revert on
+        failure. Returns a copy of the deployment.
+
+        Raises:
+            KeyError: unknown deployment.
+            ValueError: the deployment is not running any more, or a bad outcome.
+        """
+        if outcome is not None and outcome not in ("successful", "failed", "cancelled"):
+            raise ValueError(f"outcome must be successful, failed or cancelled, not {outcome!r}")
+        with self._lock:
+            self._refresh()
+            found = self._deployments.get(deployment_id)
+            if found is None:
+                raise KeyError(f"deployment {deployment_id!r} not found")
+            if found.data["Status"] != "running":
+                raise ValueError(f"deployment {deployment_id!r} is {found.data['Status']}")
+            if outcome is None:
+                outcome = "successful" if found.outcome == "stall" else found.outcome
+            self._finish(found, outcome, self.now())
+            self._cond.notify_all()
+            return copy.deepcopy(found.data)
+
+    def latest_deployment(self, job_id: str, namespace: str = DEFAULT_NAMESPACE) -> JSON | None:
+        """A deep copy of the job's newest deployment (what /v1/job/<id>/deployment shows)."""
+        with self._lock:
+            self._refresh()
+            found = self._job_deployments(namespace, job_id)
+            if not found:
+                return None
+            return copy.deepcopy(max(found, key=lambda d: d.data["CreateIndex"]).data)
+
     # ---- state machinery (callers hold self._lock) ------------------------------------------
+
+    def _jobs_index(self) -> int:
+        """The index of the jobs table: the newest change to any job or version."""
+        indexes = [v["ModifyIndex"] for versions in self._jobs.values() for v in versions]
+        return max(indexes, default=1)
+
+    def _deployments_index(self) -> int:
+        """The index of the deployments table: the newest change to any deployment."""
+        return max((d.data["ModifyIndex"] for d in self._deployments.values()), default=1)
 
     def _next_index(self) -> int:
         self._index += 1
@@ -514,13 +592,31 @@ class FakeNomad(FakeServer):
         )
 
     def _refresh(self) -> None:
+        """Apply every scripted deployment outcome whose time has come (see _apply_due)."""
+        if self._apply_due():
+            self._cond.notify_all()
+
+    def _next_due(self) -> float | None:
+        return min(
+            (
+                due
+                for d in self._deployments.values()
+                if d.data["Status"] == "running" and (due := d.due) is not None
+            ),
+            default=None,
+        )
+
+    def _apply_due(self) -> bool:
         """Apply every scripted deployment outcome whose time has come, in time order.
 
-        Evaluating lazily keeps the fake free of timers; processing in due order (and using the
-        due time as the logical "now") keeps the result identical to a real-time simulation,
-        including deployments created by automatic reverts.
+        Requests and waiting blocking queries call this (a blocking query's wait ends at the
+        next due time), so outcomes happen on time without a timer thread; with a FakeClock,
+        :meth:`FakeClock.advance` calls it. Processing in due order (and using the due time as
+        the logical "now") keeps the result identical to a real-time simulation, including
+        deployments created by automatic reverts.
         """
-        now = time.monotonic()
+        now = self.now()
+        changed = False
         while True:
             due = [
                 d
@@ -528,15 +624,21 @@ class FakeNomad(FakeServer):
                 if d.data["Status"] == "running" and d.due is not None and d.due <= now
             ]
             if not due:
-                return
+                return changed
             self._finish(min(due, key=lambda d: d.created + d.after))
+            changed = True
 
-    def _finish(self, deployment: _Deployment) -> None:
-        at = deployment.created + deployment.after
+    def _finish(
+        self, deployment: _Deployment, outcome: str | None = None, at: float | None = None
+    ) -> None:
+        """Apply ``outcome`` (default: the scripted one) at logical time ``at``."""
+        if at is None:
+            at = deployment.created + deployment.after
+        outcome = outcome or deployment.outcome
         index = self._next_index()
         data = deployment.data
         groups = data["TaskGroups"].values()
-        if deployment.outcome == "successful":
+        if outcome == "successful":
             for group in groups:
                 total = group["DesiredTotal"]
                 group.update(PlacedAllocs=total, HealthyAllocs=total, UnhealthyAllocs=0)
@@ -548,7 +650,7 @@ class FakeNomad(FakeServer):
             for version in self._jobs.get((data["Namespace"], data["JobID"]), []):
                 if version["Version"] == data["JobVersion"]:
                     version.update(Stable=True, ModifyIndex=index)
-        elif deployment.outcome == "cancelled":
+        elif outcome == "cancelled":
             self._set_status(deployment, "cancelled", "Cancelled by user", index, at)
         else:  # failed
             for group in groups:
@@ -638,13 +740,13 @@ class FakeNomad(FakeServer):
         if not hmac.compare_digest(token.encode(), self.acl_token.encode()):
             raise _HTTPError(403, "ACL token not found")
 
-    def _json(self, data: Any, status: int = 200) -> _Reply:
+    def _json(self, data: Any, status: int = 200, index: int | None = None) -> _Reply:
         return _Reply(
             status=status,
             body=json.dumps(data).encode(),
             content_type="application/json",
             headers={
-                "X-Nomad-Index": str(self._index),
+                "X-Nomad-Index": str(self._index if index is None else index),
                 "X-Nomad-Knownleader": "true",
                 "X-Nomad-Lastcontact": "0",
             },
@@ -663,7 +765,9 @@ class FakeNomad(FakeServer):
             return self._json(self._agent_self())
         if path == "/v1/jobs":
             if method == "GET":
-                return self._json(self._job_stubs(namespace, query))
+                return self._blocking(
+                    query, lambda: (self._jobs_index(), self._job_stubs(namespace, query))
+                )
             self._require(method, "POST", "PUT")
             return self._register(None, query, payload)
         if path.startswith("/v1/job/"):
@@ -678,15 +782,24 @@ class FakeNomad(FakeServer):
             ]
             prefix = (query.get("prefix") or [""])[0]
             found = [d for d in found if d["ID"].startswith(prefix)]
-            return self._json(sorted(found, key=lambda d: d["CreateIndex"], reverse=True))
+            return self._json(
+                sorted(found, key=lambda d: d["CreateIndex"], reverse=True),
+                index=self._deployments_index(),
+            )
         if path.startswith("/v1/deployment/"):
             self._require(method, "GET")
             rest = path[len("/v1/deployment/") :]
             allocations = rest.startswith("allocations/")
-            deployment = self._deployments.get(rest.removeprefix("allocations/"))
-            if deployment is None or deployment.data["Namespace"] != namespace:
-                raise _HTTPError(404, "deployment not found")
-            return self._json([] if allocations else deployment.data)
+            deployment_id = rest.removeprefix("allocations/")
+
+            def one() -> tuple[int, Any]:
+                deployment = self._deployments.get(deployment_id)
+                if deployment is None or deployment.data["Namespace"] != namespace:
+                    return self._deployments_index(), _HTTPError(404, "deployment not found")
+                data = [] if allocations else copy.deepcopy(deployment.data)
+                return deployment.data["ModifyIndex"], data
+
+            return self._blocking(query, one)
         raise _HTTPError(404, "404 page not found")
 
     @staticmethod
@@ -707,29 +820,86 @@ class FakeNomad(FakeServer):
             if method in ("POST", "PUT"):
                 return self._register(job_id, query, payload)
             self._require(method, "GET")
-            job = self._current(namespace, job_id)
-            if job is None:
-                raise _HTTPError(404, "job not found")
-            return self._json(job)
+
+            def job() -> tuple[int, Any]:
+                current = self._current(namespace, job_id)
+                if current is None:
+                    return self._jobs_index(), _HTTPError(404, "job not found")
+                return current["ModifyIndex"], copy.deepcopy(current)
+
+            return self._blocking(query, job)
         if sub == "revert":
             self._require(method, "POST", "PUT")
             return self._revert(job_id, namespace, payload)
         self._require(method, "GET")
         if sub == "versions":
-            versions = self._jobs.get((namespace, job_id))
-            if not versions:
-                raise _HTTPError(404, "job versions not found")
-            return self._json({"Versions": list(reversed(versions)), "Diffs": None})
-        deployments = sorted(
-            (d.data for d in self._job_deployments(namespace, job_id)),
-            key=lambda d: d["CreateIndex"],
-            reverse=True,
-        )
-        if sub == "deployment":
-            return self._json(deployments[0] if deployments else None)
-        if sub == "deployments":
-            return self._json(deployments)
+
+            def versions() -> tuple[int, Any]:
+                found = self._jobs.get((namespace, job_id))
+                if not found:
+                    return self._jobs_index(), _HTTPError(404, "job versions not found")
+                # Any version's change (a new one, or an older one turning Stable) moves it.
+                index = max(v["ModifyIndex"] for v in found)
+                newest_first = copy.deepcopy(list(reversed(found)))
+                return index, {
+                    "Versions": newest_first,
+                    "Diffs": None,
+                    "Index": index,
+                    "KnownLeader": True,
+                    "LastContact": 0,
+                }
+
+            return self._blocking(query, versions)
+
+        def deployments() -> tuple[int, Any]:
+            found = sorted(
+                (copy.deepcopy(d.data) for d in self._job_deployments(namespace, job_id)),
+                key=lambda d: d["CreateIndex"],
+                reverse=True,
+            )
+            # Nomad answers with the deployments table's index: any deployment's change
+            # wakes the query, so watchers compare content, not only the index.
+            index = self._deployments_index()
+            if sub == "deployment":
+                return index, found[0] if found else None
+            return index, found
+
+        if sub in ("deployment", "deployments"):
+            return self._blocking(query, deployments)
         return self._json([])  # allocations / evaluations: the fake schedules nothing
+
+    def _blocking(
+        self, query: dict[str, list[str]], answer: Callable[[], tuple[int, Any]]
+    ) -> _Reply:
+        """Nomad's blocking query: ``?index=N&wait=D`` answers once the index passes N.
+
+        ``answer`` returns (index, JSON data or an _HTTPError to raise); it runs under the
+        lock, again after every change. Without ``index`` (or with 0) it answers at once.
+        Nomad adds up to wait/16 of jitter to the wait; the fake does not.
+        """
+        wait_text = (query.get("wait") or [""])[0]
+        index_text = (query.get("index") or [""])[0]
+        wait = DEFAULT_WAIT
+        if wait_text:
+            try:
+                wait = parse_duration(wait_text)
+            except ValueError:
+                raise _HTTPError(400, "Invalid wait time") from None
+        wait = MAX_WAIT if wait > MAX_WAIT else DEFAULT_WAIT if wait <= 0 else wait
+        if index_text and not index_text.isdigit():
+            raise _HTTPError(400, "Invalid index")
+        min_index = int(index_text or 0)
+        deadline = time.monotonic() + wait
+        server = self._server
+        while True:
+            index, data = answer()
+            remaining = deadline - time.monotonic()
+            if not min_index or index > min_index or remaining <= 0 or self._server is not server:
+                break
+            self._wait(remaining)
+        if isinstance(data, _HTTPError):
+            raise data
+        return self._json(data, index=index)
 
     def _register(self, path_id: str | None, query: dict[str, list[str]], payload: Any) -> _Reply:
         if not isinstance(payload, dict) or not isinstance(payload.get("Job"), dict):
@@ -766,7 +936,7 @@ class FakeNomad(FakeServer):
         return self._register_reply(namespace, job)
 
     def _register_reply(self, namespace: str, job: JSON) -> _Reply:
-        stored, changed = self._upsert(namespace, job, time.monotonic())
+        stored, changed = self._upsert(namespace, job, self.now())
         # A changed job and its evaluation share one Raft entry; an unchanged one still gets
         # an evaluation, at a new index.
         eval_index = stored["JobModifyIndex"] if changed else self._next_index()

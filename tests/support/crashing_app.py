@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, request
 
 import noman
+from noman.wiring import components
 
 CRASH_TAG = "release-29991231235959"
 
@@ -19,15 +20,16 @@ class _CrashOnTag:
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def deploy(self, service: Any, release: Any) -> Any:
+    def deploy(self, service: Any, release: Any, request_id: Any = None) -> Any:
         if release.tag == CRASH_TAG:
             raise RuntimeError(
                 f"boom in {request.path} auth={request.headers.get('Authorization')}"
             )
-        return self.real.deploy(service, release)
+        return self.real(service, release, request_id)
 
 
 def create_app() -> Flask:
     app = noman.create_app()
-    app.extensions["noman.deployer"] = _CrashOnTag(app.extensions["noman.deployer"])
+    deployer = components(app).deployer
+    deployer.deploy = _CrashOnTag(deployer.deploy).deploy  # type: ignore[method-assign]
     return app

@@ -1,0 +1,75 @@
+"""One wiring function for the web app and the CLI: settings -> the objects that do the work.
+
+``build`` makes the store, the Nomad client, the deployer, the reporter and
+the reconciler once; ``components(app)`` gives a view the app's set. Views
+and commands reach them through typed attributes, never string keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask
+
+from noman.config import Settings
+from noman.deploy import Deployer
+from noman.notify import Reporter
+from noman.reconcile import Reconciler
+from noman.rollouts.nomad import NomadRollouts
+from noman.stores import Store
+
+EXTENSION = "noman"
+
+
+@dataclass(frozen=True)
+class Components:
+    """Everything a front end (HTTP, CLI, UI) needs, built from one Settings."""
+
+    settings: Settings
+    store: Store
+    nomad: NomadRollouts | None
+    deployer: Deployer
+    reporter: Reporter
+    reconciler: Reconciler
+
+
+def build(settings: Settings, store: Store | None = None) -> Components:
+    """Build every component from ``settings`` (``store`` replaces the configured one)."""
+    store = store if store is not None else build_store(settings)
+    nomad = build_nomad(settings)
+    deployer = Deployer(
+        store,
+        nomad,
+        cas_retries=settings.consul.cas_retries,
+        register_retries=settings.nomad.register_retries,
+        state_prefix=settings.consul.state_prefix,
+        answer_within=settings.rollout.answer_within,
+        history_size=settings.rollout.history_size,
+    )
+    reporter = Reporter(settings)
+    reconciler = Reconciler(settings, store, deployer, nomad, reporter)
+    return Components(settings, store, nomad, deployer, reporter, reconciler)
+
+
+def build_store(settings: Settings) -> Store:
+    """The store the settings ask for."""
+    if settings.store_backend == "file":
+        from noman.stores.file import FileStore
+
+        return FileStore(settings.store_path)
+    from noman.stores.consul import ConsulStore
+
+    return ConsulStore(settings.consul)
+
+
+def build_nomad(settings: Settings) -> NomadRollouts | None:
+    """A Nomad client when any service rolls through Nomad, else None."""
+    return NomadRollouts(settings.nomad) if settings.uses_nomad else None
+
+
+def components(app: Flask) -> Components:
+    """The components ``create_app`` stored on ``app``."""
+    found = app.extensions[EXTENSION]
+    if not isinstance(found, Components):
+        raise TypeError("app.extensions['noman'] is not Noman's Components")
+    return found
