@@ -170,7 +170,7 @@ def test_the_right_token_logs_in_and_the_cookie_holds_no_secret(
         assert secret not in cookie
         assert secret not in " ".join(logs)
     assert any(line.startswith("ui login ") for line in logs)
-    assert client.get("/ui/api/overview").status_code != 401
+    assert client.get("/ui/api/overview").status_code == 200
 
 
 def test_a_tampered_cookie_is_no_session(ui_app: Any, token: str) -> None:
@@ -207,7 +207,7 @@ def test_a_session_ends_when_its_token_leaves_the_config(settings: Settings, tok
     assert after.get("/ui/api/overview").status_code == 401
     same = create_app(ui_settings(settings, token, session_key=key)).test_client()
     same.set_cookie("noman_ui", cookie.value, path="/ui")
-    assert same.get("/ui/api/overview").status_code != 401
+    assert same.get("/ui/api/overview").status_code == 200
 
 
 def test_a_session_ends_after_session_hours(
@@ -268,7 +268,7 @@ def test_logged_in_forms_still_need_their_csrf_token(ui_app: Any, token: str) ->
         answer = client.post(path, data={"csrf_token": "forged"})
         assert answer.status_code == 403, path
         assert answer.json["error"] == "csrf_failed"
-    assert client.get("/ui/api/overview").status_code != 401  # still logged in
+    assert client.get("/ui/api/overview").status_code == 200  # still logged in
 
 
 def test_logout_ends_the_session(ui_app: Any, token: str) -> None:
@@ -378,3 +378,19 @@ def test_secret_new_ui_prints_a_token_and_its_line(capsys: pytest.CaptureFixture
 def test_secret_new_wants_a_service_or_ui(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["secret", "new"]) == 2
     assert main(["secret", "new", "web", "--ui"]) == 2
+
+
+# -- the browser test's own gate ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", "fail"), ("", "skip")])
+def test_without_a_browser_the_browser_test_skips_except_under_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str, outcome: str
+) -> None:
+    from tests import test_ui_browser
+
+    monkeypatch.setattr(test_ui_browser, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if outcome == "fail" else pytest.skip.Exception
+    with pytest.raises(expected, match="no-chromium"):
+        test_ui_browser.require_browser()
