@@ -153,7 +153,10 @@ class Reconciler:
         """Run passes until nothing is in flight (tests, CLI); True if it settled in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.run_once(wait=wait) and self._quiet():
+            busy = self.run_once(wait=wait)
+            if not self.leader:
+                time.sleep(min(wait, 0.1))  # another instance leads, or the lock is in delay
+            elif not busy and self._quiet():
                 return True
         return False
 

@@ -162,9 +162,9 @@ class NomadRollouts:
     ) -> tuple[dict[str, Any] | None, int]:
         """The deployment of job ``version``, waiting up to ``wait`` s for a change past ``index``.
 
-        Until our deployment's ID is known, the job's latest deployment is
-        read (a newer version there means ours was superseded); then the
-        deployment itself, by ID.
+        Until our deployment's ID is known, the job's deployments are read
+        (ours is the one of our version; none while a newer version exists
+        means ours was superseded); then the deployment itself, by ID.
         """
         target = _target(service)
         started = time.monotonic()
@@ -172,29 +172,31 @@ class NomadRollouts:
             data, new_index = self._blocking(target, f"deployment/{deployment_id}", index, wait)
             found = summarize(data)
         else:
-            data, new_index = self._blocking(target, f"job/{target.job}/deployment", index, wait)
-            found = self._ours(target, summarize(data), version)
+            data, new_index = self._blocking(target, f"job/{target.job}/deployments", index, wait)
+            found = self._ours(target, data if isinstance(data, list) else [], version)
         if index and new_index <= index and time.monotonic() - started < wait / 2:
             # A Nomad (or proxy) that ignores blocking parameters: poll instead of spinning.
             self._sleep(min(self.settings.poll_interval, wait))
         return found, new_index
 
     def _ours(
-        self, target: NomadTarget, state: dict[str, Any] | None, version: int
+        self, target: NomadTarget, deployments: list[Any], version: int
     ) -> dict[str, Any] | None:
-        if state is None or not isinstance(state["version"], int) or state["version"] < version:
-            return None
-        if state["version"] > version:
-            # A newer version replaced ours before we saw its deployment:
-            # Nomad cancels the older one.
+        states = [summarize(d) for d in deployments if isinstance(d, dict)]
+        for state in states:
+            if state is not None and state["version"] == version:
+                return state
+        newer = [s["version"] for s in states if s is not None and isinstance(s["version"], int)]
+        if newer and max(newer) > version:
+            # A newer version replaced ours before it had a deployment.
             return {
                 "id": None,
                 "job": target.job,
                 "version": version,
                 "status": "cancelled",
-                "description": f"Superseded by job version {state['version']}.",
+                "description": f"Superseded by job version {max(newer)}.",
             }
-        return state
+        return None
 
     def _blocking(self, target: NomadTarget, path: str, index: int, wait: float) -> tuple[Any, int]:
         params: dict[str, str] = {}

@@ -1,0 +1,362 @@
+"""The reconciler under faults: half deploys converge, failover loses nothing, no loops.
+
+Every scenario is driven step by step (``run_once``/``settle``) against the fake Consul and
+the fake Nomad, so it is bounded and deterministic; one test runs the background thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from noman import create_app
+from noman.config import Settings
+from noman.errors import NomadUnavailable
+from noman.model import JobState, Service
+from noman.release import Rollout
+from noman.stores import OutcomeUnknown, Write
+from noman.stores.consul import ConsulStore
+from noman.wiring import components
+from tests.conftest import ConsulHandle, make_settings
+from tests.fakes._server import FakeClock
+from tests.fakes.consul import FakeConsul
+from tests.fakes.nomad import FakeNomad, sample_service_job
+from tests.fakes.receiver import Receiver
+
+OLD = "release-20230101000000"
+NEW = "release-20240101000000"
+NEWER = "release-20240201000000"
+
+
+@pytest.fixture
+def nomad() -> Iterator[FakeNomad]:
+    with FakeNomad() as fake:
+        job = sample_service_job("web", image=f"stut/stut.dev:{OLD}")
+        job["Meta"]["NOMAN_IMAGE_TAG"] = OLD
+        fake.add_job(job)
+        yield fake
+
+
+def settings_for(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, notify_url: str | None = None
+) -> Settings:
+    notify = ""
+    if notify_url:
+        notify = (
+            f'[notify]\non = ["success", "failure"]\nbackoff = 0.01\n'
+            f'[[notify.targets]]\nurl = "{notify_url}"\n'
+        )
+    settings = make_settings(
+        consul,
+        secret,
+        strategy="rolling",
+        extra=(
+            '[services.web.nomad]\njob = "web"\n'
+            f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
+            "[rollout]\nretry_backoff = 0.05\nretry_max = 0.2\nrefused_retry = 0.3\n"
+            f"{notify}"
+        ),
+    )
+    return settings
+
+
+def hook(app: Any, secret: str, tag: str, **extra: Any) -> Any:
+    return app.test_client().post(f"/hooks/{secret}", json={"tag": tag, **extra})
+
+
+def converged(consul: ConsulHandle, nomad: FakeNomad, tag: str) -> None:
+    """Quiescence: key = job tag = ``tag``, and the record says so."""
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == tag
+    assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == tag  # type: ignore[index]
+    rollout = consul.record().rollout
+    assert rollout is not None and (rollout.tag, rollout.state) == (tag, "successful")
+
+
+def test_failed_deployment_reverted_by_nomad_sets_the_key_back(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    nomad.script_deployments("failed")
+    with Receiver() as receiver:
+        app = create_app(settings_for(consul, nomad, secret, f"{receiver.url}/n"))
+        assert hook(app, secret, NEW).status_code == 200
+        reconciler = components(app).reconciler
+        assert reconciler.settle(10)
+        # Nomad's auto-revert runs OLD again; Consul says so too, and history tells why.
+        assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == OLD  # type: ignore[index]
+        assert consul.get(consul.key("IMAGE_TAG"))[0] == OLD
+        record = consul.record()
+        assert record.rollout is not None
+        assert (record.rollout.tag, record.rollout.state) == (NEW, "failed")
+        assert record.history[0].description == f"{NEW} failed, running {OLD}"
+        assert (record.history[1].tag, record.history[1].outcome) == (NEW, "failed")
+        note = receiver.wait_for(1)[0].json()
+        assert (note["status"], note["event_id"]) == ("failure", f"web:{NEW}:failed")
+        # No retry loop: more passes register nothing.
+        registrations = len(nomad.registrations)
+        assert reconciler.settle(2)
+        assert len(nomad.registrations) == registrations
+        # Pushing the failed tag again retries it on purpose.
+        nomad.script_deployments("successful")
+        assert hook(app, secret, NEW, force=True).status_code == 200
+        assert reconciler.settle(10)
+        converged(consul, nomad, NEW)
+
+
+def test_failed_tag_pushed_again_is_retried(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    """Without auto-revert the key keeps the failed tag; the same push retries it."""
+    nomad.change_job("web", lambda job: job["TaskGroups"][0]["Update"].update(AutoRevert=False))
+    nomad.script_deployments("failed")
+    app = create_app(settings_for(consul, nomad, secret))
+    reconciler = components(app).reconciler
+    assert hook(app, secret, NEW).status_code == 200
+    assert reconciler.settle(10)
+    assert consul.record().rollout.state == "failed"  # type: ignore[union-attr]
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
+    nomad.script_deployments("successful")
+    nomad.change_job("web", lambda job: job["Meta"].update(NOMAN_IMAGE_TAG=OLD))
+    again = hook(app, secret, NEW)
+    assert (again.status_code, again.json["changed"]) == (200, True)  # the record changed
+    assert reconciler.settle(10)
+    converged(consul, nomad, NEW)
+
+
+def test_a_refusal_is_retried_slowly_and_notified_once(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    with Receiver() as receiver:
+        app = create_app(settings_for(consul, nomad, secret, f"{receiver.url}/n"))
+        nomad.fail_always(403, "Permission denied")
+        answer = hook(app, secret, NEW)
+        assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_forbidden"}
+        reconciler = components(app).reconciler
+        reconciler.settle(1)
+        threading.Event().wait(0.35)  # past refused_retry: one more attempt is due
+        reconciler.settle(1)
+        rollout = consul.record().rollout
+        assert rollout is not None
+        assert (rollout.state, rollout.reason) == ("pending", "nomad_forbidden")
+        assert rollout.attempts >= 2
+        notes = receiver.wait_for(1)
+        assert [n.json()["event_id"] for n in notes] == [f"web:{NEW}:nomad_forbidden"]
+        assert len(receiver.received) == 1
+        nomad.heal()
+        threading.Event().wait(0.35)
+        assert reconciler.settle(10)
+        converged(consul, nomad, NEW)
+
+
+def test_two_close_deploys_while_nomad_fails_converge_on_the_newest(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    app = create_app(settings_for(consul, nomad, secret))
+    nomad.fail_always(500, "rpc error: no leader")
+    answers: dict[str, int] = {}
+    barrier = threading.Barrier(2)
+
+    def fire(tag: str) -> None:
+        barrier.wait()
+        answers[tag] = hook(app, secret, tag).status_code
+
+    threads = [threading.Thread(target=fire, args=(tag,)) for tag in (NEW, NEWER)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert answers[NEWER] == 202
+    assert answers[NEW] in (202, 409)  # pending, or refused as older than NEWER
+    assert consul.get(consul.key("IMAGE_TAG"))[0] == NEWER
+    nomad.heal()
+    assert components(app).reconciler.settle(10)
+    converged(consul, nomad, NEWER)
+
+
+def test_nomad_applied_the_registration_but_the_answer_was_lost(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    app = create_app(settings_for(consul, nomad, secret))
+    rollouts = components(app).nomad
+    assert rollouts is not None
+    real_register = rollouts.register
+
+    def register_then_time_out(service: Service, state: JobState, tag: str) -> Rollout | None:
+        real_register(service, state, tag)
+        raise NomadUnavailable()
+
+    rollouts.register = register_then_time_out  # type: ignore[method-assign]
+    answer = hook(app, secret, NEW)
+    assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_unavailable"}
+    rollouts.register = real_register  # type: ignore[method-assign]
+    versions = len(nomad.versions("web"))
+    assert components(app).reconciler.settle(10)
+    converged(consul, nomad, NEW)
+    assert len(nomad.versions("web")) == versions  # adopted, not registered twice
+
+
+def test_consul_stored_the_write_but_the_answer_was_lost(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    class LateConsul(ConsulStore):
+        late = True
+
+        def transact(self, writes: Sequence[Write]) -> bool:
+            landed = super().transact(writes)
+            if self.late:
+                self.late = False
+                raise OutcomeUnknown()
+            return landed
+
+    settings = settings_for(consul, nomad, secret)
+    app = create_app(settings, store=LateConsul(settings.consul))
+    answer = hook(app, secret, NEW)
+    assert answer.status_code == 200  # re-read once: the caller hears what happened
+    assert answer.json["changed"] is True
+    assert components(app).reconciler.settle(10)
+    converged(consul, nomad, NEW)
+
+
+def test_nomad_down_then_back_lands_without_a_new_webhook(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    app = create_app(settings_for(consul, nomad, secret))
+    nomad.refuse_connections()
+    assert hook(app, secret, NEW).status_code == 202
+    reconciler = components(app).reconciler
+    reconciler.settle(1)
+    assert consul.record().rollout.attempts >= 2  # type: ignore[union-attr]
+    nomad.resume()
+    threading.Event().wait(0.25)  # past retry_max
+    assert reconciler.settle(10)
+    converged(consul, nomad, NEW)
+
+
+@pytest.fixture
+def clocked() -> Iterator[tuple[ConsulHandle, FakeClock]]:
+    clock = FakeClock()
+    with FakeConsul(clock=clock) as fake:
+        yield ConsulHandle(fake.url, None, fake), clock
+
+
+def two_instances(consul: ConsulHandle, nomad: FakeNomad, secret: str, url: str) -> tuple[Any, Any]:
+    settings = settings_for(consul, nomad, secret, url)
+    return create_app(settings), create_app(settings)
+
+
+def test_failover_the_other_instance_finishes_and_reports(
+    clocked: tuple[ConsulHandle, FakeClock], nomad: FakeNomad, secret: str
+) -> None:
+    consul, clock = clocked
+    nomad.script_deployments("stall")
+    with Receiver() as receiver:
+        first, second = two_instances(consul, nomad, secret, f"{receiver.url}/n")
+        leader, follower = components(first).reconciler, components(second).reconciler
+        leader.run_once()
+        follower.run_once()
+        assert (leader.leader, follower.leader) == (True, False)
+        assert hook(first, secret, NEW).status_code == 200
+        leader.run_once(wait=0.1)
+        rollout = consul.record().rollout
+        assert rollout is not None and rollout.state == "running"
+        # The deployment ends and the leader records it, then dies before reporting.
+        nomad.finish_deployment(str(rollout.deployment_id), "successful")
+        leader.run_once(wait=0.1)
+        assert consul.record().reports  # recorded, not yet sent
+        fake = consul.require_fake()
+        session = getattr(leader.lock, "session", None)
+        assert session and fake.expire_session(session)
+        assert not follower.run_once()  # lock-delay still runs
+        clock.advance(2)
+        assert follower.settle(5)
+        assert follower.leader
+        note = receiver.wait_for(1)[0].json()
+        assert (note["status"], note["event_id"]) == ("success", f"web:{NEW}:successful")
+        assert consul.record().reports == ()
+        converged(consul, nomad, NEW)
+
+
+def test_failover_mid_deployment_noman_deploying_itself(
+    clocked: tuple[ConsulHandle, FakeClock], nomad: FakeNomad, secret: str
+) -> None:
+    """The job is Noman's own: its new allocation replaces the instance that took the hook."""
+    consul, clock = clocked
+    nomad.script_deployments("stall")
+    with Receiver() as receiver:
+        old_instance, new_instance = two_instances(consul, nomad, secret, f"{receiver.url}/n")
+        old = components(old_instance).reconciler
+        old.run_once()
+        assert hook(old_instance, secret, NEW).status_code == 200
+        # The old allocation is stopped (kill -9): its session dies with it.
+        fake = consul.require_fake()
+        assert fake.expire_session(str(getattr(old.lock, "session", "")))
+        clock.advance(2)
+        new = components(new_instance).reconciler
+        new.run_once(wait=0.1)
+        assert new.leader
+        rollout = consul.record().rollout
+        assert rollout is not None and rollout.state == "running"
+        nomad.finish_deployment(str(rollout.deployment_id), "successful")
+        assert new.settle(5)
+        note = receiver.wait_for(1)[0].json()
+        assert note["event_id"] == f"web:{NEW}:successful"
+        converged(consul, nomad, NEW)
+
+
+def test_the_background_thread_reports_and_stops_cleanly(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    nomad.script_deployments("successful", after=0.2)
+    with Receiver() as receiver:
+        settings = settings_for(consul, nomad, secret, f"{receiver.url}/n")
+        app = create_app(settings)
+        reconciler = components(app).reconciler
+        reconciler.idle_wait = 0.3
+        reconciler.start()
+        try:
+            assert hook(app, secret, NEW).status_code == 200
+            note = receiver.wait_for(1, timeout=10)[0].json()
+            assert note["event_id"] == f"web:{NEW}:successful"
+        finally:
+            assert reconciler.stop(5)
+        assert not reconciler.running
+        assert not [t for t in threading.enumerate() if t.name == "noman-reconciler"]
+    converged(consul, nomad, NEW)
+
+
+def test_a_key_set_by_hand_is_rolled_only_forward(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    app = create_app(settings_for(consul, nomad, secret))
+    reconciler = components(app).reconciler
+    consul.put(consul.key("IMAGE_TAG"), "release-20200101000000")  # older than the job
+    assert reconciler.settle(5)
+    assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == OLD  # type: ignore[index]
+    consul.put(consul.key("IMAGE_TAG"), NEW)
+    assert reconciler.settle(10)
+    converged(consul, nomad, NEW)
+
+
+def test_the_file_store_single_process_always_leads(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, tmp_path: Any
+) -> None:
+    from noman.stores.file import FileStore
+
+    settings = dataclasses.replace(
+        settings_for(consul, nomad, secret),
+        store_backend="file",
+        store_path=str(tmp_path / "store.json"),
+    )
+    one, two = create_app(settings), create_app(settings)
+    assert isinstance(components(one).store, FileStore)
+    assert components(one).reconciler.run_once() is False
+    assert components(one).reconciler.leader
+    assert components(two).reconciler.run_once() is False
+    assert not components(two).reconciler.leader  # the flock is held by the first
+    components(one).reconciler.stop()
+    components(two).reconciler.run_once()
+    assert components(two).reconciler.leader
+    components(two).reconciler.stop()
