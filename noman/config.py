@@ -645,34 +645,44 @@ class _Parser:
                 )
         return keys
 
-    def secrets(self, table: str, v: Mapping[str, Any]) -> tuple[bytes, ...]:
-        """The accepted secret digests; never empty (an empty secret is not 'open')."""
-        if (v["secret_sha256"] is None) == (v["secret_env"] is None):
-            raise self.fail(table, "secret_sha256", "set exactly one of secret_sha256, secret_env")
-        if v["secret_env"] is not None:
-            name = v["secret_env"]
+    def secrets(
+        self,
+        table: str,
+        v: Mapping[str, Any],
+        kind: str = "secret",
+        command: str = "noman secret new",
+    ) -> tuple[bytes, ...]:
+        """The accepted digests of ``<kind>_sha256`` or ``<kind>_env``; never empty.
+
+        An empty secret is not "open": it is refused like any other mistake.
+        """
+        sha_key, env_key = f"{kind}_sha256", f"{kind}_env"
+        if (v[sha_key] is None) == (v[env_key] is None):
+            raise self.fail(table, sha_key, f"set exactly one of {sha_key}, {env_key}")
+        if v[env_key] is not None:
+            name = v[env_key]
             if not _ENV_NAME_RE.match(name):
-                raise self.fail(table, "secret_env", "must be an environment variable name")
+                raise self.fail(table, env_key, "must be an environment variable name")
             secret = self.env.get(name, "")
             if len(secret) < MIN_SECRET_CHARS:
-                problem = "is not set" if not secret else "holds a secret that is too short"
+                problem = "is not set" if not secret else f"holds a {kind} that is too short"
                 raise self.fail(
                     table,
-                    "secret_env",
+                    env_key,
                     f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
-                    "random characters; `noman secret new` makes one)",
+                    f"random characters; `{command}` makes one)",
                 )
             return (hash_secret(secret),)
-        raw = v["secret_sha256"]
+        raw = v[sha_key]
         hashes = [raw] if isinstance(raw, str) else raw
         if not hashes:
-            raise self.fail(table, "secret_sha256", "must not be empty")
+            raise self.fail(table, sha_key, "must not be empty")
         digests = []
         for item in hashes:
             if not isinstance(item, str) or not _HEX64_RE.match(item):
-                raise self.fail(table, "secret_sha256", "must be 64 hex characters (a sha256)")
+                raise self.fail(table, sha_key, "must be 64 hex characters (a sha256)")
             if item.lower() == EMPTY_SHA256:
-                raise self.fail(table, "secret_sha256", "is the hash of an empty secret")
+                raise self.fail(table, sha_key, f"is the hash of an empty {kind}")
             digests.append(bytes.fromhex(item))
         return tuple(digests)
 
@@ -683,7 +693,7 @@ class _Parser:
             if data:
                 raise self.fail("ui", None, "set token_sha256 or token_env to enable the page")
             return UISettings()
-        hashes = self.ui_token(v)
+        hashes = self.secrets("ui", v, kind="token", command="noman secret new --ui")
         hooks = {digest for service in services for digest in service.secret_hashes}
         if any(digest in hooks for digest in hashes):
             name = "token_env" if v["token_env"] else "token_sha256"
@@ -704,35 +714,6 @@ class _Parser:
             key = value.encode("utf-8")
         hours = float(self.positive("ui", "session_hours", v["session_hours"]))
         return UISettings(token_hashes=hashes, session_key=key, session_hours=hours)
-
-    def ui_token(self, v: Mapping[str, Any]) -> tuple[bytes, ...]:
-        """The admin token's accepted digests, from token_sha256 or token_env."""
-        if v["token_sha256"] is not None and v["token_env"] is not None:
-            raise self.fail("ui", "token_sha256", "set exactly one of token_sha256, token_env")
-        if v["token_env"] is not None:
-            name = v["token_env"]
-            if not _ENV_NAME_RE.match(name):
-                raise self.fail("ui", "token_env", "must be an environment variable name")
-            token = self.env.get(name, "")
-            if len(token) < MIN_SECRET_CHARS:
-                problem = "is not set" if not token else "holds a token that is too short"
-                raise self.fail(
-                    "ui",
-                    "token_env",
-                    f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
-                    "random characters; `noman secret new --ui` makes one)",
-                )
-            return (hash_secret(token),)
-        raw = v["token_sha256"]
-        hashes = [raw] if isinstance(raw, str) else raw
-        if not hashes:
-            raise self.fail("ui", "token_sha256", "must not be empty")
-        for item in hashes:
-            if not isinstance(item, str) or not _HEX64_RE.match(item):
-                raise self.fail("ui", "token_sha256", "must be 64 hex characters (a sha256)")
-            if item.lower() == EMPTY_SHA256:
-                raise self.fail("ui", "token_sha256", "is the hash of an empty token")
-        return tuple(bytes.fromhex(item) for item in hashes)
 
     def nomad_target(self, table: str, raw: Any, nomad: NomadSettings) -> NomadTarget | None:
         if raw is None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from flask import Flask, request, session
 from flask.sessions import SecureCookieSessionInterface
 
+from noman.auth import secrets_match
 from noman.config import hash_secret
 
 CSRF_FIELD = "csrf_token"
@@ -36,7 +37,7 @@ def token_matches(token: str, hashes: Iterable[bytes]) -> bytes | None:
     presented = hash_secret(token)
     found = None
     for expected in hashes:  # no early exit: the time says nothing about a match
-        if hmac.compare_digest(presented, expected) and found is None:
+        if secrets_match(presented, expected) and found is None:
             found = expected
     return found
 

@@ -29,7 +29,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from noman import errors
 from noman.config import Service, Settings
 from noman.deploy import Deployer
-from noman.errors import NomanError
+from noman.errors import ConfigError, NomanError
 from noman.ratelimit import FailureLimiter
 from noman.ui import present
 from noman.ui.session import csrf_ok, csrf_token, log_in, logged_in, token_matches
@@ -152,9 +152,9 @@ def confirm(name: str) -> BaseResponse | str:
         raise errors.NotFound()
     status = _operations().status(service)
     tag = request.args.get("tag") or None
-    if tag is not None and tag not in present.rollback_candidates(status):
-        raise errors.NotFound("That tag is not in this service's history.")
     candidates = present.rollback_candidates(status)
+    if tag is not None and tag not in candidates:
+        raise errors.NotFound("That tag is not in this service's history.")
     return render_template(
         "confirm.html",
         service=service,
@@ -242,10 +242,10 @@ def _authenticated() -> bool:
 
 
 def _service(name: str) -> Service:
-    for service in _settings().services:
-        if service.name == name:
-            return service
-    raise errors.NotFound()
+    try:
+        return _settings().service(name)
+    except ConfigError:
+        raise errors.NotFound() from None
 
 
 def _settings() -> Settings:
