@@ -225,6 +225,14 @@ def test_a_session_ends_after_session_hours(
     assert client.get("/ui/api/overview").status_code == 401
 
 
+def test_a_login_ends_on_time_even_when_the_cookie_was_re_signed(ui_app: Any, token: str) -> None:
+    client = ui_app.test_client()
+    log_in(client, token)
+    with client.session_transaction(path="/ui") as session:
+        session["since"] -= 12 * 3600 + 1  # ui.session_hours is 12
+    assert client.get("/ui/api/overview").status_code == 401
+
+
 def test_login_without_the_forms_csrf_token_is_refused(ui_app: Any, token: str) -> None:
     client = ui_app.test_client()
     client.get("/ui")

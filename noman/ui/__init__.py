@@ -41,6 +41,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.ui.session_hours),
+        # No fresh cookie on every poll; the login time in the session bounds it.
+        SESSION_REFRESH_EACH_REQUEST=False,
     )
     app.register_blueprint(bp)
 

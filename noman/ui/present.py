@@ -76,7 +76,6 @@ def overview_row(
         "name": service.name,
         "active": False,
         "frozen": False,
-        "error": error,
         "fields": {
             "strategy": service.strategy,
             "desired": NONE,

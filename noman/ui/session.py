@@ -56,10 +56,16 @@ def log_in(digest: bytes) -> None:
     session[CSRF_FIELD] = secrets.token_urlsafe(32)
 
 
-def logged_in(hashes: Iterable[bytes]) -> bool:
-    """True when the session was started with a token the config still accepts."""
-    label = session.get("token")
-    if not isinstance(label, str):
+def logged_in(hashes: Iterable[bytes], hours: float) -> bool:
+    """True when the session started less than ``hours`` ago, with a token still accepted.
+
+    The cookie's own signed timestamp moves whenever the session changes (a
+    flash message, say); the login time does not, so a login ends on time.
+    """
+    label, since = session.get("token"), session.get("since")
+    if not isinstance(label, str) or not isinstance(since, int):
+        return False
+    if time.time() - since > hours * 3600:
         return False
     return any(hmac.compare_digest(label, fingerprint(digest)) for digest in hashes)
 

@@ -238,7 +238,8 @@ def _login_page(message: str | None = None) -> str:
 
 
 def _authenticated() -> bool:
-    return logged_in(_settings().ui.token_hashes)
+    ui = _settings().ui
+    return logged_in(ui.token_hashes, ui.session_hours)
 
 
 def _service(name: str) -> Service:
