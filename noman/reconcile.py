@@ -278,7 +278,11 @@ class Reconciler:
         self._nomad_index[service.name] = index
         started = rollout.registered_at or time.time()
         if found is None:
-            if time.time() - started > self.settings.nomad.watch_timeout:
+            if self._stable(service, rollout.version):
+                # A version with no deployment of its own (it ran before, or the job has no
+                # update block) that Nomad already marked good.
+                self._end(service, rollout, "successful", None)
+            elif time.time() - started > self.settings.nomad.watch_timeout:
                 self._end(service, rollout, "timed_out", None)
             return
         status = str(found.get("status"))
@@ -288,6 +292,14 @@ class Reconciler:
             self._end(service, rollout, "timed_out", found)
         else:
             self._progress(service, rollout, found)
+
+    def _stable(self, service: Service, version: int) -> bool:
+        assert self.orchestrator is not None
+        try:
+            job = self.orchestrator.read(service)
+        except NomanError:
+            return False
+        return job.version == version and job.spec.get("Stable") is True
 
     def _progress(self, service: Service, rollout: RolloutState, found: dict[str, Any]) -> None:
         counts = {name: found.get(name) for name in ("placed", "healthy", "desired")}

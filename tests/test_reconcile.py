@@ -360,3 +360,18 @@ def test_the_file_store_single_process_always_leads(
     components(two).reconciler.run_once()
     assert components(two).reconciler.leader
     components(two).reconciler.stop()
+
+
+def test_forcing_the_tag_the_job_already_runs_ends_at_once(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    """The job's stable version already runs the tag: no deployment to wait for."""
+    app = create_app(settings_for(consul, nomad, secret))
+    consul.put(consul.key("IMAGE_TAG"), NEW)
+    answer = hook(app, secret, OLD, force=True)
+    assert answer.status_code == 200
+    assert components(app).reconciler.settle(5)
+    rollout = consul.record().rollout
+    assert rollout is not None
+    assert (rollout.tag, rollout.state) == (OLD, "successful")
+    assert len(nomad.versions("web")) == 1
