@@ -232,24 +232,29 @@ def _rollback(args: argparse.Namespace) -> int:
 def _answer(parts: Any, service: Any, result: dict[str, Any], wait: bool) -> int:
     """Print the result; with ``wait``, follow the record until the rollout ends."""
     if wait and service.strategy == "rolling":
-        # The elected reconciler carries the rollout; the CLI only watches the record.
-        deadline = time.monotonic() + parts.settings.nomad.watch_timeout + 60
         rollout = None
-        while time.monotonic() < deadline:
-            rollout = parts.deployer.status(service)["rollout"]
-            if (
-                rollout
-                and rollout["tag"] == result["tag"]
-                and rollout["state"]
-                in (
-                    "successful",
-                    "failed",
-                    "cancelled",
-                    "timed_out",
-                )
-            ):
-                break
-            time.sleep(1)
+        deadline = time.monotonic() + parts.settings.nomad.watch_timeout + 60
+        try:
+            while time.monotonic() < deadline:
+                # Helps when no server leads (it takes the lock), else only watches.
+                parts.reconciler.run_once(wait=1.0)
+                rollout = parts.deployer.status(service)["rollout"]
+                if (
+                    rollout
+                    and rollout["tag"] == result["tag"]
+                    and rollout["state"]
+                    in (
+                        "successful",
+                        "failed",
+                        "cancelled",
+                        "timed_out",
+                    )
+                ):
+                    break
+                if not parts.reconciler.leader:
+                    time.sleep(1)
+        finally:
+            parts.reconciler.stop()
         result["rollout"] = rollout
         print(json.dumps(result, indent=2))
         return 0 if rollout and rollout["state"] == "successful" else 1

@@ -375,3 +375,34 @@ def test_forcing_the_tag_the_job_already_runs_ends_at_once(
     assert rollout is not None
     assert (rollout.tag, rollout.state) == (OLD, "successful")
     assert len(nomad.versions("web")) == 1
+
+
+def test_cli_deploy_wait_follows_the_rollout_to_its_end(
+    consul: ConsulHandle,
+    nomad: FakeNomad,
+    secret: str,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from noman.cli import main
+    from tests.conftest import settings_toml
+
+    nomad.script_deployments("successful", after=0.2)
+    config = tmp_path / "noman.toml"
+    config.write_text(
+        settings_toml(
+            consul,
+            secret,
+            strategy="rolling",
+            extra=(
+                '[services.web.nomad]\njob = "web"\n'
+                f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
+            ),
+        )
+    )
+    assert main(["--config", str(config), "deploy", "web", NEW, "--wait"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["rollout"]["tag"], result["rollout"]["state"]) == (NEW, "successful")
+    converged(consul, nomad, NEW)
