@@ -48,11 +48,17 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
         else None
     )
     if settings.proxy_hops:
-        # The client address comes from the trusted proxies' X-Forwarded-For.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops)  # type: ignore[method-assign]
+        # The client address comes from the trusted proxies' X-Forwarded-For,
+        # and the scheme from their X-Forwarded-Proto (the UI's Secure cookie).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
+        )
 
     from noman.web import bp, register_error_handlers
 
     app.register_blueprint(bp)
     register_error_handlers(app)
+    from noman import ui
+
+    ui.init_app(app, settings)
     return app

@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     secret = commands.add_parser("secret", help="manage hook secrets")
     secret_commands = secret.add_subparsers(required=True, metavar="ACTION")
     new = secret_commands.add_parser("new", help="print a fresh secret and its config line")
-    new.add_argument("service")
+    new.add_argument("service", nargs="?", help="the service the hook secret is for")
+    new.add_argument("--ui", action="store_true", help="an admin token for the status page")
     new.set_defaults(run=_secret_new)
 
     deploy = commands.add_parser(
@@ -252,7 +253,17 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _secret_new(args: argparse.Namespace) -> int:
+    if args.ui == bool(args.service):
+        print("noman secret new: give a service name, or --ui (not both)", file=sys.stderr)
+        return 2
     secret, digest = auth.new_secret()
+    if args.ui:
+        print(
+            f"token: {secret}\n\n"
+            "Log in at /ui with it. Put this in noman.toml (the token itself stays out of "
+            f'the file):\n[ui]\ntoken_sha256 = "{digest}"'
+        )
+        return 0
     print(
         f"secret:    {secret}\n"
         f"hook path: /hooks/{secret}\n"
@@ -286,24 +297,29 @@ def _rollback(args: argparse.Namespace) -> int:
 def _answer(parts: Any, service: Any, result: dict[str, Any], wait: bool) -> int:
     """Print the result; with ``wait``, follow the record until the rollout ends."""
     if wait and service.strategy == "rolling":
-        # The elected reconciler carries the rollout; the CLI only watches the record.
-        deadline = time.monotonic() + parts.settings.nomad.watch_timeout + 60
         rollout = None
-        while time.monotonic() < deadline:
-            rollout = parts.deployer.status(service)["rollout"]
-            if (
-                rollout
-                and rollout["tag"] == result["tag"]
-                and rollout["state"]
-                in (
-                    "successful",
-                    "failed",
-                    "cancelled",
-                    "timed_out",
-                )
-            ):
-                break
-            time.sleep(1)
+        deadline = time.monotonic() + parts.settings.nomad.watch_timeout + 60
+        try:
+            while time.monotonic() < deadline:
+                # Helps when no server leads (it takes the lock), else only watches.
+                parts.reconciler.run_once(wait=1.0)
+                rollout = parts.deployer.status(service)["rollout"]
+                if (
+                    rollout
+                    and rollout["tag"] == result["tag"]
+                    and rollout["state"]
+                    in (
+                        "successful",
+                        "failed",
+                        "cancelled",
+                        "timed_out",
+                    )
+                ):
+                    break
+                if not parts.reconciler.leader:
+                    time.sleep(1)
+        finally:
+            parts.reconciler.stop()
         result["rollout"] = rollout
         print(json.dumps(result, indent=2))
         return 0 if rollout and rollout["state"] == "successful" else 1

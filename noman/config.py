@@ -31,6 +31,7 @@ from noman.model import Service as Service
 DEFAULT_CONFIG_PATH = "noman.toml"
 # 22 url-safe characters carry 132 bits; anything shorter is guessable.
 MIN_SECRET_CHARS = 22
+MIN_SESSION_KEY_CHARS = 32
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 DOCKERHUB_CALLBACK_HOSTS = ("registry.hub.docker.com", "hub.docker.com")
 
@@ -114,6 +115,10 @@ SCHEMA: tuple[Key, ...] = (
     _k(_N, "update", (str,), "meta", '"meta" (job Meta) or "image" (task images).'),
     _k(_N, "meta_key", (str,), "NOMAN_IMAGE_TAG", "The job Meta key set by update = meta."),
     _k(_N, "tasks", (list,), [], "Tasks whose image to rewrite (update = image)."),
+    _k("ui", "token_sha256", (str, list), None, "sha256 hex of the admin token (or a list)."),
+    _k("ui", "token_env", (str,), None, "Env var holding the admin token itself."),
+    _k("ui", "session_key_env", (str,), None, "Env var with the cookie signing key."),
+    _k("ui", "session_hours", (int, float), 12, "Hours a login lasts."),
 )
 
 # Keys that come from the environment; the README documents these too.
@@ -217,6 +222,21 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class UISettings:
+    """The operator status page: off unless an admin token is configured."""
+
+    token_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+    # None: a random key per start (see noman.ui.session_key).
+    session_key: bytes | None = field(default=None, repr=False)
+    session_hours: float = 12.0
+
+    @property
+    def enabled(self) -> bool:
+        """True when an admin token is configured."""
+        return bool(self.token_hashes)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything Noman needs, checked."""
 
@@ -234,6 +254,7 @@ class Settings:
     proxy_hops: int = 0
     # A second, internal listener for /metrics; None: /metrics on the main one.
     metrics_bind: str | None = None
+    ui: UISettings = UISettings()
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -429,7 +450,7 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def settings(self, data: dict[str, Any]) -> Settings:
-        allowed = {"server", "store", "consul", "nomad", "notify", "rollout", "services"}
+        allowed = {"server", "store", "consul", "nomad", "notify", "rollout", "services", "ui"}
         unknown = [f"[{_toml_key(name)}]" for name in data if name not in allowed]
         if unknown:
             raise ConfigError(
@@ -456,6 +477,7 @@ class _Parser:
         services = self.services(data.get("services"), nomad)
         consul = self.consul(data.get("consul", {}))
         self.check_prefix(consul.state_prefix, services)
+        ui = self.ui(data.get("ui", {}), services)
         return Settings(
             services=services,
             source=self.source,
@@ -470,6 +492,7 @@ class _Parser:
             auth_failures_per_minute=server["auth_failures_per_minute"],
             proxy_hops=server["proxy_hops"],
             metrics_bind=server["metrics_bind"],
+            ui=ui,
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
@@ -729,36 +752,75 @@ class _Parser:
                 )
         return keys
 
-    def secrets(self, table: str, v: Mapping[str, Any]) -> tuple[bytes, ...]:
-        """The accepted secret digests; never empty (an empty secret is not 'open')."""
-        if (v["secret_sha256"] is None) == (v["secret_env"] is None):
-            raise self.fail(table, "secret_sha256", "set exactly one of secret_sha256, secret_env")
-        if v["secret_env"] is not None:
-            name = v["secret_env"]
+    def secrets(
+        self,
+        table: str,
+        v: Mapping[str, Any],
+        kind: str = "secret",
+        command: str = "noman secret new",
+    ) -> tuple[bytes, ...]:
+        """The accepted digests of ``<kind>_sha256`` or ``<kind>_env``; never empty.
+
+        An empty secret is not "open": it is refused like any other mistake.
+        """
+        sha_key, env_key = f"{kind}_sha256", f"{kind}_env"
+        if (v[sha_key] is None) == (v[env_key] is None):
+            raise self.fail(table, sha_key, f"set exactly one of {sha_key}, {env_key}")
+        if v[env_key] is not None:
+            name = v[env_key]
             if not _ENV_NAME_RE.match(name):
-                raise self.fail(table, "secret_env", "must be an environment variable name")
+                raise self.fail(table, env_key, "must be an environment variable name")
             secret = self.env.get(name, "")
             if len(secret) < MIN_SECRET_CHARS:
-                problem = "is not set" if not secret else "holds a secret that is too short"
+                problem = "is not set" if not secret else f"holds a {kind} that is too short"
                 raise self.fail(
                     table,
-                    "secret_env",
+                    env_key,
                     f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
-                    "random characters; `noman secret new` makes one)",
+                    f"random characters; `{command}` makes one)",
                 )
             return (hash_secret(secret),)
-        raw = v["secret_sha256"]
+        raw = v[sha_key]
         hashes = [raw] if isinstance(raw, str) else raw
         if not hashes:
-            raise self.fail(table, "secret_sha256", "must not be empty")
+            raise self.fail(table, sha_key, "must not be empty")
         digests = []
         for item in hashes:
             if not isinstance(item, str) or not _HEX64_RE.match(item):
-                raise self.fail(table, "secret_sha256", "must be 64 hex characters (a sha256)")
+                raise self.fail(table, sha_key, "must be 64 hex characters (a sha256)")
             if item.lower() == EMPTY_SHA256:
-                raise self.fail(table, "secret_sha256", "is the hash of an empty secret")
+                raise self.fail(table, sha_key, f"is the hash of an empty {kind}")
             digests.append(bytes.fromhex(item))
         return tuple(digests)
+
+    def ui(self, data: Mapping[str, Any], services: tuple[Service, ...]) -> UISettings:
+        """The status page's settings; a token of its own, never a service's secret."""
+        v = self.table(data, "ui", "ui")
+        if v["token_sha256"] is None and v["token_env"] is None:
+            if data:
+                raise self.fail("ui", None, "set token_sha256 or token_env to enable the page")
+            return UISettings()
+        hashes = self.secrets("ui", v, kind="token", command="noman secret new --ui")
+        hooks = {digest for service in services for digest in service.secret_hashes}
+        if any(digest in hooks for digest in hashes):
+            name = "token_env" if v["token_env"] else "token_sha256"
+            raise self.fail("ui", name, "is a service's hook secret; use a separate token")
+        key = None
+        if v["session_key_env"] is not None:
+            name = v["session_key_env"]
+            if not _ENV_NAME_RE.match(name):
+                raise self.fail("ui", "session_key_env", "must be an environment variable name")
+            value = self.env.get(name, "")
+            if len(value) < MIN_SESSION_KEY_CHARS:
+                raise self.fail(
+                    "ui",
+                    "session_key_env",
+                    f"environment {name} must hold at least {MIN_SESSION_KEY_CHARS} "
+                    "random characters",
+                )
+            key = value.encode("utf-8")
+        hours = float(self.positive("ui", "session_hours", v["session_hours"]))
+        return UISettings(token_hashes=hashes, session_key=key, session_hours=hours)
 
     def nomad_target(self, table: str, raw: Any, nomad: NomadSettings) -> NomadTarget | None:
         if raw is None:

@@ -144,6 +144,8 @@ class Deployer:
         state_prefix: str = "noman/",
         answer_within: float = 5.0,
         history_size: int = 50,
+        report_successes: bool = True,
+        finished: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self.store = store
         self.orchestrator = orchestrator
@@ -152,6 +154,10 @@ class Deployer:
         self.state_prefix = state_prefix
         self.answer_within = answer_within
         self.history_size = history_size
+        # Without a notifier that wants successes, a restart deploy's report would be written
+        # to the record only to be dropped: ``finished`` logs and counts it instead.
+        self.report_successes = report_successes
+        self.finished = finished
 
     # -- reading -------------------------------------------------------------------------
 
@@ -322,7 +328,7 @@ class Deployer:
                 force=release.force or kind == "rollback",
                 callback_url=release.callback_url,
             )
-        else:
+        elif self.report_successes or release.callback_url:
             reports = (
                 *reports,
                 report(
@@ -383,6 +389,9 @@ class Deployer:
     def _after_commit(self, service: Service, release: Release, previous: str | None) -> Outcome:
         outcome = Outcome(service.name, service.key, release.tag, previous, changed=True)
         if service.strategy != "rolling":
+            if not (self.report_successes or release.callback_url) and self.finished:
+                description = f"{release.tag} written to {service.key}"
+                self.finished(report(service, release.tag, "successful", description, previous))
             return outcome
         return self._register_inline(service, release.tag, outcome)
 

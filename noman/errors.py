@@ -15,6 +15,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── UnsupportedMediaType            415 unsupported_media_type
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RepositoryMismatch              403 repository_mismatch
+    ├── CsrfFailed                      403 csrf_failed  (a status page form without its token)
     ├── InvalidTag                      422 invalid_tag
     ├── AmbiguousTags                   422 ambiguous_tags
     ├── StaleTag                        409 stale_tag
@@ -133,6 +134,14 @@ class RepositoryMismatch(NomanError):
 
     status = 403
     code = "repository_mismatch"
+
+
+class CsrfFailed(NomanError):
+    """A status page form came back without this session's CSRF token."""
+
+    status = 403
+    code = "csrf_failed"
+    default_message = "The form's CSRF token is missing or wrong; reload the page and retry."
 
 
 class InvalidTag(NomanError):

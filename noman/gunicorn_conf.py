@@ -6,6 +6,7 @@ NOMAN_GUNICORN_LOG_LEVEL (default info).
 """
 
 import os
+import secrets
 import shutil
 import tempfile
 
@@ -31,6 +32,9 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         prefix="noman-metrics-", dir=worker_tmp_dir
     )
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+# The status page's session key when ui.session_key_env is unset: made once
+# here in the master, so every worker of this start shares it (see noman.ui).
+os.environ.setdefault("NOMAN_UI_START_KEY", secrets.token_urlsafe(32))
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("NOMAN_GUNICORN_LOG_LEVEL", "info")

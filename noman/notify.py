@@ -95,6 +95,17 @@ class Reporter:
 
     def deliver(self, data: dict[str, Any]) -> None:
         """Send one report taken from a record (see ``deploy.report``); blocks until done."""
+        report = self.finished(data)
+        callback = data.get("callback_url")
+        outcome = "success" if report.success else "failure"
+        if isinstance(callback, str) and callback:
+            self._dockerhub_callback(callback, outcome, report)
+        for target in self.settings.notify.targets:
+            if outcome in target.on:
+                self._notify(target, report)
+
+    def finished(self, data: dict[str, Any]) -> Report:
+        """Log and count one finished deploy (``deliver`` then sends it)."""
         success = bool(data.get("success"))
         report = Report(
             service=str(data.get("service")),
@@ -124,12 +135,7 @@ class Reporter:
                 }
             },
         )
-        callback = data.get("callback_url")
-        if isinstance(callback, str) and callback:
-            self._dockerhub_callback(callback, "success" if success else "failure", report)
-        for target in self.settings.notify.targets:
-            if outcome in target.on:
-                self._notify(target, report)
+        return report
 
     def unchanged(self, service: Service, release: Release, outcome: Outcome) -> None:
         """A push of the tag already deployed: only DockerHub's callback wants to know."""

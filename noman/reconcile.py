@@ -28,7 +28,7 @@ from noman.errors import NomanError, WriteConflict
 from noman.model import Record, RolloutState, Service, orders_before, utc_now
 from noman.notify import Reporter
 from noman.release import Release
-from noman.stores import LeaderLock, Store
+from noman.stores import Entry, LeaderLock, Store
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._index = 0
+        # Records as the last blocking read saw them: lets a pass skip restart services
+        # that have no report waiting without reading anything.
+        self._records: dict[str, Entry] | None = None
         self._nomad_index: dict[str, int] = {}
         # service name -> (tag, monotonic time before which it is not retried)
         self._not_before: dict[str, tuple[str, float]] = {}
@@ -120,7 +123,8 @@ class Reconciler:
             self._stop.wait(wait)
             return
         try:
-            self._index = self.store.list(self.prefix, self._index or 1, wait).watch_index
+            snapshot = self.store.list(self.prefix, self._index or 1, wait)
+            self._index, self._records = snapshot.watch_index, snapshot.entries
         except NomanError as exc:
             log.warning("reconciler: watching %s: %s", self.prefix, exc.code)
             self._stop.wait(min(wait, 2.0))
@@ -137,7 +141,12 @@ class Reconciler:
             return False
         busy = False
         active = []
+        records, self._records = self._records, None
         for service in self.settings.services:
+            if service.strategy != "rolling" and records is not None:
+                seen = records.get(self.deployer.record_key(service))
+                if seen is None or not Record.parse(seen.value).reports:
+                    continue
             rollout = self._step(service)
             if rollout is not None and rollout.state in ("registered", "running"):
                 active.append((service, rollout))
@@ -278,7 +287,11 @@ class Reconciler:
         self._nomad_index[service.name] = index
         started = rollout.registered_at or time.time()
         if found is None:
-            if time.time() - started > self.settings.nomad.watch_timeout:
+            if self._stable(service, rollout.version):
+                # A version with no deployment of its own (it ran before, or the job has no
+                # update block) that Nomad already marked good.
+                self._end(service, rollout, "successful", None)
+            elif time.time() - started > self.settings.nomad.watch_timeout:
                 self._end(service, rollout, "timed_out", None)
             return
         status = str(found.get("status"))
@@ -288,6 +301,14 @@ class Reconciler:
             self._end(service, rollout, "timed_out", found)
         else:
             self._progress(service, rollout, found)
+
+    def _stable(self, service: Service, version: int) -> bool:
+        assert self.orchestrator is not None
+        try:
+            job = self.orchestrator.read(service)
+        except NomanError:
+            return False
+        return job.version == version and job.spec.get("Stable") is True
 
     def _progress(self, service: Service, rollout: RolloutState, found: dict[str, Any]) -> None:
         counts = {name: found.get(name) for name in ("placed", "healthy", "desired")}

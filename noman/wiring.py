@@ -37,6 +37,7 @@ def build(settings: Settings, store: Store | None = None) -> Components:
     """Build every component from ``settings`` (``store`` replaces the configured one)."""
     store = store if store is not None else build_store(settings)
     nomad = build_nomad(settings)
+    reporter = Reporter(settings)
     deployer = Deployer(
         store,
         nomad,
@@ -45,8 +46,9 @@ def build(settings: Settings, store: Store | None = None) -> Components:
         state_prefix=settings.consul.state_prefix,
         answer_within=settings.rollout.answer_within,
         history_size=settings.rollout.history_size,
+        report_successes=any("success" in t.on for t in settings.notify.targets),
+        finished=reporter.finished,
     )
-    reporter = Reporter(settings)
     reconciler = Reconciler(settings, store, deployer, nomad, reporter)
     return Components(settings, store, nomad, deployer, reporter, reconciler)
 

@@ -256,3 +256,32 @@ def test_metrics_add_up_across_workers_and_carry_no_secret(tmp_path: Path, secre
     assert 'noman_hook_requests_total{outcome="deployed",service="web"} 6.0' in text
     assert 'noman_hook_requests_total{outcome="not_found",service=""} 1.0' in text
     assert "noman_hook_duration_seconds_count 7.0" in text
+
+
+def test_one_worker_leads_and_reports_once_then_hands_over_at_shutdown(
+    tmp_path: Path, secret: str
+) -> None:
+    """Under gunicorn each worker runs a reconciler; exactly one leads and sends the report."""
+    from tests.fakes.receiver import Receiver
+
+    with FakeConsul() as fake, Receiver() as receiver:
+        config = write_config(tmp_path, fake.url, secret)
+        config.write_text(
+            config.read_text()
+            + f'\n[notify]\non = ["success"]\n[[notify.targets]]\nurl = "{receiver.url}/n"\n'
+        )
+        server = Gunicorn(tmp_path, config, workers=2)
+        try:
+            answer = requests.post(f"{server.url}/hooks/{secret}", json={"tag": SAMPLE_TAG})
+            assert answer.status_code == 200
+            note = receiver.wait_for(1, timeout=15)[0].json()
+            assert note["event_id"] == f"web:{SAMPLE_TAG}:successful"
+            leader = fake.entry("noman/.leader")
+            assert leader is not None and leader.get("Session")
+        finally:
+            assert server.stop() == 0
+        assert len(receiver.received) == 1  # every worker has exited: no late second report
+        # The workers gave the lock up on their way out: no live session holds it.
+        after = fake.entry("noman/.leader")
+        assert after is None or not after.get("Session")
+        assert fake.value("noman/web") is not None

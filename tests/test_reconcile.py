@@ -360,3 +360,49 @@ def test_the_file_store_single_process_always_leads(
     components(two).reconciler.run_once()
     assert components(two).reconciler.leader
     components(two).reconciler.stop()
+
+
+def test_forcing_the_tag_the_job_already_runs_ends_at_once(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str
+) -> None:
+    """The job's stable version already runs the tag: no deployment to wait for."""
+    app = create_app(settings_for(consul, nomad, secret))
+    consul.put(consul.key("IMAGE_TAG"), NEW)
+    answer = hook(app, secret, OLD, force=True)
+    assert answer.status_code == 200
+    assert components(app).reconciler.settle(5)
+    rollout = consul.record().rollout
+    assert rollout is not None
+    assert (rollout.tag, rollout.state) == (OLD, "successful")
+    assert len(nomad.versions("web")) == 1
+
+
+def test_cli_deploy_wait_follows_the_rollout_to_its_end(
+    consul: ConsulHandle,
+    nomad: FakeNomad,
+    secret: str,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from noman.cli import main
+    from tests.conftest import settings_toml
+
+    nomad.script_deployments("successful", after=0.2)
+    config = tmp_path / "noman.toml"
+    config.write_text(
+        settings_toml(
+            consul,
+            secret,
+            strategy="rolling",
+            extra=(
+                '[services.web.nomad]\njob = "web"\n'
+                f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
+            ),
+        )
+    )
+    assert main(["--config", str(config), "deploy", "web", NEW, "--wait"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["rollout"]["tag"], result["rollout"]["state"]) == (NEW, "successful")
+    converged(consul, nomad, NEW)

@@ -21,6 +21,11 @@
 #   key           = "configs/stut.dev/IMAGE_TAG"
 #   secret_sha256 = "<sha256 of the hook secret>"
 #
+# Noman writes nothing else in the key's folder (its own records live under
+# consul.state_prefix, "noman/" by default), so a template that renders the
+# whole folder, {{ range ls "configs/stut.dev" }}{{ .Key }}={{ .Value }}
+# {{ end }}, restarts the task only when the tag changes.
+#
 # The key must exist before the first run (the template waits for it):
 #   consul kv put configs/stut.dev/IMAGE_TAG release-20230103082900
 

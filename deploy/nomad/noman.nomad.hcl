@@ -3,8 +3,10 @@
 # health checks and automatic revert).
 #
 # Before the first run:
-#   1. Put the Consul ACL token Noman uses (key_prefix "configs/" write,
-#      or whatever your keys need) and, for rolling services, a Nomad token
+#   1. Put the Consul ACL token Noman uses (key_prefix "configs/" write, or
+#      whatever your keys need, plus key_prefix "noman/" write for its
+#      records and leader lock, and session_prefix "" write for the leader
+#      election) and, for rolling services, a Nomad token
 #      that may read and submit their jobs, into the Nomad variable of
 #      this job (readable by this job's tasks without any extra policy):
 #        nomad var put nomad/jobs/noman consul_token=<uuid> nomad_token=<uuid>
@@ -21,7 +23,10 @@
 # Noman can deploy itself: the service "noman" below uses the rolling
 # strategy with update = "image", so a release of Noman registers a new
 # version of this job with only the noman task's image changed, and Nomad
-# replaces the two allocations one by one (see the update block).
+# replaces the two allocations one by one (see the update block). The two
+# instances elect one reconciler with a Consul session lock; when Nomad
+# stops the leader, the other instance (or the new one) takes over from the
+# records in Consul and reports the outcome: nothing is lost.
 
 variable "image" {
   type        = string
@@ -118,7 +123,8 @@ job "noman" {
 
       # gunicorn's graceful_timeout is 20 s: give in-flight requests that
       # long after SIGTERM before Nomad sends SIGKILL (must not exceed the
-      # client's max_kill_timeout, 30 s by default).
+      # client's max_kill_timeout, 30 s by default). On the way out each
+      # worker gives up the leader lock, so the other instance leads at once.
       kill_signal  = "SIGTERM"
       kill_timeout = "25s"
 
@@ -200,6 +206,9 @@ job "noman" {
           [consul]
           # Address and token come from CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN.
           timeout = 5
+          # Noman's records and leader lock: outside every service key's folder.
+          state_prefix = "noman/"
+          session_ttl  = 15
 
           [nomad]
           # Address and token come from NOMAD_ADDR / NOMAD_TOKEN.
