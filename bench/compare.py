@@ -400,6 +400,34 @@ class SystemResult:
     notes: list[str] = field(default_factory=list)
 
 
+def summary(result: SystemResult) -> dict[str, Any]:
+    """One system's figures as plain JSON (rates per second, latencies in seconds)."""
+
+    def run(r: WrkRun) -> dict[str, Any]:
+        return asdict(r) | {"rate": r.rate, "ok_rate": r.ok_rate, "tail": r.tail}
+
+    def probed(p: Probe) -> dict[str, Any]:
+        return {
+            "requests": len(p.latencies),
+            "p99": p.p99,
+            "stalled": p.censored,
+            "failures": p.failures,
+        }
+
+    return {
+        "serving": result.serving,
+        "deploy1": run(result.deploy1),
+        "deploy8": run(result.deploy8),
+        "rejected8": run(result.rejected8),
+        "probe": probed(result.quiet),
+        "probe_slow_clients": probed(result.slow) | {"cut": result.slow_cuts},
+        "mixed_statuses": result.mixed,
+        "rss_mb": result.rss_mb,
+        "writes_ok": result.writes_ok,
+        "notes": result.notes,
+    }
+
+
 def evaluate(results: dict[str, SystemResult]) -> list[Goal]:
     """The goal ratios of issue 8 from the measured results."""
     noman, relay, hook = results["noman"], results["relay"], results["webhook"]
@@ -883,84 +911,160 @@ def check_writes(
 
 @dataclass(frozen=True)
 class Plan:
-    """How long and how hard: durations in seconds, counts of clients and requests."""
+    """How long and how hard: seconds per round of each phase, rounds, clients, requests."""
 
     seconds: float
+    rounds: int
     warmup: float
     slow_clients: int
     mixed: int
 
 
-def measure(
-    system: str, services: Sequence[Service], consul_url: str, tmp: Path, plan: Plan
-) -> SystemResult:
-    """Every phase against one system."""
-    all_targets = targets_for(system, services)
-    notes: list[str] = []
-    phase = 0
+def combine(runs: Sequence[WrkRun]) -> WrkRun:
+    """Rounds of one phase as one run: counts and time added, p50/p99 their median."""
+    middle = sorted(range(len(runs)), key=lambda i: runs[i].p99)[len(runs) // 2]
+    return WrkRun(
+        requests=sum(r.requests for r in runs),
+        duration=sum(r.duration for r in runs),
+        status_errors=sum(r.status_errors for r in runs),
+        timeouts=sum(r.timeouts for r in runs),
+        socket_errors=sum(r.socket_errors for r in runs),
+        p50=sorted(r.p50 for r in runs)[len(runs) // 2],
+        p99=runs[middle].p99,
+        sent=runs[-1].sent,
+    )
 
-    def say(what: str, run: WrkRun) -> None:
-        print(
-            f"    {what:28} {run.requests:6} answers, {run.status_errors} non-2xx, "
-            f"{run.timeouts} timeouts, p99 {format_value(run.tail, 'ms')} ms",
-            flush=True,
-        )
 
-    def deploy(server: Server, connections: int, seconds: float) -> WrkRun:
-        nonlocal phase
-        phase += 1
-        base = TAG_BASE + phase * PHASE_STEP
-        targets = all_targets[:connections]
-        run = run_wrk(server.port, lua_script("deploy", targets, base), connections, seconds, tmp)
-        notes.extend(check_writes(run, system, services, base, consul_url))
-        say(f"deploy, {connections} conn", run)
+def merge(probes: Sequence[Probe]) -> Probe:
+    """Rounds of probing as one: every latency, every stall."""
+    return Probe(
+        tuple(latency for p in probes for latency in p.latencies),
+        sum(p.censored for p in probes),
+        sum(p.failures for p in probes),
+    )
+
+
+class Bench:
+    """The three systems running side by side, measured phase by phase in rounds.
+
+    Each phase runs ``rounds`` times, each round one system after the other, so that a
+    change in the machine's load (other jobs on a shared machine) lands on all three
+    alike instead of on whichever system happened to run last.
+    """
+
+    def __init__(
+        self, servers: dict[str, Server], services: Sequence[Service], consul_url: str, tmp: Path
+    ) -> None:
+        self.servers, self.services, self.consul_url, self.tmp = servers, services, consul_url, tmp
+        self.targets = {name: targets_for(name, services) for name in servers}
+        self.notes: dict[str, list[str]] = {name: [] for name in servers}
+        self.phase = 0
+
+    def base(self) -> int:
+        """Tags for a new phase: above every tag written so far."""
+        self.phase += 1
+        return TAG_BASE + self.phase * PHASE_STEP
+
+    def deploy(self, name: str, connections: int, seconds: float) -> WrkRun:
+        """wrk deploys, each a new tag, then a check that Consul holds the last ones."""
+        base = self.base()
+        script = lua_script("deploy", self.targets[name][:connections], base)
+        run = run_wrk(self.servers[name].port, script, connections, seconds, self.tmp)
+        self.notes[name].extend(check_writes(run, name, self.services, base, self.consul_url))
         return run
 
-    with start(system, services, consul_url, tmp) as server:
-        print(f"  {system}: {server.serving}", flush=True)
-        deploy(server, SERVICES, plan.warmup)
-        deploy1 = deploy(server, 1, plan.seconds)
-        deploy8 = deploy(server, SERVICES, plan.seconds)
-        rejected8 = run_wrk(
-            server.port, lua_script("reject", all_targets, TAG_BASE), SERVICES, plan.seconds, tmp
+    def reject(self, name: str, seconds: float) -> WrkRun:
+        """wrk requests that must all be refused."""
+        script = lua_script("reject", self.targets[name], TAG_BASE)
+        run = run_wrk(self.servers[name].port, script, SERVICES, seconds, self.tmp)
+        if run.status_errors != run.requests:
+            self.notes[name].append(f"{run.requests - run.status_errors} bad requests got a 2xx")
+        return run
+
+    def probe(self, name: str, seconds: float, slow_clients: int = 0) -> tuple[Probe, int]:
+        """Probe deploys, with ``slow_clients`` trickling connections open meanwhile."""
+        port, targets = self.servers[name].port, self.targets[name]
+        if not slow_clients:
+            return probe(port, targets, self.base(), seconds), 0
+        with SlowClients(port, slow_clients) as slow:
+            result = probe(port, targets, self.base(), seconds)
+        return result, slow.cuts
+
+    def rounds(self, plan: Plan, what: str, one: Any) -> dict[str, list[Any]]:
+        """``one(name)`` for every system, ``plan.rounds`` times, interleaved; prints a line."""
+        out: dict[str, list[Any]] = {name: [] for name in self.servers}
+        for _ in range(plan.rounds):
+            for name in self.servers:
+                out[name].append(one(name))
+        cells = []
+        for name, runs in out.items():
+            if isinstance(runs[0], WrkRun):
+                run = combine(runs)
+                rate = run.rate if what.startswith("rejected") else run.ok_rate
+                cells.append(f"{name} {rate:.0f}/s p99 {format_value(run.tail, 'ms')}")
+            else:
+                merged = merge([r[0] for r in runs])
+                cells.append(f"{name} p99 {merged.cell()} ({merged.censored} stalled)")
+        print(f"  {what:34} " + ", ".join(cells), flush=True)
+        return out
+
+
+def measure(
+    systems: Sequence[str],
+    services: Sequence[Service],
+    consul_url: str,
+    tmp: Path,
+    plan: Plan,
+) -> dict[str, SystemResult]:
+    """Every phase against every system; returns each system's results."""
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(start(name, services, consul_url, tmp)) for name in systems
+        }
+        for name, server in servers.items():
+            print(f"  {name}: {server.serving}", flush=True)
+        bench = Bench(servers, services, consul_url, tmp)
+        for name in systems:
+            bench.deploy(name, SERVICES, plan.warmup)
+        deploy1 = bench.rounds(
+            plan, "deploy, 1 connection", lambda n: bench.deploy(n, 1, plan.seconds)
         )
-        if rejected8.status_errors != rejected8.requests:
-            notes.append(f"{rejected8.requests - rejected8.status_errors} bad requests got a 2xx")
-        say("rejected, 8 conn", rejected8)
-        phase += 1
-        quiet = probe(server.port, all_targets, TAG_BASE + phase * PHASE_STEP, plan.seconds)
-        print(f"    probe, 8 conn                p99 {quiet.cell()} ms", flush=True)
-        with SlowClients(server.port, plan.slow_clients) as slow:
-            phase += 1
-            slow_probe = probe(
-                server.port, all_targets, TAG_BASE + phase * PHASE_STEP, plan.seconds
+        deploy8 = bench.rounds(
+            plan,
+            f"deploy, {SERVICES} connections",
+            lambda n: bench.deploy(n, SERVICES, plan.seconds),
+        )
+        rejected = bench.rounds(
+            plan, f"rejected, {SERVICES} connections", lambda n: bench.reject(n, plan.seconds)
+        )
+        quiet = bench.rounds(plan, "probe", lambda n: bench.probe(n, plan.seconds))
+        slow = bench.rounds(
+            plan,
+            f"probe, {plan.slow_clients} slow clients",
+            lambda n: bench.probe(n, plan.seconds, plan.slow_clients),
+        )
+        results = {}
+        for name in systems:
+            base = bench.base()
+            mixed = mixed_requests(servers[name].port, bench.targets[name][:4], base, plan.mixed)
+            rss = [rss_mb(pid) for pid in servers[name].workers()]
+            print(f"  {name} mixed {mixed}, RSS MB {[round(mb, 1) for mb in rss]}", flush=True)
+            for note in bench.notes[name]:
+                print(f"  {name}: WARNING {note}", flush=True)
+            results[name] = SystemResult(
+                deploy1=combine(deploy1[name]),
+                deploy8=combine(deploy8[name]),
+                rejected8=combine(rejected[name]),
+                quiet=merge([p for p, _ in quiet[name]]),
+                slow=merge([p for p, _ in slow[name]]),
+                mixed=mixed,
+                rss_mb=rss,
+                slow_cuts=sum(cuts for _, cuts in slow[name]),
+                writes_ok=not bench.notes[name],
+                serving=servers[name].serving,
+                notes=bench.notes[name],
             )
-        print(
-            f"    probe, {plan.slow_clients} slow clients  p99 {slow_probe.cell()} ms, "
-            f"{slow_probe.censored} stalled, {slow.cuts} slow clients cut",
-            flush=True,
-        )
-        phase += 1
-        mixed = mixed_requests(
-            server.port, all_targets[:4], TAG_BASE + phase * PHASE_STEP, plan.mixed
-        )
-        print(f"    mixed, 4 conn               {mixed}", flush=True)
-        rss = [rss_mb(pid) for pid in server.workers()]
-    for note in notes:
-        print(f"  {system}: WARNING {note}", flush=True)
-    return SystemResult(
-        deploy1=deploy1,
-        deploy8=deploy8,
-        rejected8=rejected8,
-        quiet=quiet,
-        slow=slow_probe,
-        mixed=mixed,
-        rss_mb=rss,
-        slow_cuts=slow.cuts,
-        writes_ok=not notes,
-        serving=server.serving,
-        notes=notes,
-    )
+    return results
 
 
 # ---------------------------------------------------------------- report
@@ -979,11 +1083,19 @@ def chart(results: dict[str, SystemResult], goals: Sequence[Goal], path: Path) -
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     (rate, tail), (rejected, memory) = axes
 
-    def bars(ax: Any, values: Sequence[float], offset: float, width: float, **kw: Any) -> None:
+    def bars(
+        ax: Any,
+        values: Sequence[float],
+        offset: float,
+        width: float,
+        floor: bool = False,
+        **kw: Any,
+    ) -> None:
         finite = [v if v == v and v != float("inf") else 0 for v in values]
         drawn = ax.bar([i + offset for i in x], finite, width, **kw)
-        for bar, value in zip(drawn, values, strict=True):
-            label = format_value(value)
+        for i, (bar, value) in enumerate(zip(drawn, values, strict=True)):
+            stalled = floor and results[names[i]].slow.censored
+            label = ("≥ " if stalled else "") + format_value(value)
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)  # fmt: skip
 
@@ -1009,8 +1121,8 @@ def chart(results: dict[str, SystemResult], goals: Sequence[Goal], path: Path) -
         color="#a0aec0",
     )
     slow_colors = [colors[n] for n in names]
-    bars(tail, [results[n].slow.p99 * ms for n in names], 0.2, 0.4, label="with slow clients",
-         color=slow_colors)  # fmt: skip
+    slow_p99 = [results[n].slow.p99 * ms for n in names]
+    bars(tail, slow_p99, 0.2, 0.4, floor=True, label="with slow clients", color=slow_colors)
     tail.set_title("probe p99 ms (8 connections), without / with slow clients")
     tail.set_yscale("log")
     tail.legend(fontsize=8)
@@ -1057,7 +1169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: short phases, few clients"
     )
-    parser.add_argument("--seconds", type=float, help="length of each load phase (default 10)")
+    parser.add_argument("--seconds", type=float, help="length of one round of a phase (default 4)")
+    parser.add_argument("--rounds", type=int, help="rounds of each phase (default 3)")
     parser.add_argument("--slow-clients", type=int, help="slow connections (default 200)")
     parser.add_argument("--mixed", type=int, help="mixed requests before RSS (default 5000)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -1067,14 +1180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     args = parser.parse_args(argv)
     plan = Plan(
-        seconds=args.seconds or (2 if args.quick else 10),
+        seconds=args.seconds or (1 if args.quick else 4),
+        rounds=args.rounds or (1 if args.quick else 3),
         warmup=1 if args.quick else 2,
         slow_clients=args.slow_clients or (20 if args.quick else 200),
         mixed=args.mixed or (400 if args.quick else 5000),
     )
     ensure_tools()
     services = make_services()
-    results: dict[str, SystemResult] = {}
     with tempfile.TemporaryDirectory(prefix="noman-bench-") as name:
         tmp = Path(name)
         consul_port = free_port()
@@ -1085,8 +1198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {plan}", flush=True
             )
-            for system in SYSTEMS:
-                results[system] = measure(system, services, consul_url, tmp, plan)
+            results = measure(SYSTEMS, services, consul_url, tmp, plan)
     goals = evaluate(results)
     print()
     print(table(results))
@@ -1097,15 +1209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dumps(
                 {
                     "plan": asdict(plan),
-                    "results": {
-                        n: asdict(r)
-                        | {
-                            "deploy8_tail": r.deploy8.tail,
-                            "quiet_p99": r.quiet.p99,
-                            "slow_p99": r.slow.p99,
-                        }
-                        for n, r in results.items()
-                    },
+                    "results": {n: summary(r) for n, r in results.items()},
                     "goals": [asdict(g) | {"passed": g.passed} for g in goals],
                 },
                 indent=2,

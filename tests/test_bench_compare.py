@@ -210,3 +210,18 @@ def test_minimal_relay_reads_and_writes_with_cas(consul: ConsulHandle) -> None:
         assert answer.status_code == status, (path, body, answer.json)
         assert set(answer.json) == {"error", "message"}
     assert consul.get(key)[0] == compare.tag(1)
+
+
+def test_rounds_combine_into_one_run_and_one_probe() -> None:
+    runs = [
+        compare.WrkRun(requests=100, duration=4, status_errors=1, p50=0.002, p99=0.030),
+        compare.WrkRun(requests=300, duration=4, timeouts=2, p50=0.001, p99=0.010, sent=(3,)),
+        compare.WrkRun(requests=200, duration=4, p50=0.003, p99=0.020, sent=(5,)),
+    ]
+    run = compare.combine(runs)
+    assert (run.requests, run.duration, run.status_errors, run.timeouts) == (600, 12, 1, 2)
+    assert (run.p50, run.p99, run.rate) == (0.002, 0.020, 50)
+    probe = compare.merge(
+        [compare.Probe((0.1, 0.2), censored=1), compare.Probe((0.3,), failures=2)]
+    )
+    assert probe == compare.Probe((0.1, 0.2, 0.3), censored=1, failures=2)
