@@ -10,7 +10,9 @@ Three systems relay "deploy tag T of service S" into a Consul key:
            the tag taken from the payload (`pass-arguments-to-command`), the way people
            wire it today; its trigger rule checks the token, the repository and the tag
 
-and wrk (Debian package `wrk`) drives each of them with a generated Lua script:
+All three run at once; wrk (Debian package `wrk`, with a generated Lua script) drives them
+in turn, phase by phase, each phase in rounds with the systems interleaved so that load from
+other jobs on a shared machine lands on all three alike:
 
   deploy    1 and 8 connections. Every request is a real write: connection i always deploys
             service i (wrk runs one thread per connection) and its tags go up by one at every
@@ -18,8 +20,10 @@ and wrk (Debian package `wrk`) drives each of them with a generated Lua script:
             final Consul values are checked against the number of requests each connection
             sent.
   rejected  8 connections cycling wrong secret / malformed JSON / tag outside the pattern.
-  slow      the 8-connection deploy load again while 200 raw sockets trickle request headers
-            (one byte a second, reconnecting whenever the server cuts them).
+  probe     8 connections of deploys from a Python client that also times the requests the
+            server never answers (wrk drops those), without and then with 200 raw sockets
+            trickling request headers (one byte a second, replaced whenever the server cuts
+            them).
   mixed     5,000 requests (deploys and the three rejections), then VmRSS of every worker
             (the children of the gunicorn master; webhook is one process).
 
