@@ -17,14 +17,20 @@ budgets measured in the same run, because this machine is a noisy, shared
             read + CAS write of another key through the same ConsulStore
             (py-consul + requests session) against the same fake Consul.
             Reports are drained by an untimed reconciler pass between hooks,
-            as the leader would. Goal: median hook <= 1.25x median bare.
-            When it misses, a cProfile of the hooks says where the time goes.
+            as the leader would. The fake Consul runs in this process too
+            (one GIL for both sides), the same for the hook and the bare pair.
+            Also times the hook's transaction alone (indexes known, as if the
+            reads were skipped) and splits the hook into time inside the
+            store's calls and Noman's own work. Goal: median hook <= 1.25x
+            median bare. When it misses, a cProfile says where the time goes.
   failover  instance A: `gunicorn noman:create_app()` (one worker, whose
             reconciler leads); instance B: the app in-process with its
             reconciler thread; session TTL 10 s (Consul's minimum). A hook
             starts a deployment that Nomad finishes after D s; once A follows
             it, A's process group gets SIGKILL (nothing released). Goal: B
-            reports the outcome within 2 x TTL + D of the kill.
+            reports the outcome within 2 x TTL + D of the kill. The full run
+            does it twice: the fake's session expiry after exactly 1 TTL, and
+            real Consul's worst case, 2 TTLs (SessionTTLMultiplier).
 
     .venv/bin/python bench/durable.py [--quick] [--deploys 8] [--hooks 300] [--deployment 4]
 """
@@ -408,10 +414,11 @@ def leader_session(consul_url: str) -> str | None:
     return str(session) if session else None
 
 
-def measure_failover(deployment: float) -> Failover:
+def measure_failover(deployment: float, multiplier: float = 1.0) -> Failover:
+    """``multiplier``: how many TTLs an unrenewed session lives (real Consul: up to 2)."""
     secret = secrets.token_urlsafe(16)
     with (
-        FakeConsul() as consul,
+        FakeConsul(session_ttl_multiplier=multiplier) as consul,
         FakeNomad() as nomad,
         Receiver() as receiver,
         tempfile.TemporaryDirectory() as tmp,
@@ -462,7 +469,7 @@ def measure_failover(deployment: float) -> Failover:
             registered = time.perf_counter()
 
             def followed() -> Any:
-                r = rollout_of(b.store)  # type: ignore[union-attr]
+                r = rollout_of(b.store)
                 return r is not None and r.state == "running"
 
             wait_until(followed, deployment, "A to follow the deployment")
@@ -472,7 +479,7 @@ def measure_failover(deployment: float) -> Failover:
             a.wait(10)
             left = deployment - (killed - registered)
             leads = wait_until(
-                lambda: b.reconciler.leader and time.perf_counter(),  # type: ignore[union-attr]
+                lambda: b.reconciler.leader and time.perf_counter(),
                 failover_budget(SESSION_TTL, deployment) + 30,
                 "instance B to lead",
             )
@@ -499,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deploys", type=int, default=None, help="latency: deploys (8)")
     parser.add_argument("--hooks", type=int, default=None, help="hook: samples each (300)")
     parser.add_argument("--deployment", type=float, default=None, help="failover: D s (4)")
-    parser.add_argument("--skip-failover", action="store_true", help="no failover (~25 s)")
+    parser.add_argument("--skip-failover", action="store_true", help="no failover (~20 s each)")
     args = parser.parse_args(argv)
     deploys = args.deploys or (3 if args.quick else 8)
     hooks = args.hooks or (60 if args.quick else 300)
@@ -572,19 +579,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join("    " + line for line in over.profile.strip().splitlines()))
 
     if not args.skip_failover:
-        print(f"\n== failover (TTL {SESSION_TTL:g} s, deployment {deployment:g} s, kill -9 leader)")
-        fail = measure_failover(deployment)
-        budget = failover_budget(SESSION_TTL, fail.deployment)
-        print(f"  kill -> B leads    {fail.taken_over:.1f} s")
-        print(f"  kill -> report     {fail.seconds:.1f} s")
-        verdicts.append(
-            Verdict(
-                "failover: kill -> report",
-                f"{fail.seconds:.1f} s",
-                f"<= 2xTTL + D = {budget:g} s",
-                fail.seconds <= budget,
+        # The fake expires an unrenewed session after exactly 1 TTL; real Consul may take
+        # up to 2 (its SessionTTLMultiplier), so the full run measures that case too.
+        for multiplier in (1.0,) if args.quick else (1.0, 2.0):
+            print(
+                f"\n== failover (TTL {SESSION_TTL:g} s, expiry after {multiplier:g} TTL, "
+                f"deployment {deployment:g} s, kill -9 the leader)"
             )
-        )
+            fail = measure_failover(deployment, multiplier)
+            budget = failover_budget(SESSION_TTL, fail.deployment)
+            print(f"  kill -> B leads    {fail.taken_over:.1f} s")
+            print(f"  kill -> report     {fail.seconds:.1f} s")
+            verdicts.append(
+                Verdict(
+                    f"failover: kill -> report ({multiplier:g}xTTL expiry)",
+                    f"{fail.seconds:.1f} s",
+                    f"<= 2xTTL + D = {budget:g} s",
+                    fail.seconds <= budget,
+                )
+            )
 
     print()
     print(table(verdicts))
