@@ -248,8 +248,8 @@ def measure_latency(deploys: int) -> Latency:
                 assert len(got) == i + 1, "no report"
                 assert got[-1].json().get("event_id") == f"web:{want}:successful", got[-1].body
                 # Everything Nomad saw for this deploy: the hook's read + register and the
-                # reconciler's follow queries (the next blocking query is already parked on
-                # the new index, so it counts too: it is the one the next change answers).
+                # reconciler's reads and follow queries, including the blocking query that
+                # was parked before finish_deployment and that the finish answered.
                 kinds.update(f"{r[0]} {classify(r[1])}" for r in nomad.requests[before:])
         finally:
             parts.reconciler.stop(10)
