@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from noman import logs
+from noman import edge, logs
 from noman.config import Settings, load
 from noman.deploy import Deployer
 from noman.notify import Reporter
@@ -57,6 +57,7 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
 
     app.register_blueprint(bp)
     register_error_handlers(app)
+    edge.install(app)
     return app
 
 

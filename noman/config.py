@@ -59,6 +59,8 @@ SCHEMA: tuple[Key, ...] = (
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
     _k("server", "auth_failures_per_minute", (int,), 0, "Failed secrets per address; 0: off."),
     _k("server", "proxy_hops", (int,), 0, "Proxies whose X-Forwarded-For to trust."),
+    _k("server", "tls_cert", (str,), None, "PEM certificate chain: serve HTTPS (TLS 1.2+)."),
+    _k("server", "tls_key", (str,), None, "PEM private key of tls_cert."),
     _k("store", "backend", (str,), "consul", '"consul", or "file" for a local JSON file.'),
     _k("store", "path", (str,), ".noman/store.json", "The JSON file of the file backend."),
     _k("consul", "address", (str,), "http://127.0.0.1:8500", "Consul's HTTP address."),
@@ -210,6 +212,8 @@ class Settings:
     log_level: str = "info"
     auth_failures_per_minute: int = 0
     proxy_hops: int = 0
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -362,6 +366,8 @@ class _Parser:
                 raise self.fail("server", name, "must not be negative")
         if server["log_level"] not in ("debug", "info", "warning", "error"):
             raise self.fail("server", "log_level", "must be debug, info, warning or error")
+        if (server["tls_cert"] is None) != (server["tls_key"] is None):
+            raise self.fail("server", "tls_cert", "tls_cert and tls_key go together")
         store = self.table(data.get("store", {}), "store", "store")
         if store["backend"] not in ("consul", "file"):
             raise self.fail("store", "backend", 'must be "consul" or "file"')
@@ -379,6 +385,8 @@ class _Parser:
             log_level=server["log_level"],
             auth_failures_per_minute=server["auth_failures_per_minute"],
             proxy_hops=server["proxy_hops"],
+            tls_cert=server["tls_cert"],
+            tls_key=server["tls_key"],
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
