@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import socket
 import ssl
 import time
 from collections.abc import MutableMapping
@@ -176,6 +177,15 @@ class _WorkerMixin:
 
     log: Any
     cfg: Any
+
+    def init_process(self) -> None:
+        """Start the worker with a default socket timeout, so TLS handshakes are bounded too.
+
+        gevent's server completes the handshake before ``handle`` runs, on a
+        socket whose timeout is the default one; ``handle`` then makes it blocking.
+        """
+        socket.setdefaulttimeout(read_timeout())
+        super().init_process()  # type: ignore[misc]
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         """Serve one connection with the read deadline (TLS handshake included)."""

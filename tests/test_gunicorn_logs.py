@@ -35,9 +35,11 @@ class Gunicorn:
         shipped: bool = True,
         workers: int = 1,
         extra_env: dict[str, str] | None = None,
+        scheme: str = "http",
+        verify: str | bool = True,
     ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.stdout = tmp / "access.log"
         self.stderr = tmp / "error.log"
         env = {
@@ -66,7 +68,7 @@ class Gunicorn:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
                     return
             except requests.RequestException:
                 time.sleep(0.1)
