@@ -13,7 +13,8 @@ each enough on its own:
 2. Every handler Noman and gunicorn use gets ``RedactingFilter``, which
    rewrites the finished message before it is written: secrets after any
    ``/hooks/``-like segment, every query string, long token-like path
-   segments, bearer tokens, judged after percent-decoding.
+   segments, long mixed-case tokens anywhere, bearer tokens, judged after
+   percent-decoding.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ _TEMPLATE_REST = re.compile(r"/<secret>(/[a-z_]+)?/?")
 _QUERY = re.compile(r"(/[^\s?#\"'\\]*)\?[^\s#\"'\\]*")
 # A long token-like path segment is as good as a secret (22+ url-safe characters).
 _TOKEN_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_~-]{22,}(?=[/\s?#\"'\\]|$)")
+# Anywhere, a long run of mixed-case letters and digits reads like a generated secret
+# (`noman secret new`, token_urlsafe); UUIDs and hex digests are single-case and stay.
+_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])"
+    r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{22,}(?![A-Za-z0-9_-])"
+)
 _BEARER = re.compile(r"(bearer\s+)[^\s\"',;]+", re.IGNORECASE)
 
 
@@ -54,6 +61,7 @@ def redact(text: str) -> str:
     text = _HOOK_PATH.sub(_redact_hook_rest, text)
     text = _QUERY.sub(r"\1?" + REDACTED, text)
     text = _TOKEN_SEGMENT.sub(REDACTED, text)
+    text = _TOKEN.sub(REDACTED, text)
     return _BEARER.sub(r"\1" + REDACTED, text)
 
 
@@ -80,9 +88,7 @@ class RedactingFilter(logging.Filter):
         record.args = None
         if record.exc_info:
             if gunicorn and record.exc_info[1] is not None:
-                kind, _, trace = record.exc_info
-                lines = [*traceback.format_tb(trace), f"{kind.__name__ if kind else 'Error'}\n"]
-                record.exc_text = redact("Traceback (most recent call last):\n" + "".join(lines))
+                record.exc_text = redact(_trace_without_message(record.exc_info))
             else:
                 record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
@@ -93,6 +99,18 @@ class RedactingFilter(logging.Filter):
 
 def _quiet(arg: object) -> object:
     return type(arg).__name__ if isinstance(arg, BaseException) else arg
+
+
+def _quiet_all(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_quiet(arg) for arg in args)
+
+
+def _trace_without_message(exc_info: Any) -> str:
+    kind, _, trace = exc_info
+    if kind is None:
+        return "(no traceback)"
+    lines = [*traceback.format_tb(trace), f"{kind.__name__}\n"]
+    return "Traceback (most recent call last):\n" + "".join(lines)
 
 
 class JsonFormatter(logging.Formatter):
@@ -140,7 +158,43 @@ def protect_gunicorn_logs() -> None:
 
 
 class GunicornLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger with every handler redacting hook secrets."""
+    """gunicorn's logger: route templates in the access log, no exception texts, redacted.
+
+    The level methods are layer 1 for gunicorn's own lines: an exception
+    passed as an argument is logged as its class name, and ``exception``
+    logs the traceback without the message (gunicorn's parser errors quote
+    the request line, and ``NoMoreData`` the bytes read so far).
+    """
+
+    def critical(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at CRITICAL, exception arguments by class name."""
+        self.error_log.critical(msg, *_quiet_all(args), **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR, exception arguments by class name."""
+        self.error_log.error(msg, *_quiet_all(args), **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at WARNING, exception arguments by class name."""
+        self.error_log.warning(msg, *_quiet_all(args), **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at INFO, exception arguments by class name."""
+        self.error_log.info(msg, *_quiet_all(args), **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at DEBUG, exception arguments by class name."""
+        self.error_log.debug(msg, *_quiet_all(args), **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR with the current traceback, minus the exception's message."""
+        kwargs.pop("exc_info", None)
+        trace = _trace_without_message(sys.exc_info()).replace("%", "%%")
+        self.error_log.error(f"{msg}\n{trace}", *_quiet_all(args), **kwargs)
+
+    def log(self, lvl: Any, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ``lvl``, exception arguments by class name."""
+        super().log(lvl, msg, *_quiet_all(args), **kwargs)
 
     def setup(self, cfg: Any) -> None:
         """Set up as gunicorn does, then filter every error and access handler."""

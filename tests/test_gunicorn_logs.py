@@ -37,6 +37,7 @@ class Gunicorn:
         extra_env: dict[str, str] | None = None,
         scheme: str = "http",
         verify: str | bool = True,
+        conf: str = "python:noman.gunicorn_conf",
     ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -54,11 +55,7 @@ class Gunicorn:
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn"]
-                + (
-                    ["-c", "python:noman.gunicorn_conf"]
-                    if shipped
-                    else ["--bind", env["NOMAN_BIND"]]
-                )
+                + (["-c", conf] if shipped else ["--bind", env["NOMAN_BIND"]])
                 + [app],
                 cwd=tmp,
                 env=env,
@@ -209,8 +206,12 @@ def test_sigterm_during_a_slow_consul_call_exits_cleanly(
             requests.post(f"{server.url}/hooks/{secret}", json={"tag": SAMPLE_TAG}).status_code
         )
     )
+    before = len(fake.requests)
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while len(fake.requests) == before:
+        assert time.monotonic() < deadline, "the hook never reached Consul"
+        time.sleep(0.01)  # polling the condition above
     assert server.stop() == 0
     thread.join(10)
     assert time.monotonic() - started < 20  # well inside graceful_timeout
