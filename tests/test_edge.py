@@ -21,7 +21,7 @@ from tests.conftest import SAMPLE_TAG
 from tests.fakes.consul import FakeConsul
 from tests.test_gunicorn_logs import Gunicorn, raw, write_config
 
-READ_TIMEOUT = 3
+READ_TIMEOUT = 6
 
 
 @pytest.fixture
@@ -116,8 +116,8 @@ def test_fifty_slow_clients_do_not_delay_a_webhook(
             )
             latencies.append(time.monotonic() - before)
             assert answer.status_code == 200, answer.text
-        # On 2 shared cores "promptly" is generous; gthread made these wait 30 s.
-        assert max(latencies) < 1.0, latencies
+        # On 2 shared, busy cores: generous, yet gthread made these wait 30 s.
+        assert max(latencies) < 2.0, latencies
         assert time.monotonic() - started < READ_TIMEOUT  # all while the slow ones were live
         # The read deadline cuts every slow connection; a slow body gets a JSON 408.
         for sock in slow_headers:
@@ -330,3 +330,31 @@ def test_tls_serves_verified_https_and_reloads_on_sighup(tmp_path: Path, secret:
         finally:
             assert server.stop() == 0
     assert secret not in server.logs()
+
+
+def test_background_threads_run_cooperatively_under_the_gevent_worker(
+    tmp_path: Path, secret: str
+) -> None:
+    """A reconciler-like thread blocked in a 30 s Consul query delays no request and sees writes."""
+    seen = tmp_path / "seen.txt"
+    with FakeConsul() as fake:
+        server = Gunicorn(
+            tmp_path,
+            write_config(tmp_path, fake.url, secret),
+            "tests.support.background_app:create_app()",
+            extra_env={"NOMAN_TEST_SEEN": str(seen)},
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not seen.exists():  # the first (non-blocking) query answered: 404
+                assert time.monotonic() < deadline, server.logs()
+                time.sleep(0.02)
+            started = time.monotonic()
+            answer = requests.post(f"{server.url}/hooks/{secret}", json={"tag": SAMPLE_TAG})
+            assert answer.status_code == 200, answer.text
+            assert time.monotonic() - started < 1.0  # the blocked thread held nothing
+            while " 200" not in seen.read_text():  # the blocking query woke on the write
+                assert time.monotonic() < deadline + 5, seen.read_text()
+                time.sleep(0.02)
+        finally:
+            assert server.stop() == 0
