@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import selectors
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -322,6 +325,18 @@ def test_tls_serves_verified_https_and_reloads_on_sighup(tmp_path: Path, secret:
             while verifies_with(server.port, first_ca) or not verifies_with(server.port, second_ca):
                 assert time.monotonic() < deadline, "the new certificate was never served"
                 time.sleep(0.1)
+            # `noman healthcheck` (the container's HEALTHCHECK) speaks HTTPS when TLS is on.
+            check = subprocess.run(
+                [sys.executable, "-m", "noman.cli", "healthcheck"],
+                env={
+                    **os.environ,
+                    "NOMAN_CONFIG": str(tmp_path / "noman.toml"),
+                    "NOMAN_BIND": f"127.0.0.1:{server.port}",
+                },
+                capture_output=True,
+                timeout=30,
+            )
+            assert check.returncode == 0, check.stderr
             inflight.sendall(body[10:])
             status, _, answer_body = split_answer(read_answer(inflight))
             inflight.close()
