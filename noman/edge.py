@@ -38,6 +38,8 @@ ROUTE_KEY = "noman.route"
 UNMATCHED = "unmatched"
 DEFAULT_READ_TIMEOUT = 10.0
 # Methods logged as sent; anything else is logged as OTHER (the method is client text).
+# Answers after which the connection closes: the request's body may be partly unread.
+CLOSE_AFTER = frozenset({400, 408, 413})
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -71,6 +73,11 @@ def install(app: Flask) -> None:
     @app.after_request
     def remember_route(response: Response) -> Response:
         request.environ[ROUTE_KEY] = current_route()
+        sock = request.environ.get("gunicorn.socket")
+        if response.status_code in CLOSE_AFTER and isinstance(sock, DeadlineSocket):
+            # The body was refused unread or half read: what follows on this
+            # connection is not a request. Answer, then close.
+            sock.close_after = True
         return response
 
 
@@ -103,6 +110,7 @@ class DeadlineSocket:
         self._sock = sock
         self._timeout = timeout
         self.deadline = time.monotonic() + timeout
+        self.close_after = False
 
     def arm(self) -> None:
         """Start the clock for the next request's headers and body."""
@@ -205,10 +213,13 @@ class _WorkerMixin:
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         """Handle one request; the next one on this connection gets a fresh deadline."""
         try:
-            return super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
+            handled = super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
         finally:
             if isinstance(sock, DeadlineSocket):
                 sock.arm()
+        if isinstance(sock, DeadlineSocket) and sock.close_after:
+            raise StopIteration()  # gunicorn's way to end a keep-alive connection
+        return handled
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """Answer errors raised before or around the app in Noman's JSON shape."""

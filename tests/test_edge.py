@@ -244,6 +244,13 @@ def test_malformed_bodies_are_400_and_write_nothing(
         status, headers, body = split_answer(raw(server.port, request))
         assert (status, json.loads(body)["error"]) == (400, code), name
         assert headers["content-type"] == "application/json", name
+    # A body refused unread is not waited for: the answer comes at once and the
+    # connection closes (instead of gunicorn draining 1 GB until the read deadline).
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(with_length(secret, b"{", 10**9))
+        answer = closed_within(sock, READ_TIMEOUT / 2)
+    assert answer is not None and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert split_answer(answer)[0] == 413
     assert fake.writes == 0
 
 
