@@ -380,3 +380,36 @@ def test_background_threads_run_cooperatively_under_the_gevent_worker(
                 time.sleep(0.02)
         finally:
             assert server.stop() == 0
+
+
+def test_a_rolling_deploy_through_python_nomad_under_the_gevent_worker(
+    tmp_path: Path, secret: str
+) -> None:
+    """python-nomad (requests) registers the job and the report thread watches it, under gevent."""
+    from tests.fakes.nomad import FakeNomad, sample_service_job
+    from tests.fakes.receiver import Receiver
+
+    with FakeConsul() as consul, FakeNomad() as nomad, Receiver() as receiver:
+        nomad.script_deployments("successful", after=0.3)
+        job = sample_service_job("web", image="stut/stut.dev:release-20200101000000")
+        job["Meta"]["NOMAN_IMAGE_TAG"] = "release-20200101000000"
+        nomad.add_job(job)
+        config = write_config(tmp_path, consul.url, secret)
+        config.write_text(
+            config.read_text()
+            + 'strategy = "rolling"\n\n[services.web.nomad]\njob = "web"\nupdate = "meta"\n\n'
+            f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
+            "watch_timeout = 10\n\n"
+            f'[notify]\non = ["success", "failure"]\n\n[[notify.targets]]\n'
+            f'url = "{receiver.url}/n"\n'
+        )
+        server = Gunicorn(tmp_path, config)
+        try:
+            answer = requests.post(f"{server.url}/hooks/{secret}", json={"tag": SAMPLE_TAG})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["deployment"]["job"] == "web"
+            note = receiver.wait_for(1)[0].json()
+        finally:
+            assert server.stop() == 0
+    assert note["status"] == "success"
+    assert consul.value("web/IMAGE_TAG") == SAMPLE_TAG.encode()
