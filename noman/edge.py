@@ -81,6 +81,18 @@ def install(app: Flask) -> None:
         return response
 
 
+def request_route() -> str | None:
+    """The route template of the request being handled; None outside a request."""
+    import sys
+
+    # Only once Flask is loaded (the gunicorn master logs without it).
+    if "flask" not in sys.modules:
+        return None
+    from flask import has_request_context
+
+    return current_route() if has_request_context() else None
+
+
 def current_route() -> str:
     """The route template of the request being handled (``unmatched`` outside one)."""
     # Flask is imported here, not at the top: the gunicorn master imports this

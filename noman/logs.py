@@ -114,7 +114,11 @@ def _trace_without_message(exc_info: Any) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any extra fields."""
+    """One JSON object per line: time, level, logger, message and any extra fields.
+
+    A line written while a request is handled also names its route template
+    (``"route": "/hooks/<secret>"`` or ``"unmatched"``), never the path sent.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -124,10 +128,24 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        route = edge.request_route()
+        if route is not None:
+            entry["route"] = route
         entry.update(getattr(record, "fields", {}))
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return json.dumps(entry, default=str)
+        # Layer 2 for the structured fields too: a tag or reason is client text.
+        return json.dumps(_redact_values(entry), default=str)
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redact_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(item) for item in value]
+    return value
 
 
 def configure(level: str = "info") -> None:

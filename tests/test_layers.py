@@ -7,6 +7,7 @@ inputs that only this layer catches) so each one is caught missing.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import secrets
@@ -181,6 +182,14 @@ def test_redaction_alone_covers_raw_lines(secret: str) -> None:
         record.exc_info = (ValueError, exc, exc.__traceback__)
     RedactingFilter().filter(record)
     assert secret not in record.getMessage() and secret not in (record.exc_text or "")
+    # Structured fields are client text too (a tag, a reason).
+    from noman.logs import JsonFormatter
+
+    hook = logging.LogRecord("noman.hooks", logging.INFO, "x", 1, "hook", None, None)
+    hook.fields = {"tag": secret, "reason": f"bad tag {secret!r}", "nested": [{"x": secret}]}
+    line = JsonFormatter().format(hook)
+    assert secret not in line
+    assert json.loads(line)["tag"] == REDACTED
 
 
 def test_redaction_keeps_route_templates_and_file_paths() -> None:
@@ -243,3 +252,22 @@ def test_each_log_layer_alone_keeps_the_secret_out(
         assert "unexpected error in POST /hooks/<secret>" in logs
     else:
         assert "Invalid request from ip=" in logs  # gunicorn's raw texts really were logged
+
+
+def test_noman_log_lines_carry_the_route_template_not_the_path(
+    settings: Settings, secret: str
+) -> None:
+    from noman.logs import JsonFormatter
+
+    app = create_app(settings)
+    record = logging.LogRecord("noman.hooks", logging.INFO, "x", 1, "hook", None, None)
+    for path, method, route in [
+        (f"/hooks/{secret}", "POST", "/hooks/<secret>"),
+        (f"/hooks/{secret}/deployment", "GET", "/hooks/<secret>/deployment"),
+        (f"/webhooks/{secret}?token={secret}", "POST", "unmatched"),
+    ]:
+        with app.test_request_context(path, method=method):
+            line = JsonFormatter().format(record)
+        assert secret not in line
+        assert json.loads(line)["route"] == route
+    assert "route" not in json.loads(JsonFormatter().format(record))  # outside a request
