@@ -207,6 +207,16 @@ class _WorkerMixin:
         socket.setdefaulttimeout(read_timeout())
         super().init_process()  # type: ignore[misc]
 
+    def run(self) -> None:
+        """Serve; failed TLS handshakes (a client's doing) print no traceback."""
+        import gevent  # type: ignore[import-untyped]
+
+        hub = gevent.get_hub()
+        # gevent's server runs the handshake before ``handle``: a plain-HTTP client
+        # or one too slow would otherwise print a multi-line traceback each time.
+        hub.NOT_ERROR = (*hub.NOT_ERROR, ssl.SSLError, OSError)
+        super().run()  # type: ignore[misc]
+
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         """Serve one connection with the read deadline (TLS handshake included)."""
         timeout = read_timeout()
