@@ -317,6 +317,8 @@ def test_tls_serves_verified_https_and_reloads_on_sighup(tmp_path: Path, secret:
                 old.wrap_socket(sock, server_hostname="127.0.0.1"),
             ):
                 pass
+            # Plain HTTP to the TLS port: refused, quietly (no traceback, nothing echoed).
+            assert secret.encode() not in raw(server.port, exact(secret, BODY))
             # A request in flight when the certificate is renewed.
             context = ssl.create_default_context(cafile=str(first_ca))
             inflight = context.wrap_socket(
@@ -352,6 +354,7 @@ def test_tls_serves_verified_https_and_reloads_on_sighup(tmp_path: Path, secret:
         finally:
             assert server.stop() == 0
     assert secret not in server.logs()
+    assert "Traceback" not in server.logs()
 
 
 def test_background_threads_run_cooperatively_under_the_gevent_worker(
