@@ -14,7 +14,12 @@ with Noman's JSON error shape and a fixed message, never the request's text.
 
 Logs name the matched route's template (``/hooks/<secret>``) or the word
 ``unmatched``, never the path the client sent: ``install`` records the
-template in the WSGI environ, where the access logger reads it.
+template in the WSGI environ, where the access logger reads it. After a 400,
+408 or 413 the connection is closed, since its body may be partly unread.
+
+Background threads of a worker (the outcome reporter, a reconciler) become
+greenlets under gevent's monkey-patching: they must do their waiting on
+sockets, ``time.sleep`` or ``threading`` primitives, never in a busy loop.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ if TYPE_CHECKING:
 ROUTE_KEY = "noman.route"
 UNMATCHED = "unmatched"
 DEFAULT_READ_TIMEOUT = 10.0
-# Methods logged as sent; anything else is logged as OTHER (the method is client text).
 # Answers after which the connection closes: the request's body may be partly unread.
 CLOSE_AFTER = frozenset({400, 408, 413})
+# Methods logged as sent; anything else is logged as OTHER (the method is client text).
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
