@@ -350,15 +350,30 @@ def _status(args: argparse.Namespace) -> int:
 
 def _healthcheck(args: argparse.Namespace) -> int:
     url = args.url
+    context = None
     if not url:
         port = os.environ.get("NOMAN_BIND", "127.0.0.1:8000").rsplit(":", 1)[-1]
-        url = f"http://127.0.0.1:{port}/healthz"
+        scheme = "https" if _serves_tls() else "http"
+        url = f"{scheme}://127.0.0.1:{port}/healthz"
+    if url.startswith("https://127.0.0.1:"):
+        import ssl
+
+        # Liveness of the local process: its certificate names the public host, not 127.0.0.1.
+        context = ssl._create_unverified_context()  # noqa: S323
     try:
-        with urllib.request.urlopen(url, timeout=3) as answer:  # noqa: S310 (local URL)
+        with urllib.request.urlopen(url, timeout=3, context=context) as answer:  # noqa: S310
             return 0 if answer.status == 200 else 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"noman healthcheck: {url}: {exc}", file=sys.stderr)
         return 1
+
+
+def _serves_tls() -> bool:
+    """True when the configuration (if readable here) sets server.tls_cert."""
+    try:
+        return load().tls_cert is not None
+    except (ConfigError, OSError):
+        return False
 
 
 if __name__ == "__main__":

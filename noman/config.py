@@ -67,6 +67,8 @@ SCHEMA: tuple[Key, ...] = (
     _k("server", "auth_failures_per_minute", (int,), 0, "Failed secrets per address; 0: off."),
     _k("server", "proxy_hops", (int,), 0, "Proxies whose X-Forwarded-For to trust."),
     _k("server", "metrics_bind", (str,), None, "host:port of an internal /metrics listener."),
+    _k("server", "tls_cert", (str,), None, "PEM certificate chain: serve HTTPS (TLS 1.2+)."),
+    _k("server", "tls_key", (str,), None, "PEM private key of tls_cert."),
     _k("store", "backend", (str,), "consul", '"consul", or "file" for a local JSON file.'),
     _k("store", "path", (str,), ".noman/store.json", "The JSON file of the file backend."),
     _k("consul", "address", (str,), "http://127.0.0.1:8500", "Consul's HTTP address."),
@@ -127,6 +129,9 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NOMAN_CONFIG_TOML", "The TOML itself (containers without mounts); wins over NOMAN_CONFIG."),
     ("NOMAN_BIND", "gunicorn's listen address (default 127.0.0.1:8000)."),
     ("NOMAN_WORKERS", "gunicorn worker processes (default 2)."),
+    ("NOMAN_WORKER_CONNECTIONS", "Connections per gevent worker (default 1000)."),
+    ("NOMAN_READ_TIMEOUT", "Seconds for one request's headers and body (default 10)."),
+    ("NOMAN_RUNTIME_DIR", "Private state directory (default: a fresh 0700 one per instance)."),
     ("CONSUL_HTTP_ADDR", "Overrides consul.address (host:port or scheme://host:port)."),
     ("CONSUL_HTTP_TOKEN", "Overrides consul.token."),
     ("CONSUL_HTTP_TOKEN_FILE", "File holding the token (when CONSUL_HTTP_TOKEN is not set)."),
@@ -255,6 +260,8 @@ class Settings:
     # A second, internal listener for /metrics; None: /metrics on the main one.
     metrics_bind: str | None = None
     ui: UISettings = UISettings()
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
@@ -470,6 +477,8 @@ class _Parser:
             raise self.fail("server", "log_level", "must be debug, info, warning or error")
         if server["metrics_bind"] is not None and not _BIND_RE.match(server["metrics_bind"]):
             raise self.fail("server", "metrics_bind", "must be host:port, e.g. 127.0.0.1:9100")
+        if (server["tls_cert"] is None) != (server["tls_key"] is None):
+            raise self.fail("server", "tls_cert", "tls_cert and tls_key go together")
         store = self.table(data.get("store", {}), "store", "store")
         if store["backend"] not in ("consul", "file"):
             raise self.fail("store", "backend", 'must be "consul" or "file"')
@@ -493,6 +502,8 @@ class _Parser:
             proxy_hops=server["proxy_hops"],
             metrics_bind=server["metrics_bind"],
             ui=ui,
+            tls_cert=server["tls_cert"],
+            tls_key=server["tls_key"],
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:

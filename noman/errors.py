@@ -12,6 +12,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── BadRequest                      400 bad_request  (malformed HTTP, e.g. a cut-off body)
     ├── InvalidJSON                     400 invalid_json
     ├── InvalidPayload                  400 invalid_payload
+    ├── RequestTimeout                  408 request_timeout  (the body came too slowly)
     ├── UnsupportedMediaType            415 unsupported_media_type
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RepositoryMismatch              403 repository_mismatch
@@ -112,6 +113,14 @@ class InvalidPayload(NomanError):
 
     status = 400
     code = "invalid_payload"
+
+
+class RequestTimeout(NomanError):
+    """The client did not send its body within the read deadline."""
+
+    status = 408
+    code = "request_timeout"
+    default_message = "The request was not sent in time."
 
 
 class UnsupportedMediaType(NomanError):

@@ -2,7 +2,10 @@
 
 Environment: NOMAN_BIND (default 127.0.0.1:8000), NOMAN_WORKERS (default 2),
 NOMAN_WORKER_TMP_DIR (default /dev/shm, so a read-only root filesystem works),
-NOMAN_GUNICORN_LOG_LEVEL (default info).
+NOMAN_GUNICORN_LOG_LEVEL (default info),
+NOMAN_WORKER_CONNECTIONS (default 1000 per worker), NOMAN_READ_TIMEOUT (default
+10 s for one request's headers and body). ``server.tls_cert`` and
+``server.tls_key`` in noman.toml turn on HTTPS (TLS 1.2+); SIGHUP reloads them.
 """
 
 import os
@@ -12,15 +15,18 @@ import tempfile
 
 bind = os.environ.get("NOMAN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("NOMAN_WORKERS", "2"))
-# Threads let a worker answer health checks while another request waits on
-# Consul or Nomad. Each worker also runs one reconciler thread; one of them
-# (in one instance of the cluster) holds the leader lock and does the work.
-worker_class = "gthread"
-threads = 4
+# gevent: each connection is a greenlet, so clients that trickle their
+# headers or body (slowloris) never hold the few threads that real webhooks
+# need; noman.edge adds a read deadline per request and JSON error answers.
+# Consul, Nomad (requests) and background threads are cooperative under the
+# worker's monkey-patching. See README "Serving model".
+worker_class = "noman.edge.NomanWorker"
+worker_connections = int(os.environ.get("NOMAN_WORKER_CONNECTIONS", "1000"))
 # Every Consul and Nomad call has its own few-second timeout, so a request
 # never needs this long; it only catches a wedged worker.
 timeout = 30
 graceful_timeout = 20
+# Also the gevent worker's deadline for a request's headers (first request included).
 keepalive = 5
 _tmp = os.environ.get("NOMAN_WORKER_TMP_DIR", "/dev/shm")  # noqa: S108 (a tmpfs, by design)
 worker_tmp_dir = _tmp if os.path.isdir(_tmp) else None
@@ -35,6 +41,11 @@ _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 # The status page's session key when ui.session_key_env is unset: made once
 # here in the master, so every worker of this start shares it (see noman.ui).
 os.environ.setdefault("NOMAN_UI_START_KEY", secrets.token_urlsafe(32))
+# This instance's private state (the failed-secret counts), mode 0700, shared
+# by its workers through the environment; never a guessable name in /tmp.
+if not os.environ.get("NOMAN_RUNTIME_DIR"):
+    os.environ["NOMAN_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="noman-run-", dir=worker_tmp_dir)
+_runtime_dir = os.environ["NOMAN_RUNTIME_DIR"]
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("NOMAN_GUNICORN_LOG_LEVEL", "info")
@@ -43,6 +54,32 @@ logger_class = "noman.logs.GunicornLogger"
 proc_name = "noman"
 limit_request_line = 4094
 limit_request_fields = 100
+limit_request_field_size = 8190
+
+
+def _tls_files() -> tuple[str | None, str | None]:
+    """server.tls_cert and server.tls_key from Noman's config (read again on SIGHUP)."""
+    from noman.config import load
+
+    try:
+        settings = load()
+    except Exception:  # the app reports config errors, readably, when it loads
+        return None, None
+    return settings.tls_cert, settings.tls_key
+
+
+certfile, keyfile = _tls_files()
+
+
+def ssl_context(conf, default_ssl_context_factory):  # type: ignore[no-untyped-def]
+    """gunicorn's context (certificate read now: every new worker, so SIGHUP renews), TLS 1.2+."""
+    import ssl
+
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 # gunicorn 25.1+ opens a control socket under $HOME by default: pointless in
 # a container and impossible on a read-only root filesystem.
 control_socket_disable = True
@@ -53,6 +90,10 @@ def when_ready(server):  # type: ignore[no-untyped-def]
     from noman.serving import when_ready as ready
 
     ready(server)
+
+
+def pre_request(worker, req):  # type: ignore[no-untyped-def]
+    """Nothing: gunicorn's default logs the raw request path here (it may hold a secret)."""
 
 
 def _components(worker):  # type: ignore[no-untyped-def]
@@ -83,8 +124,9 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    """Remove the metrics directory this master created."""
-    if _metrics_dir.startswith(
-        os.path.join(worker_tmp_dir or tempfile.gettempdir(), "noman-metrics-")
-    ):
+    """Remove the metrics and runtime directories this master created."""
+    base = worker_tmp_dir or tempfile.gettempdir()
+    if _metrics_dir.startswith(os.path.join(base, "noman-metrics-")):
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+    if _runtime_dir.startswith(os.path.join(base, "noman-run-")):
+        shutil.rmtree(_runtime_dir, ignore_errors=True)

@@ -1,47 +1,85 @@
-"""Logging: one JSON line per event, with hook secrets redacted everywhere.
+"""Logging: one JSON line per event, with hook secrets kept out in two layers.
 
 The URL secret is part of the request path, and paths reach logs from
 many places (gunicorn's access log and its "Error handling request" and
-"Invalid request line" lines, Flask's "Exception on <path>"). Rather than
-trusting each place, every handler Noman and gunicorn use gets
-``RedactingFilter``, which rewrites the finished message before it is written.
+"Invalid request line" lines, Flask's "Exception on <path>"). Two layers,
+each enough on its own:
+
+1. No line is built from the raw path or query: the access log
+   (``GunicornLogger.atoms``) and Noman's lines name the matched route's
+   template (``/hooks/<secret>``) or ``unmatched`` (see ``noman.edge``), and
+   gunicorn's exception texts (which quote the request line) are logged as
+   their class name only.
+2. Every handler Noman and gunicorn use gets ``RedactingFilter``, which
+   rewrites the finished message before it is written: secrets after any
+   ``/hooks/``-like segment, every query string, long token-like path
+   segments, long mixed-case tokens anywhere, bearer tokens, judged after
+   percent-decoding.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
+import traceback
+from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
 
 from gunicorn import glogging
 
+from noman import edge
+
 REDACTED = "<redacted>"
-_HOOK_SECRET = re.compile(r"(/hooks/)[^/\s?#\"'\\]+", re.IGNORECASE)
-# Query strings on hook paths are redacted too: callers paste secrets there.
-_HOOK_QUERY = re.compile(r"(/hooks[^\s?#\"']*)\?[^\s#\"']*", re.IGNORECASE)
+# Everything after a hook-like segment ('/hooks/', '/hook/', '/webhooks/'),
+# except the route templates that layer 1 writes on purpose.
+_HOOK_PATH = re.compile(r"(/(?:web)?hooks?)(/[^\s?#\"'\\]*)", re.IGNORECASE)
+_TEMPLATE_REST = re.compile(r"/<secret>(/[a-z_]+)?/?")
+# Query strings anywhere: callers paste secrets there (`?token=...`).
+_QUERY = re.compile(r"(/[^\s?#\"'\\]*)\?[^\s#\"'\\]*")
+# A long token-like path segment is as good as a secret (22+ url-safe characters).
+_TOKEN_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_~-]{22,}(?=[/\s?#\"'\\]|$)")
+# Anywhere, a long run of mixed-case letters and digits reads like a generated secret
+# (`noman secret new`, token_urlsafe); UUIDs and hex digests are single-case and stay.
+_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*[A-Z])"
+    r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{22,}(?![A-Za-z0-9_-])"
+)
 _BEARER = re.compile(r"(bearer\s+)[^\s\"',;]+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with hook path secrets and bearer tokens replaced."""
-    if "%" in text:
-        # '/%68ooks/<secret>' routes like '/hooks/<secret>'; judge the decoded form.
-        decoded = unquote(text)
-        if _HOOK_SECRET.search(decoded):
-            text = decoded
-    text = _HOOK_SECRET.sub(r"\1" + REDACTED, text)
-    text = _HOOK_QUERY.sub(r"\1?" + REDACTED, text)
+    """``text`` with hook path secrets, query strings and bearer tokens replaced."""
+    for _ in range(3):  # '/%2568ooks/<secret>' is '/hooks/<secret>' decoded twice
+        if "%" not in text:
+            break
+        text = unquote(text)
+    text = _HOOK_PATH.sub(_redact_hook_rest, text)
+    text = _QUERY.sub(r"\1?" + REDACTED, text)
+    text = _TOKEN_SEGMENT.sub(REDACTED, text)
+    text = _TOKEN.sub(REDACTED, text)
     return _BEARER.sub(r"\1" + REDACTED, text)
+
+
+def _redact_hook_rest(match: re.Match[str]) -> str:
+    rest = match.group(2)
+    if rest in ("", "/") or _TEMPLATE_REST.fullmatch(rest):
+        return match.group(0)
+    return f"{match.group(1)}/{REDACTED}"
 
 
 class RedactingFilter(logging.Filter):
     """Redacts the formatted message and any traceback text of every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        gunicorn = record.name.startswith("gunicorn")
+        if gunicorn and isinstance(record.args, tuple):
+            # gunicorn's exceptions quote the request line or header they choke on.
+            record.args = tuple(_quiet(arg) for arg in record.args)
         try:
             message = record.getMessage()
         except Exception:  # a broken format string must not hide the line
@@ -49,15 +87,38 @@ class RedactingFilter(logging.Filter):
         record.msg = redact(message)
         record.args = None
         if record.exc_info:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            if gunicorn and record.exc_info[1] is not None:
+                record.exc_text = redact(_trace_without_message(record.exc_info))
+            else:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
         return True
 
 
+def _quiet(arg: object) -> object:
+    return type(arg).__name__ if isinstance(arg, BaseException) else arg
+
+
+def _quiet_all(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_quiet(arg) for arg in args)
+
+
+def _trace_without_message(exc_info: Any) -> str:
+    kind, _, trace = exc_info
+    if kind is None:
+        return "(no traceback)"
+    lines = [*traceback.format_tb(trace), f"{kind.__name__}\n"]
+    return "Traceback (most recent call last):\n" + "".join(lines)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any extra fields."""
+    """One JSON object per line: time, level, logger, message and any extra fields.
+
+    A line written while a request is handled also names its route template
+    (``"route": "/hooks/<secret>"`` or ``"unmatched"``), never the path sent.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -67,10 +128,24 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        route = edge.request_route()
+        if route is not None:
+            entry["route"] = route
         entry.update(getattr(record, "fields", {}))
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return json.dumps(entry, default=str)
+        # Layer 2 for the structured fields too: a tag or reason is client text.
+        return json.dumps(_redact_values(entry), default=str)
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redact_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(item) for item in value]
+    return value
 
 
 def configure(level: str = "info") -> None:
@@ -101,7 +176,43 @@ def protect_gunicorn_logs() -> None:
 
 
 class GunicornLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger with every handler redacting hook secrets."""
+    """gunicorn's logger: route templates in the access log, no exception texts, redacted.
+
+    The level methods are layer 1 for gunicorn's own lines: an exception
+    passed as an argument is logged as its class name, and ``exception``
+    logs the traceback without the message (gunicorn's parser errors quote
+    the request line, and ``NoMoreData`` the bytes read so far).
+    """
+
+    def critical(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at CRITICAL, exception arguments by class name."""
+        self.error_log.critical(msg, *_quiet_all(args), **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR, exception arguments by class name."""
+        self.error_log.error(msg, *_quiet_all(args), **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at WARNING, exception arguments by class name."""
+        self.error_log.warning(msg, *_quiet_all(args), **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at INFO, exception arguments by class name."""
+        self.error_log.info(msg, *_quiet_all(args), **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at DEBUG, exception arguments by class name."""
+        self.error_log.debug(msg, *_quiet_all(args), **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ERROR with the current traceback, minus the exception's message."""
+        kwargs.pop("exc_info", None)
+        trace = _trace_without_message(sys.exc_info()).replace("%", "%%")
+        self.error_log.error(f"{msg}\n{trace}", *_quiet_all(args), **kwargs)
+
+    def log(self, lvl: Any, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Log at ``lvl``, exception arguments by class name."""
+        super().log(lvl, msg, *_quiet_all(args), **kwargs)
 
     def setup(self, cfg: Any) -> None:
         """Set up as gunicorn does, then filter every error and access handler."""
@@ -110,3 +221,37 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
             log.addFilter(RedactingFilter())
             for handler in log.handlers:
                 handler.addFilter(RedactingFilter())
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: timedelta) -> dict[str, Any]:
+        """The access log's fields, with the route template in place of the path.
+
+        Request headers and environ entries (``%({name}i)s``, ``%({name}e)s``)
+        are left out on purpose: they hold the raw URI, the referer and more.
+        """
+        status = str(getattr(resp, "status", "-") or "-").split(None, 1)[0]
+        environ = environ or {}
+        method, route = edge.method_of(environ), edge.route_of(environ)
+        protocol = str(environ.get("SERVER_PROTOCOL", "-"))[:16]
+        sent = getattr(resp, "sent", None)
+        micros = request_time.seconds * 1_000_000 + request_time.microseconds
+        return {
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "l": "-",
+            "u": "-",
+            "t": self.now(),
+            "r": f"{method} {route} {protocol}",
+            "s": status,
+            "m": method,
+            "U": route,
+            "q": "",
+            "H": protocol,
+            "b": str(sent) if sent is not None else "-",
+            "B": sent,
+            "f": "-",
+            "a": str(environ.get("HTTP_USER_AGENT", "-"))[:200],
+            "T": request_time.seconds,
+            "D": micros,
+            "M": micros // 1000,
+            "L": f"{request_time.seconds}.{request_time.microseconds:06d}",
+            "p": f"<{os.getpid()}>",
+        }

@@ -1,8 +1,10 @@
 """Limiting failed authentications per client address, shared by all gunicorn workers.
 
 A fixed one-minute window per address, counted in a small SQLite file in
-the temporary directory (``/dev/shm`` in the image), so the limit holds
-whichever worker answers. Once an address has failed ``limit`` times in the
+this instance's private runtime directory (``NOMAN_RUNTIME_DIR``, which
+``noman.gunicorn_conf`` creates with mode 0700 under ``/dev/shm`` and shares
+with its workers), so the limit holds whichever worker answers and no other
+user can read or pre-create the file. Once an address has failed ``limit`` times in the
 current minute, every hook request from it is refused until the minute
 ends, a right secret included: otherwise the limit would not slow guessing.
 """
@@ -20,9 +22,27 @@ from pathlib import Path
 WINDOW_SECONDS = 60
 
 
+_private_dir: str | None = None
+
+
+def runtime_dir() -> Path:
+    """This instance's private directory: $NOMAN_RUNTIME_DIR, else a fresh 0700 one.
+
+    Never a predictable name in a shared ``/tmp``: another user could create
+    it first and read or reset the counts.
+    """
+    global _private_dir
+    configured = os.environ.get("NOMAN_RUNTIME_DIR")
+    if configured:
+        return Path(configured)
+    if _private_dir is None:
+        _private_dir = tempfile.mkdtemp(prefix="noman-")  # mode 0700
+    return Path(_private_dir)
+
+
 def default_path() -> Path:
-    """The shared counter file: one per user, in the temporary directory."""
-    return Path(tempfile.gettempdir()) / f"noman-auth-failures-{os.getuid()}.sqlite"
+    """The shared counter file, in this instance's private runtime directory."""
+    return runtime_dir() / "auth-failures.sqlite"
 
 
 class FailureLimiter:

@@ -45,10 +45,14 @@ def when_ready(server: Any) -> None:
 
 def start_fields(settings: Settings, cfg: Any) -> dict[str, Any]:
     """What this server loaded and how it serves; service names, never secrets."""
-    threads = getattr(cfg, "threads", 1)
-    model = f"gunicorn {cfg.worker_class_str}, {cfg.workers} worker(s)"
-    if cfg.worker_class_str == "gthread":
-        model += f" x {threads} threads"
+    kind = cfg.worker_class_str
+    if kind == "noman.edge.NomanWorker":
+        kind = "gevent"  # gunicorn's gevent worker with Noman's read deadlines
+    model = f"gunicorn {kind}, {cfg.workers} worker(s)"
+    if kind == "gthread":
+        model += f" x {getattr(cfg, 'threads', 1)} threads"
+    elif kind == "gevent":
+        model += f" x {getattr(cfg, 'worker_connections', 1000)} connections"
     return {
         "version": __version__,
         "config": settings.source,

@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
-from noman import auth, errors, metrics
+from noman import auth, edge, errors, metrics
 from noman.config import Service
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
@@ -31,6 +31,7 @@ _HTTP_ERRORS: dict[int, type[NomanError]] = {
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge,
+    408: errors.RequestTimeout,
     415: errors.UnsupportedMediaType,
 }
 
@@ -253,9 +254,19 @@ def _read_json_body() -> bytes:
     too_large = errors.PayloadTooLarge(f"The body is over {limit} bytes.")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    body = request.stream.read(limit + 1)
+    try:
+        body = request.stream.read(limit + 1)
+    except TimeoutError:  # noman.edge's read deadline: a client too slow to send
+        raise errors.RequestTimeout() from None
+    except Exception:
+        # Broken chunked encoding, or the client went away mid-body (the
+        # server's own exception types; their texts quote the request).
+        raise errors.BadRequest("The body is malformed or cut off.") from None
     if len(body) > limit:
         raise too_large
+    if request.content_length is not None and len(body) < request.content_length:
+        # A client that half-closes early must not get a truncated body deployed.
+        raise errors.BadRequest("The body is shorter than its Content-Length.")
     return body
 
 
@@ -284,7 +295,7 @@ def register_error_handlers(app: Flask) -> None:
     def unexpected(exc: Exception) -> tuple[Response, int]:
         # Logged by us, not by Flask: Flask's line would carry the request path.
         logging.getLogger("noman").error(
-            "unexpected error in %s %s", request.method, request.path, exc_info=exc
+            "unexpected error in %s %s", request.method, edge.current_route(), exc_info=exc
         )
         return jsonify(errors.NomanError().body()), 500
 

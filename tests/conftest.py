@@ -12,6 +12,8 @@ import dataclasses
 import os
 import secrets
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +39,29 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("NOMAN_", "CONSUL_", "NOMAD_")):
             monkeypatch.delenv(name)
+
+
+THREAD_GRACE_SECONDS = 5
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    """Fail the test that leaves a thread running (threads from before it are allowed).
+
+    Threads that are just finishing (a report being sent, a fake server's
+    handler closing) get a few seconds to end.
+    """
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE_SECONDS
+    leftover = [t for t in threading.enumerate() if t not in before]
+    for thread in leftover:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    # A fake server's per-connection handler may still wait on an idle keep-alive
+    # connection of a client the test dropped; it dies with that connection.
+    running = [t.name for t in leftover if t.is_alive() and "process_request_thread" not in t.name]
+    if running:
+        pytest.fail(f"the test left threads running: {running}", pytrace=False)
 
 
 def free_port() -> int:

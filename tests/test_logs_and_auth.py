@@ -18,7 +18,9 @@ from noman.logs import JsonFormatter, RedactingFilter, redact
     ("text", "expected"),
     [
         ('"POST /hooks/abc123 HTTP/1.1" 200', '"POST /hooks/<redacted> HTTP/1.1" 200'),
-        ("GET /hooks/abc/deployment", "GET /hooks/<redacted>/deployment"),
+        # Everything after the secret goes too ('/hooks/../<secret>' puts it second).
+        ("GET /hooks/abc/deployment", "GET /hooks/<redacted>"),
+        ("GET /hooks/<secret>/deployment", "GET /hooks/<secret>/deployment"),
         ("POST /hooks/abc?token=abc HTTP/1.1", "POST /hooks/<redacted>?<redacted> HTTP/1.1"),
         ("POST /hooks?x=abc HTTP/1.1", "POST /hooks?<redacted> HTTP/1.1"),
         ("POST /%68ooks/abc HTTP/1.1", "POST /hooks/<redacted> HTTP/1.1"),

@@ -6,9 +6,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
-from noman import create_app
+from noman import create_app, ratelimit
 from noman.config import Settings
 from noman.ratelimit import FailureLimiter
 from tests.conftest import SAMPLE_TAG, ConsulHandle
@@ -40,7 +41,8 @@ def test_counts_are_shared_between_limiters_on_one_file(tmp_path: Path) -> None:
 
 def limited_app(settings: Settings, tmp_path: Path, limit: int = 3, hops: int = 0) -> Any:
     app = create_app(dataclasses.replace(settings, auth_failures_per_minute=limit, proxy_hops=hops))
-    app.extensions["noman.limiter"] = FailureLimiter(limit, tmp_path / "limits.sqlite")
+    # A fixed clock: the whole test falls in one window, whatever the wall-clock minute.
+    app.extensions["noman.limiter"] = FailureLimiter(limit, tmp_path / "limits.sqlite", Clock())
     return app
 
 
@@ -53,7 +55,7 @@ def test_over_the_limit_even_the_right_secret_waits(
     answer = client.post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
     assert answer.status_code == 429
     assert answer.json["error"] == "too_many_failures"
-    assert 1 <= int(answer.headers["Retry-After"]) <= 60
+    assert answer.headers["Retry-After"] == "20"  # 1_000_000 s is 40 s into its minute
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
     # A good sender elsewhere is unaffected.
     other = client.post(
@@ -75,6 +77,16 @@ def test_behind_a_proxy_the_forwarded_address_counts(
         client.post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG}, headers=dockerhub).status_code
         == 200
     )
+
+
+def test_runtime_dir_is_private_and_per_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelimit, "_private_dir", None)
+    path = ratelimit.default_path()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert path.parent.name.startswith("noman-") and len(path.parent.name) > len("noman-")
+    path.parent.rmdir()
+    monkeypatch.setenv("NOMAN_RUNTIME_DIR", "/run/noman-x")
+    assert ratelimit.default_path() == Path("/run/noman-x/auth-failures.sqlite")
 
 
 def test_the_limit_holds_across_gunicorn_workers(tmp_path: Path, secret: str) -> None:

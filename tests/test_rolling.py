@@ -6,11 +6,14 @@ import dataclasses
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import requests
 
 from noman import create_app
 from noman.config import Service, Settings
@@ -19,6 +22,7 @@ from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
 from noman.wiring import components
 from tests.conftest import ConsulHandle, make_settings
+from tests.fakes import nomad as fake_nomad
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver
 
@@ -68,8 +72,16 @@ def hook(app: Any, secret: str, body: dict[str, Any]) -> Any:
 
 
 def test_meta_update_changes_exactly_one_field(
-    consul: ConsulHandle, nomad: FakeNomad, secret: str
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The fake makes each EvalID with uuid.uuid4(): record the ones it hands out.
+    issued: list[uuid.UUID] = []
+
+    def recording_uuid4() -> uuid.UUID:
+        issued.append(uuid.uuid4())
+        return issued[-1]
+
+    monkeypatch.setattr(fake_nomad, "uuid", SimpleNamespace(uuid4=recording_uuid4))
     app = create_app(rolling_settings(consul, nomad, secret))
     before = nomad.job("web")
     assert before is not None
@@ -77,12 +89,14 @@ def test_meta_update_changes_exactly_one_field(
     assert answer.status_code == 200, answer.json
     after = nomad.job("web")
     assert after is not None
+    # The fake drew two: the new deployment's ID, then the evaluation's.
+    deployment = requests.get(f"{nomad.url}/v1/job/web/deployment", timeout=5).json()
+    (eval_id,) = {str(u) for u in issued} - {deployment["ID"]}
     assert answer.json["deployment"] == {
         "job": "web",
         "version": before["Version"] + 1,
-        "eval_id": nomad.registrations[-1] and answer.json["deployment"]["eval_id"],
+        "eval_id": eval_id,
     }
-    assert answer.json["deployment"]["eval_id"]
     assert after["Version"] == before["Version"] + 1
     expected = spec(before)
     expected["Meta"] = {**before["Meta"], "NOMAN_IMAGE_TAG": NEW}
@@ -407,6 +421,9 @@ def test_index_conflict_is_recognised_by_its_text_whatever_the_status(
                 {"json": {"EvalID": "e-2", "JobModifyIndex": 52}},
             ],
         )
+        # The deployment ends at once, so the report's watch ends inside the mock.
+        done = {"ID": "d-5", "JobID": "web", "JobVersion": 5, "Status": "successful"}
+        mock.get(f"{MOCK_NOMAD}/v1/job/web/deployment", json=done)
         app = create_app(mocked_nomad_settings(consul, secret))
         answer = hook(app, secret, {"tag": NEW})
         assert answer.status_code == 200, answer.json

@@ -72,10 +72,11 @@ def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 def test_serve_logs_one_start_line_and_keeps_metrics_on_their_own_listener(
-    tmp_path: Path, consul: ConsulHandle, secret: str
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, consul: ConsulHandle, secret: str
 ) -> None:
     port, metrics_port = free_port(), free_port()
-    config = tmp_path / "noman.toml"
+    # A short folder name: log redaction blanks path segments long enough to be secrets.
+    config = tmp_path_factory.mktemp("etc") / "noman.toml"
     text = settings_toml(consul, secret)
     config.write_text(f'[server]\nmetrics_bind = "127.0.0.1:{metrics_port}"\n\n{text}')
     process = start(["--config", str(config)], tmp_path, NOMAN_BIND=f"127.0.0.1:{port}")
@@ -100,7 +101,7 @@ def test_serve_logs_one_start_line_and_keeps_metrics_on_their_own_listener(
     assert (started[0]["store"], started[0]["consul"]) == ("consul", consul.url)
     assert started[0]["nomad"] is None  # no rolling service
     assert started[0]["metrics_bind"] == f"127.0.0.1:{metrics_port}"
-    assert re.fullmatch(r"gunicorn gthread, 2 worker\(s\) x 4 threads", started[0]["serving"])
+    assert re.fullmatch(r"gunicorn gevent, 2 worker\(s\) x 1000 connections", started[0]["serving"])
     hook = [line for line in lines if line["msg"] == "hook unauthorized"]
     assert hook and hook[0]["status"] == 401
     assert secret not in err
@@ -239,10 +240,15 @@ def test_the_start_line_names_nomad_when_a_service_rolls() -> None:
         'strategy = "rolling"\n[services.web.nomad]\njob = "web"\n'
     )
     settings = parse_settings(text, source="n.toml", environ={})
-    cfg = SimpleNamespace(worker_class_str="gevent", workers=3, threads=1, bind=["0.0.0.0:8000"])
+    cfg = SimpleNamespace(
+        worker_class_str="noman.edge.NomanWorker",
+        workers=3,
+        worker_connections=500,
+        bind=["0.0.0.0:8000"],
+    )
     fields = start_fields(settings, cfg)
     assert fields["nomad"] == "http://nomad.internal:4646"
-    assert fields["serving"] == "gunicorn gevent, 3 worker(s)"
+    assert fields["serving"] == "gunicorn gevent, 3 worker(s) x 500 connections"
     assert fields["service_names"] == ["web"]
     assert "ab" * 32 not in json.dumps(fields)
 

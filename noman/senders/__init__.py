@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,7 +44,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if _depth(text) > MAX_DEPTH:
         raise InvalidJSON(f"The JSON is nested more than {MAX_DEPTH} levels deep.")
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        data = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_float=_finite_float,
+        )
     except (ValueError, RecursionError) as exc:
         raise InvalidJSON(f"The body is not valid JSON: {_reason(exc)}") from None
     if not isinstance(data, dict):
@@ -105,6 +111,14 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(literal: str) -> float:
+    # 1e400 parses to inf: valid JSON, but no real payload field holds one.
+    value = float(literal)
+    if math.isinf(value):
+        raise InvalidPayload(f"The number {literal[:40]} is too large.")
+    return value
 
 
 def _depth(text: str) -> int:

@@ -1,0 +1,310 @@
+"""The raw edge: how connections are served before and around the Flask app.
+
+Noman runs under gunicorn's gevent worker (``NomanWorker``, set by
+``noman.gunicorn_conf``): every connection gets a greenlet, not one of a few
+threads, so clients that trickle their headers or body cost a little memory
+and never delay a real webhook. On top of that each request has a read
+deadline (``NOMAN_READ_TIMEOUT`` seconds, default 10) for its headers and
+body together, so slow connections are cut rather than kept forever.
+
+gunicorn answers some requests itself before Flask sees them (a bad request
+line or header, an over-long URI, too many header bytes, conflicting
+lengths, broken chunked encoding). ``NomanWorker.handle_error`` answers those
+with Noman's JSON error shape and a fixed message, never the request's text.
+
+Logs name the matched route's template (``/hooks/<secret>``) or the word
+``unmatched``, never the path the client sent: ``install`` records the
+template in the WSGI environ, where the access logger reads it. After a 400,
+408 or 413 the connection is closed, since its body may be partly unread.
+
+Background threads of a worker (the outcome reporter, a reconciler) become
+greenlets under gevent's monkey-patching: they must do their waiting on
+sockets, ``time.sleep`` or ``threading`` primitives, never in a busy loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import ssl
+import time
+from collections.abc import MutableMapping
+from datetime import datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+ROUTE_KEY = "noman.route"
+UNMATCHED = "unmatched"
+DEFAULT_READ_TIMEOUT = 10.0
+# Answers after which the connection closes: the request's body may be partly unread.
+CLOSE_AFTER = frozenset({400, 408, 413})
+# Methods logged as sent; anything else is logged as OTHER (the method is client text).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def read_timeout() -> float:
+    """Seconds a client has to send one request's headers and body."""
+    try:
+        value = float(os.environ.get("NOMAN_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))
+    except ValueError:
+        return DEFAULT_READ_TIMEOUT
+    return value if value > 0 else DEFAULT_READ_TIMEOUT
+
+
+def route_of(environ: MutableMapping[str, Any] | None) -> str:
+    """The route template this request matched, or ``unmatched``."""
+    route = (environ or {}).get(ROUTE_KEY)
+    return route if isinstance(route, str) else UNMATCHED
+
+
+def method_of(environ: MutableMapping[str, Any] | None) -> str:
+    """The request method, if it is a known one (else ``OTHER``, or ``-`` when unknown)."""
+    method = (environ or {}).get("REQUEST_METHOD")
+    if not method:
+        return "-"
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+def install(app: Flask) -> None:
+    """Record each request's route template in its environ, for every log line."""
+    from flask import Response, request
+
+    @app.after_request
+    def remember_route(response: Response) -> Response:
+        request.environ[ROUTE_KEY] = current_route()
+        sock = request.environ.get("gunicorn.socket")
+        if response.status_code in CLOSE_AFTER and isinstance(sock, DeadlineSocket):
+            # The body was refused unread or half read: what follows on this
+            # connection is not a request. Answer, then close.
+            sock.close_after = True
+        return response
+
+
+def request_route() -> str | None:
+    """The route template of the request being handled; None outside a request."""
+    import sys
+
+    # Only once Flask is loaded (the gunicorn master logs without it).
+    if "flask" not in sys.modules:
+        return None
+    from flask import has_request_context
+
+    return current_route() if has_request_context() else None
+
+
+def current_route() -> str:
+    """The route template of the request being handled (``unmatched`` outside one)."""
+    # Flask is imported here, not at the top: the gunicorn master imports this
+    # module for the worker class, before the workers monkey-patch.
+    from flask import has_request_context, request
+
+    if not has_request_context() or request.url_rule is None:
+        return UNMATCHED
+    return request.url_rule.rule
+
+
+class ReadDeadline(TimeoutError):
+    """The client did not send its request within the read deadline.
+
+    Carries ECONNRESET so gunicorn treats it as a client that went away (a
+    debug line, no traceback); the app answers it with 408 while it reads a body.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNRESET, "read deadline passed")
+
+
+class DeadlineSocket:
+    """A client socket whose reads fail once the current request's deadline has passed."""
+
+    def __init__(self, sock: Any, timeout: float) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.close_after = False
+
+    def arm(self) -> None:
+        """Start the clock for the next request's headers and body."""
+        self.deadline = time.monotonic() + self._timeout
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        """``socket.recv``, bounded by the deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ReadDeadline()
+        self._sock.settimeout(left)
+        try:
+            data: bytes = self._sock.recv(size, *flags)
+            return data
+        except TimeoutError:
+            raise ReadDeadline() from None
+        finally:
+            self._sock.settimeout(None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+# What gunicorn's parser errors become: (status, reason, code, message).
+# Messages are fixed: gunicorn's own texts quote the request line or header.
+_PARSE_ERRORS: dict[str, tuple[int, str, str, str]] = {
+    "LimitRequestLine": (414, "URI Too Long", "uri_too_long", "The request URI is too long."),
+    "LimitRequestHeaders": (
+        431,
+        "Request Header Fields Too Large",
+        "request_header_fields_too_large",
+        "The request headers are too large or too many.",
+    ),
+    "UnsupportedTransferCoding": (
+        501,
+        "Not Implemented",
+        "not_implemented",
+        "That Transfer-Encoding is not supported.",
+    ),
+    "ExpectationFailed": (417, "Expectation Failed", "expectation_failed", "Expect not met."),
+    "ForbiddenProxyRequest": (403, "Forbidden", "forbidden", "Request forbidden."),
+    "InvalidChunkSize": (400, "Bad Request", "bad_request", "Malformed chunked body."),
+    "ChunkMissingTerminator": (400, "Bad Request", "bad_request", "Malformed chunked body."),
+    "InvalidChunkExtension": (400, "Bad Request", "bad_request", "Malformed chunked body."),
+}
+_BAD_REQUEST = (400, "Bad Request", "bad_request", "Malformed HTTP request.")
+
+
+def error_answer(exc: BaseException) -> tuple[int, str, bytes]:
+    """Status, reason and full HTTP/1.1 answer (JSON error shape) for a parse error."""
+    status, reason, code, message = _PARSE_ERRORS.get(type(exc).__name__, _BAD_REQUEST)
+    body = json.dumps({"error": code, "message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return status, reason, head + body
+
+
+def _gevent_worker() -> type[Any]:
+    # Imported lazily: the gunicorn master loads this module before forking,
+    # and only the workers run the gevent hub.
+    from gunicorn.workers.ggevent import GeventWorker
+
+    return GeventWorker  # type: ignore[no-any-return]
+
+
+class _WorkerMixin:
+    """What Noman changes in gunicorn's gevent worker (see the module docstring)."""
+
+    log: Any
+    cfg: Any
+
+    def init_process(self) -> None:
+        """Start the worker with a default socket timeout, so TLS handshakes are bounded too.
+
+        gevent's server completes the handshake before ``handle`` runs, on a
+        socket whose timeout is the default one; ``handle`` then makes it blocking.
+        """
+        socket.setdefaulttimeout(read_timeout())
+        super().init_process()  # type: ignore[misc]
+
+    def run(self) -> None:
+        """Serve; failed TLS handshakes (a client's doing) print no traceback."""
+        import gevent  # type: ignore[import-untyped]
+
+        hub = gevent.get_hub()
+        # gevent's server runs the handshake before ``handle``: a plain-HTTP client
+        # or one too slow would otherwise print a multi-line traceback each time.
+        hub.NOT_ERROR = (*hub.NOT_ERROR, ssl.SSLError, OSError)
+        super().run()  # type: ignore[misc]
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        """Serve one connection with the read deadline (TLS handshake included)."""
+        timeout = read_timeout()
+        try:
+            client.setblocking(1)
+            if isinstance(client, ssl.SSLSocket) and not self.cfg.do_handshake_on_connect:
+                client.settimeout(timeout)
+                client.do_handshake()
+                client.settimeout(None)
+        except (OSError, ssl.SSLError) as exc:
+            self.log.debug("TLS handshake failed: %s", type(exc).__name__)
+            _close(client)
+            return
+        super().handle(listener, DeadlineSocket(client, timeout), addr)  # type: ignore[misc]
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        """Handle one request; the next one on this connection gets a fresh deadline."""
+        try:
+            handled = super().handle_request(listener_name, req, sock, addr)  # type: ignore[misc]
+        finally:
+            if isinstance(sock, DeadlineSocket):
+                sock.arm()
+        if isinstance(sock, DeadlineSocket) and sock.close_after:
+            raise StopIteration()  # gunicorn's way to end a keep-alive connection
+        return handled
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Answer errors raised before or around the app in Noman's JSON shape."""
+        started = datetime.now()
+        status, reason, answer = error_answer(exc)
+        if type(exc).__name__ in _PARSE_ERRORS or type(exc).__module__.startswith(
+            ("gunicorn.http", "ssl")
+        ):
+            # The exception's text quotes the request: log its class only.
+            self.log.warning("invalid request: %s", type(exc).__name__)
+        else:
+            status, reason = 500, "Internal Server Error"
+            body = json.dumps(
+                {"error": "internal_error", "message": "Internal error; see the operator's log."}
+            ).encode()
+            answer = (
+                "HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            self.log.error("error handling a request: %s", type(exc).__name__)
+        if req is not None:
+            _log_access(self.log, req, addr, status, reason, len(answer), started)
+        try:
+            client.sendall(answer)
+        except Exception:  # the client may be gone already
+            self.log.debug("failed to send the error answer")
+
+
+def _log_access(
+    log: Any, req: Any, addr: Any, status: int, reason: str, sent: int, started: datetime
+) -> None:
+    answer = SimpleNamespace(status=f"{status} {reason}", sent=sent, headers=[])
+    version = getattr(req, "version", (1, 1)) or (1, 1)
+    environ = {
+        "REQUEST_METHOD": getattr(req, "method", None) or "-",
+        "SERVER_PROTOCOL": f"HTTP/{version[0]}.{version[1]}",
+        "REMOTE_ADDR": (addr or ("-",))[0] if isinstance(addr, tuple) else "-",
+    }
+    try:
+        log.access(answer, None, environ, datetime.now() - started)
+    except Exception:  # logging must never turn an answer into a crash
+        log.debug("failed to log an error answer")
+
+
+def _close(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def worker_class() -> type[Any]:
+    """gunicorn's gevent worker with Noman's deadlines and JSON error answers."""
+    return type("NomanWorker", (_WorkerMixin, _gevent_worker()), {})
+
+
+def __getattr__(name: str) -> Any:
+    # `worker_class = "noman.edge.NomanWorker"`: gunicorn imports the name.
+    if name == "NomanWorker":
+        cls = worker_class()
+        globals()["NomanWorker"] = cls
+        return cls
+    raise AttributeError(f"module 'noman.edge' has no attribute {name!r}")
