@@ -21,6 +21,7 @@ from noman.errors import (
     ConsulUnavailable,
     Frozen,
     InvalidTag,
+    NomadUnavailable,
     NomanError,
     NothingToRollBack,
     RepositoryMismatch,
@@ -406,42 +407,56 @@ class Deployer:
         if self.orchestrator is None:
             return replace(outcome, pending="nomad_not_configured")
         started = time.monotonic()
-        reason = "nomad_slow"
+        error: NomanError = NomadUnavailable(
+            "Nomad did not accept the job version within rollout.answer_within; Noman keeps trying."
+        )
         for _ in range(self.register_retries):
             if time.monotonic() - started > self.answer_within:
                 break
+            rollout = self._current_rollout(service, tag)
+            if rollout is None or rollout.state != "pending":
+                return outcome  # the reconciler moved it on already
             try:
-                state = self.orchestrator.read(service)
-                rollout = self._current_rollout(service, tag)
-                if rollout is None or rollout.state != "pending":
-                    return replace(outcome, pending=None)  # the reconciler moved it on
-                if state.tag == tag:
-                    registered = Rollout(
-                        service.nomad.job if service.nomad else service.name, state.version, ""
-                    )
-                elif not rollout.force and orders_before(service, tag, state.tag):
-                    self.finish(
-                        service,
-                        tag,
-                        "cancelled",
-                        f"The job already runs the newer {state.tag}; "
-                        'push with "force": true to deploy the older tag.',
-                        reason="stale_tag",
-                    )
-                    return replace(outcome, state="cancelled", pending="stale_tag")
-                else:
-                    found = self.orchestrator.register(service, state, tag)
-                    if found is None:
-                        reason = "write_conflict"
-                        continue
-                    registered = found
+                registered = self.register_once(service, rollout)
             except NomanError as exc:
-                self.note_failure(service, tag, exc)
-                return replace(outcome, pending=exc.code)
-            self.mark_registered(service, tag, registered.version)
-            return replace(outcome, rollout=registered)
-        self.note_failure(service, tag, WriteConflict())
-        return replace(outcome, pending=reason)
+                error = exc
+                break
+            if registered == "cancelled":
+                return replace(outcome, state="cancelled", pending="stale_tag")
+            if registered is not None:
+                self.mark_registered(service, tag, registered.version)
+                return replace(outcome, rollout=registered)
+            error = WriteConflict("The Nomad job kept changing; Noman keeps trying.")
+        self.note_failure(service, tag, error)
+        return replace(outcome, pending=error.code)
+
+    def register_once(
+        self, service: Service, rollout: RolloutState
+    ) -> Rollout | Literal["cancelled"] | None:
+        """One attempt to have the job run ``rollout.tag``.
+
+        Returns the job version that runs it (registered now, or already
+        there), None when the job changed between read and register, or
+        "cancelled" (recorded) when the job runs a newer tag and the rollout
+        is not forced.
+        """
+        assert self.orchestrator is not None
+        tag = rollout.tag
+        state = self.orchestrator.read(service)
+        if state.tag == tag:
+            job = service.nomad.job if service.nomad else service.name
+            return Rollout(job, state.version, "")
+        if not rollout.force and orders_before(service, tag, state.tag):
+            self.finish(
+                service,
+                tag,
+                "cancelled",
+                f"The job already runs the newer {state.tag}; "
+                'push with "force": true to deploy the older tag.',
+                reason="stale_tag",
+            )
+            return "cancelled"
+        return self.orchestrator.register(service, state, tag)
 
     def _current_rollout(self, service: Service, tag: str) -> RolloutState | None:
         rollout = Record.parse(self.store.read(self.record_key(service)).value).rollout
