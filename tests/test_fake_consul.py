@@ -686,6 +686,45 @@ def test_item_15_hang_outlasts_the_client_timeout_and_applies_nothing(fake: Fake
     assert kv(fake, "noman/web").status_code == 404
 
 
+def test_item_17_a_late_answer_means_the_write_landed_unbeknown_to_the_client(
+    fake: FakeConsul,
+) -> None:
+    fake.answer_late(10)
+    with pytest.raises(requests.Timeout):
+        kv(fake, "noman/web", "PUT", data=b"v1", timeout=0.3)
+    assert fake.value("noman/web") == b"v1"  # it landed while the client gave up
+    assert fake.writes == 1
+    fake.heal()  # releases the held answer
+    started = time.monotonic()
+    assert kv(fake, "noman/web").status_code == 200  # count=1: the next answer is on time
+    assert time.monotonic() - started < 2
+
+
+def test_item_17_answer_late_for_every_request_until_heal(fake: FakeConsul) -> None:
+    fake.answer_late(10, count=None)
+    for value in (b"v1", b"v2"):
+        with pytest.raises(requests.Timeout):
+            kv(fake, "noman/web", "PUT", data=value, timeout=0.3)
+        assert fake.value("noman/web") == value
+    fake.heal()
+    assert kv(fake, "noman/web", "PUT", data=b"v3").json() is True
+
+
+def test_item_17_a_slow_failure_answers_late_and_applies_nothing(fake: FakeConsul) -> None:
+    fake.fail_next(status=500, body="rpc error making call: EOF", after=0.3)
+    started = time.monotonic()
+    answer = kv(fake, "noman/web", "PUT", data=b"v1")
+    assert time.monotonic() - started >= 0.25
+    assert (answer.status_code, answer.text) == (500, "rpc error making call: EOF")
+    assert fake.value("noman/web") is None
+    fake.fail_always(after=0.2)
+    started = time.monotonic()
+    assert kv(fake, "noman/web").status_code == 500
+    assert time.monotonic() - started >= 0.15
+    fake.heal()
+    assert kv(fake, "noman/web").status_code == 404
+
+
 def test_item_15_hang_ends_with_a_connection_closed_without_answer(fake: FakeConsul) -> None:
     fake.hang(0.1)
     with pytest.raises(requests.ConnectionError):

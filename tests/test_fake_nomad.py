@@ -860,7 +860,7 @@ def test_on_the_wall_clock_an_outcome_wakes_a_watcher_when_due(fake: FakeNomad) 
     assert watcher.elapsed < 3
     assert answer.json()["Status"] == "failed"
     # It failed at its due time, not when somebody happened to look.
-    assert answer.json()["ModifyTime"] - answer.json()["CreateTime"] >= 0.3e9
+    assert answer.json()["ModifyTime"] - answer.json()["CreateTime"] >= 0.299e9  # float ns
 
 
 def test_finish_deployment_succeeds_a_stalled_deployment_and_wakes_waiters(
@@ -919,6 +919,31 @@ def test_auto_revert_registers_the_latest_stable_version_as_a_new_unstable_one(
     assert (revert["JobVersion"], revert["Status"]) == (3, "running")
     fake.finish_deployment(revert["ID"])
     assert fake.job("web")["Stable"] is True  # type: ignore[index]
+
+
+def test_a_progress_deadline_failure_reads_like_nomad_and_reverts(fake: FakeNomad) -> None:
+    fake.script_deployments("deadline")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    failed = fake.deployments("web")[0]
+    assert failed["Status"] == "failed"
+    assert failed["StatusDescription"] == (
+        "Failed due to progress deadline - rolling back to job version 0"
+    )
+    assert failed["TaskGroups"]["web"]["HealthyAllocs"] == 0
+    assert fake.job("web")["Version"] == 2  # type: ignore[index]
+
+
+def test_the_deployment_list_blocks_until_any_deployment_changes(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    first = get(fake, "/v1/deployments")
+    watcher = Blocked(fake, "/v1/deployments", index=index_of(first), wait="10s")
+    fake.finish_deployment(first.json()[0]["ID"], "cancelled")
+    answer = watcher.join()
+    assert [d["Status"] for d in answer.json()] == ["cancelled"]
+    assert index_of(answer) > index_of(first)
 
 
 def test_advance_needs_a_fake_clock(fake: FakeNomad) -> None:
@@ -986,6 +1011,40 @@ def test_acl_through_python_nomad(acl_fake: FakeNomad) -> None:
 
 
 # ---- faults ---------------------------------------------------------------------------------
+
+
+def test_a_late_answer_means_the_job_was_registered_unbeknown_to_the_client(
+    fake: FakeNomad,
+) -> None:
+    fake.add_job(sample_service_job())
+    job = fake.job("web")
+    assert job is not None
+    body = register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+    fake.answer_late(10)
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{fake.url}/v1/job/web", json=body, timeout=0.3)
+    current = fake.job("web")
+    assert current is not None
+    assert current["Version"] == 1  # the register was applied
+    assert current["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == NEW_IMAGE
+    fake.heal()
+    retry = requests.post(f"{fake.url}/v1/job/web", json=body, timeout=2)
+    assert retry.status_code == 500 and "conflicting job modify index" in retry.text
+
+
+def test_a_slow_failure_answers_late_and_registers_nothing(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job())
+    job = fake.job("web")
+    assert job is not None
+    body = register_body(with_image(job, NEW_IMAGE), job["JobModifyIndex"])
+    fake.fail_always(status=500, body="rpc error: leader changed", after=0.3)
+    started = time.monotonic()
+    answer = requests.post(f"{fake.url}/v1/job/web", json=body, timeout=5)
+    assert time.monotonic() - started >= 0.25
+    assert (answer.status_code, answer.text) == (500, "rpc error: leader changed")
+    assert len(fake.versions("web")) == 1
+    fake.heal()
+    assert requests.post(f"{fake.url}/v1/job/web", json=body, timeout=2).status_code == 200
 
 
 def test_fail_next(fake: FakeNomad, client: nomad.Nomad) -> None:

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 __all__ = [
+    "Failure",
     "FakeClock",
     "FakeHTTPServer",
     "FakeServer",
@@ -139,6 +140,18 @@ class Hang:
         self.release.wait(self.seconds)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A failed answer from :meth:`FakeServer.fail_next`/``fail_always``: nothing is applied.
+
+    ``delay`` (when set) must be waited out, without the lock, before answering.
+    """
+
+    status: int
+    body: str
+    delay: Hang | None = None
+
+
 class FakeClock:
     """A manual monotonic clock for the fakes: time stands still until :meth:`advance`.
 
@@ -208,8 +221,12 @@ class FakeServer:
         #: Every request received, faulted ones included: (method, path, query, headers with
         #: Title-Cased names); each fake documents which form of the path it records.
         self.requests: list[RequestRecord] = []
-        self._fail_next: list[tuple[int, str]] = []
-        self._fail_always: tuple[int, str] | None = None
+        # (status, body, seconds before answering)
+        self._fail_next: list[tuple[int, str, float]] = []
+        self._fail_always: tuple[int, str, float] | None = None
+        # Seconds by which answers of applied requests are held back (answer_late).
+        self._late_next: list[float] = []
+        self._late_always: float | None = None
         self._hang: float | None = None
         self._hang_release = threading.Event()
         self._server: FakeHTTPServer[Any] | None = None
@@ -331,21 +348,47 @@ class FakeServer:
 
     # ---- faults ----------------------------------------------------------------------------
 
-    def fail_next(self, count: int = 1, status: int = 500, body: str = "No cluster leader") -> None:
+    def fail_next(
+        self,
+        count: int = 1,
+        status: int = 500,
+        body: str = "No cluster leader",
+        after: float = 0.0,
+    ) -> None:
         """Answer the next ``count`` requests (any endpoint) with ``status`` and a text body.
 
-        Nothing is applied. Failures queue up after any already pending.
+        Nothing is applied. With ``after``, each failure is answered only that many seconds
+        later (a server failing slowly). Failures queue up after any already pending.
         """
         with self._lock:
-            self._fail_next.extend([(status, body)] * count)
+            self._fresh_release()
+            self._fail_next.extend([(status, body, after)] * count)
 
-    def fail_always(self, status: int = 500, body: str = "No cluster leader") -> None:
+    def fail_always(
+        self, status: int = 500, body: str = "No cluster leader", after: float = 0.0
+    ) -> None:
         """Answer every request with ``status`` and a text body (after any :meth:`fail_next`).
 
-        Lasts until :meth:`heal`.
+        With ``after``, each answer comes that many seconds late. Lasts until :meth:`heal`.
         """
         with self._lock:
-            self._fail_always = (status, body)
+            self._fresh_release()
+            self._fail_always = (status, body, after)
+
+    def answer_late(self, seconds: float, count: int | None = 1) -> None:
+        """Apply the next ``count`` requests normally but hold each answer back ``seconds``.
+
+        The write lands while a client with a shorter timeout gives up: the outcome is
+        unknown to it. ``count=None`` delays every answer until :meth:`heal`. Requests that
+        meet another fault (fail, hang) are not delayed by this. :meth:`heal` and
+        :meth:`stop` release held answers at once.
+        """
+        with self._lock:
+            self._fresh_release()
+            if count is None:
+                self._late_always = seconds
+            else:
+                self._late_next.extend([seconds] * count)
 
     def hang(self, seconds: float) -> None:
         """Make every request wait ``seconds``, then close the connection without an answer.
@@ -354,13 +397,15 @@ class FakeServer:
         """
         with self._lock:
             self._hang = seconds
-            self._hang_release = threading.Event()
+            self._fresh_release()
 
     def heal(self) -> None:
-        """Clear everything set by :meth:`fail_next`, :meth:`fail_always` and :meth:`hang`."""
+        """Clear every fault (fail_next, fail_always, hang, answer_late); release waiters."""
         with self._lock:
             self._fail_next.clear()
             self._fail_always = None
+            self._late_next.clear()
+            self._late_always = None
             self._hang = None
             self._hang_release.set()
 
@@ -374,18 +419,31 @@ class FakeServer:
             if self._server is None:
                 self._listen()
 
-    def _next_fault(self) -> Hang | tuple[int, str] | None:
+    def _fresh_release(self) -> None:
+        """A new release event for faults set from now on, once heal() used the old one."""
+        if self._hang_release.is_set():
+            self._hang_release = threading.Event()
+
+    def _next_fault(self) -> Hang | Failure | None:
         """The fault the request being handled meets, if any; the caller holds the lock.
 
         A :class:`Hang` must be waited out without the lock, then the connection closed
-        unanswered; ``(status, body)`` is answered as text instead of applying the request.
-        Faults come before anything else: they model the network or an unhealthy server.
+        unanswered; a :class:`Failure` is answered as text (after its delay, without the
+        lock) instead of applying the request. Faults come before anything else: they model
+        the network or an unhealthy server.
         """
         if self._hang is not None:
             return Hang(self._hang, self._hang_release)
-        if self._fail_next:
-            return self._fail_next.pop(0)
-        return self._fail_always
+        failure = self._fail_next.pop(0) if self._fail_next else self._fail_always
+        if failure is None:
+            return None
+        status, body, after = failure
+        return Failure(status, body, Hang(after, self._hang_release) if after > 0 else None)
+
+    def _next_late(self) -> Hang | None:
+        """How long to hold back the answer of a request applied normally; lock held."""
+        seconds = self._late_next.pop(0) if self._late_next else self._late_always
+        return None if seconds is None else Hang(seconds, self._hang_release)
 
 
 def run_main(fake: FakeServer) -> int:

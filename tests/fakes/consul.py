@@ -22,7 +22,8 @@ checked against Consul's own sources where they are stricter or more precise:
 * ACLs with default-deny: one all-powerful token, requests without a token act as the anonymous
   token (403 on keys and session writes, results filtered from lists, 409 inside a
   transaction);
-* fault injection: failed answers, hung requests, refused connections.
+* fault injection: failed answers (at once or ``after`` a delay), answers held back after
+  the write was applied (:meth:`FakeServer.answer_late`), hung requests, refused connections.
 
     with FakeConsul() as fake:
         requests.put(f"{fake.url}/v1/kv/noman/web", data=b"v1")
@@ -332,9 +333,13 @@ class _Store:
             # Re-acquiring a lock already held keeps LockIndex; a new acquisition bumps it.
             lock_index = old.lock_index if old.session == session else old.lock_index + 1
             self.entries[key] = replace(
-                old, value=value, flags=flags, modify_index=index, lock_index=lock_index,
+                old,
+                value=value,
+                flags=flags,
+                modify_index=index,
+                lock_index=lock_index,
                 session=session,
-            )  # fmt: skip
+            )
         self._changed(index)
         return True
 
@@ -712,16 +717,22 @@ class FakeConsul(FakeServer):
             raise RuntimeError("FakeConsul is already serving")
         return super().start()
 
-    def fail_next(self, count: int = 1, status: int = 500, body: str = NO_LEADER) -> None:
+    def fail_next(
+        self, count: int = 1, status: int = 500, body: str = NO_LEADER, after: float = 0.0
+    ) -> None:
         """Answer the next ``count`` requests (any endpoint) with ``status`` and a text body.
 
-        Nothing is applied. Failures queue up after any already pending.
+        Nothing is applied. With ``after``, each failure comes that many seconds late.
+        Failures queue up after any already pending.
         """
-        super().fail_next(count, status, body)
+        super().fail_next(count, status, body, after)
 
-    def fail_always(self, status: int = 500, body: str = NO_LEADER) -> None:
-        """Answer every request with ``status`` and a text body until :meth:`heal`."""
-        super().fail_always(status, body)
+    def fail_always(self, status: int = 500, body: str = NO_LEADER, after: float = 0.0) -> None:
+        """Answer every request with ``status`` and a text body until :meth:`heal`.
+
+        With ``after``, each answer comes that many seconds late.
+        """
+        super().fail_always(status, body, after)
 
     def set_leader(self, present: bool) -> None:
         """Give the cluster a leader again (True) or take it away (False).
@@ -856,15 +867,21 @@ class FakeConsul(FakeServer):
             if self._apply_due():
                 self._cond.notify_all()
             fault = self._next_fault()
+            late = self._next_late() if fault is None else None
         if isinstance(fault, Hang):
             fault.wait()
             return None
         if fault is not None:
-            return _text(*fault)
+            if fault.delay is not None:
+                fault.delay.wait()
+            return _text(fault.status, fault.body)
         try:
-            return self._route(req, server)
+            response = self._route(req, server)
         except _Reject as rejected:
-            return rejected.response
+            response = rejected.response
+        if late is not None:
+            late.wait()  # applied already: only the answer is late
+        return response
 
     def _route(self, req: _Request, server: _Server) -> _Response | None:
         path = req.path

@@ -17,7 +17,8 @@ HTTP, either with plain ``requests`` or through python-nomad:
   deployments table's index for a job's deployments) and waits until it passes N; waiting
   queries wake when an outcome comes due, without a timer thread (no jitter, unlike Nomad);
 * ACL tokens (``X-Nomad-Token`` or ``Authorization: Bearer``) and fault injection (failed
-  answers, hung requests, refused connections).
+  answers, at once or slowly; answers held back after the register was applied; hung
+  requests; refused connections).
 
 Run it by hand with ``python -m tests.fakes.nomad [--port N] [--acl-token T]``.
 """
@@ -77,7 +78,7 @@ SERVER_FIELDS: frozenset[str] = frozenset(
 )
 
 #: Outcomes accepted by :meth:`FakeNomad.script_deployments`.
-DEPLOYMENT_OUTCOMES: tuple[str, ...] = ("successful", "failed", "cancelled", "stall")
+DEPLOYMENT_OUTCOMES: tuple[str, ...] = ("successful", "failed", "cancelled", "stall", "deadline")
 
 DEFAULT_NAMESPACE = "default"
 LEADER_ADDRESS = "127.0.0.1:4647"
@@ -89,6 +90,8 @@ ENFORCE_INDEX_PREFIX = "Enforcing job modify index"
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 
+# What finish_deployment accepts: every scripted outcome that ends a deployment.
+_FINAL_OUTCOMES = ("successful", "failed", "deadline", "cancelled")
 # Deployment states in which Nomad still considers a deployment active (and so cancels it when a
 # newer job version arrives).
 _ACTIVE_DEPLOYMENT_STATES = frozenset(
@@ -199,6 +202,8 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     # When set, the handler waits it out and then drops the connection without answering.
     hang: Hang | None = None
+    # When set, the handler waits it out (without the lock) before answering.
+    delay: Hang | None = None
 
 
 @dataclass
@@ -283,6 +288,8 @@ class _Handler(QuietHandler):
             # connection closed without a response (or its own read timeout first).
             self.close_connection = True
             return
+        if reply.delay is not None:
+            reply.delay.wait()
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         for name, value in reply.headers.items():
@@ -350,6 +357,8 @@ class FakeNomad(FakeServer):
           the description gains " - rolling back to job version N".  If there is no stable
           version, or it has the same spec as the current job, nothing is registered and the
           description says so, exactly as Nomad words it.
+        * "deadline": like "failed", but no allocation turned healthy before the progress
+          deadline: "Failed due to progress deadline" (auto-revert as for "failed").
         * "cancelled": "Cancelled by user".
         * "stall": stays "running" (until a newer version cancels it).
         """
@@ -431,7 +440,7 @@ class FakeNomad(FakeServer):
     def finish_deployment(self, deployment_id: str, outcome: str | None = None) -> JSON:
         """End a running deployment now, as Nomad's deployment watcher would, and wake waiters.
 
-        ``outcome`` is "successful", "failed" or "cancelled"; the default is the outcome
+        ``outcome`` is "successful", "failed", "deadline" or "cancelled"; the default is the outcome
         scripted when the deployment was created ("successful" for a "stall" script). Exactly
         what a scripted outcome does happens: ``Stable`` on success, the automatic revert on
         failure. Returns a copy of the deployment.
@@ -440,8 +449,8 @@ class FakeNomad(FakeServer):
             KeyError: unknown deployment.
             ValueError: the deployment is not running any more, or a bad outcome.
         """
-        if outcome is not None and outcome not in ("successful", "failed", "cancelled"):
-            raise ValueError(f"outcome must be successful, failed or cancelled, not {outcome!r}")
+        if outcome is not None and outcome not in _FINAL_OUTCOMES:
+            raise ValueError(f"outcome must be one of {_FINAL_OUTCOMES}, not {outcome!r}")
         with self._lock:
             self._refresh()
             found = self._deployments.get(deployment_id)
@@ -654,9 +663,15 @@ class FakeNomad(FakeServer):
             self._set_status(deployment, "cancelled", "Cancelled by user", index, at)
         else:  # failed
             for group in groups:
-                # MaxParallel=1 style: the first replacement came up unhealthy.
-                group.update(PlacedAllocs=1, HealthyAllocs=0, UnhealthyAllocs=1)
-            description = "Failed due to unhealthy allocations"
+                # MaxParallel=1 style: the first replacement came up unhealthy (or, past the
+                # progress deadline, never healthy).
+                unhealthy = 0 if outcome == "deadline" else 1
+                group.update(PlacedAllocs=1, HealthyAllocs=0, UnhealthyAllocs=unhealthy)
+            description = (
+                "Failed due to progress deadline"
+                if outcome == "deadline"
+                else "Failed due to unhealthy allocations"
+            )
             revert_to: JSON | None = None
             if any(group["AutoRevert"] for group in groups):
                 description, revert_to = self._auto_revert_target(data, description)
@@ -707,17 +722,22 @@ class FakeNomad(FakeServer):
             if isinstance(fault, Hang):
                 return _Reply(hang=fault)
             if fault is not None:
-                return _text(*fault)
+                failed = _text(fault.status, fault.body)
+                failed.delay = fault.delay
+                return failed
+            late = self._next_late()
             try:
                 self._check_acl(path, headers)
                 if decode_error is not None:
                     raise _HTTPError(400, decode_error)
                 self._refresh()
-                return self._route(method, path, query, payload)
+                reply = self._route(method, path, query, payload)
             except _HTTPError as exc:
-                return _text(exc.status, exc.text)
+                reply = _text(exc.status, exc.text)
             except Exception as exc:  # a bug in the fake: surface it instead of hanging
-                return _text(500, f"fake nomad internal error: {exc!r}")
+                reply = _text(500, f"fake nomad internal error: {exc!r}")
+            reply.delay = late  # applied already: only the answer is late
+            return reply
 
     @staticmethod
     def _is_register_path(path: str) -> bool:
@@ -775,17 +795,18 @@ class FakeNomad(FakeServer):
             return self._job_request(method, job_id, sub, namespace, query, payload)
         if path == "/v1/deployments":
             self._require(method, "GET")
-            found = [
-                d.data
-                for d in self._deployments.values()
-                if namespace == "*" or d.data["Namespace"] == namespace
-            ]
             prefix = (query.get("prefix") or [""])[0]
-            found = [d for d in found if d["ID"].startswith(prefix)]
-            return self._json(
-                sorted(found, key=lambda d: d["CreateIndex"], reverse=True),
-                index=self._deployments_index(),
-            )
+
+            def listed() -> tuple[int, Any]:
+                found = [
+                    copy.deepcopy(d.data)
+                    for d in self._deployments.values()
+                    if namespace in ("*", d.data["Namespace"]) and d.data["ID"].startswith(prefix)
+                ]
+                found.sort(key=lambda d: d["CreateIndex"], reverse=True)
+                return self._deployments_index(), found
+
+            return self._blocking(query, listed)
         if path.startswith("/v1/deployment/"):
             self._require(method, "GET")
             rest = path[len("/v1/deployment/") :]
