@@ -238,6 +238,15 @@ def _check(args: argparse.Namespace) -> int:
     except NomanError as exc:
         print(f"store: FAILED: {exc.code}: {exc.message}")
         return 1
+    prefix = settings.consul.state_prefix
+    try:
+        entries = store.list(prefix).entries
+        holder = entries.get(f"{prefix}.leader")
+        leader = holder.value if holder is not None and holder.value else "none yet"
+        print(f"records: {prefix} ({len(entries)} key(s)); reconciler lock: {leader}")
+    except NomanError as exc:
+        problems += 1
+        print(f"records: {prefix}: FAILED: {exc.code}: {exc.message}")
     nomad = build_nomad(settings)
     for service in settings.services:
         try:

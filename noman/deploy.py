@@ -11,6 +11,7 @@ hook registers the job version inline when Nomad answers quickly.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from noman.errors import (
     ConsulUnavailable,
     Frozen,
     InvalidTag,
+    NomadUnavailable,
     NomanError,
     NothingToRollBack,
     RepositoryMismatch,
@@ -158,6 +160,9 @@ class Deployer:
         # to the record only to be dropped: ``finished`` logs and counts it instead.
         self.report_successes = report_successes
         self.finished = finished
+        # service name -> (tag key, record) as this process last wrote them.
+        self._known: dict[str, tuple[Entry, Entry]] = {}
+        self._known_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -242,8 +247,17 @@ class Deployer:
         kind: Literal["deploy", "rollback"],
     ) -> Outcome:
         check_release(service, release)
+        cached = self._cached(service)
         for _ in range(self.cas_retries):
-            key, entry, record = self.read(service)
+            if cached is not None:
+                # What this process wrote last: one round trip when nobody wrote since.
+                # The check-and-set on both keys makes a stale guess fail, never win.
+                key, entry, record = cached
+                cached = None
+                if not self._writes_anyway(service, release, kind, key, record):
+                    continue  # a refusal or a no-op is only ever decided on fresh values
+            else:
+                key, entry, record = self.read(service)
             if record.frozen and kind == "deploy":
                 raise Frozen()
             if release.delivery_id and release.delivery_id in record.deliveries:
@@ -263,7 +277,9 @@ class Deployer:
             writes = [Write(self.record_key(service), new.dump(), entry.modify_index)]
             if write:
                 writes.insert(0, Write(service.key, release.tag, key.modify_index))
-            if self._commit(service, writes, new):
+            indexes = self._commit(service, writes, new)
+            if indexes is not None:
+                self._remember(service, writes, indexes)
                 log.info(
                     "service %s: desired tag %s (%s)",
                     service.name,
@@ -278,6 +294,45 @@ class Deployer:
                 release.tag,
             )
         raise WriteConflict()
+
+    def _cached(self, service: Service) -> tuple[Entry, Entry, Record] | None:
+        with self._known_lock:
+            known = self._known.get(service.name)
+        return None if known is None else (known[0], known[1], Record.parse(known[1].value))
+
+    def _writes_anyway(
+        self,
+        service: Service,
+        release: Release,
+        kind: str,
+        key: Entry,
+        record: Record,
+    ) -> bool:
+        """True when these values lead to a write (so the transaction checks them)."""
+        if record.frozen and kind == "deploy":
+            return False
+        if release.delivery_id and release.delivery_id in record.deliveries:
+            return False
+        try:
+            return needs_write(service, key.value, release) or self._retry_wanted(
+                service, record, release
+            )
+        except StaleTag:
+            return False
+
+    def _remember(self, service: Service, writes: list[Write], indexes: list[int]) -> None:
+        """Keep what this process just wrote, for the next deploy's first attempt.
+
+        Only when the transaction checked both keys (a record-only write leaves the
+        tag key's index unverified) and Consul told us the new indexes.
+        """
+        written = {w.key: Entry(w.value, i) for w, i in zip(writes, indexes, strict=False)}
+        key, record = written.get(service.key), written.get(self.record_key(service))
+        with self._known_lock:
+            if key is None or record is None or 0 in indexes or len(indexes) != len(writes):
+                self._known.pop(service.name, None)
+            else:
+                self._known[service.name] = (key, record)
 
     def _retry_wanted(self, service: Service, record: Record, release: Release) -> bool:
         """Pushing a failed tag again (or with force) retries its rollout on purpose."""
@@ -350,8 +405,12 @@ class Deployer:
             write_id=uuid.uuid4().hex,
         )
 
-    def _commit(self, service: Service, writes: list[Write], new: Record) -> bool:
-        """Run the transaction; after a timed-out answer, re-read once to learn the truth."""
+    def _commit(self, service: Service, writes: list[Write], new: Record) -> list[int] | None:
+        """Run the transaction; after a timed-out answer, re-read once to learn the truth.
+
+        Returns the new modify indexes (empty when only the re-read saw the write), or None
+        when an index was stale.
+        """
         try:
             return self.store.transact(writes)
         except OutcomeUnknown:
@@ -365,7 +424,7 @@ class Deployer:
             ) from None
         if landed.write_id == new.write_id:
             log.warning("service %s: Consul answered late, but the deploy landed", service.name)
-            return True
+            return []
         raise ConsulUnavailable(
             "Consul did not answer in time and a re-read shows nothing was written. Retry later."
         )
@@ -406,42 +465,56 @@ class Deployer:
         if self.orchestrator is None:
             return replace(outcome, pending="nomad_not_configured")
         started = time.monotonic()
-        reason = "nomad_slow"
+        error: NomanError = NomadUnavailable(
+            "Nomad did not accept the job version within rollout.answer_within; Noman keeps trying."
+        )
         for _ in range(self.register_retries):
             if time.monotonic() - started > self.answer_within:
                 break
+            rollout = self._current_rollout(service, tag)
+            if rollout is None or rollout.state != "pending":
+                return outcome  # the reconciler moved it on already
             try:
-                state = self.orchestrator.read(service)
-                rollout = self._current_rollout(service, tag)
-                if rollout is None or rollout.state != "pending":
-                    return replace(outcome, pending=None)  # the reconciler moved it on
-                if state.tag == tag:
-                    registered = Rollout(
-                        service.nomad.job if service.nomad else service.name, state.version, ""
-                    )
-                elif not rollout.force and orders_before(service, tag, state.tag):
-                    self.finish(
-                        service,
-                        tag,
-                        "cancelled",
-                        f"The job already runs the newer {state.tag}; "
-                        'push with "force": true to deploy the older tag.',
-                        reason="stale_tag",
-                    )
-                    return replace(outcome, state="cancelled", pending="stale_tag")
-                else:
-                    found = self.orchestrator.register(service, state, tag)
-                    if found is None:
-                        reason = "write_conflict"
-                        continue
-                    registered = found
+                registered = self.register_once(service, rollout)
             except NomanError as exc:
-                self.note_failure(service, tag, exc)
-                return replace(outcome, pending=exc.code)
-            self.mark_registered(service, tag, registered.version)
-            return replace(outcome, rollout=registered)
-        self.note_failure(service, tag, WriteConflict())
-        return replace(outcome, pending=reason)
+                error = exc
+                break
+            if registered == "cancelled":
+                return replace(outcome, state="cancelled", pending="stale_tag")
+            if registered is not None:
+                self.mark_registered(service, tag, registered.version)
+                return replace(outcome, rollout=registered)
+            error = WriteConflict("The Nomad job kept changing; Noman keeps trying.")
+        self.note_failure(service, tag, error)
+        return replace(outcome, pending=error.code)
+
+    def register_once(
+        self, service: Service, rollout: RolloutState
+    ) -> Rollout | Literal["cancelled"] | None:
+        """One attempt to have the job run ``rollout.tag``.
+
+        Returns the job version that runs it (registered now, or already
+        there), None when the job changed between read and register, or
+        "cancelled" (recorded) when the job runs a newer tag and the rollout
+        is not forced.
+        """
+        assert self.orchestrator is not None
+        tag = rollout.tag
+        state = self.orchestrator.read(service)
+        if state.tag == tag:
+            job = service.nomad.job if service.nomad else service.name
+            return Rollout(job, state.version, "")
+        if not rollout.force and orders_before(service, tag, state.tag):
+            self.finish(
+                service,
+                tag,
+                "cancelled",
+                f"The job already runs the newer {state.tag}; "
+                'push with "force": true to deploy the older tag.',
+                reason="stale_tag",
+            )
+            return "cancelled"
+        return self.orchestrator.register(service, state, tag)
 
     def _current_rollout(self, service: Service, tag: str) -> RolloutState | None:
         rollout = Record.parse(self.store.read(self.record_key(service)).value).rollout
@@ -575,7 +648,7 @@ class Deployer:
                 write_id=uuid.uuid4().hex,
             )
             writes.append(Write(self.record_key(service), new.dump(), entry.modify_index))
-            if self._commit(service, writes, new):
+            if self._commit(service, writes, new) is not None:
                 return True
         raise WriteConflict()
 

@@ -234,26 +234,9 @@ class Reconciler:
         self._not_before[service.name] = (tag, time.monotonic() + delay)
 
     def _register(self, service: Service, rollout: RolloutState) -> RolloutState | None:
-        assert self.orchestrator is not None
         tag = rollout.tag
         try:
-            state = self.orchestrator.read(service)
-            if state.tag == tag:
-                version = state.version  # registered by the hook's fast path, or by hand
-            elif not rollout.force and orders_before(service, tag, state.tag):
-                self.deployer.finish(
-                    service,
-                    tag,
-                    "cancelled",
-                    f"The job already runs the newer {state.tag}.",
-                    reason="stale_tag",
-                )
-                return None
-            else:
-                registered = self.orchestrator.register(service, state, tag)
-                if registered is None:
-                    return rollout  # the job changed in between: read again next pass
-                version = registered.version
+            registered = self.deployer.register_once(service, rollout)
         except NomanError as exc:
             self.deployer.note_failure(service, tag, exc)
             self._back_off(service, tag, rollout.attempts + 1, exc.code)
@@ -265,10 +248,18 @@ class Reconciler:
                 rollout.attempts + 1,
             )
             return None
+        if registered == "cancelled":
+            return None
+        if registered is None:
+            return rollout  # the job changed in between: read again next pass
         self._not_before.pop(service.name, None)
-        self.deployer.mark_registered(service, tag, version)
-        log.info("reconciler: %s %s registered as job version %s", service.name, tag, version)
-        return replace(rollout, state="registered", version=version, registered_at=time.time())
+        self.deployer.mark_registered(service, tag, registered.version)
+        log.info(
+            "reconciler: %s %s registered as job version %s", service.name, tag, registered.version
+        )
+        return replace(
+            rollout, state="registered", version=registered.version, registered_at=time.time()
+        )
 
     def _follow(self, service: Service, rollout: RolloutState, wait: float) -> None:
         assert self.orchestrator is not None

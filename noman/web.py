@@ -104,6 +104,9 @@ def _rollback(secret: str) -> tuple[Response, int]:
     tag = None
     if request.content_length or request.headers.get("Transfer-Encoding"):
         data = parse_json(_read_json_body())
+        unknown = sorted(set(data) - {"tag"})
+        if unknown:
+            raise errors.InvalidPayload(f'Unknown field {unknown[0][:40]!r}; only "tag".')
         tag = data.get("tag")
         if tag is not None and not isinstance(tag, str):
             raise errors.InvalidPayload('"tag" must be a string.')

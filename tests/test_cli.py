@@ -74,6 +74,7 @@ def test_check_reports_each_service(
     assert main(["--config", str(config), "check"]) == 0
     out = capsys.readouterr().out
     assert f"web: {consul.key('IMAGE_TAG')} = {SAMPLE_TAG}" in out
+    assert f"records: {consul.state_prefix} (0 key(s)); reconciler lock: none yet" in out
 
 
 def test_check_fails_when_consul_is_down(

@@ -233,3 +233,45 @@ def test_rolling_same_tag_everywhere_is_a_no_op() -> None:
     outcome = Deployer(store, jobs).deploy(ROLLING, release("release-20240101000000"))
     assert (outcome.changed, outcome.rollout) == (False, None)
     assert jobs.registered == []
+
+
+class CountingStore(FileStore):
+    """Counts the round trips a deploy makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.transactions = 0
+
+    def read(self, key: str) -> Entry:
+        self.reads += 1
+        return super().read(key)
+
+    def transact(self, writes: Sequence[Write]) -> list[int] | None:
+        self.transactions += 1
+        return super().transact(writes)
+
+
+def test_the_next_deploy_is_one_round_trip_when_nobody_wrote_since() -> None:
+    store = CountingStore()
+    deployer = Deployer(store)
+    deployer.deploy(SERVICE, release("release-20230101000000"))
+    store.reads = store.transactions = 0
+    deployer.deploy(SERVICE, release("release-20230201000000"))
+    assert (store.reads, store.transactions) == (0, 1)
+    assert store.read("web/IMAGE_TAG").value == "release-20230201000000"
+
+
+def test_a_stale_guess_fails_the_check_and_set_and_is_decided_again() -> None:
+    store = CountingStore()
+    deployer = Deployer(store)
+    deployer.deploy(SERVICE, release("release-20230101000000"))
+    # Another instance deploys a newer tag: this process's memory is now stale.
+    Deployer(store).deploy(SERVICE, release("release-20250101000000"))
+    with pytest.raises(StaleTag):
+        deployer.deploy(SERVICE, release("release-20240101000000"))
+    assert store.read("web/IMAGE_TAG").value == "release-20250101000000"
+    # A refusal or a no-op is never decided on remembered values.
+    other = Deployer(store)
+    other.deploy(SERVICE, release("release-20260101000000"))
+    assert deployer.deploy(SERVICE, release("release-20260101000000")).changed is False

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from noman import create_app
 from noman.config import Settings
-from noman.errors import NomadUnavailable
 from noman.model import JobState, Service
-from noman.release import Rollout
-from noman.stores import OutcomeUnknown, Write
-from noman.stores.consul import ConsulStore
 from noman.wiring import components
 from tests.conftest import ConsulHandle, make_settings
 from tests.fakes._server import FakeClock
@@ -155,7 +151,7 @@ def test_two_close_deploys_while_nomad_fails_converge_on_the_newest(
     consul: ConsulHandle, nomad: FakeNomad, secret: str
 ) -> None:
     app = create_app(settings_for(consul, nomad, secret))
-    nomad.fail_always(500, "rpc error: no leader")
+    nomad.fail_always(500, "rpc error: no leader", after=0.6)  # failing slowly
     answers: dict[str, int] = {}
     barrier = threading.Barrier(2)
 
@@ -182,17 +178,20 @@ def test_nomad_applied_the_registration_but_the_answer_was_lost(
     app = create_app(settings_for(consul, nomad, secret))
     rollouts = components(app).nomad
     assert rollouts is not None
-    real_register = rollouts.register
+    real_read = rollouts.read
 
-    def register_then_time_out(service: Service, state: JobState, tag: str) -> Rollout | None:
-        real_register(service, state, tag)
-        raise NomadUnavailable()
+    def read_then_slow_down(service: Service) -> JobState:
+        state = real_read(service)
+        nomad.answer_late(2)  # the register that follows lands, its answer comes too late
+        return state
 
-    rollouts.register = register_then_time_out  # type: ignore[method-assign]
+    rollouts.read = read_then_slow_down  # type: ignore[method-assign]
     answer = hook(app, secret, NEW)
+    rollouts.read = real_read  # type: ignore[method-assign]
     assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_unavailable"}
-    rollouts.register = real_register  # type: ignore[method-assign]
+    assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
     versions = len(nomad.versions("web"))
+    nomad.heal()
     assert components(app).reconciler.settle(10)
     converged(consul, nomad, NEW)
     assert len(nomad.versions("web")) == versions  # adopted, not registered twice
@@ -201,21 +200,21 @@ def test_nomad_applied_the_registration_but_the_answer_was_lost(
 def test_consul_stored_the_write_but_the_answer_was_lost(
     consul: ConsulHandle, nomad: FakeNomad, secret: str
 ) -> None:
-    class LateConsul(ConsulStore):
-        late = True
+    app = create_app(settings_for(consul, nomad, secret))
+    store = components(app).store
+    real_transact = store.transact
 
-        def transact(self, writes: Sequence[Write]) -> bool:
-            landed = super().transact(writes)
-            if self.late:
-                self.late = False
-                raise OutcomeUnknown()
-            return landed
+    def transact_answered_late(writes: Any) -> Any:
+        # The transaction lands; its answer comes after consul.timeout (1 s).
+        consul.require_fake().answer_late(2)
+        return real_transact(writes)
 
-    settings = settings_for(consul, nomad, secret)
-    app = create_app(settings, store=LateConsul(settings.consul))
+    store.transact = transact_answered_late  # type: ignore[method-assign]
     answer = hook(app, secret, NEW)
+    store.transact = real_transact  # type: ignore[method-assign]
     assert answer.status_code == 200  # re-read once: the caller hears what happened
     assert answer.json["changed"] is True
+    consul.require_fake().heal()
     assert components(app).reconciler.settle(10)
     converged(consul, nomad, NEW)
 

@@ -130,6 +130,7 @@ def test_http_rollback_freeze_status(consul: ConsulHandle, client: Any, secret: 
     assert (back.status_code, back.json["tag"], back.json["previous"]) == (200, T1, T2)
     assert post(client, f"{base}/rollback", {"tag": "latest"}).status_code == 422
     assert post(client, f"{base}/rollback", {"tag": 5}).status_code == 400
+    assert post(client, f"{base}/rollback", {"tga": T1}).json["error"] == "invalid_payload"
     to = post(client, f"{base}/rollback", {"tag": T2})
     assert (to.status_code, to.json["tag"]) == (200, T2)
     bearer = {"Authorization": f"Bearer {secret}"}

@@ -69,8 +69,8 @@ class Store(Protocol):
         """Delete only if the key's modify index is still ``index``."""
         ...
 
-    def transact(self, writes: Sequence[Write]) -> bool:
-        """Apply every write or none; False when any index is stale.
+    def transact(self, writes: Sequence[Write]) -> list[int] | None:
+        """Apply every write or none: the keys' new modify indexes, or None when one was stale.
 
         Raises ``OutcomeUnknown`` when the answer did not come in time.
         """

@@ -94,8 +94,8 @@ class ConsulStore:
             )
         )
 
-    def transact(self, writes: Sequence[Write]) -> bool:
-        """One ``/v1/txn`` of ``cas`` operations; False when an index was stale."""
+    def transact(self, writes: Sequence[Write]) -> list[int] | None:
+        """One ``/v1/txn`` of ``cas`` operations: the new ModifyIndexes, None when one was stale."""
         ops = [
             {
                 "KV": {
@@ -114,21 +114,24 @@ class ConsulStore:
             log.warning("consul txn %s: no answer within %ss", what, self.settings.timeout)
             raise OutcomeUnknown() from None
         if answer.status_code == 200:
-            return True
+            try:
+                return [int(r["KV"]["ModifyIndex"]) for r in answer.json()["Results"]]
+            except (ValueError, KeyError, TypeError):
+                return [0] * len(writes)  # applied; the indexes are simply unknown
         if answer.status_code == 409:
             try:
                 problems = [str(e.get("What", "")) for e in answer.json().get("Errors") or []]
             except (ValueError, AttributeError):
                 problems = []
             if problems and all("index is stale" in p or "doesn't exist" in p for p in problems):
-                return False
+                return None
             if any("Permission denied" in p or "ACL not found" in p for p in problems):
                 log.error("consul txn %s: token refused: %s", what, problems[0][:300])
                 raise ConsulForbidden()
             log.error("consul txn %s: rejected: %s", what, "; ".join(problems)[:300])
             raise ConsulError()
         self._raise_for(answer, "txn", what)
-        return False  # pragma: no cover (_raise_for always raises)
+        return None  # pragma: no cover (_raise_for always raises)
 
     def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
         """``GET /v1/kv/<prefix>?recurse``, blocking on ``index`` up to ``wait`` seconds."""

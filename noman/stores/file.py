@@ -69,18 +69,19 @@ class FileStore:
         self._notify()
         return True
 
-    def transact(self, writes: Sequence[Write]) -> bool:
+    def transact(self, writes: Sequence[Write]) -> list[int] | None:
         """Every check-and-set write, or none (under the one lock)."""
         with self._state(write=True) as state:
             keys = state["keys"]
             if any((keys[w.key]["index"] if w.key in keys else 0) != w.cas for w in writes):
-                return False
+                return None
             state["index"] += 1
             for w in writes:
                 if w.key not in keys or keys[w.key]["value"] != w.value:
                     keys[w.key] = {"value": w.value, "index": state["index"]}
+            indexes = [int(keys[w.key]["index"]) for w in writes]
         self._notify()
-        return True
+        return indexes
 
     def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
         """Keys under ``prefix``; blocks up to ``wait`` s while nothing under it changed."""
