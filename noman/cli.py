@@ -12,11 +12,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noman import __version__, auth
 from noman.config import MIN_SECRET_CHARS, Settings, config_path, load
 from noman.errors import ConfigError, NomanError, UpstreamError
+
+if TYPE_CHECKING:  # the commands import these lazily: `noman --help` stays fast
+    from noman.model import RolloutState, Service
+    from noman.wiring import Components
 
 DEV_SERVICE = "demo"
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -266,14 +270,14 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _check_service(parts: Any, service: Any) -> int:
+def _check_service(parts: Components, service: Service) -> int:
     """Print what ``check`` finds for one service; the number of problems (raises on others)."""
     from noman.stores.consul import ConsulStore
 
     name = service.name
     key, _, record = parts.deployer.read(service)
     print(f"{name}: {service.key} = {key.value or '(not set)'} [{service.strategy}]")
-    if parts.nomad is not None and service.strategy == "rolling":
+    if parts.nomad is not None and service.nomad is not None and service.strategy == "rolling":
         job = parts.nomad.read(service)
         print(f"{name}: job {service.nomad.job} runs {job.tag or '(no tag Noman can read)'}")
         if key.value is not None and job.tag != key.value:
@@ -337,7 +341,11 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _answer(
-    parts: Any, service: Any, result: dict[str, Any], wait: bool, timeout: float | None = None
+    parts: Components,
+    service: Service,
+    result: dict[str, Any],
+    wait: bool,
+    timeout: float | None = None,
 ) -> int:
     """Print the result; with ``wait``, follow the rollout to its end first."""
     if not wait:
@@ -380,7 +388,7 @@ def _answer(
 FOLLOW_WAIT = 5.0
 
 
-def _follow(parts: Any, service: Any, tag: str, timeout: float) -> Any:
+def _follow(parts: Components, service: Service, tag: str, timeout: float) -> RolloutState | None:
     """Follow the rollout of ``tag`` until it ends or ``timeout``; its last RolloutState.
 
     The rollout is carried by whichever process holds the leader lock. When no Noman
@@ -425,7 +433,7 @@ def _follow(parts: Any, service: Any, tag: str, timeout: float) -> Any:
             index = parts.store.list(parts.deployer.record_key(service), index, wait).watch_index
 
 
-def _driver(parts: Any, leading: bool) -> str:
+def _driver(parts: Components, leading: bool) -> str:
     if leading:
         return "no Noman instance leads: this command carries the rollout until it ends"
     lock = f"{parts.settings.consul.state_prefix}.leader"
@@ -433,7 +441,7 @@ def _driver(parts: Any, leading: bool) -> str:
     return f"the rollout is carried by the Noman leader ({holder}); following it"
 
 
-def _progress(service: Any, rollout: Any) -> str:
+def _progress(service: Service, rollout: RolloutState) -> str:
     """One line describing where ``rollout`` stands."""
     text = f"{service.name} {rollout.tag}: {rollout.state}"
     counts = [
