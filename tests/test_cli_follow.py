@@ -62,7 +62,8 @@ def progress(err: str) -> list[str]:
 def test_deploy_wait_carries_the_rollout_when_no_server_leads(
     config: Path, consul: ConsulHandle, nomad: FakeNomad, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    nomad.script_deployments("successful", after=0.5)
+    # Long enough after registration for the first watch to see the deployment running.
+    nomad.script_deployments("successful", after=1.0)
     assert main(["--config", str(config), "deploy", "web", NEW, "--wait"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["rollout"]["state"] == "successful"
