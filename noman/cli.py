@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -327,7 +329,9 @@ def _deploy(args: argparse.Namespace) -> int:
 
     parts = build(_settings(args))
     service = parts.settings.service(args.service)
-    outcome = parts.deployer.deploy(service, Release(tag=args.tag, sender="cli", force=args.force))
+    release = Release(tag=args.tag, sender="cli", force=args.force)
+    with _quiet_logs() if args.wait else contextlib.nullcontext():
+        outcome = parts.deployer.deploy(service, release)  # its retry reason is shown below
     return _answer(parts, service, outcome.as_dict(), args.wait, args.timeout)
 
 
@@ -354,7 +358,8 @@ def _answer(
     if timeout is None:
         timeout = parts.settings.nomad.watch_timeout + 60
     try:
-        rollout = _follow(parts, service, str(result["tag"]), timeout)
+        with _quiet_logs():
+            rollout = _follow(parts, service, str(result["tag"]), timeout)
     except KeyboardInterrupt:
         print(f"noman: stopped following; see `noman status {service.name}`", file=sys.stderr)
         return 130
@@ -431,6 +436,33 @@ def _follow(parts: Components, service: Service, tag: str, timeout: float) -> Ro
             # coming due, which a short wait catches.
             wait = min(0.25 if leading else FOLLOW_WAIT, max(0.0, deadline - time.monotonic()))
             index = parts.store.list(parts.deployer.record_key(service), index, wait).watch_index
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """While following: no warnings that repeat a progress line's reason, no report line.
+
+    The reconciler's warnings (each failed attempt) and the "deploy finished" log of
+    the report are what the progress lines and the final reason line already say;
+    errors (a report that could not be sent) still show.
+    """
+    logger = logging.getLogger("noman")
+    # A logger's filters see only its own records, not its children's: this one is on the
+    # logger of the report line.
+    reports = logging.getLogger("noman.notify")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.getMessage() != "deploy finished"
+
+    level = logger.level
+    reports.addFilter(keep)
+    if logger.getEffectiveLevel() < logging.ERROR:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        reports.removeFilter(keep)
+        logger.setLevel(level)
 
 
 def _driver(parts: Components, leading: bool) -> str:

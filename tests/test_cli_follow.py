@@ -7,6 +7,9 @@ No Noman server runs in these tests: `deploy --wait` either carries the rollout 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tests.conftest import ConsulHandle, settings_toml
 from tests.fakes.consul import FakeConsul, _denied
 from tests.fakes.nomad import FakeNomad, sample_service_job
 
+ROOT = Path(__file__).resolve().parent.parent
 OLD = "release-20230101000000"
 NEW = "release-20240101000000"
 
@@ -84,16 +88,41 @@ def test_deploy_wait_carries_the_rollout_when_no_server_leads(
 
 
 def test_deploy_wait_failure_is_one_line_and_exit_1(
-    config: Path, consul: ConsulHandle, nomad: FakeNomad, capsys: pytest.CaptureFixture[str]
+    config: Path, consul: ConsulHandle, nomad: FakeNomad
 ) -> None:
+    """Run as an operator does (a process of its own): stderr holds our lines and no log noise."""
+    nomad.fail_next(1, 500, "no leader")  # the inline registration: one retry reason shown
     nomad.script_deployments("failed")
-    assert main(["--config", str(config), "deploy", "web", NEW, "--wait"]) == 1
-    out, err = capsys.readouterr()
-    assert json.loads(out)["rollout"]["state"] == "failed"
-    reason = [line for line in err.splitlines() if line.startswith("noman: web")]
-    assert len(reason) == 1
-    assert reason[0].startswith(f"noman: web {NEW} failed: Nomad deployment of job version 1")
-    assert reason[0].endswith(f"{NEW} failed, running {OLD}")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "noman.cli",
+            "--config",
+            str(config),
+            "deploy",
+            "web",
+            NEW,
+            "--wait",
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["rollout"]["state"] == "failed"
+    lines = done.stderr.splitlines()
+    assert (
+        lines[0] == "noman: no Noman instance leads: this command carries the rollout until it ends"
+    )
+    assert lines[1] == f"web {NEW}: pending (nomad_unavailable, attempt 1)"
+    assert lines[-2] == f"web {NEW}: failed, job version 1, placed 1/2, healthy 0/2"
+    # Every other line is progress; the last, the one-line reason.
+    assert all(line.startswith(f"web {NEW}: ") for line in lines[1:-1])
+    assert lines[-1].startswith(f"noman: web {NEW} failed: Nomad deployment of job version 1")
+    assert lines[-1].endswith(f"{NEW} failed, running {OLD}")
     assert consul.get(consul.key("IMAGE_TAG"))[0] == OLD  # Nomad reverted; the key says so
 
 
