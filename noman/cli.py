@@ -374,7 +374,11 @@ def _answer(
         return 0
     what = f"{service.name} {result['tag']}"
     if rollout is None:
-        print(f"noman: {what}: no rollout of this tag is recorded any more", file=sys.stderr)
+        desired = parts.deployer.read(service)[0].value
+        print(
+            f"noman: {what}: no rollout of this tag is recorded (the desired tag is {desired})",
+            file=sys.stderr,
+        )
     elif rollout.terminal:
         reason = rollout.description or rollout.reason or "no reason given"
         print(f"noman: {what} {rollout.state}: {reason}", file=sys.stderr)

@@ -126,6 +126,17 @@ def test_deploy_wait_failure_is_one_line_and_exit_1(
     assert consul.get(consul.key("IMAGE_TAG"))[0] == OLD  # Nomad reverted; the key says so
 
 
+def test_deploy_wait_of_a_deployed_tag_ends_at_once(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(config), "deploy", "web", NEW, "--wait"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "deploy", "web", NEW, "--wait", "--timeout", "30"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["changed"] is False
+    assert progress(err) == [f"web {NEW}: successful, job version 1, placed 2/2, healthy 2/2"]
+
+
 def test_deploy_wait_gives_up_at_its_timeout(
     config: Path, nomad: FakeNomad, capsys: pytest.CaptureFixture[str]
 ) -> None:
