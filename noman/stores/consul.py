@@ -130,65 +130,11 @@ class ConsulStore:
                 return False
             if any("Permission denied" in p or "ACL not found" in p for p in problems):
                 log.error("consul txn %s: token refused: %s", what, problems[0][:300])
-                raise self._fail(ConsulForbidden, "txn")
+                raise ConsulForbidden()
             log.error("consul txn %s: rejected: %s", what, "; ".join(problems)[:300])
-            raise self._fail(ConsulError, "txn")
+            raise ConsulError()
         self._raise_for(answer, "txn", what)
         return False  # pragma: no cover (_raise_for always raises)
-
-    def probe_writes(self, keys: Sequence[str]) -> dict[str, str]:
-        """Prove the token may write each of ``keys`` without writing anything.
-
-        One ``/v1/txn`` that would write every key as a deploy does (``cas`` to its
-        current value at its current ModifyIndex; index 0, i.e. create, when missing),
-        led by a ``check-index`` at index 0 that can never pass (no existing key has
-        ModifyIndex 0, a missing key fails it too). Consul checks the ACL of every
-        operation before it runs any (kvsPreApply): a token that may not write a key
-        fails there, with "Permission denied" at that operation's index; a token that
-        may reaches the state store, where the failed check aborts the whole
-        transaction. Nothing is applied either way (a same-value ``cas`` alone would
-        leave an existing key's ModifyIndex unchanged, as Consul's kvsSetTxn skips
-        unchanged entries, but would create a missing one). Returns ``{key: Consul's
-        refusal}`` for each refused key: empty when every key may be written.
-        """
-        current = [self.read(key) for key in keys]
-        ops: list[dict[str, Any]] = [{"KV": {"Verb": "check-index", "Key": keys[0], "Index": 0}}]
-        for key, entry in zip(keys, current, strict=True):
-            value = (entry.value or "").encode("utf-8")
-            ops.append(
-                {
-                    "KV": {
-                        "Verb": "cas",
-                        "Key": key,
-                        "Value": base64.b64encode(value).decode("ascii"),
-                        "Index": entry.modify_index,
-                    }
-                }
-            )
-        try:
-            answer = self._http("PUT", "txn", json=ops)
-        except requests.Timeout:
-            raise self._fail(ConsulUnavailable, "probe", "no answer in time") from None
-        if answer.status_code == 200:
-            # Cannot happen with Consul's semantics; say so rather than claim a proof.
-            log.error("consul write probe %s: the guard passed", ",".join(keys))
-            raise self._fail(ConsulError, "probe", "the write probe's guard passed")
-        if answer.status_code != 409:
-            self._raise_for(answer, "probe", ",".join(keys))
-        try:
-            errors = answer.json().get("Errors") or []
-        except (ValueError, AttributeError):
-            errors = []
-        refused: dict[str, str] = {}
-        for error in errors:
-            what = str(error.get("What", ""))
-            position = error.get("OpIndex")
-            if ("Permission denied" in what or "ACL not found" in what) and isinstance(
-                position, int
-            ):
-                key = str(ops[position]["KV"]["Key"]) if 0 <= position < len(ops) else "?"
-                refused.setdefault(key, what[:300])
-        return refused
 
     def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
         """``GET /v1/kv/<prefix>?recurse``, blocking on ``index`` up to ``wait`` seconds."""
@@ -282,6 +228,60 @@ class ConsulStore:
             error.address = self.settings.address
             raise error
         return f"consul {self.settings.address} (leader {leader})"
+
+    def probe_writes(self, keys: Sequence[str]) -> dict[str, str]:
+        """Prove the token may write each of ``keys`` without writing anything.
+
+        One ``/v1/txn`` that would write every key as a deploy does (``cas`` to its
+        current value at its current ModifyIndex; index 0, i.e. create, when missing),
+        led by a ``check-index`` at index 0 that can never pass (no existing key has
+        ModifyIndex 0, a missing key fails it too). Consul checks the ACL of every
+        operation before it runs any (kvsPreApply): a token that may not write a key
+        fails there, with "Permission denied" at that operation's index; a token that
+        may reaches the state store, where the failed check aborts the whole
+        transaction. Nothing is applied either way (a same-value ``cas`` alone would
+        leave an existing key's ModifyIndex unchanged, as Consul's kvsSetTxn skips
+        unchanged entries, but would create a missing one). Returns ``{key: Consul's
+        refusal}`` for each refused key: empty when every key may be written.
+        """
+        current = [self.read(key) for key in keys]
+        ops: list[dict[str, Any]] = [{"KV": {"Verb": "check-index", "Key": keys[0], "Index": 0}}]
+        for key, entry in zip(keys, current, strict=True):
+            value = (entry.value or "").encode("utf-8")
+            ops.append(
+                {
+                    "KV": {
+                        "Verb": "cas",
+                        "Key": key,
+                        "Value": base64.b64encode(value).decode("ascii"),
+                        "Index": entry.modify_index,
+                    }
+                }
+            )
+        try:
+            answer = self._http("PUT", "txn", json=ops)
+        except requests.Timeout:
+            raise self._fail(ConsulUnavailable, "probe", "no answer in time") from None
+        if answer.status_code == 200:
+            # Cannot happen with Consul's semantics; say so rather than claim a proof.
+            log.error("consul write probe %s: the guard passed", ",".join(keys))
+            raise self._fail(ConsulError, "probe", "the write probe's guard passed")
+        if answer.status_code != 409:
+            self._raise_for(answer, "probe", ",".join(keys))
+        try:
+            errors = answer.json().get("Errors") or []
+        except (ValueError, AttributeError):
+            errors = []
+        refused: dict[str, str] = {}
+        for error in errors:
+            what = str(error.get("What", ""))
+            position = error.get("OpIndex")
+            if ("Permission denied" in what or "ACL not found" in what) and isinstance(
+                position, int
+            ):
+                key = str(ops[position]["KV"]["Key"]) if 0 <= position < len(ops) else "?"
+                refused.setdefault(key, what[:300])
+        return refused
 
     def _call(self, action: str, key: str, call: Callable[[], T]) -> T:
         where = self.settings.address
