@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         help="with --wait: stop following after this long (default: nomad.watch_timeout + 60)",
     )
@@ -147,6 +147,17 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
     health.set_defaults(run=_healthcheck)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse turns the error into a usage line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:

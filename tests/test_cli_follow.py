@@ -147,6 +147,16 @@ def test_deploy_wait_gives_up_at_its_timeout(
     assert f"noman: web {NEW} still running after 0.5s; it goes on" in err
 
 
+def test_deploy_timeout_must_be_positive(
+    config: Path, consul: ConsulHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["--config", str(config), "deploy", "web", NEW, "--wait", "--timeout", "0"])
+    assert usage.value.code == 2
+    assert "'0' is not a positive number of seconds" in capsys.readouterr().err
+    assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)  # refused before any write
+
+
 def test_deploy_wait_follows_the_leader_that_carries_it(
     config: Path, consul: ConsulHandle, nomad: FakeNomad, capsys: pytest.CaptureFixture[str]
 ) -> None:
