@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noman import __version__, auth
 from noman.config import MIN_SECRET_CHARS, Settings, config_path, load
-from noman.errors import ConfigError, NomanError
+from noman.errors import ConfigError, NomanError, UpstreamError
+
+if TYPE_CHECKING:  # the commands import these lazily: `noman --help` stays fast
+    from noman.model import RolloutState, Service
+    from noman.wiring import Components
 
 DEV_SERVICE = "demo"
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -33,8 +39,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"noman: configuration error: {exc}", file=sys.stderr)
         return 2
     except NomanError as exc:
-        print(f"noman: {exc.code}: {exc.message}", file=sys.stderr)
+        print(f"noman: {_explain(exc)}", file=sys.stderr)
         return 1
+
+
+def _explain(exc: NomanError) -> str:
+    """``code: message``, naming the Consul or Nomad address that failed when known."""
+    return f"{exc.code}: {_message(exc)}"
+
+
+def _message(exc: NomanError) -> str:
+    address = exc.address if isinstance(exc, UpstreamError) else None
+    return f"{exc.message} (at {address})" if address else exc.message
 
 
 DESCRIPTION = "Noman: deploy pushed container images through Consul keys and Nomad jobs."
@@ -94,7 +110,17 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("service")
     deploy.add_argument("tag")
     deploy.add_argument("--force", action="store_true", help="allow an older tag (rollback)")
-    deploy.add_argument("--wait", action="store_true", help="wait for the Nomad deployment")
+    deploy.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the rollout to its end (progress on stderr; exit 1 unless successful)",
+    )
+    deploy.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="with --wait: stop following after this long (default: nomad.watch_timeout + 60)",
+    )
     deploy.set_defaults(run=_deploy)
 
     rollback = commands.add_parser(
@@ -122,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
     health.set_defaults(run=_healthcheck)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse turns the error into a usage line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -228,37 +265,70 @@ def _prepare_dev(data_dir: Path, env: dict[str, str], new_secret: bool = False) 
 
 def _check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from noman.wiring import build_nomad, build_store
+    from noman.wiring import build
 
     print(f"config: {settings.source}: {len(settings.services)} service(s)")
-    problems = 0
-    store = build_store(settings)
+    parts = build(settings)
     try:
-        print(f"store: {store.check_ready()}")
+        print(f"store: {parts.store.check_ready()}")
     except NomanError as exc:
-        print(f"store: FAILED: {exc.code}: {exc.message}")
+        print(f"store: FAILED: {_explain(exc)}")
         return 1
+    problems = 0
     prefix = settings.consul.state_prefix
     try:
-        entries = store.list(prefix).entries
+        entries = parts.store.list(prefix).entries
         holder = entries.get(f"{prefix}.leader")
         leader = holder.value if holder is not None and holder.value else "none yet"
         print(f"records: {prefix} ({len(entries)} key(s)); reconciler lock: {leader}")
     except NomanError as exc:
         problems += 1
-        print(f"records: {prefix}: FAILED: {exc.code}: {exc.message}")
-    nomad = build_nomad(settings)
+        print(f"records: {prefix}: FAILED: {_explain(exc)}")
     for service in settings.services:
         try:
-            tag = store.read(service.key).value
-            print(f"{service.name}: {service.key} = {tag or '(not set)'} [{service.strategy}]")
-            if nomad is not None and service.strategy == "rolling":
-                for warning in nomad.check(service):
-                    print(f"{service.name}: warning: {warning}")
+            problems += _check_service(parts, service)
         except NomanError as exc:
             problems += 1
-            print(f"{service.name}: FAILED: {exc.code}: {exc.message}")
+            print(f"{service.name}: FAILED: {_explain(exc)}")
     return 1 if problems else 0
+
+
+def _check_service(parts: Components, service: Service) -> int:
+    """Print what ``check`` finds for one service; the number of problems (raises on others)."""
+    from noman.stores.consul import ConsulStore
+
+    name = service.name
+    key, _, record = parts.deployer.read(service)
+    print(f"{name}: {service.key} = {key.value or '(not set)'} [{service.strategy}]")
+    if parts.nomad is not None and service.nomad is not None and service.strategy == "rolling":
+        job = parts.nomad.read(service)
+        print(f"{name}: job {service.nomad.job} runs {job.tag or '(no tag Noman can read)'}")
+        if key.value is not None and job.tag != key.value:
+            # Normal while a rollout runs; otherwise the reconciler (or an operator) must act.
+            rollout = record.rollout
+            state = (
+                f"rollout of {rollout.tag}: {rollout.state}"
+                if rollout is not None
+                else "no rollout recorded"
+            )
+            print(
+                f"{name}: warning: key and job disagree: the key says {key.value}, "
+                f"job {service.nomad.job} runs {job.tag or '(none)'} ({state})"
+            )
+        for warning in parts.nomad.check(service):
+            print(f"{name}: warning: {warning}")
+    if isinstance(parts.store, ConsulStore):
+        keys = [service.key, parts.deployer.record_key(service)]
+        refused = parts.store.probe_writes(keys)
+        for where, what in refused.items():
+            print(
+                f"{name}: FAILED: consul_forbidden: the token may not write {where} "
+                f"(at {parts.store.settings.address}): {what}"
+            )
+        if refused:
+            return 1
+        print(f"{name}: the token may write {' and '.join(keys)} (a probe that writes nothing)")
+    return 0
 
 
 def _secret_new(args: argparse.Namespace) -> int:
@@ -290,8 +360,10 @@ def _deploy(args: argparse.Namespace) -> int:
 
     parts = build(_settings(args))
     service = parts.settings.service(args.service)
-    outcome = parts.deployer.deploy(service, Release(tag=args.tag, sender="cli", force=args.force))
-    return _answer(parts, service, outcome.as_dict(), args.wait)
+    release = Release(tag=args.tag, sender="cli", force=args.force)
+    with _quiet_logs() if args.wait else contextlib.nullcontext():
+        outcome = parts.deployer.deploy(service, release)  # its retry reason is shown below
+    return _answer(parts, service, outcome.as_dict(), args.wait, args.timeout)
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -303,37 +375,154 @@ def _rollback(args: argparse.Namespace) -> int:
     return _answer(parts, service, outcome.as_dict(), wait=False)
 
 
-def _answer(parts: Any, service: Any, result: dict[str, Any], wait: bool) -> int:
-    """Print the result; with ``wait``, follow the record until the rollout ends."""
-    if wait and service.strategy == "rolling":
-        rollout = None
-        deadline = time.monotonic() + parts.settings.nomad.watch_timeout + 60
-        try:
-            while time.monotonic() < deadline:
-                # Helps when no server leads (it takes the lock), else only watches.
-                parts.reconciler.run_once(wait=1.0)
-                rollout = parts.deployer.status(service)["rollout"]
-                if (
-                    rollout
-                    and rollout["tag"] == result["tag"]
-                    and rollout["state"]
-                    in (
-                        "successful",
-                        "failed",
-                        "cancelled",
-                        "timed_out",
-                    )
-                ):
-                    break
-                if not parts.reconciler.leader:
-                    time.sleep(1)
-        finally:
-            parts.reconciler.stop()
-        result["rollout"] = rollout
+def _answer(
+    parts: Components,
+    service: Service,
+    result: dict[str, Any],
+    wait: bool,
+    timeout: float | None = None,
+) -> int:
+    """Print the result; with ``wait``, follow the rollout to its end first."""
+    if not wait:
         print(json.dumps(result, indent=2))
-        return 0 if rollout and rollout["state"] == "successful" else 1
+        return 0
+    if timeout is None:
+        timeout = parts.settings.nomad.watch_timeout + 60
+    try:
+        with _quiet_logs():
+            rollout = _follow(parts, service, str(result["tag"]), timeout)
+    except KeyboardInterrupt:
+        print(f"noman: stopped following; see `noman status {service.name}`", file=sys.stderr)
+        return 130
+    finally:
+        parts.reconciler.stop()  # gives the leader lock back, if this command held it
+    if service.strategy != "rolling":
+        print(json.dumps(result, indent=2))
+        return 0
+    result["rollout"] = rollout.public() if rollout is not None else None
     print(json.dumps(result, indent=2))
-    return 0
+    if rollout is not None and rollout.state == "successful":
+        return 0
+    what = f"{service.name} {result['tag']}"
+    if rollout is None:
+        desired = parts.deployer.read(service)[0].value
+        print(
+            f"noman: {what}: no rollout of this tag is recorded (the desired tag is {desired})",
+            file=sys.stderr,
+        )
+    elif rollout.terminal:
+        reason = rollout.description or rollout.reason or "no reason given"
+        print(f"noman: {what} {rollout.state}: {reason}", file=sys.stderr)
+    else:
+        reason = f" ({rollout.reason})" if rollout.reason else ""
+        print(
+            f"noman: {what} still {rollout.state}{reason} after {timeout:g}s; it goes on, "
+            f"see `noman status {service.name}`",
+            file=sys.stderr,
+        )
+    return 1
+
+
+#: Longest single wait of ``--wait`` on Nomad or on the record, so it re-checks the
+#: leader lock (and takes the rollout over if the leader died) at least this often.
+FOLLOW_WAIT = 5.0
+
+
+def _follow(parts: Components, service: Service, tag: str, timeout: float) -> RolloutState | None:
+    """Follow the rollout of ``tag`` until it ends or ``timeout``; its last RolloutState.
+
+    The rollout is carried by whichever process holds the leader lock. When no Noman
+    instance leads (none running, as in a setup without a server), this command takes
+    the lock and runs the reconciler's passes itself, for every service as any leader
+    does, and gives the lock back when done; otherwise it watches the record the leader
+    writes (and takes over if the leader dies). One stderr line per change of state,
+    counts or reason.
+    """
+    reconciler = parts.reconciler
+    deadline = time.monotonic() + timeout
+    leading = reconciler.lock.hold()
+    print(f"noman: {_driver(parts, leading)}", file=sys.stderr)
+    if service.strategy != "rolling":
+        reconciler.run_once()  # sends the report waiting in the record, if this command leads
+        return None
+    shown, index = "", 0
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        _, _, record = parts.deployer.read(service)
+        rollout = record.rollout
+        if rollout is None or rollout.tag != tag:
+            return None  # superseded by a newer deploy
+        line = _progress(service, rollout)
+        if line != shown:
+            print(line, file=sys.stderr)
+            shown = line
+        if rollout.terminal:
+            if reconciler.leader:
+                reconciler.run_once()  # send the final report now, not at the next leader's
+            return rollout
+        if left <= 0:
+            return rollout
+        busy = reconciler.run_once(wait=min(FOLLOW_WAIT, left))
+        if reconciler.leader != leading:
+            leading = reconciler.leader
+            print(f"noman: {_driver(parts, leading)}", file=sys.stderr)
+        if not busy:
+            # Wait for the record to change: the leader's progress, or (leading) a retry
+            # coming due, which a short wait catches.
+            wait = min(0.25 if leading else FOLLOW_WAIT, max(0.0, deadline - time.monotonic()))
+            index = parts.store.list(parts.deployer.record_key(service), index, wait).watch_index
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """While following: no warnings that repeat a progress line's reason, no report line.
+
+    The reconciler's warnings (each failed attempt) and the "deploy finished" log of
+    the report are what the progress lines and the final reason line already say;
+    errors (a report that could not be sent) still show.
+    """
+    logger = logging.getLogger("noman")
+    # A logger's filters see only its own records, not its children's: this one is on the
+    # logger of the report line.
+    reports = logging.getLogger("noman.notify")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.getMessage() != "deploy finished"
+
+    level = logger.level
+    reports.addFilter(keep)
+    if logger.getEffectiveLevel() < logging.ERROR:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        reports.removeFilter(keep)
+        logger.setLevel(level)
+
+
+def _driver(parts: Components, leading: bool) -> str:
+    if leading:
+        return "no Noman instance leads: this command carries the rollout until it ends"
+    lock = f"{parts.settings.consul.state_prefix}.leader"
+    holder = parts.store.read(lock).value or "another process"
+    return f"the rollout is carried by the Noman leader ({holder}); following it"
+
+
+def _progress(service: Service, rollout: RolloutState) -> str:
+    """One line describing where ``rollout`` stands."""
+    text = f"{service.name} {rollout.tag}: {rollout.state}"
+    counts = [
+        f"{name} {getattr(rollout, name)}/{rollout.desired}"
+        for name in ("placed", "healthy")
+        if rollout.desired is not None and getattr(rollout, name) is not None
+    ]
+    if rollout.version is not None:
+        counts.insert(0, f"job version {rollout.version}")
+    if counts:
+        text += ", " + ", ".join(counts)
+    if rollout.reason and not rollout.terminal:
+        text += f" ({rollout.reason}, attempt {rollout.attempts})"
+    return text
 
 
 def _set_frozen(args: argparse.Namespace) -> int:
@@ -352,9 +541,16 @@ def _status(args: argparse.Namespace) -> int:
     services = parts.settings.services
     if args.service:
         services = (parts.settings.service(args.service),)
+    failed = 0
     for service in services:
-        print(json.dumps(parts.deployer.status(service)))
-    return 0
+        # One service failing must not hide the others: it gets its error line instead.
+        try:
+            line = parts.deployer.status(service)
+        except NomanError as exc:
+            failed += 1
+            line = {"service": service.name, "error": exc.code, "message": _message(exc)}
+        print(json.dumps(line))
+    return 1 if failed else 0
 
 
 def _healthcheck(args: argparse.Namespace) -> int:

@@ -215,6 +215,9 @@ class UpstreamError(NomanError):
 
     status = 502
     code = "upstream_error"
+    #: The Consul or Nomad address that failed, for the operator's tools (the CLI prints
+    #: it); never put in HTTP answers, which go to callers outside the cluster.
+    address: str | None = None
 
 
 class WriteConflict(UpstreamError):

@@ -192,7 +192,9 @@ def test_no_token_and_a_refused_token_are_told_apart(secret: str) -> None:
                 store.read("configs/web/IMAGE_TAG")
             messages.append(refused.value.message)
     assert "no token configured" in messages[0] and "CONSUL_HTTP_TOKEN" in messages[0]
-    assert messages[1] == ConsulForbidden.default_message
+    assert "refused Noman's token" in messages[1]
+    # Reads: no word of a write that was never attempted.
+    assert not any("nothing was written" in m for m in messages)
 
 
 def test_nomad_without_a_token_says_so() -> None:
@@ -204,4 +206,5 @@ def test_nomad_without_a_token_says_so() -> None:
         env = {"NOMAD_ADDR": fake.url, "NOMAD_TOKEN": "wrong"}
         with pytest.raises(NomadForbidden) as refused:
             NomadRollouts(parse_settings(GOOD, environ=env).nomad).read(settings.services[0])
-        assert refused.value.message == NomadForbidden.default_message
+        assert refused.value.message == "Nomad refused Noman's token."  # a read: no deploy
+        assert refused.value.address == fake.url

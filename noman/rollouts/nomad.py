@@ -29,6 +29,7 @@ from noman.errors import (
     NomadForbidden,
     NomadJobNotFound,
     NomadUnavailable,
+    UpstreamError,
 )
 from noman.model import JobState, NomadTarget, Service
 from noman.release import Rollout, split_image
@@ -171,6 +172,14 @@ class NomadRollouts:
         means ours was superseded); then the deployment itself, by ID.
         """
         target = _target(service)
+        try:
+            return self._follow(target, version, deployment_id, index, wait)
+        except UpstreamError as exc:
+            raise self._located(exc, "watch") from None
+
+    def _follow(
+        self, target: NomadTarget, version: int, deployment_id: str | None, index: int, wait: float
+    ) -> tuple[dict[str, Any] | None, int]:
         started = time.monotonic()
         if deployment_id:
             data, new_index = self._blocking(target, f"deployment/{deployment_id}", index, wait)
@@ -266,12 +275,23 @@ class NomadRollouts:
         try:
             return call(self.client(target))
         except nomad_errors.BaseNomadException as exc:
-            raise self._translate(exc, target, action) from None
+            raise self._located(self._translate(exc, target, action), action) from None
         except requests.RequestException as exc:
             log.warning("nomad %s %s: unavailable: %s", action, target.job, type(exc).__name__)
-            raise NomadUnavailable() from None
+            raise self._located(NomadUnavailable(), action) from None
         except ValueError:
-            raise NomadError("Nomad answered with something that is not JSON.") from None
+            error = NomadError("Nomad answered with something that is not JSON.")
+            raise self._located(error, action) from None
+
+    def _located(self, error: Exception, action: str) -> Exception:
+        """``error`` with Nomad's address; a read's message says nothing of a deploy."""
+        if isinstance(error, UpstreamError):
+            error.address = self.settings.address
+            if not action.startswith("register"):
+                # Reads serve check, status and the watch too: no deploy was at stake there.
+                error.message = error.message.replace("; the deploy was not started", "")
+                error.args = (error.message,)
+        return error
 
     def _translate(
         self, exc: nomad_errors.BaseNomadException, target: NomadTarget, action: str

@@ -31,11 +31,17 @@ from consul.exceptions import (
 
 from noman import transport
 from noman.config import ConsulSettings
-from noman.errors import ConsulError, ConsulForbidden, ConsulUnavailable
+from noman.errors import ConsulError, ConsulForbidden, ConsulUnavailable, UpstreamError
 from noman.stores import Entry, LeaderLock, OutcomeUnknown, Snapshot, Write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+E = TypeVar("E", bound=UpstreamError)
+
+#: Calls that change Consul: only their failures may say "nothing was written"; a
+#: read-only command (check, status) that fails wrote nothing by nature, and must not
+#: suggest that a write was attempted.
+WRITES = frozenset({"write", "delete", "txn", "PUT", "DELETE"})
 
 
 class ConsulStore:
@@ -144,7 +150,7 @@ class ConsulStore:
         try:
             answer = self._http("GET", f"kv/{prefix}", params=params, timeout=timeout)
         except requests.Timeout:
-            raise ConsulUnavailable() from None
+            raise self._fail(ConsulUnavailable, "list", "no answer in time") from None
         new_index = _index(answer)
         if answer.status_code == 404:
             return Snapshot(new_index, {})
@@ -189,56 +195,131 @@ class ConsulStore:
             raise
         except requests.RequestException as exc:
             log.warning("consul %s %s: unreachable: %s", method, path, type(exc).__name__)
-            raise ConsulUnavailable() from None
+            error = self._fail(ConsulUnavailable, method, f"unreachable: {type(exc).__name__}")
+            raise error from None
 
     def _raise_for(self, answer: requests.Response, action: str, key: str) -> None:
         text = answer.text.strip()[:300]
         if answer.status_code in (401, 403):
             log.error("consul %s %s: token refused: %s", action, key, text)
-            raise ConsulForbidden()
+            raise self._fail(ConsulForbidden, action)
         if 400 <= answer.status_code < 500:
             log.error("consul %s %s: rejected (%s): %s", action, key, answer.status_code, text)
-            raise ConsulError()
+            raise self._fail(ConsulError, action)
         log.warning("consul %s %s: server error (%s): %s", action, key, answer.status_code, text)
-        raise ConsulUnavailable()
+        raise self._fail(ConsulUnavailable, action, f"answered {answer.status_code}")
+
+    def _fail(self, kind: type[E], action: str, detail: str = "") -> E:
+        """``kind`` with this Consul's address; "nothing was written" only after a write."""
+        if action in WRITES:
+            error = kind()  # the default messages are about writes
+        else:
+            text = {
+                ConsulUnavailable: "Consul is unavailable{detail}; retry later.",
+                ConsulForbidden: "Consul refused Noman's token; the operator must fix its policy.",
+                ConsulError: "Consul rejected the request{detail}.",
+            }.get(kind, "Consul failed{detail}.")
+            error = kind(text.format(detail=f" ({detail})" if detail else ""))
+        error.address = self.settings.address
+        return error
 
     def check_ready(self) -> str:
         """Ready when Consul answers with a known leader."""
         leader = self._call("status", "leader", self.client.status.leader)
         if not leader:
-            raise ConsulUnavailable("Consul has no leader.")
+            error = ConsulUnavailable("Consul has no leader.")
+            error.address = self.settings.address
+            raise error
         return f"consul {self.settings.address} (leader {leader})"
+
+    def probe_writes(self, keys: Sequence[str]) -> dict[str, str]:
+        """Prove the token may write each of ``keys`` without writing anything.
+
+        One ``/v1/txn`` that would write every key as a deploy does (``cas`` to its
+        current value at its current ModifyIndex; index 0, i.e. create, when missing),
+        led by a ``check-index`` at index 0 that can never pass (no existing key has
+        ModifyIndex 0, a missing key fails it too). Consul checks the ACL of every
+        operation before it runs any (kvsPreApply): a token that may not write a key
+        fails there, with "Permission denied" at that operation's index; a token that
+        may reaches the state store, where the failed check aborts the whole
+        transaction. Nothing is applied either way (a same-value ``cas`` alone would
+        leave an existing key's ModifyIndex unchanged, as Consul's kvsSetTxn skips
+        unchanged entries, but would create a missing one). Returns ``{key: Consul's
+        refusal}`` for each refused key: empty when every key may be written.
+        """
+        current = [self.read(key) for key in keys]
+        ops: list[dict[str, Any]] = [{"KV": {"Verb": "check-index", "Key": keys[0], "Index": 0}}]
+        for key, entry in zip(keys, current, strict=True):
+            value = (entry.value or "").encode("utf-8")
+            ops.append(
+                {
+                    "KV": {
+                        "Verb": "cas",
+                        "Key": key,
+                        "Value": base64.b64encode(value).decode("ascii"),
+                        "Index": entry.modify_index,
+                    }
+                }
+            )
+        try:
+            answer = self._http("PUT", "txn", json=ops)
+        except requests.Timeout:
+            raise self._fail(ConsulUnavailable, "probe", "no answer in time") from None
+        if answer.status_code == 200:
+            # Cannot happen with Consul's semantics; say so rather than claim a proof.
+            log.error("consul write probe %s: the guard passed", ",".join(keys))
+            raise self._fail(ConsulError, "probe", "the write probe's guard passed")
+        if answer.status_code != 409:
+            self._raise_for(answer, "probe", ",".join(keys))
+        try:
+            errors = answer.json().get("Errors") or []
+        except (ValueError, AttributeError):
+            errors = []
+        refused: dict[str, str] = {}
+        for error in errors:
+            what = str(error.get("What", ""))
+            position = error.get("OpIndex")
+            if ("Permission denied" in what or "ACL not found" in what) and isinstance(
+                position, int
+            ):
+                key = str(ops[position]["KV"]["Key"]) if 0 <= position < len(ops) else "?"
+                refused.setdefault(key, what[:300])
+        return refused
 
     def _call(self, action: str, key: str, call: Callable[[], T]) -> T:
         where = self.settings.address
+        written = "; nothing was written." if action in WRITES else "."
         try:
             return call()
         except requests.Timeout:
             log.warning("consul %s %s: no answer within %ss", action, key, self.settings.timeout)
-            raise ConsulUnavailable(
-                f"Consul did not answer within {self.settings.timeout:g}s; nothing was written."
-            ) from None
+            error = ConsulUnavailable(
+                f"Consul did not answer within {self.settings.timeout:g}s{written}"
+            )
+            error.address = where
+            raise error from None
         except requests.RequestException as exc:
             log.warning("consul %s %s: %s unreachable: %s", action, key, where, type(exc).__name__)
-            raise ConsulUnavailable() from None
+            raise self._fail(ConsulUnavailable, action, "unreachable") from None
         except (ACLPermissionDenied, ACLDisabled) as exc:
             if not self.settings.token:
                 # Not the same fix as a refused token: there is none to fix.
                 log.error("consul %s %s: no token configured: %s", action, key, _first_line(exc))
-                raise ConsulForbidden(
+                refused = ConsulForbidden(
                     "Consul refused the request and Noman has no token configured "
-                    "(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token); "
-                    "nothing was written."
-                ) from None
+                    f"(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token){written}"
+                )
+                refused.address = where
+                raise refused from None
             log.error("consul %s %s: token refused: %s", action, key, _first_line(exc))
-            raise ConsulForbidden() from None
+            raise self._fail(ConsulForbidden, action) from None
         except (BadRequest, ClientError, NotFound) as exc:
             log.error("consul %s %s: rejected: %s", action, key, _first_line(exc))
-            raise ConsulError() from None
+            raise self._fail(ConsulError, action) from None
         except ConsulException as exc:
             # 5xx, or a body that is not Consul's JSON: both pass with time.
             log.warning("consul %s %s: server error: %s", action, key, _first_line(exc))
-            raise ConsulUnavailable() from None
+            raise self._fail(ConsulUnavailable, action, "server error") from None
 
 
 class ConsulLock:
