@@ -224,9 +224,11 @@ class Record:
             {
                 "tag": self.tag,
                 "frozen": self.frozen,
-                "rollout": asdict(self.rollout) if self.rollout else None,
+                # Flat dataclasses: their own __dict__ serialises as is, without
+                # asdict's deep copy (the hot path of every hook).
+                "rollout": vars(self.rollout) if self.rollout else None,
                 "deliveries": self.deliveries,
-                "history": [asdict(h) for h in self.history],
+                "history": [vars(h) for h in self.history],
                 "reports": list(self.reports),
                 "write_id": self.write_id,
             },
