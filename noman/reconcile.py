@@ -159,7 +159,7 @@ class Reconciler:
         return busy
 
     def settle(self, timeout: float = 10.0, wait: float = 0.2) -> bool:
-        """Run passes until nothing is in flight (tests, CLI); True if it settled in time."""
+        """Run passes until nothing is in flight (tests, scripts); True if it settled in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = self.run_once(wait=wait)

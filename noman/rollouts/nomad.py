@@ -155,13 +155,6 @@ class NomadRollouts:
             namespace=target.namespace,
         )
 
-    def deployment_status(self, service: Service) -> dict[str, Any] | None:
-        """The job's latest deployment, summarized (None when it has none)."""
-        target = _target(service)
-        return summarize(
-            self._call(target, "read deployment", lambda c: c.job.get_deployment(target.job))
-        )
-
     def follow(
         self, service: Service, version: int, deployment_id: str | None, index: int, wait: float
     ) -> tuple[dict[str, Any] | None, int]:
