@@ -11,7 +11,8 @@ new leader resumes where a dead one stopped: nothing is lost, a report may
 be repeated (same ``event_id``).
 
 It runs in one background thread per process (``start``/``stop``), woken by
-blocking reads on the prefix; tests drive it with ``run_once``.
+blocking reads on the prefix; tests and ``noman deploy --wait`` drive it
+with ``run_once``.
 """
 
 from __future__ import annotations
