@@ -37,20 +37,18 @@ from noman.model import (
     RolloutState,
     Service,
     orders_before,
-    release_order,
+    same_repository,
     utc_now,
 )
-from noman.release import Outcome, Release, Rollout
+from noman.release import Outcome, Release, Rollout, shown
 from noman.stores import Entry, OutcomeUnknown, Store, Write
 
 __all__ = [
-    "OCI_TAG",
     "Deployer",
     "JobState",
     "Orchestrator",
     "check_release",
     "needs_write",
-    "release_order",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,15 +78,15 @@ class Orchestrator(Protocol):
 
 def check_release(service: Service, release: Release) -> None:
     """Refuse a release this service must never run (bad tag, other repository)."""
-    if release.repository is not None and release.repository.lower() != service.repository.lower():
+    if release.repository is not None and not same_repository(service, release.repository):
         raise RepositoryMismatch(
-            f"Repository {_quote(release.repository)} is not the one this service deploys."
+            f"Repository {shown(release.repository, 140)} is not the one this service deploys."
         )
     if not OCI_TAG.fullmatch(release.tag):
-        raise InvalidTag(f"{_quote(release.tag)} is not a valid image tag.")
+        raise InvalidTag(f"{shown(release.tag, 140)} is not a valid image tag.")
     if not service.tag_pattern.fullmatch(release.tag):
         raise InvalidTag(
-            f"Tag {_quote(release.tag)} does not match this service's pattern "
+            f"Tag {shown(release.tag, 140)} does not match this service's pattern "
             f"{service.tag_pattern.pattern}."
         )
 
@@ -651,8 +649,3 @@ class Deployer:
             if self._commit(service, writes, new) is not None:
                 return True
         raise WriteConflict()
-
-
-def _quote(text: str, limit: int = 140) -> str:
-    """Echo untrusted text safely: cut, and repr so control characters stay visible."""
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))

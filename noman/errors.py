@@ -20,11 +20,11 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── InvalidTag                      422 invalid_tag
     ├── AmbiguousTags                   422 ambiguous_tags
     ├── StaleTag                        409 stale_tag
-    ├── NotRolling                      409 not_rolling
+    ├── NotRolling                      409 not_rolling  (kept for callers; no longer raised)
     ├── NothingToRollBack               409 nothing_to_roll_back
     ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
-    └── UpstreamError                   (the store or the orchestrator failed; nothing written)
+    └── UpstreamError                   (never raised itself: Consul or Nomad failed; see below)
         ├── WriteConflict               503 write_conflict      (retryable)
         ├── ConsulUnavailable           503 consul_unavailable  (retryable)
         ├── ConsulForbidden             502 consul_forbidden
@@ -33,6 +33,13 @@ Codes are an API: callers branch on them, so they never change meaning.
         ├── NomadForbidden              502 nomad_forbidden
         ├── NomadJobNotFound            502 nomad_job_not_found
         └── NomadError                  502 nomad_error
+
+An ``UpstreamError`` from Consul means nothing was written, except a write whose
+answer timed out and could not be re-read (the message says it may have landed).
+Nomad's codes reach a hook caller only as the ``reason`` of a 202: by then the
+deploy is durable and the reconciler retries. ``NotRolling`` is no longer raised
+(``/deployment`` is an alias of ``status``); the class and code stay so callers that
+import or branch on them keep working.
 
 ``ConfigError`` is not an HTTP error: it stops start-up and names the file,
 line, service and field that are wrong.
@@ -175,7 +182,7 @@ class StaleTag(NomanError):
 
 
 class NotRolling(NomanError):
-    """Deployment state was asked of a service that does not use the rolling strategy."""
+    """Deployment state of a restart service: no longer raised, kept for compatibility."""
 
     status = 409
     code = "not_rolling"

@@ -1,8 +1,8 @@
 """The domain values every layer shares: services, releases, job states, records.
 
 Plain frozen data and pure functions: nothing here talks to Consul, Nomad
-or Flask, and nothing here imports another Noman module but ``errors`` and
-the sender-facing values of ``release``. ``noman.config`` re-exports
+or Flask, and nothing here imports another Noman module but ``ordering``
+and the sender-facing values of ``release``. ``noman.config`` re-exports
 ``Service`` and ``NomadTarget`` so older imports keep working.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from noman.ordering import OrderKey, is_older, order_key
+from noman.ordering import is_older
 from noman.release import OCI_TAG, Outcome, Release, Rollout, split_image
 
 __all__ = [
@@ -30,13 +30,12 @@ __all__ = [
     "Rollout",
     "RolloutState",
     "Service",
-    "release_order",
+    "same_repository",
     "split_image",
     "utc_now",
 ]
 
 DEFAULT_TAG_PATTERN = r"^release-(\d{14})$"
-# The OCI distribution spec's tag grammar.
 
 #: Rollout states after which the reconciler leaves a tag alone.
 TERMINAL_STATES = frozenset({"successful", "failed", "cancelled", "timed_out"})
@@ -94,9 +93,9 @@ class JobState:
         return int(self.spec.get("Version") or 0)
 
 
-def release_order(service: Service, tag: str | None) -> OrderKey | None:
-    """Where ``tag`` sits among the service's releases (see ``noman.ordering``)."""
-    return order_key(service.tag_pattern, tag)
+def same_repository(service: Service, repository: str | None) -> bool:
+    """True unless ``repository`` is given and is not the one the service deploys."""
+    return repository is None or repository.lower() == service.repository.lower()
 
 
 def orders_before(service: Service, tag: str | None, other: str | None) -> bool:

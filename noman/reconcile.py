@@ -11,7 +11,8 @@ new leader resumes where a dead one stopped: nothing is lost, a report may
 be repeated (same ``event_id``).
 
 It runs in one background thread per process (``start``/``stop``), woken by
-blocking reads on the prefix; tests drive it with ``run_once``.
+blocking reads on the prefix; tests and ``noman deploy --wait`` drive it
+with ``run_once``.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Reconciler:
         return busy
 
     def settle(self, timeout: float = 10.0, wait: float = 0.2) -> bool:
-        """Run passes until nothing is in flight (tests, CLI); True if it settled in time."""
+        """Run passes until nothing is in flight (tests, scripts); True if it settled in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = self.run_once(wait=wait)

@@ -1,7 +1,13 @@
 """The HTTP layer: thin views over the deploy use case, and the one error converter.
 
-look up the service by secret -> read and parse the body -> deploy -> answer.
-Every failure, Flask's own 404/405 included, leaves as the JSON error shape.
+A hook: look up the service by secret -> read and parse the body -> deploy
+(one Consul transaction) -> answer 200, 202 (rollout pending, or an ignored
+registry event) or an error. Each of ``status`` (alias ``deployment``),
+``rollback``, ``freeze`` and ``unfreeze`` has the same two forms as the hook:
+``/hooks/<secret>/<action>`` and ``/hooks/<action>`` with a bearer secret.
+Beside them: ``/healthz``, ``/readyz``, ``/metrics``; the status page is
+``noman.ui``. Every failure, Flask's own 404/405 included, leaves as the JSON
+error shape.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ import requests
 import requests_mock
 
 from noman import create_app
+from noman.config import ConsulSettings
+from noman.errors import ConsulForbidden
+from noman.stores import Write
+from noman.stores.consul import ConsulStore
 from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
 from tests.fakes.consul import FakeConsul
 
@@ -207,3 +211,24 @@ def test_readyz_names_a_refused_token(secret: str) -> None:
         answer = create_app(make_settings(handle, secret)).test_client().get("/readyz")
         assert answer.status_code == 503
         assert answer.json["error"] == "consul_forbidden"
+
+
+@pytest.mark.parametrize("token", [None, "some-token"])
+@pytest.mark.parametrize("call", ["read", "list", "transact"])
+def test_every_refusal_says_whether_a_token_was_configured(token: str | None, call: str) -> None:
+    """py-consul's calls, the raw list and the raw transaction map a refusal alike."""
+    store = ConsulStore(ConsulSettings(address=MOCK_URL, token=token, timeout=1))
+    with requests_mock.Mocker() as mock:
+        mock.get(re.compile(r".*/v1/kv/.*"), status_code=403, text="Permission denied")
+        denied = {"OpIndex": 0, "What": "Permission denied"}
+        mock.put(TXN, status_code=409, json={"Results": None, "Errors": [denied]})
+        with pytest.raises(ConsulForbidden) as refused:
+            if call == "read":
+                store.read("configs/web/IMAGE_TAG")
+            elif call == "list":
+                store.list("noman/")
+            else:
+                store.transact([Write("configs/web/IMAGE_TAG", "release-1", 0)])
+    assert refused.value.address == MOCK_URL
+    assert ("no token configured" in refused.value.message) is (token is None)
+    assert ("nothing was written" in refused.value.message) is (call == "transact")

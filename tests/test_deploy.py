@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from noman.config import Service
-from noman.deploy import Deployer, JobState, check_release, needs_write, release_order
+from noman.deploy import Deployer, JobState, check_release, needs_write
 from noman.errors import (
     InvalidTag,
     NomadUnavailable,
@@ -17,6 +17,7 @@ from noman.errors import (
     StaleTag,
     WriteConflict,
 )
+from noman.ordering import order_key
 from noman.release import Release, Rollout
 from noman.stores import Entry, Write
 from noman.stores.file import FileStore
@@ -60,9 +61,9 @@ def test_forward_only_same_tag_and_force() -> None:
         (r"^[a-z]+$", "abc", None),
     ],
 )
-def test_release_order_uses_the_first_group(pattern: str, tag: str, order: object) -> None:
+def test_order_key_uses_the_first_group(pattern: str, tag: str, order: object) -> None:
     service = Service("s", "a/b", "k", (b"",), tag_pattern=re.compile(pattern))
-    assert release_order(service, tag) == order
+    assert order_key(service.tag_pattern, tag) == order
 
 
 def test_numeric_groups_compare_as_numbers() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import inspect
 import re
@@ -67,6 +68,43 @@ def test_every_error_code_is_documented(code: str) -> None:
     assert f"`{code}`" in README
 
 
+ERROR_CLASSES = sorted(
+    (
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.NomanError)
+    ),
+    key=lambda cls: cls.__name__,
+)
+
+
+def readme_error_table() -> dict[str, int]:
+    """``{code: status}`` from the rows of the README's error table."""
+    section = README.split("### Errors", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", section, re.MULTILINE)
+    return {code: int(status) for status, code in rows}
+
+
+def test_the_readme_error_table_is_found() -> None:
+    assert readme_error_table().get("not_found") == 404
+
+
+@pytest.mark.parametrize("cls", [c for c in ERROR_CLASSES if c is not errors.UpstreamError])
+def test_every_error_code_has_its_row_in_the_readme_table(cls: type[errors.NomanError]) -> None:
+    table = readme_error_table()
+    assert cls.code in table, f"README's error table has no row for {cls.code}"
+    assert table[cls.code] == cls.status, f"README gives {cls.code} another status"
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=[c.__name__ for c in ERROR_CLASSES])
+def test_the_errors_module_tree_draws_every_error(cls: type[errors.NomanError]) -> None:
+    tree = errors.__doc__ or ""
+    line = next((x for x in tree.splitlines() if f" {cls.__name__} " in f"{x} "), None)
+    assert line is not None, f"the tree in errors.py's docstring lacks {cls.__name__}"
+    if cls is not errors.UpstreamError:  # drawn as a branch, never raised itself
+        assert f"{cls.status} {cls.code}" in line, line
+
+
 def test_the_two_readme_commands_exist_and_ci_runs_the_test_one() -> None:
     assert "./scripts/dev" in README
     assert "./scripts/test" in README
@@ -86,5 +124,21 @@ def test_every_cli_command_is_documented() -> None:
         "noman deploy",
         "noman status",
         "noman healthcheck",
+        "noman rollback",
+        "noman freeze",
+        "noman unfreeze",
     ):
         assert f"`{command}" in README, command
+
+
+def test_every_subcommand_of_the_parser_is_in_the_readme() -> None:
+    from noman import cli
+
+    parser = cli._parser()
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    section = README.split("## The `noman` command", 1)[1].split("\n## ", 1)[0]
+    assert set(commands.choices) >= {"serve", "deploy", "rollback", "freeze"}
+    for name in commands.choices:
+        assert f"`noman {name}" in section, f"README's noman command list lacks {name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import threading
 import time
 import uuid
@@ -14,9 +15,12 @@ from typing import Any
 
 import pytest
 import requests
+import requests_mock
 
 from noman import create_app
-from noman.config import Service, Settings
+from noman.config import NomadSettings, Service, Settings
+from noman.errors import UpstreamError
+from noman.model import NomadTarget
 from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
@@ -452,3 +456,27 @@ def test_nomad_register_error_shapes(
     assert answer.status_code == 202
     assert answer.json["rollout"] == {"state": "pending", "reason": code}
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
+
+
+@pytest.mark.parametrize("token", [None, "some-token"])
+@pytest.mark.parametrize(("status", "code"), [(403, "nomad_forbidden"), (500, "nomad_unavailable")])
+@pytest.mark.parametrize("call", ["read", "follow"])
+def test_python_nomad_calls_and_blocking_reads_map_answers_alike(
+    token: str | None, status: int, code: str, call: str
+) -> None:
+    """One mapping for both paths: the raw blocking reads say 'no token configured' too."""
+    url = "http://nomad.invalid:4646"
+    rollouts = NomadRollouts(NomadSettings(address=url, token=token, timeout=1))
+    service = Service("web", "a/b", "k", (b"",), strategy="rolling", nomad=NomadTarget("web"))
+    with requests_mock.Mocker() as mock:
+        mock.get(re.compile(r".*/v1/job/web.*"), status_code=status, text="Permission denied")
+        with pytest.raises(UpstreamError) as failed:
+            if call == "read":
+                rollouts.read(service)
+            else:
+                rollouts.follow(service, 2, None, 5, 0.5)
+    assert failed.value.code == code
+    assert failed.value.address == url
+    no_token = "no token configured" in failed.value.message
+    assert no_token is (token is None and status == 403)
+    assert "the deploy was not started" not in failed.value.message

@@ -155,13 +155,6 @@ class NomadRollouts:
             namespace=target.namespace,
         )
 
-    def deployment_status(self, service: Service) -> dict[str, Any] | None:
-        """The job's latest deployment, summarized (None when it has none)."""
-        target = _target(service)
-        return summarize(
-            self._call(target, "read deployment", lambda c: c.job.get_deployment(target.job))
-        )
-
     def follow(
         self, service: Service, version: int, deployment_id: str | None, index: int, wait: float
     ) -> tuple[dict[str, Any] | None, int]:
@@ -234,18 +227,10 @@ class NomadRollouts:
         except requests.RequestException as exc:
             log.warning("nomad watch %s: unavailable: %s", target.job, type(exc).__name__)
             raise NomadUnavailable() from None
-        text = answer.text.strip()[:300]
-        if answer.status_code == 403:
-            log.error("nomad watch %s: token refused: %s", target.job, text)
-            raise NomadForbidden()
-        if answer.status_code == 404:
-            raise NomadJobNotFound(f"Nomad has no {path!r}.")
-        if answer.status_code >= 500 or answer.status_code in (408, 429):
-            log.warning("nomad watch %s: unavailable (%s)", target.job, answer.status_code)
-            raise NomadUnavailable()
         if answer.status_code != 200:
-            log.error("nomad watch %s: rejected (%s): %s", target.job, answer.status_code, text)
-            raise NomadError()
+            text = answer.text.strip()[:300]
+            missing = f"Nomad has no {path!r}."  # a deployment's id, not only the job, may be gone
+            raise self._by_status(answer.status_code, text, target, "watch", missing)
         try:
             data = answer.json()
             new_index = int(answer.headers.get("X-Nomad-Index", "0"))
@@ -302,6 +287,27 @@ class NomadRollouts:
         if INDEX_CONFLICT in text:
             return _IndexConflict()
         if isinstance(exc, nomad_errors.URLNotAuthorizedNomadException):
+            status: object = 403
+        elif isinstance(exc, nomad_errors.URLNotFoundNomadException):
+            status = 404
+        else:
+            status = getattr(exc.nomad_resp, "status_code", None)
+        if isinstance(exc.nomad_resp, requests.Timeout):
+            log.warning("nomad %s %s: no answer in %ss", action, target.job, self.settings.timeout)
+            return NomadUnavailable()
+        return self._by_status(status if isinstance(status, int) else None, text, target, action)
+
+    def _by_status(
+        self,
+        status: int | None,
+        text: str,
+        target: NomadTarget,
+        action: str,
+        missing: str | None = None,
+    ) -> Exception:
+        """The NomanError for a Nomad answer that is not a success: one mapping for the
+        calls through python-nomad and the raw blocking reads alike."""
+        if status == 403:
             if not self.settings.token:
                 log.error("nomad %s %s: no token configured: %s", action, target.job, text)
                 return NomadForbidden(
@@ -310,17 +316,13 @@ class NomadRollouts:
                 )
             log.error("nomad %s %s: token refused: %s", action, target.job, text)
             return NomadForbidden()
-        if isinstance(exc, nomad_errors.URLNotFoundNomadException):
+        if status == 404:
             where = f" in namespace {target.namespace!r}" if target.namespace else ""
-            return NomadJobNotFound(f"Nomad job {target.job!r} was not found{where}.")
-        status = getattr(exc.nomad_resp, "status_code", None)
-        if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+            return NomadJobNotFound(missing or f"Nomad job {target.job!r} was not found{where}.")
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
             log.error("nomad %s %s: rejected (%s): %s", action, target.job, status, text)
             return NomadError()
-        if isinstance(exc.nomad_resp, requests.Timeout):
-            log.warning("nomad %s %s: no answer in %ss", action, target.job, self.settings.timeout)
-        else:
-            log.warning("nomad %s %s: unavailable: %s", action, target.job, text)
+        log.warning("nomad %s %s: unavailable (%s): %s", action, target.job, status, text)
         return NomadUnavailable()
 
 

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from noman.config import Service
 from noman.errors import RepositoryMismatch
+from noman.model import same_repository
 from noman.release import Ignored, Release, shown, tag_accepted
 
 # Senders that announce pushes on their own; plain and signed CI bodies ask explicitly.
 REGISTRY_SENDERS = frozenset({"dockerhub", "github", "harbor", "quay"})
-
-
-def same_repository(service: Service, repository: str | None) -> bool:
-    """True unless ``repository`` is given and is not the one the service deploys."""
-    return repository is None or repository.lower() == service.repository.lower()
 
 
 def check_repository(service: Service, repository: str | None) -> None:

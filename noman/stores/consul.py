@@ -132,8 +132,7 @@ class ConsulStore:
             if problems and all("index is stale" in p or "doesn't exist" in p for p in problems):
                 return None
             if any("Permission denied" in p or "ACL not found" in p for p in problems):
-                log.error("consul txn %s: token refused: %s", what, problems[0][:300])
-                raise ConsulForbidden()
+                raise self._forbidden("txn", what, problems[0][:300])
             log.error("consul txn %s: rejected: %s", what, "; ".join(problems)[:300])
             raise ConsulError()
         self._raise_for(answer, "txn", what)
@@ -201,13 +200,27 @@ class ConsulStore:
     def _raise_for(self, answer: requests.Response, action: str, key: str) -> None:
         text = answer.text.strip()[:300]
         if answer.status_code in (401, 403):
-            log.error("consul %s %s: token refused: %s", action, key, text)
-            raise self._fail(ConsulForbidden, action)
+            raise self._forbidden(action, key, text)
         if 400 <= answer.status_code < 500:
             log.error("consul %s %s: rejected (%s): %s", action, key, answer.status_code, text)
             raise self._fail(ConsulError, action)
         log.warning("consul %s %s: server error (%s): %s", action, key, answer.status_code, text)
         raise self._fail(ConsulUnavailable, action, f"answered {answer.status_code}")
+
+    def _forbidden(self, action: str, key: str, text: str) -> ConsulForbidden:
+        """Consul refused the request: one mapping for py-consul's calls and the raw ones."""
+        if not self.settings.token:
+            # Not the same fix as a refused token: there is none to fix.
+            log.error("consul %s %s: no token configured: %s", action, key, text)
+            written = "; nothing was written." if action in WRITES else "."
+            refused = ConsulForbidden(
+                "Consul refused the request and Noman has no token configured "
+                f"(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token){written}"
+            )
+            refused.address = self.settings.address
+            return refused
+        log.error("consul %s %s: token refused: %s", action, key, text)
+        return self._fail(ConsulForbidden, action)
 
     def _fail(self, kind: type[E], action: str, detail: str = "") -> E:
         """``kind`` with this Consul's address; "nothing was written" only after a write."""
@@ -302,17 +315,7 @@ class ConsulStore:
             log.warning("consul %s %s: %s unreachable: %s", action, key, where, type(exc).__name__)
             raise self._fail(ConsulUnavailable, action, "unreachable") from None
         except (ACLPermissionDenied, ACLDisabled) as exc:
-            if not self.settings.token:
-                # Not the same fix as a refused token: there is none to fix.
-                log.error("consul %s %s: no token configured: %s", action, key, _first_line(exc))
-                refused = ConsulForbidden(
-                    "Consul refused the request and Noman has no token configured "
-                    f"(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token){written}"
-                )
-                refused.address = where
-                raise refused from None
-            log.error("consul %s %s: token refused: %s", action, key, _first_line(exc))
-            raise self._fail(ConsulForbidden, action) from None
+            raise self._forbidden(action, key, _first_line(exc)) from None
         except (BadRequest, ClientError, NotFound) as exc:
             log.error("consul %s %s: rejected: %s", action, key, _first_line(exc))
             raise self._fail(ConsulError, action) from None
