@@ -85,12 +85,15 @@ class Reconciler:
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the loop and give up the lock; True if the thread ended in time."""
         self._stop.set()
+        # Releasing first wakes the loop from its blocking read of the records (the
+        # lock key changes), so a worker stops at once, not after the read's wait.
+        self.lock.release()
         thread, self._thread = self._thread, None
         ended = True
         if thread is not None:
             thread.join(timeout)
             ended = not thread.is_alive()
-        self.lock.release()
+        self.lock.release()  # again, in case the loop took the lock before it saw the stop
         self.leader = False
         return ended
 
