@@ -1,7 +1,8 @@
 """Noman's configuration: a TOML file plus environment, validated once at start.
 
 Every key Noman reads is declared in ``SCHEMA`` with its type, default and
-help text; the README documents each one and a test keeps the two in step.
+help text; the settings dataclasses take their defaults from it (``_default``),
+the README documents each one, and tests keep all three in step.
 Every mistake raises ``ConfigError`` naming the file, line, table and key.
 Connection settings follow Consul's and Nomad's own CLIs: the environment
 variables they use (``CONSUL_HTTP_ADDR``, ``NOMAD_ADDR``, ...) override the
@@ -123,6 +124,15 @@ SCHEMA: tuple[Key, ...] = (
     _k("ui", "session_hours", (int, float), 12, "Hours a login lasts."),
 )
 
+_DEFAULTS: dict[tuple[str, str], Any] = {(k.table, k.name): k.default for k in SCHEMA}
+
+
+def _default(table: str, name: str) -> Any:
+    """A settings field's default as SCHEMA gives it: every default is written once."""
+    value = _DEFAULTS[(table, name)]
+    return tuple(value) if isinstance(value, list) else value
+
+
 # Keys that come from the environment; the README documents these too.
 ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NOMAN_CONFIG", "Path of the TOML file (default ./noman.toml); --config wins."),
@@ -161,44 +171,44 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
 class ConsulSettings:
     """How to reach Consul."""
 
-    address: str = "http://127.0.0.1:8500"
-    datacenter: str | None = None
-    timeout: float = 5.0
-    token: str | None = field(default=None, repr=False)
-    verify: bool | str = True
-    cas_retries: int = 8
+    address: str = _default("consul", "address")
+    datacenter: str | None = _default("consul", "datacenter")
+    timeout: float = _default("consul", "timeout")
+    token: str | None = field(default=_default("consul", "token"), repr=False)
+    verify: bool | str = _default("consul", "verify")
+    cas_retries: int = _default("consul", "cas_retries")
     # CONSUL_CLIENT_CERT/KEY and CONSUL_TLS_SERVER_NAME, as the Consul CLI reads them.
     cert: tuple[str, str] | None = None
     tls_server_name: str | None = None
-    state_prefix: str = "noman/"
-    session_ttl: float = 15.0
-    lock_delay: float = 1.0
+    state_prefix: str = _default("consul", "state_prefix")
+    session_ttl: float = _default("consul", "session_ttl")
+    lock_delay: float = _default("consul", "lock_delay")
 
 
 @dataclass(frozen=True)
 class RolloutSettings:
     """How the hook and the reconciler carry a rollout to its end."""
 
-    answer_within: float = 5.0
-    history_size: int = 50
-    retry_backoff: float = 1.0
-    retry_max: float = 60.0
-    refused_retry: float = 300.0
+    answer_within: float = _default("rollout", "answer_within")
+    history_size: int = _default("rollout", "history_size")
+    retry_backoff: float = _default("rollout", "retry_backoff")
+    retry_max: float = _default("rollout", "retry_max")
+    refused_retry: float = _default("rollout", "refused_retry")
 
 
 @dataclass(frozen=True)
 class NomadSettings:
     """How to reach Nomad, and how long to watch its deployments."""
 
-    address: str = "http://127.0.0.1:4646"
-    token: str | None = field(default=None, repr=False)
-    namespace: str | None = None
-    region: str | None = None
-    verify: bool | str = True
-    timeout: float = 5.0
-    register_retries: int = 5
-    watch_timeout: float = 900.0
-    poll_interval: float = 2.0
+    address: str = _default("nomad", "address")
+    token: str | None = field(default=_default("nomad", "token"), repr=False)
+    namespace: str | None = _default("nomad", "namespace")
+    region: str | None = _default("nomad", "region")
+    verify: bool | str = _default("nomad", "verify")
+    timeout: float = _default("nomad", "timeout")
+    register_retries: int = _default("nomad", "register_retries")
+    watch_timeout: float = _default("nomad", "watch_timeout")
+    poll_interval: float = _default("nomad", "poll_interval")
     # NOMAD_CLIENT_CERT/KEY and NOMAD_TLS_SERVER_NAME, as the Nomad CLI reads them.
     cert: tuple[str, str] | None = None
     tls_server_name: str | None = None
@@ -219,11 +229,11 @@ class NotifySettings:
     """Where and how outcomes are reported."""
 
     targets: tuple[NotifyTarget, ...] = ()
-    retries: int = 3
-    backoff: float = 1.0
-    timeout: float = 5.0
+    retries: int = _default("notify", "retries")
+    backoff: float = _default("notify", "backoff")
+    timeout: float = _default("notify", "timeout")
     # serve --dev: reports are logged, never sent (demo payloads carry real URLs).
-    dry_run: bool = False
+    dry_run: bool = _default("notify", "dry_run")
 
 
 @dataclass(frozen=True)
@@ -233,7 +243,7 @@ class UISettings:
     token_hashes: tuple[bytes, ...] = field(default=(), repr=False)
     # None: a random key per start (see noman.ui.session_key).
     session_key: bytes | None = field(default=None, repr=False)
-    session_hours: float = 12.0
+    session_hours: float = _default("ui", "session_hours")
 
     @property
     def enabled(self) -> bool:
@@ -251,17 +261,17 @@ class Settings:
     nomad: NomadSettings = NomadSettings()
     notify: NotifySettings = NotifySettings()
     rollout: RolloutSettings = RolloutSettings()
-    store_backend: Literal["consul", "file"] = "consul"
-    store_path: str = ".noman/store.json"
-    max_body_bytes: int = 65536
-    log_level: str = "info"
-    auth_failures_per_minute: int = 0
-    proxy_hops: int = 0
+    store_backend: Literal["consul", "file"] = _default("store", "backend")
+    store_path: str = _default("store", "path")
+    max_body_bytes: int = _default("server", "max_body_bytes")
+    log_level: str = _default("server", "log_level")
+    auth_failures_per_minute: int = _default("server", "auth_failures_per_minute")
+    proxy_hops: int = _default("server", "proxy_hops")
     # A second, internal listener for /metrics; None: /metrics on the main one.
-    metrics_bind: str | None = None
+    metrics_bind: str | None = _default("server", "metrics_bind")
     ui: UISettings = UISettings()
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: str | None = _default("server", "tls_cert")
+    tls_key: str | None = _default("server", "tls_key")
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS

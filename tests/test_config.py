@@ -9,7 +9,10 @@ import pytest
 
 from noman.config import (
     DEFAULT_TAG_PATTERN,
+    SCHEMA,
     ConfigError,
+    Key,
+    Settings,
     config_path,
     hash_secret,
     load_settings,
@@ -260,3 +263,29 @@ def test_config_from_the_environment_alone(tmp_path: Path) -> None:
     assert load(path, both).consul.datacenter == "dc2"
     assert load(None, both).consul.datacenter == "dc1"
     assert load(None, {"NOMAN_CONFIG": str(path)}).consul.datacenter == "dc2"
+
+
+# Keys that only the parser reads (no settings field keeps them as written).
+PARSE_ONLY = {
+    ("notify", "on"),  # becomes each target's `on`
+    ("ui", "token_sha256"),
+    ("ui", "token_env"),
+    ("ui", "session_key_env"),
+}
+TOP_LEVEL = {"server": "", "store": "store_"}
+
+
+@pytest.mark.parametrize(
+    "key",
+    [k for k in SCHEMA if "." not in k.table and (k.table, k.name) not in PARSE_ONLY],
+    ids=lambda k: f"{k.table}.{k.name}",
+)
+def test_every_settings_default_is_the_schema_default(key: Key) -> None:
+    """One source of truth: the settings classes take their defaults from SCHEMA."""
+    defaults = Settings(services=())
+    if key.table in TOP_LEVEL:
+        value = getattr(defaults, TOP_LEVEL[key.table] + key.name)
+    else:
+        value = getattr(getattr(defaults, key.table), key.name)
+    expected = tuple(key.default) if isinstance(key.default, list) else key.default
+    assert value == expected
