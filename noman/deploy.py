@@ -471,7 +471,11 @@ class Deployer:
                 break
             rollout = self._current_rollout(service, tag)
             if rollout is None or rollout.state != "pending":
-                return outcome  # the reconciler moved it on already
+                # The reconciler moved it on already: answer with the version it registered.
+                if rollout is not None and rollout.version is not None:
+                    job = service.nomad.job if service.nomad else service.name
+                    return replace(outcome, rollout=Rollout(job, rollout.version, ""))
+                return outcome
             try:
                 registered = self.register_once(service, rollout)
             except NomanError as exc:

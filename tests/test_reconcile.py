@@ -405,3 +405,26 @@ def test_cli_deploy_wait_follows_the_rollout_to_its_end(
     result = json.loads(capsys.readouterr().out)
     assert (result["rollout"]["tag"], result["rollout"]["state"]) == (NEW, "successful")
     converged(consul, nomad, NEW)
+
+
+def test_the_hook_answers_the_version_the_reconciler_registered_first(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader may register between the hook's transaction and its fast path."""
+    app = create_app(settings_for(consul, nomad, secret))
+    parts = components(app)
+    real = parts.store.transact
+
+    def transact_then_lead(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        monkeypatch.setattr(parts.store, "transact", real)
+        assert parts.reconciler.run_once()  # the leader registers the new version first
+        return result
+
+    monkeypatch.setattr(parts.store, "transact", transact_then_lead)
+    answer = hook(app, secret, NEW)
+    parts.reconciler.stop()
+    assert answer.status_code == 200, answer.json
+    assert answer.json["deployment"]["version"] == 1
+    assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
+    assert len(nomad.versions("web")) == 2  # registered once, by the reconciler
