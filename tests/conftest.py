@@ -26,6 +26,7 @@ from noman.config import Settings, parse_settings
 from noman.model import Record
 from noman.wiring import components
 from tests.fakes.consul import FakeConsul
+from tests.fakes.nomad import FakeNomad, sample_service_job
 
 # Read before the autouse fixture below clears the environment for each test.
 REAL_CONSUL_ADDR = os.environ.get("CONSUL_HTTP_ADDR")
@@ -220,3 +221,17 @@ def app(settings: Settings) -> Iterator[Any]:
 def client(app: Any) -> Any:
     """A Flask test client."""
     return app.test_client()
+
+
+#: The tag the ``nomad`` fixture's job "web" runs before a rolling test deploys.
+RUNNING_TAG = "release-20230101000000"
+
+
+@pytest.fixture
+def nomad() -> Iterator[FakeNomad]:
+    """A fake Nomad whose service job "web" runs ``RUNNING_TAG`` (in Meta and image)."""
+    with FakeNomad() as fake:
+        job = sample_service_job("web", image=f"stut/stut.dev:{RUNNING_TAG}")
+        job["Meta"]["NOMAN_IMAGE_TAG"] = RUNNING_TAG
+        fake.add_job(job)
+        yield fake

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,13 @@ import pytest
 from noman.cli import main
 from noman.config import parse_settings
 from noman.wiring import build
-from tests.conftest import ConsulHandle, settings_toml
+from tests.conftest import RUNNING_TAG, ConsulHandle, settings_toml
 from tests.fakes.consul import FakeConsul, _denied
-from tests.fakes.nomad import FakeNomad, sample_service_job
+from tests.fakes.nomad import FakeNomad
 
 ROOT = Path(__file__).resolve().parent.parent
-OLD = "release-20230101000000"
+OLD = RUNNING_TAG
 NEW = "release-20240101000000"
-
-
-@pytest.fixture
-def nomad() -> Iterator[FakeNomad]:
-    with FakeNomad() as fake:
-        job = sample_service_job("web", image=f"stut/stut.dev:{OLD}")
-        job["Meta"]["NOMAN_IMAGE_TAG"] = OLD
-        fake.add_job(job)
-        yield fake
 
 
 def rolling_toml(consul: ConsulHandle, nomad: FakeNomad, secret: str, extra: str = "") -> str:

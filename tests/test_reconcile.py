@@ -17,24 +17,15 @@ from noman import create_app
 from noman.config import Settings
 from noman.model import JobState, Service
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings
 from tests.fakes._server import FakeClock
 from tests.fakes.consul import FakeConsul
-from tests.fakes.nomad import FakeNomad, sample_service_job
+from tests.fakes.nomad import FakeNomad
 from tests.fakes.receiver import Receiver
 
-OLD = "release-20230101000000"
+OLD = RUNNING_TAG
 NEW = "release-20240101000000"
 NEWER = "release-20240201000000"
-
-
-@pytest.fixture
-def nomad() -> Iterator[FakeNomad]:
-    with FakeNomad() as fake:
-        job = sample_service_job("web", image=f"stut/stut.dev:{OLD}")
-        job["Meta"]["NOMAN_IMAGE_TAG"] = OLD
-        fake.add_job(job)
-        yield fake
 
 
 def settings_for(

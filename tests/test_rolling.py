@@ -8,7 +8,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,12 +24,12 @@ from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings
 from tests.fakes import nomad as fake_nomad
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver
 
-OLD = "release-20230101000000"
+OLD = RUNNING_TAG
 NEW = "release-20240101000000"
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -38,15 +37,6 @@ PAYLOADS = Path(__file__).parent / "payloads"
 def spec(job: dict[str, Any]) -> dict[str, Any]:
     """A job without the fields Nomad manages itself."""
     return {k: v for k, v in job.items() if k not in SERVER_FIELDS}
-
-
-@pytest.fixture
-def nomad() -> Iterator[FakeNomad]:
-    with FakeNomad() as fake:
-        job = sample_service_job("web", image=f"stut/stut.dev:{OLD}")
-        job["Meta"]["NOMAN_IMAGE_TAG"] = OLD
-        fake.add_job(job)
-        yield fake
 
 
 def rolling_settings(
