@@ -235,3 +235,15 @@ def nomad() -> Iterator[FakeNomad]:
         job["Meta"]["NOMAN_IMAGE_TAG"] = RUNNING_TAG
         fake.add_job(job)
         yield fake
+
+
+def rolling_extra(nomad: FakeNomad, rollout: str = "") -> str:
+    """TOML that makes service "web" roll job "web" on ``nomad``, retrying quickly.
+
+    ``rollout`` adds lines to the ``[rollout]`` table (and may open further tables).
+    """
+    return (
+        '[services.web.nomad]\njob = "web"\n'
+        f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
+        f"[rollout]\nretry_backoff = 0.05\nretry_max = 0.2\n{rollout}"
+    )

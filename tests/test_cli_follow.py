@@ -17,7 +17,7 @@ import pytest
 from noman.cli import main
 from noman.config import parse_settings
 from noman.wiring import build
-from tests.conftest import RUNNING_TAG, ConsulHandle, settings_toml
+from tests.conftest import RUNNING_TAG, ConsulHandle, rolling_extra, settings_toml
 from tests.fakes.consul import FakeConsul, _denied
 from tests.fakes.nomad import FakeNomad
 
@@ -31,11 +31,7 @@ def rolling_toml(consul: ConsulHandle, nomad: FakeNomad, secret: str, extra: str
         consul,
         secret,
         strategy="rolling",
-        extra=(
-            '[services.web.nomad]\njob = "web"\n'
-            f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
-            "[rollout]\nretry_backoff = 0.05\nretry_max = 0.2\n" + extra
-        ),
+        extra=rolling_extra(nomad, extra),
     )
 
 

@@ -17,7 +17,7 @@ from noman import create_app
 from noman.config import Settings
 from noman.model import JobState, Service
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, rolling_extra
 from tests.fakes._server import FakeClock
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad
@@ -41,12 +41,7 @@ def settings_for(
         consul,
         secret,
         strategy="rolling",
-        extra=(
-            '[services.web.nomad]\njob = "web"\n'
-            f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
-            "[rollout]\nretry_backoff = 0.05\nretry_max = 0.2\nrefused_retry = 0.3\n"
-            f"{notify}"
-        ),
+        extra=rolling_extra(nomad, f"refused_retry = 0.3\n{notify}"),
     )
     return settings
 
