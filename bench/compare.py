@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -658,12 +658,17 @@ def mixed_requests(port: int, targets: Sequence[Target], base: int, total: int) 
                 statuses[status] = statuses.get(status, 0) + 1
         conn.close()
 
+    run_per_target(work, targets)
+    return dict(sorted(statuses.items()))
+
+
+def run_per_target(work: Callable[[Target], None], targets: Sequence[Target]) -> None:
+    """Run ``work`` once per target, each in its own thread, and wait for all."""
     threads = [threading.Thread(target=work, args=(t,)) for t in targets]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return dict(sorted(statuses.items()))
 
 
 def probe(port: int, targets: Sequence[Target], base: int, seconds: float) -> Probe:
@@ -715,11 +720,7 @@ def probe(port: int, targets: Sequence[Target], base: int, seconds: float) -> Pr
         if conn is not None:
             conn.close()
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_per_target(work, targets)
     return Probe(tuple(latencies), counts["censored"], counts["failures"])
 
 
