@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from noman import create_app  # noqa: E402
 from noman.config import Settings, parse_settings  # noqa: E402
-from noman.model import Record  # noqa: E402
+from noman.state import Desired, Keys, RolloutState, decode, encode  # noqa: E402
 from noman.stores import Store, Write  # noqa: E402
 from noman.wiring import components  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -192,7 +192,7 @@ def add_web_job(nomad: FakeNomad) -> None:
 
 
 def rollout_of(store: Store) -> Any:
-    return Record.parse(store.read(f"{PREFIX}web").value).rollout
+    return decode(RolloutState, "rollout", store.read(Keys(PREFIX).rollout("web")).value)
 
 
 # -- 1. report latency -----------------------------------------------------------------------
@@ -285,8 +285,8 @@ class Overhead:
     txn: list[float]  # the hook's transaction alone: the floor once the reads are skipped
     in_store: list[float]  # per hook, time inside the store's calls
     consul_per_hook: Counter[str]
-    parse: float  # Record.parse of the steady-state record, median seconds
-    dump: float  # Record.dump of it
+    parse: float  # decoding the steady-state desired state, median seconds
+    dump: float  # encoding it
     record_bytes: int
     history: int
     profile: str
@@ -327,11 +327,11 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
             return elapsed
 
         def txn(i: int) -> float:
-            # The same transaction a hook sends (tag + a record as big as the real one),
+            # The tag and the desired state as a hook writes them (same sizes),
             # with indexes known beforehand (read untimed): what a hook costs in Consul
             # once it skips its two reads, as design.md suggests.
             key, record = store.read("bench/tag"), store.read("bench/record")
-            value = store.read(f"{PREFIX}web").value or ""
+            value = store.read(Keys(PREFIX).desired("web")).value or ""
             writes = [Write("bench/tag", tag(i), key.modify_index)]
             writes.append(Write("bench/record", value, record.modify_index))
             started = time.perf_counter()
@@ -341,8 +341,8 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
             return elapsed
 
         def drain() -> None:
-            # Untimed: the leader sends the hook's report and removes it from the record,
-            # so every timed hook sees the steady-state record (no pile of reports).
+            # Untimed: the leader sends the hook's report and deletes it from the outbox,
+            # as the leader would between hooks.
             reconciler.run_once()
 
         for i in range(60):  # warm up every path; fill the history (50 entries)
@@ -368,10 +368,12 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
             if i == 100:
                 seen = Counter(f"{r[0]} {classify(r[1])}" for r in consul.requests[before:])
             drain()
-        raw = store.read(f"{PREFIX}web").value or ""
-        record = Record.parse(raw)
-        parse = median_time(lambda: Record.parse(raw))
-        dump = median_time(record.dump)
+        raw = store.read(Keys(PREFIX).desired("web")).value or ""
+        desired = decode(Desired, "desired", raw)
+        assert desired is not None
+        parse = median_time(lambda: decode(Desired, "desired", raw))
+        dump = median_time(lambda: encode(desired))
+        history = len(store.list(Keys(PREFIX).history_folder("web")).entries)
         profiler = cProfile.Profile()
         first = 100 + count
         for i in range(first, first + profile_count):
@@ -391,7 +393,7 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
         parse,
         dump,
         len(raw.encode()),
-        len(record.history),
+        history,
         out.getvalue(),
     )
 
@@ -561,8 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind, n in sorted(over.consul_per_hook.items()):
         print(f"    {n:4}  {kind}")
     print(
-        f"  record ({over.history} history entries, {over.record_bytes} bytes): "
-        f"Record.parse {over.parse * 1000:.2f} ms, Record.dump {over.dump * 1000:.2f} ms"
+        f"  desired state ({over.history} history entries beside it, {over.record_bytes} "
+        f"bytes): decode {over.parse * 1000:.3f} ms, encode {over.dump * 1000:.3f} ms"
     )
     floor = (statistics.median(over.txn) + statistics.median(own)) / statistics.median(over.bare)
     print(f"  with both reads skipped (txn alone + own work): about {floor:.2f}x")

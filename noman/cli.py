@@ -21,7 +21,8 @@ from noman.config import MIN_SECRET_CHARS, Settings, config_path, load
 from noman.errors import ConfigError, NomanError, UpstreamError
 
 if TYPE_CHECKING:  # the commands import these lazily: `noman --help` stays fast
-    from noman.model import RolloutState, Service
+    from noman.model import Service
+    from noman.state import RolloutState
     from noman.wiring import Components
 
 DEV_SERVICE = "demo"
@@ -298,14 +299,15 @@ def _check_service(parts: Components, service: Service) -> int:
     from noman.stores.consul import ConsulStore
 
     name = service.name
-    key, _, record = parts.deployer.read(service)
+    view = parts.deployer.view(service)
+    key = view.key
     print(f"{name}: {service.key} = {key.value or '(not set)'} [{service.strategy}]")
     if parts.nomad is not None and service.nomad is not None and service.strategy == "rolling":
         job = parts.nomad.read(service)
         print(f"{name}: job {service.nomad.job} runs {job.tag or '(no tag Noman can read)'}")
         if key.value is not None and job.tag != key.value:
             # Normal while a rollout runs; otherwise the reconciler (or an operator) must act.
-            rollout = record.rollout
+            rollout = view.rollout
             state = (
                 f"rollout of {rollout.tag}: {rollout.state}"
                 if rollout is not None
@@ -318,7 +320,7 @@ def _check_service(parts: Components, service: Service) -> int:
         for warning in parts.nomad.check(service):
             print(f"{name}: warning: {warning}")
     if isinstance(parts.store, ConsulStore):
-        keys = [service.key, parts.deployer.record_key(service)]
+        keys = [service.key, parts.deployer.keys.desired(service.name)]
         refused = parts.store.probe_writes(keys)
         for where, what in refused.items():
             print(
@@ -405,7 +407,7 @@ def _answer(
         return 0
     what = f"{service.name} {result['tag']}"
     if rollout is None:
-        desired = parts.deployer.read(service)[0].value
+        desired = parts.deployer.view(service).key.value
         print(
             f"noman: {what}: no rollout of this tag is recorded (the desired tag is {desired})",
             file=sys.stderr,
@@ -438,6 +440,8 @@ def _follow(parts: Components, service: Service, tag: str, timeout: float) -> Ro
     writes (and takes over if the leader dies). One stderr line per change of state,
     counts or reason.
     """
+    from noman.state import first_rollout
+
     reconciler = parts.reconciler
     deadline = time.monotonic() + timeout
     leading = reconciler.lock.hold()
@@ -448,10 +452,13 @@ def _follow(parts: Components, service: Service, tag: str, timeout: float) -> Ro
     shown, index = "", 0
     while True:
         left = max(0.0, deadline - time.monotonic())
-        _, _, record = parts.deployer.read(service)
-        rollout = record.rollout
-        if rollout is None or rollout.tag != tag:
+        view = parts.deployer.view(service)
+        attempt = view.desired.attempt
+        if attempt is None or attempt.tag != tag:
             return None  # superseded by a newer deploy
+        rollout = view.rollout
+        if rollout is None or rollout.seq != attempt.seq:
+            rollout = first_rollout(attempt, attempt.time)  # not taken up yet
         line = _progress(service, rollout)
         if line != shown:
             print(line, file=sys.stderr)
@@ -470,7 +477,8 @@ def _follow(parts: Components, service: Service, tag: str, timeout: float) -> Ro
             # Wait for the record to change: the leader's progress, or (leading) a retry
             # coming due, which a short wait catches.
             wait = min(0.25 if leading else FOLLOW_WAIT, max(0.0, deadline - time.monotonic()))
-            index = parts.store.list(parts.deployer.record_key(service), index, wait).watch_index
+            rollout_key = parts.deployer.keys.rollout(service.name)
+            index = parts.store.list(rollout_key, index, wait).watch_index
 
 
 @contextlib.contextmanager

@@ -95,6 +95,7 @@ SCHEMA: tuple[Key, ...] = (
     _k("rollout", "retry_backoff", (int, float), 1, "Seconds before the first retry; doubles."),
     _k("rollout", "retry_max", (int, float), 60, "Longest wait between two retries."),
     _k("rollout", "refused_retry", (int, float), 300, "Wait after Nomad refused Noman's token."),
+    _k("rollout", "resync", (int, float), 300, "Seconds between the leader's full passes."),
     _k("notify", "on", (list,), ["failure"], 'Outcomes to report: "success", "failure".'),
     _k("notify", "retries", (int,), 3, "Attempts per notification."),
     _k("notify", "backoff", (int, float), 1, "Seconds before the first retry; doubles."),
@@ -194,6 +195,7 @@ class RolloutSettings:
     retry_backoff: float = _default("rollout", "retry_backoff")
     retry_max: float = _default("rollout", "retry_max")
     refused_retry: float = _default("rollout", "refused_retry")
+    resync: float = _default("rollout", "resync")
 
 
 @dataclass(frozen=True)
@@ -590,6 +592,7 @@ class _Parser:
             retry_backoff=float(self.positive("rollout", "retry_backoff", v["retry_backoff"])),
             retry_max=float(self.positive("rollout", "retry_max", v["retry_max"])),
             refused_retry=float(self.positive("rollout", "refused_retry", v["refused_retry"])),
+            resync=float(self.positive("rollout", "resync", v["resync"])),
         )
 
     def nomad(self, data: Mapping[str, Any]) -> NomadSettings:

@@ -1,11 +1,15 @@
 """The use case: decide whether a release may be deployed, and make it the desired state.
 
-Plain Python with no Flask and no Consul. A deploy is ONE store transaction
-that writes the service's tag key and its record (under Noman's prefix)
-with check-and-set on both; once it landed, the deploy is durable and the
-reconciler carries it to its end. Nothing here ever writes a compensating
-"restore". Rolling services get a fast path: the instance that took the
-hook registers the job version inline when Nomad answers quickly.
+Plain Python with no Flask and no Consul. A deploy reads the tag key and the
+service's desired state in one round trip (or trusts what this process wrote
+last, checked by the transaction), then writes them in ONE transaction with
+check-and-set on both, together with the new history entry and, for a restart
+deploy, its report. Nothing it moves grows with history or with the number of
+services (``noman.state`` has the layout). Once that transaction landed, the
+deploy is durable: no later error turns the answer into a 5xx, and the
+reconciler carries a rolling deploy to its end. Rolling services get a fast
+path: the instance that took the hook registers the job version inline when
+Nomad answers quickly, and the leader leaves the rollout alone meanwhile.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from noman.errors import (
@@ -27,34 +31,43 @@ from noman.errors import (
     NothingToRollBack,
     RepositoryMismatch,
     StaleTag,
+    StateUnreadable,
     WriteConflict,
 )
-from noman.model import (
-    OCI_TAG,
-    HistoryEntry,
-    JobState,
-    Record,
-    RolloutState,
-    Service,
-    orders_before,
-    same_repository,
-    utc_now,
-)
+from noman.model import OCI_TAG, JobState, Service, orders_before, same_repository
 from noman.release import Outcome, Release, Rollout, shown
+from noman.state import (
+    Attempt,
+    DeployChange,
+    Desired,
+    HistoryEntry,
+    Keys,
+    Migration,
+    Report,
+    RolloutState,
+    decode,
+    deploy_change,
+    encode,
+    first_rollout,
+    make_report,
+    migrate_legacy,
+    new_write_id,
+)
 from noman.stores import Entry, OutcomeUnknown, Store, Write
 
 __all__ = [
     "Deployer",
     "JobState",
     "Orchestrator",
+    "ServiceView",
     "check_release",
     "needs_write",
 ]
 
 log = logging.getLogger(__name__)
 
-# Delivery ids remembered per service, to refuse replays of signed deliveries.
-KEEP_DELIVERIES = 500
+#: Why a rollout ends when the job already runs a newer tag.
+STALE_JOB = 'The job already runs a newer tag; push with "force": true to deploy the older tag.'
 
 
 class Orchestrator(Protocol):
@@ -107,28 +120,26 @@ def needs_write(service: Service, current: str | None, release: Release) -> bool
     return True
 
 
-def report(
-    service: Service,
-    tag: str,
-    state: str,
-    description: str,
-    previous: str | None = None,
-    deployment: dict[str, Any] | None = None,
-    callback_url: str | None = None,
-) -> dict[str, Any]:
-    """An outcome report waiting in a record; ``event_id`` lets receivers drop repeats."""
-    return {
-        "event_id": f"{service.name}:{tag}:{state}",
-        "service": service.name,
-        "key": service.key,
-        "tag": tag,
-        "previous": previous,
-        "state": state,
-        "success": state == "successful",
-        "description": description,
-        "deployment": deployment,
-        "callback_url": callback_url,
-    }
+def iso(epoch: float) -> str:
+    """``epoch`` as ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """A service's tag key and state as one read saw them, with their modify indexes.
+
+    ``migration`` is set when only a record of Noman 0.x exists: ``desired`` and
+    ``rollout`` then come from it, and the next write converts it.
+    """
+
+    key: Entry
+    desired_entry: Entry
+    desired: Desired
+    rollout_entry: Entry | None = None
+    rollout: RolloutState | None = None
+    migration: Migration | None = None
+    legacy_entry: Entry | None = None
 
 
 class Deployer:
@@ -145,53 +156,100 @@ class Deployer:
         answer_within: float = 5.0,
         history_size: int = 50,
         report_successes: bool = True,
-        finished: Callable[[dict[str, Any]], object] | None = None,
+        finished: Callable[[Report], object] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.orchestrator = orchestrator
         self.cas_retries = cas_retries
         self.register_retries = register_retries
-        self.state_prefix = state_prefix
+        self.keys = Keys(state_prefix)
         self.answer_within = answer_within
         self.history_size = history_size
-        # Without a notifier that wants successes, a restart deploy's report would be written
-        # to the record only to be dropped: ``finished`` logs and counts it instead.
+        # Without a notifier that wants successes, a restart deploy's report would be put
+        # in the outbox only to be dropped: ``finished`` logs and counts it instead.
         self.report_successes = report_successes
         self.finished = finished
-        # service name -> (tag key, record) as this process last wrote them.
+        self.clock = clock
+        # service name -> (tag key, desired state) as this process last wrote them.
         self._known: dict[str, tuple[Entry, Entry]] = {}
         self._known_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------
 
-    def record_key(self, service: Service) -> str:
-        """Where the service's record lives: under Noman's prefix, never beside its key."""
-        return f"{self.state_prefix}{service.name}"
+    def view(self, service: Service, with_rollout: bool = True) -> ServiceView:
+        """The tag key, desired state and rollout of ``service`` in one round trip."""
+        keys = [service.key, self.keys.desired(service.name)]
+        if with_rollout:
+            keys.append(self.keys.rollout(service.name))
+        found = self.store.read_many(keys)
+        rollout_entry = found[2] if with_rollout else None
+        return self._view(service, found[0], found[1], rollout_entry)
 
-    def read(self, service: Service) -> tuple[Entry, Entry, Record]:
-        """The tag key, the record's entry and the parsed record."""
-        key = self.store.read(service.key)
-        entry = self.store.read(self.record_key(service))
-        return key, entry, Record.parse(entry.value)
+    def _view(
+        self, service: Service, key: Entry, desired_entry: Entry, rollout_entry: Entry | None
+    ) -> ServiceView:
+        desired_key = self.keys.desired(service.name)
+        desired = decode(Desired, desired_key, desired_entry.value)
+        rollout = None
+        if rollout_entry is not None:
+            rollout = decode(RolloutState, self.keys.rollout(service.name), rollout_entry.value)
+        if desired is not None:
+            return ServiceView(key, desired_entry, desired, rollout_entry, rollout)
+        legacy_key = self.keys.legacy(service.name)
+        legacy = self.store.read(legacy_key)
+        if legacy.value is None:
+            return ServiceView(key, desired_entry, Desired(), rollout_entry, rollout)
+        migration = migrate_legacy(service, legacy_key, legacy.value)
+        return ServiceView(
+            key,
+            desired_entry,
+            migration.desired,
+            rollout_entry,
+            rollout or migration.rollout,
+            migration,
+            legacy,
+        )
+
+    def history(self, service: Service) -> list[HistoryEntry]:
+        """The service's history, newest first (at most ``history_size`` entries)."""
+        folder = self.keys.history_folder(service.name)
+        entries = self.store.list(folder).entries
+        found = [
+            entry
+            for key, item in sorted(entries.items(), reverse=True)
+            if (entry := decode(HistoryEntry, key, item.value)) is not None
+        ]
+        return found[: self.history_size]
 
     def status(self, service: Service) -> dict[str, Any]:
         """Desired tag, running tag, frozen flag, rollout and history of ``service``."""
-        key, _, record = self.read(service)
+        view = self.view(service)
+        history = (
+            [h.public() for h in view.migration.history]
+            if view.migration is not None
+            else [h.public() for h in self.history(service)]
+        )
         running = None
         if service.strategy == "rolling" and self.orchestrator is not None:
             try:
                 running = self.orchestrator.read(service).tag
             except NomanError as exc:
                 log.warning("status of %s: job unreadable: %s", service.name, exc.code)
+        rollout, attempt = view.rollout, view.desired.attempt
+        rolling = attempt is not None and service.strategy == "rolling"
+        if rolling and attempt is not None and (rollout is None or rollout.seq < attempt.seq):
+            # The newest attempt has no rollout record yet: it is pending.
+            rollout = first_rollout(attempt, attempt.time)
         return {
             "service": service.name,
             "strategy": service.strategy,
             "key": service.key,
-            "tag": key.value,
+            "tag": view.key.value,
             "running": running,
-            "frozen": record.frozen,
-            "rollout": record.rollout.public() if record.rollout else None,
-            "history": [asdict(h) for h in record.history],
+            "frozen": view.desired.frozen,
+            "rollout": rollout.public() if rollout is not None else None,
+            "history": history,
         }
 
     # -- the operations ------------------------------------------------------------------
@@ -205,9 +263,10 @@ class Deployer:
     ) -> Outcome:
         """Deploy an earlier tag on purpose (default: the last good one before the current)."""
         if tag is None:
-            key, _, record = self.read(service)
-            for entry in record.history:
-                if entry.tag != key.value and entry.outcome == "successful":
+            view = self.view(service, with_rollout=False)
+            history = view.migration.history if view.migration else self.history(service)
+            for entry in history:
+                if entry.tag != view.key.value and entry.outcome == "successful":
                     tag = entry.tag
                     break
             else:
@@ -216,24 +275,42 @@ class Deployer:
         return self._deploy(service, release, request_id, "rollback")
 
     def set_frozen(self, service: Service, frozen: bool, sender: str) -> dict[str, Any]:
-        """Freeze or unfreeze ``service`` (kept in its record); returns its status."""
-        self.update_record(service, lambda record: replace(record, frozen=frozen))
-        log.info("service %s %s by %s", service.name, "frozen" if frozen else "unfrozen", sender)
-        return self.status(service)
-
-    def update_record(
-        self, service: Service, change: Callable[[Record], Record | None]
-    ) -> Record | None:
-        """Check-and-set ``change`` on the record until it lands (None: change declined)."""
+        """Freeze or unfreeze ``service`` (kept in its desired state); returns its status."""
         for _ in range(self.cas_retries):
-            entry = self.store.read(self.record_key(service))
-            new = change(Record.parse(entry.value))
-            if new is None:
-                return None
-            new = replace(new, write_id=uuid.uuid4().hex)
-            if self.store.write(self.record_key(service), new.dump(), entry.modify_index):
-                return new
+            view = self.view(service)
+            new = replace_desired(view.desired, frozen=frozen, write_id=new_write_id())
+            ops = [
+                Write(self.keys.desired(service.name), encode(new), view.desired_entry.modify_index)
+            ]
+            ops += self._migration_ops(service, view)
+            try:
+                written = self.store.transact(ops)
+            except OutcomeUnknown:
+                # Freezing is idempotent: the truth is whatever Consul holds now.
+                again = self.view(service, with_rollout=False)
+                written = {} if again.desired.frozen == frozen else None
+            if written is not None:
+                self._forget(service)
+                log.info(
+                    "service %s %s by %s", service.name, "frozen" if frozen else "unfrozen", sender
+                )
+                return self.status(service)
         raise WriteConflict()
+
+    def migrate(self, service: Service, view: ServiceView) -> None:
+        """Convert a Noman 0.x record now (the leader does, on its first pass over it)."""
+        if view.migration is None:
+            return
+        ops = [
+            Write(
+                self.keys.desired(service.name),
+                encode(view.migration.desired),
+                view.desired_entry.modify_index,
+            ),
+            *self._migration_ops(service, view),
+        ]
+        if self.store.transact(ops) is not None:
+            log.info("service %s: state converted from the 0.x record", service.name)
 
     # -- the transaction -----------------------------------------------------------------
 
@@ -250,34 +327,46 @@ class Deployer:
             if cached is not None:
                 # What this process wrote last: one round trip when nobody wrote since.
                 # The check-and-set on both keys makes a stale guess fail, never win.
-                key, entry, record = cached
-                cached = None
-                if not self._writes_anyway(service, release, kind, key, record):
+                view, cached = cached, None
+                if not self._leads_to_write(service, release, kind, view):
                     continue  # a refusal or a no-op is only ever decided on fresh values
             else:
-                key, entry, record = self.read(service)
-            if record.frozen and kind == "deploy":
+                view = self.view(service, with_rollout=service.strategy == "rolling")
+            desired = view.desired
+            if desired.frozen and kind == "deploy":
                 raise Frozen()
-            if release.delivery_id and release.delivery_id in record.deliveries:
+            if release.delivery_id and release.delivery_id in desired.deliveries:
                 return Outcome(
                     service.name,
                     service.key,
                     release.tag,
-                    key.value,
+                    view.key.value,
                     changed=False,
                     duplicate_delivery=True,
                 )
-            write = needs_write(service, key.value, release)
-            retry = not write and self._retry_wanted(service, record, release)
-            if not write and not retry:
-                return self._unchanged(service, release, key.value, record)
-            new = self._next_record(service, release, request_id, kind, key.value, record)
-            writes = [Write(self.record_key(service), new.dump(), entry.modify_index)]
-            if write:
-                writes.insert(0, Write(service.key, release.tag, key.modify_index))
-            indexes = self._commit(service, writes, new)
-            if indexes is not None:
-                self._remember(service, writes, indexes)
+            write = needs_write(service, view.key.value, release)
+            if not write and not self._retry_wanted(service, view, release):
+                return self._unchanged(service, release, view)
+            now = self.clock()
+            attempt = Attempt(
+                seq=desired.seq + 1,
+                tag=release.tag,
+                kind=kind,
+                sender=release.sender,
+                time=iso(now),
+                at=now,
+                previous=view.key.value,
+                request_id=request_id,
+                force=release.force or kind == "rollback",
+                callback_url=release.callback_url,
+            )
+            change = deploy_change(
+                service, desired, attempt, release.delivery_id, self.report_successes
+            )
+            ops = self._deploy_ops(service, view, change)
+            written = self._commit(service, ops, change)
+            if written is not None:
+                self._remember(service, ops, written)
                 log.info(
                     "service %s: desired tag %s (%s)",
                     service.name,
@@ -285,183 +374,191 @@ class Deployer:
                     kind,
                     extra={"fields": {"service": service.name, "tag": release.tag}},
                 )
-                return self._after_commit(service, release, key.value)
+                return self._after_commit(service, attempt, change)
             log.info(
-                "service %s: key or record changed while deploying %s; deciding again",
+                "service %s: key or desired state changed while deploying %s; deciding again",
                 service.name,
                 release.tag,
             )
         raise WriteConflict()
 
-    def _cached(self, service: Service) -> tuple[Entry, Entry, Record] | None:
-        with self._known_lock:
-            known = self._known.get(service.name)
-        return None if known is None else (known[0], known[1], Record.parse(known[1].value))
+    def _deploy_ops(self, service: Service, view: ServiceView, change: DeployChange) -> list[Write]:
+        """The transaction of one deploy: tag key and desired state first (their indexes
+        come back first), the new history entry, the one it pushes out, the wake-up."""
+        name, seq = service.name, change.entry.seq
+        ops = [
+            # A same-value cas leaves the key's index alone (nothing restarts) and still
+            # checks that nobody wrote it since it was read.
+            Write(service.key, change.desired.tag or "", view.key.modify_index),
+            Write(self.keys.desired(name), encode(change.desired), view.desired_entry.modify_index),
+            Write(self.keys.history(name, seq), encode(change.entry), 0),
+        ]
+        if seq - self.history_size >= 1:
+            ops.append(Write(self.keys.history(name, seq - self.history_size), "", 0, "delete"))
+        if change.rolling:
+            ops.append(Write(self.keys.pending(name, seq), "pending", 0, "set"))
+        ops += [Write(self.keys.outbox(r), encode(r), 0, "set") for r in change.reports]
+        return ops + self._migration_ops(service, view, skip_seq=seq)
 
-    def _writes_anyway(
-        self,
-        service: Service,
-        release: Release,
-        kind: str,
-        key: Entry,
-        record: Record,
+    def _migration_ops(self, service: Service, view: ServiceView, skip_seq: int = 0) -> list[Write]:
+        """The writes that convert a Noman 0.x record (none when there is nothing to convert)."""
+        migration, legacy = view.migration, view.legacy_entry
+        if migration is None or legacy is None:
+            return []
+        name = service.name
+        # Entries the new one pushes out of the history are not carried over.
+        floor = (skip_seq or migration.desired.seq) - self.history_size
+        ops = [
+            Write(self.keys.history(name, h.seq), encode(h), 0)
+            for h in migration.history
+            if h.seq > floor
+        ]
+        rollout_free = view.rollout_entry is not None and view.rollout_entry.value is None
+        if migration.rollout is not None and rollout_free:
+            ops.append(Write(self.keys.rollout(name), encode(migration.rollout), 0))
+            if not migration.rollout.terminal:
+                seq = migration.rollout.seq
+                ops.append(Write(self.keys.pending(name, seq), "migrated", 0, "set"))
+        ops += [Write(self.keys.outbox(r), encode(r), 0, "set") for r in migration.reports]
+        ops.append(Write(self.keys.legacy(name), "", legacy.modify_index, "delete-cas"))
+        return ops
+
+    def _leads_to_write(
+        self, service: Service, release: Release, kind: str, view: ServiceView
     ) -> bool:
         """True when these values lead to a write (so the transaction checks them)."""
-        if record.frozen and kind == "deploy":
+        if view.desired.frozen and kind == "deploy":
             return False
-        if release.delivery_id and release.delivery_id in record.deliveries:
+        if release.delivery_id and release.delivery_id in view.desired.deliveries:
             return False
         try:
-            return needs_write(service, key.value, release) or self._retry_wanted(
-                service, record, release
-            )
+            return needs_write(service, view.key.value, release)
         except StaleTag:
             return False
 
-    def _remember(self, service: Service, writes: list[Write], indexes: list[int]) -> None:
+    def _cached(self, service: Service) -> ServiceView | None:
+        with self._known_lock:
+            known = self._known.get(service.name)
+        if known is None:
+            return None
+        try:
+            return self._view(service, known[0], known[1], None)
+        except StateUnreadable:
+            return None
+
+    def _remember(self, service: Service, ops: list[Write], written: dict[str, int]) -> None:
         """Keep what this process just wrote, for the next deploy's first attempt.
 
-        Only when the transaction checked both keys (a record-only write leaves the
-        tag key's index unverified) and Consul told us the new indexes.
+        Only when Consul told us both new indexes (a late answer does not).
         """
-        written = {w.key: Entry(w.value, i) for w, i in zip(writes, indexes, strict=False)}
-        key, record = written.get(service.key), written.get(self.record_key(service))
+        key_index = written.get(service.key, 0)
+        desired_index = written.get(self.keys.desired(service.name), 0)
         with self._known_lock:
-            if key is None or record is None or 0 in indexes or len(indexes) != len(writes):
+            if not key_index or not desired_index:
                 self._known.pop(service.name, None)
             else:
-                self._known[service.name] = (key, record)
+                self._known[service.name] = (
+                    Entry(ops[0].value, key_index),
+                    Entry(ops[1].value, desired_index),
+                )
 
-    def _retry_wanted(self, service: Service, record: Record, release: Release) -> bool:
+    def _forget(self, service: Service) -> None:
+        with self._known_lock:
+            self._known.pop(service.name, None)
+
+    def _retry_wanted(self, service: Service, view: ServiceView, release: Release) -> bool:
         """Pushing a failed tag again (or with force) retries its rollout on purpose."""
-        rollout = record.rollout
+        rollout = view.rollout
+        attempt = view.desired.attempt
         if service.strategy != "rolling" or rollout is None or rollout.tag != release.tag:
             return False
+        if attempt is not None and rollout.seq != attempt.seq:
+            return False  # the newest attempt has not been taken up yet
         return rollout.state in ("failed", "cancelled", "timed_out") or (
             release.force and rollout.terminal
         )
 
-    def _next_record(
-        self,
-        service: Service,
-        release: Release,
-        request_id: str | None,
-        kind: Literal["deploy", "rollback"],
-        previous: str | None,
-        record: Record,
-    ) -> Record:
-        rolling = service.strategy == "rolling"
-        history = record.history
-        if record.rollout is not None and not record.rollout.terminal and rolling:
-            superseded = f"superseded by {release.tag} before it finished"
-            history = replace(record, history=history).finish_history(
-                record.rollout.tag, "cancelled", superseded
-            )
-        entry = HistoryEntry(
-            tag=release.tag,
-            previous=previous,
-            time=utc_now(),
-            sender=release.sender,
-            request_id=request_id,
-            kind=kind,
-            outcome="pending" if rolling else "successful",
-            description="" if rolling else f"{release.tag} written to {service.key}",
-        )
-        deliveries = dict(record.deliveries)
-        if release.delivery_id:
-            deliveries[release.delivery_id] = time.time()
-            deliveries = dict(sorted(deliveries.items(), key=lambda i: i[1])[-KEEP_DELIVERIES:])
-        reports = record.reports
-        rollout = None
-        if rolling:
-            rollout = RolloutState(
-                state="pending",
-                tag=release.tag,
-                updated_at=utc_now(),
-                force=release.force or kind == "rollback",
-                callback_url=release.callback_url,
-            )
-        elif self.report_successes or release.callback_url:
-            reports = (
-                *reports,
-                report(
-                    service,
-                    release.tag,
-                    "successful",
-                    entry.description,
-                    previous=previous,
-                    callback_url=release.callback_url,
-                ),
-            )
-        return Record(
-            tag=release.tag,
-            frozen=record.frozen,
-            rollout=rollout,
-            deliveries=deliveries,
-            history=(entry, *history)[: self.history_size],
-            reports=reports,
-            write_id=uuid.uuid4().hex,
-        )
-
-    def _commit(self, service: Service, writes: list[Write], new: Record) -> list[int] | None:
+    def _commit(
+        self, service: Service, ops: list[Write], change: DeployChange
+    ) -> dict[str, int] | None:
         """Run the transaction; after a timed-out answer, re-read once to learn the truth.
 
-        Returns the new modify indexes (empty when only the re-read saw the write), or None
-        when an index was stale.
+        The new history entry is created (``cas`` 0) by this write alone and keeps its
+        ``write_id`` forever after, so finding it tells whether the write landed.
+        Returns the written keys' new indexes (empty when only the re-read saw the
+        write), or None when someone wrote first.
         """
         try:
-            return self.store.transact(writes)
+            return self.store.transact(ops)
         except OutcomeUnknown:
             pass
+        entry_key = self.keys.history(service.name, change.entry.seq)
         try:
-            landed = Record.parse(self.store.read(self.record_key(service)).value)
+            landed = decode(HistoryEntry, entry_key, self.store.read(entry_key).value)
         except NomanError:
             raise ConsulUnavailable(
                 "Consul did not answer in time and could not be re-read: the deploy may or "
                 "may not have landed; sending the same request again is safe."
             ) from None
-        if landed.write_id == new.write_id:
+        if landed is not None and landed.write_id == change.entry.write_id:
             log.warning("service %s: Consul answered late, but the deploy landed", service.name)
-            return []
+            return {}
         raise ConsulUnavailable(
             "Consul did not answer in time and a re-read shows nothing was written. Retry later."
         )
 
-    def _unchanged(
-        self, service: Service, release: Release, current: str | None, record: Record
-    ) -> Outcome:
-        rollout = record.rollout
+    def _unchanged(self, service: Service, release: Release, view: ServiceView) -> Outcome:
+        rollout, attempt = view.rollout, view.desired.attempt
         pending = None
-        if (
-            service.strategy == "rolling"
-            and rollout is not None
-            and rollout.tag == release.tag
-            and rollout.state == "pending"
-        ):
-            pending = rollout.reason or "pending"
+        if service.strategy == "rolling" and attempt is not None and attempt.tag == release.tag:
+            if rollout is None or rollout.seq != attempt.seq:
+                pending = "pending"
+            elif rollout.state == "pending":
+                pending = rollout.reason or "pending"
         return Outcome(
-            service.name, service.key, release.tag, current, changed=False, pending=pending
+            service.name, service.key, release.tag, view.key.value, changed=False, pending=pending
         )
 
-    def _after_commit(self, service: Service, release: Release, previous: str | None) -> Outcome:
-        outcome = Outcome(service.name, service.key, release.tag, previous, changed=True)
-        if service.strategy != "rolling":
-            if not (self.report_successes or release.callback_url) and self.finished:
-                description = f"{release.tag} written to {service.key}"
-                self.finished(report(service, release.tag, "successful", description, previous))
+    def _after_commit(self, service: Service, attempt: Attempt, change: DeployChange) -> Outcome:
+        """The answer once the transaction landed: from here on, never an error."""
+        outcome = Outcome(service.name, service.key, attempt.tag, attempt.previous, changed=True)
+        if not change.rolling:
+            if not change.reports and self.finished is not None:
+                description = change.entry.description
+                self.finished(
+                    make_report(
+                        service,
+                        attempt.seq,
+                        attempt.tag,
+                        "successful",
+                        description,
+                        attempt.previous,
+                    )
+                )
             return outcome
-        return self._register_inline(service, release.tag, outcome)
+        try:
+            return self._register_inline(service, attempt, outcome)
+        except NomanError as exc:
+            # Durable already: the leader carries it on. Never a 5xx, never a failure report.
+            log.warning(
+                "service %s: after the deploy of %s landed: %s", service.name, attempt.tag, exc.code
+            )
+            return replace(outcome, pending=exc.code)
 
     # -- the rolling fast path -----------------------------------------------------------
 
-    def _register_inline(self, service: Service, tag: str, outcome: Outcome) -> Outcome:
+    def _register_inline(self, service: Service, attempt: Attempt, outcome: Outcome) -> Outcome:
         """Register the job version now if Nomad answers within ``answer_within``.
 
-        Safe against the reconciler doing the same: ``EnforceIndex`` lets one
-        registration win, and the record moves on only from ``pending``.
+        The leader leaves a new attempt alone for ``answer_within`` seconds, so one
+        deploy makes one registration; ``EnforceIndex`` and the rollout record's
+        check-and-set keep a late leader from doing it twice.
         """
         if self.orchestrator is None:
             return replace(outcome, pending="nomad_not_configured")
+        rollout_key = self.keys.rollout(service.name)
+        rollout_index = self.store.read(rollout_key).modify_index
+        rollout = first_rollout(attempt, iso(self.clock()))
         started = time.monotonic()
         error: NomanError = NomadUnavailable(
             "Nomad did not accept the job version within rollout.answer_within; Noman keeps trying."
@@ -469,36 +566,63 @@ class Deployer:
         for _ in range(self.register_retries):
             if time.monotonic() - started > self.answer_within:
                 break
-            rollout = self._current_rollout(service, tag)
-            if rollout is None or rollout.state != "pending":
-                # The reconciler moved it on already: answer with the version it registered.
-                if rollout is not None and rollout.version is not None:
-                    job = service.nomad.job if service.nomad else service.name
-                    return replace(outcome, rollout=Rollout(job, rollout.version, ""))
-                return outcome
             try:
                 registered = self.register_once(service, rollout)
             except NomanError as exc:
                 error = exc
                 break
-            if registered == "cancelled":
+            if registered == "stale":
+                # The leader records the history outcome and the report when it wakes.
+                cancelled = rollout.moved(
+                    "cancelled",
+                    iso(self.clock()),
+                    reason="stale_tag",
+                    description=STALE_JOB,
+                )
+                self._record_inline(service, cancelled, rollout_index)
                 return replace(outcome, state="cancelled", pending="stale_tag")
             if registered is not None:
-                self.mark_registered(service, tag, registered.version)
+                now = self.clock()
+                done = rollout.moved(
+                    "registered", iso(now), version=registered.version, registered_at=now
+                )
+                self._record_inline(service, done, rollout_index)
                 return replace(outcome, rollout=registered)
             error = WriteConflict("The Nomad job kept changing; Noman keeps trying.")
-        self.note_failure(service, tag, error)
+        failed = rollout.moved(
+            "pending",
+            iso(self.clock()),
+            reason=error.code,
+            description=error.message,
+            attempts=1,
+        )
+        self._record_inline(service, failed, rollout_index)
         return replace(outcome, pending=error.code)
+
+    def _record_inline(self, service: Service, rollout: RolloutState, index: int) -> None:
+        """Record the inline attempt's result, and wake the leader to carry it on."""
+        ops = [
+            Write(self.keys.rollout(service.name), encode(rollout), index),
+            Write(self.keys.pending(service.name, rollout.seq), rollout.state, 0, "set"),
+        ]
+        try:
+            if self.store.transact(ops) is None:
+                log.info("service %s: the leader took the rollout over first", service.name)
+        except NomanError as exc:
+            log.warning(
+                "service %s: inline result not recorded (%s); the leader carries it on",
+                service.name,
+                exc.code,
+            )
 
     def register_once(
         self, service: Service, rollout: RolloutState
-    ) -> Rollout | Literal["cancelled"] | None:
+    ) -> Rollout | Literal["stale"] | None:
         """One attempt to have the job run ``rollout.tag``.
 
-        Returns the job version that runs it (registered now, or already
-        there), None when the job changed between read and register, or
-        "cancelled" (recorded) when the job runs a newer tag and the rollout
-        is not forced.
+        Returns the job version that runs it (registered now, or already there),
+        None when the job changed between read and register, or "stale" when the
+        job runs a newer tag and the rollout is not forced.
         """
         assert self.orchestrator is not None
         tag = rollout.tag
@@ -507,149 +631,12 @@ class Deployer:
             job = service.nomad.job if service.nomad else service.name
             return Rollout(job, state.version, "")
         if not rollout.force and orders_before(service, tag, state.tag):
-            self.finish(
-                service,
-                tag,
-                "cancelled",
-                f"The job already runs the newer {state.tag}; "
-                'push with "force": true to deploy the older tag.',
-                reason="stale_tag",
-            )
-            return "cancelled"
+            return "stale"
         return self.orchestrator.register(service, state, tag)
 
-    def _current_rollout(self, service: Service, tag: str) -> RolloutState | None:
-        rollout = Record.parse(self.store.read(self.record_key(service)).value).rollout
-        return rollout if rollout is not None and rollout.tag == tag else None
 
-    # -- record transitions (shared with the reconciler) ---------------------------------
+def replace_desired(desired: Desired, **changes: Any) -> Desired:
+    """``desired`` with ``changes`` (a typed copy)."""
+    import msgspec
 
-    def mark_registered(self, service: Service, tag: str, version: int) -> None:
-        """``pending`` -> ``registered`` with the job version Nomad accepted."""
-
-        def change(record: Record) -> Record | None:
-            rollout = record.rollout
-            if rollout is None or rollout.tag != tag or rollout.state != "pending":
-                return None
-            return replace(
-                record,
-                rollout=rollout.moved(
-                    "registered",
-                    version=version,
-                    reason=None,
-                    description=None,
-                    registered_at=time.time(),
-                ),
-            )
-
-        self.update_record(service, change)
-
-    def note_failure(self, service: Service, tag: str, error: NomanError) -> bool:
-        """Count a failed attempt; True when this refusal is new (to be notified once)."""
-        permanent = error.code in ("nomad_forbidden", "nomad_job_not_found")
-        first: list[bool] = []
-
-        def change(record: Record) -> Record | None:
-            rollout = record.rollout
-            if rollout is None or rollout.tag != tag or rollout.terminal:
-                return None
-            new_reason = rollout.reason != error.code
-            first[:] = [new_reason]
-            reports = record.reports
-            if permanent and new_reason:
-                reports = (
-                    *reports,
-                    report(service, tag, error.code, error.message),
-                )
-            return replace(
-                record,
-                rollout=rollout.moved(
-                    rollout.state,
-                    reason=error.code,
-                    description=error.message,
-                    attempts=rollout.attempts + 1,
-                ),
-                reports=reports,
-            )
-
-        try:
-            self.update_record(service, change)
-        except NomanError as exc:
-            log.warning("service %s: attempt not recorded: %s", service.name, exc.code)
-        return bool(first and first[0])
-
-    def finish(
-        self,
-        service: Service,
-        tag: str,
-        state: str,
-        description: str,
-        reason: str | None = None,
-        deployment: dict[str, Any] | None = None,
-        running: str | None = None,
-    ) -> bool:
-        """Record the end of ``tag``'s rollout, its history outcome and its report.
-
-        With ``running`` (Nomad reverted to that tag), the tag key is set back
-        to it in the same transaction, so Consul tells the truth.
-        """
-        for _ in range(self.cas_retries):
-            key, entry, record = self.read(service)
-            rollout = record.rollout
-            if rollout is None or rollout.tag != tag or rollout.terminal:
-                return False
-            counts = (
-                {name: deployment.get(name) for name in ("placed", "healthy", "desired")}
-                if deployment
-                else {}
-            )
-            history = record.finish_history(tag, state, description)
-            new_tag = record.tag
-            writes: list[Write] = []
-            if running is not None and running != tag and key.value == tag:
-                new_tag = running
-                writes.append(Write(service.key, running, key.modify_index))
-                history = (
-                    HistoryEntry(
-                        tag=running,
-                        previous=tag,
-                        time=utc_now(),
-                        sender="nomad",
-                        request_id=None,
-                        kind="rollback",
-                        outcome="successful",
-                        description=f"{tag} failed, running {running}",
-                    ),
-                    *history,
-                )[: self.history_size]
-            new = Record(
-                tag=new_tag,
-                frozen=record.frozen,
-                rollout=rollout.moved(
-                    state,
-                    reason=reason,
-                    description=description,
-                    deployment_id=(deployment or {}).get("id") or rollout.deployment_id,
-                    callback_url=None,
-                    **counts,
-                ),
-                deliveries=record.deliveries,
-                history=history,
-                reports=(
-                    *record.reports,
-                    report(
-                        service,
-                        tag,
-                        state,
-                        description,
-                        previous=next((h.previous for h in record.history if h.tag == tag), None),
-                        deployment=deployment,
-                        callback_url=rollout.callback_url,
-                    ),
-                ),
-                write_id=uuid.uuid4().hex,
-            )
-            writes.append(Write(self.record_key(service), new.dump(), entry.modify_index))
-            if self._commit(service, writes, new) is not None:
-                return True
-        raise WriteConflict()
+    return msgspec.structs.replace(desired, **changes)

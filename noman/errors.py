@@ -24,6 +24,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── NothingToRollBack               409 nothing_to_roll_back
     ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
+    ├── StateUnreadable                 503 state_unreadable    (the operator must repair a key)
     └── UpstreamError                   (never raised itself: Consul or Nomad failed; see below)
         ├── WriteConflict               503 write_conflict      (retryable)
         ├── ConsulUnavailable           503 consul_unavailable  (retryable)
@@ -58,6 +59,9 @@ class NomanError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     retry_after: ClassVar[int | None] = None
+    #: True when retrying cannot help until an operator acts (a refused token, a job
+    #: that does not exist): the reconciler retries slowly and reports it once.
+    permanent: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal error; the operator's log has the details."
 
     def __init__(self, message: str | None = None) -> None:
@@ -217,6 +221,21 @@ class TooManyFailures(NomanError):
         self.retry_after = retry_after  # type: ignore[misc]
 
 
+class StateUnreadable(NomanError):
+    """A value under Noman's prefix does not decode: shown and refused, never reset."""
+
+    status = 503
+    code = "state_unreadable"
+    default_message = "Noman's state in Consul is unreadable; nothing was written."
+
+    def __init__(self, key: str = "", detail: str = "") -> None:
+        super().__init__(
+            f"Noman's state at {key} is unreadable ({detail}); nothing was written. "
+            "The operator must repair or delete that key (README: Repairing state)."
+        )
+        self.key = key
+
+
 class UpstreamError(NomanError):
     """Consul or Nomad failed; the request changed nothing and may be retried."""
 
@@ -275,6 +294,7 @@ class NomadForbidden(UpstreamError):
 
     status = 502
     code = "nomad_forbidden"
+    permanent = True
     default_message = "Nomad refused Noman's token; the deploy was not started."
 
 
@@ -283,6 +303,7 @@ class NomadJobNotFound(UpstreamError):
 
     status = 502
     code = "nomad_job_not_found"
+    permanent = True
 
 
 class NomadError(UpstreamError):

@@ -1,12 +1,14 @@
 """Reporting outcomes: DockerHub's callback, webhooks, Slack, logs.
 
-Outcome reports are fed by record transitions: a deploy's transaction (restart
-strategy) or the reconciler (rolling) puts a report in the service's record,
-and the elected reconciler calls ``deliver`` and then removes it. Each report
-carries an ``event_id`` (service:tag:state), so a report repeated after a
-failover can be dropped by its receiver. Refused hooks are reported from the
-request, in a short-lived thread. Every send is retried with exponential
-backoff and can never fail the deploy itself.
+Outcome reports are fed by state transitions: a deploy's transaction (restart
+strategy) or the leader (rolling) writes a report into the outbox in the same
+transaction as the change it reports, and the leader's courier
+(``reconcile.Courier``) sends it to each destination (``destinations``,
+``send``) and deletes it. Each report carries an ``event_id``
+(service:attempt:state), so a report repeated after a failover can be dropped
+by its receiver, while a new deploy of the same tag has new ids. Refused hooks
+are reported from the request, in a short-lived thread. Every send is retried
+with exponential backoff, bounded in time, and can never fail the deploy itself.
 DockerHub callbacks only ever go to DockerHub's own hosts, because the URL
 comes from the payload and must not make Noman call anything else.
 """
@@ -30,13 +32,14 @@ from noman.auth import sign
 from noman.config import NotifyTarget, Service, Settings
 from noman.errors import NomanError
 from noman.release import Outcome, Release
+from noman.state import Report
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Noman-Signature-256"
 
 
 @dataclass(frozen=True)
-class Report:
+class Notice:
     """One finished deploy, success or failure, as told to the outside."""
 
     service: str
@@ -93,54 +96,54 @@ class Reporter:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def deliver(self, data: dict[str, Any]) -> None:
-        """Send one report taken from a record (see ``deploy.report``); blocks until done."""
-        report = self.finished(data)
-        callback = data.get("callback_url")
+    def destinations(self, report: Report) -> list[str]:
+        """Where ``report`` goes: DockerHub's callback and each notify target that wants it."""
+        found = ["callback"] if report.callback_url else []
         outcome = "success" if report.success else "failure"
-        if isinstance(callback, str) and callback:
-            self._dockerhub_callback(callback, outcome, report)
-        for target in self.settings.notify.targets:
-            if outcome in target.on:
-                self._notify(target, report)
+        found += [
+            f"target{i}"
+            for i, target in enumerate(self.settings.notify.targets)
+            if outcome in target.on
+        ]
+        return found
 
-    def finished(self, data: dict[str, Any]) -> Report:
-        """Log and count one finished deploy (``deliver`` then sends it)."""
-        success = bool(data.get("success"))
-        report = Report(
-            service=str(data.get("service")),
-            tag=data.get("tag"),
-            success=success,
-            description=str(data.get("description") or ""),
-            key=data.get("key"),
-            previous=data.get("previous"),
-            deployment=data.get("deployment"),
-            event_id=data.get("event_id"),
-            state=data.get("state"),
-        )
-        outcome = "success" if success else "failure"
-        metrics.DEPLOYS.labels(report.service, outcome).inc()
+    def send(self, destination: str, report: Report) -> bool:
+        """Send ``report`` to one destination, retried and bounded; False when dropped."""
+        notice = _notice(report)
+        if destination == "callback":
+            if not report.callback_url:
+                return True
+            outcome = "success" if report.success else "failure"
+            return self._dockerhub_callback(report.callback_url, outcome, notice)
+        index = int(destination.removeprefix("target"))
+        return self._notify(self.settings.notify.targets[index], notice)
+
+    def finished(self, report: Report) -> Notice:
+        """Log and count one finished deploy (the courier then sends it)."""
+        notice = _notice(report)
+        outcome = "success" if notice.success else "failure"
+        metrics.DEPLOYS.labels(notice.service, outcome).inc()
         log.log(
-            logging.INFO if success else logging.ERROR,
+            logging.INFO if notice.success else logging.ERROR,
             "deploy finished",
             extra={
                 "fields": {
-                    "service": report.service,
-                    "tag": report.tag,
+                    "service": notice.service,
+                    "tag": notice.tag,
                     "outcome": outcome,
-                    "state": report.state,
-                    "event_id": report.event_id,
-                    "deployment": report.deployment,
-                    "reason": report.description,
+                    "state": notice.state,
+                    "event_id": notice.event_id,
+                    "deployment": notice.deployment,
+                    "reason": notice.description,
                 }
             },
         )
-        return report
+        return notice
 
     def unchanged(self, service: Service, release: Release, outcome: Outcome) -> None:
         """A push of the tag already deployed: only DockerHub's callback wants to know."""
         if release.callback_url:
-            report = Report(
+            report = Notice(
                 service.name,
                 outcome.tag,
                 True,
@@ -156,7 +159,7 @@ class Reporter:
         notify = error.status >= 500
         if not notify and not (release and release.callback_url):
             return
-        report = Report(
+        report = Notice(
             service.name, release.tag if release else None, False, error.message, key=service.key
         )
         self._spawn(self._send_all, report, release, notify, "error")
@@ -185,7 +188,7 @@ class Reporter:
             self._threads.append(thread)
         thread.start()
 
-    def _send_all(self, report: Report, release: Release | None, notify: bool, state: str) -> None:
+    def _send_all(self, report: Notice, release: Release | None, notify: bool, state: str) -> None:
         if release is not None and release.callback_url:
             self._dockerhub_callback(release.callback_url, state, report)
         if not notify:
@@ -195,21 +198,21 @@ class Reporter:
             if wanted in target.on:
                 self._notify(target, report)
 
-    def _dockerhub_callback(self, url: str, state: str, report: Report) -> None:
+    def _dockerhub_callback(self, url: str, state: str, report: Notice) -> bool:
         if not callback_allowed(url, self.settings):
             log.warning(
                 "callback_url skipped: not a DockerHub https URL",
                 extra={"fields": {"service": report.service}},
             )
-            return
+            return True
         body = {
             "state": state,
             "description": report.description[:255],
             "context": f"noman {report.service}"[:100],
         }
-        self._post("callback", url, json.dumps(body).encode(), {}, report.service)
+        return self._post("callback", url, json.dumps(body).encode(), {}, report.service)
 
-    def _notify(self, target: NotifyTarget, report: Report) -> None:
+    def _notify(self, target: NotifyTarget, report: Notice) -> bool:
         if target.kind == "slack":
             icon = ":white_check_mark:" if report.success else ":x:"
             payload: dict[str, Any] = {
@@ -219,7 +222,7 @@ class Reporter:
             payload = report.as_dict()
         body = json.dumps(payload).encode()
         headers = {SIGNATURE_HEADER: sign(target.hmac_key, body)} if target.hmac_key else {}
-        self._post(target.kind, target.url, body, headers, report.service)
+        return self._post(target.kind, target.url, body, headers, report.service)
 
     def _post(
         self, what: str, url: str, body: bytes, headers: dict[str, str], service: str
@@ -264,3 +267,17 @@ class Reporter:
             extra={"fields": {"service": service, "host": urlsplit(url).hostname}},
         )
         return False
+
+
+def _notice(report: Report) -> Notice:
+    return Notice(
+        service=report.service,
+        tag=report.tag,
+        success=report.success,
+        description=report.description,
+        key=report.key,
+        previous=report.previous,
+        deployment=report.deployment,
+        event_id=report.event_id,
+        state=report.state,
+    )

@@ -1,45 +1,80 @@
-"""The elected loop that carries every rollout to its end, and sends the reports.
+"""The elected leader: carries every rollout to its end, and delivers the outbox.
 
-One reconciler per cluster of Noman instances leads, elected with the
-store's leader lock (a Consul session lock under the prefix). The leader,
-for each rolling service whose job does not run the desired tag and whose
-rollout is not terminal for that tag, registers the job version, follows
-its deployment with Nomad blocking queries and writes each state change to
-the service's record; for every service it sends the reports waiting in
-the record, then removes them. Everything it needs is in the records, so a
-new leader resumes where a dead one stopped: nothing is lost, a report may
-be repeated (same ``event_id``).
+One Noman process per cluster leads, elected with the store's leader lock (a
+Consul session lock on ``<prefix>.leader``). Three threads per process, each
+with one job, so none can starve another:
 
-It runs in one background thread per process (``start``/``stop``), woken by
-blocking reads on the prefix; tests and ``noman deploy --wait`` drive it
-with ``run_once``.
+- leadership (``_keep_lock``): renews the session on its own timer, or, while
+  another process leads, waits on the lock key with a blocking read;
+- the reconciler (``_run``): for each rolling service named under
+  ``pending/`` (and every rolling service on a slow full pass, which catches
+  a tag key or a job changed by hand) registers the job version, follows its
+  deployment with Nomad blocking queries and writes each state to the
+  service's rollout record; ends with the history outcome and the report, in
+  one transaction; then deletes ``pending/<service>/<seq>``. An older attempt
+  still pending when a newer one came is recorded and reported ``cancelled``.
+  Idle, it blocks on ``pending/``: a wake costs what is pending, not what exists;
+- the courier (``Courier``): blocks on ``outbox/`` and hands each report to
+  one worker per destination, so a target that hangs delays only its own
+  reports, never a rollout; a report is deleted once every destination took
+  it or gave up.
+
+Everything it needs is in the store, so a new leader resumes where a dead one
+stopped: nothing is lost, a report may be repeated (same ``event_id``).
+Tests and ``noman deploy --wait`` drive the same passes with ``run_once``.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from noman.config import Settings
-from noman.deploy import Deployer, Orchestrator, check_release
-from noman.errors import NomanError, WriteConflict
-from noman.model import Record, RolloutState, Service, orders_before, utc_now
+from noman.deploy import STALE_JOB, Deployer, Orchestrator, ServiceView, check_release, iso
+from noman.errors import NomanError, StateUnreadable
+from noman.model import Service, orders_before
 from noman.notify import Reporter
 from noman.release import Release
-from noman.stores import Entry, LeaderLock, Store
+from noman.state import (
+    Attempt,
+    HistoryEntry,
+    Keys,
+    Report,
+    RolloutState,
+    decode,
+    encode,
+    finished_entry,
+    first_rollout,
+    make_report,
+    new_write_id,
+)
+from noman.stores import Entry, LeaderLock, Store, Write
 
 log = logging.getLogger(__name__)
 
-#: Refusals that need an operator: retried slowly, notified once.
-PERMANENT = frozenset({"nomad_forbidden", "nomad_job_not_found"})
 _STATES = {"successful": "successful", "failed": "failed", "cancelled": "cancelled"}
+#: Longest blocking read of ``pending/`` or ``outbox/`` while idle.
+IDLE_MAX = 30.0
+#: Longest blocking read of the lock key by a process that does not lead.
+FOLLOWER_WAIT = 30.0
+
+
+@dataclass
+class _Carried:
+    """A rollout this pass carries, with the modify index of its record."""
+
+    service: Service
+    rollout: RolloutState
+    index: int
 
 
 class Reconciler:
-    """Converges every service to its desired tag while this process holds the lock."""
+    """Converges every rolling service to its desired tag while this process leads."""
 
     def __init__(
         self,
@@ -49,117 +84,166 @@ class Reconciler:
         orchestrator: Orchestrator | None,
         reporter: Reporter,
         idle_wait: float | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.store = store
         self.deployer = deployer
         self.orchestrator = orchestrator
         self.reporter = reporter
-        self.prefix = settings.consul.state_prefix
+        self.keys: Keys = deployer.keys
+        self.clock = clock
+        self.monotonic = monotonic
         self.lock: LeaderLock = store.leader_lock(
-            f"{self.prefix}.leader", settings.consul.session_ttl, settings.consul.lock_delay
+            self.keys.leader, settings.consul.session_ttl, settings.consul.lock_delay
         )
-        # Renewal must happen well within the session TTL, so no wait is longer than a third.
-        self.idle_wait = idle_wait if idle_wait is not None else settings.consul.session_ttl / 3
+        self.idle_wait = idle_wait if idle_wait is not None else IDLE_MAX
         self.leader = False
+        self.courier = Courier(store, self.keys, reporter, lambda: self.leader)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._index = 0
-        # Records as the last blocking read saw them: lets a pass skip restart services
-        # that have no report waiting without reading anything.
-        self._records: dict[str, Entry] | None = None
+        self._threads: list[threading.Thread] = []
+        self._pending: dict[str, Entry] | None = None
+        self._pending_index = 0
+        self._next_resync = 0.0
         self._nomad_index: dict[str, int] = {}
-        # service name -> (tag, monotonic time before which it is not retried)
-        self._not_before: dict[str, tuple[str, float]] = {}
+        # service name -> (attempt seq, monotonic time before which it is not retried)
+        self._not_before: dict[str, tuple[int, float]] = {}
+        self._unreadable: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the loop in one daemon thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
+        """Run leadership, the reconciler and the courier in daemon threads (idempotent)."""
+        if self.running:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="noman-reconciler", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._keep_lock, name="noman-leadership", daemon=True),
+            threading.Thread(target=self._run, name="noman-reconciler", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.courier.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the loop and give up the lock; True if the thread ended in time."""
+        """Stop the threads and give up the lock; True if the reconciler ended in time."""
         self._stop.set()
-        # Releasing first wakes the loop from its blocking read of the records (the
-        # lock key changes), so a worker stops at once, not after the read's wait.
+        self.courier.stop()
         self.lock.release()
-        thread, self._thread = self._thread, None
+        threads, self._threads = self._threads, []
         ended = True
-        if thread is not None:
-            thread.join(timeout)
-            ended = not thread.is_alive()
-        self.lock.release()  # again, in case the loop took the lock before it saw the stop
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            # Leadership may sit in a blocking read of the lock key: it acts on nothing
+            # once stopped, so it is not waited for.
+            wait = 0.05 if thread.name == "noman-leadership" else timeout
+            thread.join(max(0.0, min(wait, deadline - time.monotonic())))
+            if thread.name != "noman-leadership":
+                ended = ended and not thread.is_alive()
+        self.lock.release()  # again, in case a thread took the lock before it saw the stop
         self.leader = False
         return ended
 
     @property
     def running(self) -> bool:
-        """True while the background thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while the background threads run."""
+        return any(t.is_alive() for t in self._threads)
+
+    def _keep_lock(self) -> None:
+        """Renew on a timer of its own, so a slow pass never costs the session."""
+        renew = self.settings.consul.session_ttl / 3
+        while not self._stop.is_set():
+            self.leader = self.lock.hold()
+            if self._stop.is_set():
+                break
+            if self.leader:
+                self._stop.wait(renew)
+            else:
+                self.lock.wait_free(FOLLOWER_WAIT)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self.leader:
+                self._stop.wait(0.2)
+                continue
             try:
                 busy = self.run_once(wait=min(self.idle_wait, 5.0))
             except NomanError as exc:
                 log.warning("reconciler: %s: %s", exc.code, exc.message)
-                self._stop.wait(min(self.idle_wait, 2.0))
+                self._stop.wait(2.0)
                 continue
             except Exception:
                 log.exception("reconciler: unexpected error")
-                self._stop.wait(min(self.idle_wait, 2.0))
+                self._stop.wait(2.0)
                 continue
             if not busy and not self._stop.is_set():
                 self._idle()
 
     def _idle(self) -> None:
-        """Block until a record changes, the next retry is due, or it is time to renew."""
-        wait = self.idle_wait
+        """Block until something is pending, a retry is due, or the full pass is."""
+        now = self.monotonic()
+        wait = min(self.idle_wait, max(0.0, self._next_resync - now))
         if self._not_before:
             soonest = min(when for _, when in self._not_before.values())
-            wait = max(0.0, min(wait, soonest - time.monotonic()))
-        if not self.leader:
-            self._stop.wait(wait)
+            wait = max(0.0, min(wait, soonest - now))
+        if wait <= 0:
             return
         try:
-            snapshot = self.store.list(self.prefix, self._index or 1, wait)
-            self._index, self._records = snapshot.watch_index, snapshot.entries
+            snapshot = self.store.list(self.keys.pending_folder, self._pending_index or 1, wait)
+            self._pending_index, self._pending = snapshot.watch_index, snapshot.entries
         except NomanError as exc:
-            log.warning("reconciler: watching %s: %s", self.prefix, exc.code)
+            log.warning("reconciler: watching %s: %s", self.keys.pending_folder, exc.code)
             self._stop.wait(min(wait, 2.0))
 
     # -- one pass ------------------------------------------------------------------------
 
     def run_once(self, wait: float = 0.0) -> bool:
-        """One pass over every service if this process leads; True while rollouts are active.
+        """One pass if this process leads; True while rollouts are active.
 
-        ``wait`` bounds the Nomad blocking query of an active deployment.
+        ``wait`` bounds the Nomad blocking query of an active deployment. Without the
+        background threads (tests, ``noman deploy --wait``) it also delivers the outbox.
         """
         self.leader = self.lock.hold()
         if not self.leader:
             return False
+        pending, self._pending = self._pending, None
+        if pending is None:
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        now = self.monotonic()
+        waiting: dict[str, dict[int, Entry]] = {}
+        for key, entry in pending.items():
+            found = self.keys.parse_pending(key)
+            if found is not None:
+                waiting.setdefault(found[0], {})[found[1]] = entry
+        names = set(waiting)
+        names |= {name for name, (_, due) in self._not_before.items() if due <= now}
+        if now >= self._next_resync:
+            self._next_resync = now + self.settings.rollout.resync
+            names |= {s.name for s in self.settings.services if s.strategy == "rolling"}
         busy = False
-        active = []
-        records, self._records = self._records, None
+        active: list[_Carried] = []
         for service in self.settings.services:
-            if service.strategy != "rolling" and records is not None:
-                seen = records.get(self.deployer.record_key(service))
-                if seen is None or not Record.parse(seen.value).reports:
-                    continue
-            rollout = self._step(service)
-            if rollout is not None and rollout.state in ("registered", "running"):
-                active.append((service, rollout))
-            elif rollout is not None and rollout.state == "pending":
-                busy = busy or self._due(service, rollout.tag)
-        for service, rollout in active:
+            if service.name not in names:
+                continue
+            try:
+                carried = self._step(service, waiting.get(service.name, {}))
+            except StateUnreadable as exc:
+                self._note_unreadable(service, exc)
+                continue
+            if carried is None:
+                continue
+            if carried.rollout.state in ("registered", "running"):
+                active.append(carried)
+            elif service.name in self._not_before:
+                busy = busy or self._due(service, carried.rollout.seq)
+        for carried in active:
             # With several deployments in flight, share the wait between them.
-            self._follow(service, rollout, wait / len(active))
+            self._follow(carried, wait / len(active))
             busy = True
+        if not self.courier.running:
+            self.courier.deliver_all()
         return busy
 
     def settle(self, timeout: float = 10.0, wait: float = 0.2) -> bool:
@@ -171,102 +255,265 @@ class Reconciler:
                 time.sleep(min(wait, 0.1))  # another instance leads, or the lock is in delay
             elif not busy and self._quiet():
                 return True
+            elif not busy:
+                time.sleep(min(wait, 0.05))
         return False
 
     def _quiet(self) -> bool:
-        """No report waiting and no rollout in flight that is due now."""
-        for service in self.settings.services:
-            record = Record.parse(self.store.read(self.deployer.record_key(service)).value)
-            if record.reports:
-                return False
-        return True
+        """Nothing pending, no retry or hand-over waiting, no report waiting."""
+        return (
+            not self.store.list(self.keys.pending_folder).entries
+            and not self.store.list(self.keys.outbox_folder).entries
+        )
 
-    def _step(self, service: Service) -> RolloutState | None:
-        """Send waiting reports; start the rollout the desired tag needs. Returns it."""
-        key, _, record = self.deployer.read(service)
-        if record.reports:
-            self._send_reports(service, record)
-        if service.strategy != "rolling" or self.orchestrator is None or key.value is None:
+    def _note_unreadable(self, service: Service, exc: StateUnreadable) -> None:
+        if service.name not in self._unreadable:
+            self._unreadable.add(service.name)
+            log.error("reconciler: %s: %s", service.name, exc.message)
+        self._not_before[service.name] = (-1, self.monotonic() + self.settings.rollout.retry_max)
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def _step(self, service: Service, pending: dict[int, Entry]) -> _Carried | None:
+        """Bring one service a step closer to its desired tag; the rollout it carries.
+
+        ``pending`` holds the service's keys under ``pending/`` by attempt.
+        """
+        view = self.deployer.view(service)
+        self._unreadable.discard(service.name)
+        if view.migration is not None:
+            self.deployer.migrate(service, view)
+            view = self.deployer.view(service)
+        if service.strategy != "rolling" or self.orchestrator is None:
+            self._clear_pending(service, pending)
             return None
-        desired = key.value
-        try:
-            check_release(service, Release(tag=desired, sender="consul"))
-        except NomanError:
-            return None  # not a tag Noman would deploy (set by hand?): leave it alone
-        rollout = record.rollout if record.rollout and record.rollout.tag == desired else None
-        if rollout is not None and rollout.terminal:
+        attempt = view.desired.attempt
+        if self._adopt(service, view):
+            return None  # a new attempt was written: the next pass carries it
+        if attempt is None:
+            self._clear_pending(service, pending)
             return None
-        if rollout is None:
-            rollout = self._adopt(service, desired)
-            if rollout is None:
+        older = {seq: entry for seq, entry in pending.items() if seq < attempt.seq}
+        if older:
+            self._cancel_superseded(service, attempt, older)
+        pending = {seq: entry for seq, entry in pending.items() if seq >= attempt.seq}
+        rollout, index = view.rollout, view.rollout_entry.modify_index if view.rollout_entry else 0
+        if rollout is None or rollout.seq != attempt.seq:
+            # The instance that took the hook registers inline: leave it that long.
+            handover = attempt.at + self.deployer.answer_within - self.clock()
+            if handover > 0 and (rollout is None or rollout.seq < attempt.seq):
+                self._not_before[service.name] = (attempt.seq, self.monotonic() + handover)
                 return None
-        if rollout.state == "pending" and self._due(service, desired):
-            return self._register(service, rollout)
-        return rollout
+            rollout = first_rollout(attempt, iso(self.clock()))
+        if rollout.terminal:
+            self._not_before.pop(service.name, None)
+            if pending:
+                self._settle_history(service, rollout)
+            self._clear_pending(service, pending)
+            return None
+        if rollout.state == "pending":
+            if not self._due(service, attempt.seq):
+                return _Carried(service, rollout, index)
+            return self._register(service, rollout, index)
+        return _Carried(service, rollout, index)
 
-    def _adopt(self, service: Service, desired: str) -> RolloutState | None:
-        """A desired tag with no rollout (set outside Noman): roll it if the job lags."""
+    def _settle_history(self, service: Service, rollout: RolloutState) -> None:
+        """A rollout the hook's instance ended (inline): its history outcome and report."""
+        key = self.keys.history(service.name, rollout.seq)
+        found = self.store.read(key)
+        entry = decode(HistoryEntry, key, found.value)
+        if entry is None or entry.outcome != "pending":
+            return
+        description = rollout.description or rollout.state
+        report = make_report(
+            service,
+            rollout.seq,
+            rollout.tag,
+            rollout.state,
+            description,
+            previous=entry.previous,
+            callback_url=entry.callback_url,
+        )
+        ended = finished_entry(entry, rollout.state, description)
+        self.store.transact(
+            [
+                Write(key, encode(ended), found.modify_index),
+                Write(self.keys.outbox(report), encode(report), 0, "set"),
+            ]
+        )
+
+    def _clear_pending(self, service: Service, pending: dict[int, Entry]) -> None:
+        """Nothing left to do: the pending keys go, unless a hook set them again since."""
+        for seq, entry in pending.items():
+            self.store.delete(self.keys.pending(service.name, seq), entry.modify_index)
+
+    def _adopt(self, service: Service, view: ServiceView) -> bool:
+        """A tag key set outside Noman becomes an attempt of its own when the job lags."""
+        desired, key = view.desired, view.key.value
+        if key is None or key == desired.tag:
+            return False
+        try:
+            check_release(service, Release(tag=key, sender="consul"))
+        except NomanError:
+            return False  # not a tag Noman would deploy (set by hand?): leave it alone
         assert self.orchestrator is not None
         try:
             running = self.orchestrator.read(service).tag
         except NomanError as exc:
             log.warning("reconciler: %s: job unreadable: %s", service.name, exc.code)
-            return None
-        if running == desired or orders_before(service, desired, running):
-            return None
-        pending = RolloutState("pending", desired, updated_at=utc_now())
+            return False
+        if running == key or orders_before(service, key, running):
+            return False
+        now = self.clock()
+        attempt = Attempt(
+            seq=desired.seq + 1,
+            tag=key,
+            kind="deploy",
+            sender="consul",
+            time=iso(now),
+            at=0.0,  # nobody registers it inline: the leader carries it at once
+            previous=desired.tag,
+        )
+        entry = HistoryEntry(
+            seq=attempt.seq,
+            tag=key,
+            time=attempt.time,
+            sender="consul",
+            kind="deploy",
+            outcome="pending",
+            previous=desired.tag,
+            description=f"{key} found in {service.key}, set outside Noman",
+            write_id=new_write_id(),
+        )
+        new = _replace(desired, tag=key, seq=attempt.seq, attempt=attempt, write_id=entry.write_id)
+        ops = [
+            Write(service.key, key, view.key.modify_index),
+            Write(self.keys.desired(service.name), encode(new), view.desired_entry.modify_index),
+            Write(self.keys.history(service.name, attempt.seq), encode(entry), 0),
+            Write(self.keys.pending(service.name, attempt.seq), "adopted", 0, "set"),
+        ]
+        self.store.transact(ops)
+        log.info("reconciler: %s: adopting %s, set outside Noman", service.name, key)
+        return True
 
-        def change(record: Record) -> Record | None:
-            current = record.rollout
-            if current is not None and current.tag == desired:
-                return None
-            return replace(record, rollout=pending)
+    def _cancel_superseded(
+        self, service: Service, attempt: Attempt, older: dict[int, Entry]
+    ) -> None:
+        """Attempts a newer push replaced before they ended: recorded and reported once."""
+        seqs = sorted(older)
+        keys = [self.keys.history(service.name, seq) for seq in seqs]
+        ops: list[Write] = []
+        for seq, key, item in zip(seqs, keys, self.store.read_many(keys), strict=True):
+            pending = older[seq]
+            ops.append(
+                Write(self.keys.pending(service.name, seq), "", pending.modify_index, "delete-cas")
+            )
+            entry = decode(HistoryEntry, key, item.value)
+            if entry is None or entry.outcome != "pending":
+                continue  # ended before it was superseded (or pruned): nothing to tell
+            description = f"superseded by {attempt.tag} before it finished"
+            ended = finished_entry(entry, "cancelled", description)
+            ops.append(Write(key, encode(ended), item.modify_index))
+            report = make_report(
+                service,
+                entry.seq,
+                entry.tag,
+                "cancelled",
+                description,
+                previous=entry.previous,
+                callback_url=entry.callback_url,
+            )
+            ops.append(Write(self.keys.outbox(report), encode(report), 0, "set"))
+        self.store.transact(ops)
 
-        self.deployer.update_record(service, change)
-        return pending
-
-    def _due(self, service: Service, tag: str) -> bool:
+    def _due(self, service: Service, seq: int) -> bool:
         held = self._not_before.get(service.name)
-        return held is None or held[0] != tag or held[1] <= time.monotonic()
+        return held is None or held[0] != seq or held[1] <= self.monotonic()
 
-    def _back_off(self, service: Service, tag: str, attempts: int, code: str) -> None:
+    def _back_off(self, service: Service, seq: int, attempts: int, error: NomanError) -> None:
         rollout = self.settings.rollout
-        if code in PERMANENT:
+        if error.permanent:
             delay = rollout.refused_retry
         else:
             delay = min(rollout.retry_max, rollout.retry_backoff * 2 ** max(0, attempts - 1))
-        self._not_before[service.name] = (tag, time.monotonic() + delay)
+        self._not_before[service.name] = (seq, self.monotonic() + delay)
 
-    def _register(self, service: Service, rollout: RolloutState) -> RolloutState | None:
-        tag = rollout.tag
+    # -- acting --------------------------------------------------------------------------
+
+    def _write_rollout(
+        self, service: Service, rollout: RolloutState, index: int, extra: list[Write] | None = None
+    ) -> int | None:
+        """Check-and-set the rollout record; its new index, or None when it changed."""
+        key = self.keys.rollout(service.name)
+        written = self.store.transact([Write(key, encode(rollout), index), *(extra or [])])
+        if written is None:
+            log.info("reconciler: %s: rollout record changed; reading again", service.name)
+            return None
+        return written.get(key, 0)
+
+    def _register(self, service: Service, rollout: RolloutState, index: int) -> _Carried | None:
         try:
             registered = self.deployer.register_once(service, rollout)
         except NomanError as exc:
-            self.deployer.note_failure(service, tag, exc)
-            self._back_off(service, tag, rollout.attempts + 1, exc.code)
-            log.warning(
-                "reconciler: %s %s: %s (attempt %s)",
-                service.name,
-                tag,
-                exc.code,
-                rollout.attempts + 1,
-            )
+            self._note_failure(service, rollout, index, exc)
             return None
-        if registered == "cancelled":
+        if registered == "stale":
+            self._finish(service, rollout, index, "cancelled", STALE_JOB, reason="stale_tag")
             return None
         if registered is None:
-            return rollout  # the job changed in between: read again next pass
+            return _Carried(service, rollout, index)  # the job changed in between: next pass
         self._not_before.pop(service.name, None)
-        self.deployer.mark_registered(service, tag, registered.version)
+        now = self.clock()
+        done = rollout.moved(
+            "registered",
+            iso(now),
+            version=registered.version,
+            reason=None,
+            description=None,
+            registered_at=now,
+        )
+        new_index = self._write_rollout(service, done, index)
+        if new_index is None:
+            return None
         log.info(
-            "reconciler: %s %s registered as job version %s", service.name, tag, registered.version
+            "reconciler: %s %s registered as job version %s",
+            service.name,
+            rollout.tag,
+            registered.version,
         )
-        return replace(
-            rollout, state="registered", version=registered.version, registered_at=time.time()
-        )
+        return _Carried(service, done, new_index)
 
-    def _follow(self, service: Service, rollout: RolloutState, wait: float) -> None:
+    def _note_failure(
+        self, service: Service, rollout: RolloutState, index: int, error: NomanError
+    ) -> None:
+        """Count a failed attempt; a refusal that needs an operator is reported once."""
+        attempts = rollout.attempts + 1
+        self._back_off(service, rollout.seq, attempts, error)
+        log.warning(
+            "reconciler: %s %s: %s (attempt %s)", service.name, rollout.tag, error.code, attempts
+        )
+        extra: list[Write] = []
+        notified = rollout.notified
+        if error.permanent and notified != error.code:
+            notified = error.code
+            report = make_report(service, rollout.seq, rollout.tag, error.code, error.message)
+            extra.append(Write(self.keys.outbox(report), encode(report), 0, "set"))
+        new = rollout.moved(
+            "pending",
+            iso(self.clock()),
+            reason=error.code,
+            description=error.message,
+            attempts=attempts,
+            notified=notified,
+        )
+        try:
+            self._write_rollout(service, new, index, extra)
+        except NomanError as exc:
+            log.warning("reconciler: %s: attempt not recorded: %s", service.name, exc.code)
+
+    def _follow(self, carried: _Carried, wait: float) -> None:
         assert self.orchestrator is not None
+        service, rollout = carried.service, carried.rollout
         if rollout.version is None:
             return
         index = self._nomad_index.get(service.name, 0)
@@ -280,22 +527,23 @@ class Reconciler:
             self._stop.wait(min(wait, 1.0))
             return
         self._nomad_index[service.name] = index
-        started = rollout.registered_at or time.time()
+        started = rollout.registered_at or self.clock()
+        late = self.clock() - started > self.settings.nomad.watch_timeout
         if found is None:
             if self._stable(service, rollout.version):
                 # A version with no deployment of its own (it ran before, or the job has no
                 # update block) that Nomad already marked good.
-                self._end(service, rollout, "successful", None)
-            elif time.time() - started > self.settings.nomad.watch_timeout:
-                self._end(service, rollout, "timed_out", None)
+                self._end(carried, "successful", None)
+            elif late:
+                self._end(carried, "timed_out", None)
             return
         status = str(found.get("status"))
         if status in _STATES:
-            self._end(service, rollout, _STATES[status], found)
-        elif time.time() - started > self.settings.nomad.watch_timeout:
-            self._end(service, rollout, "timed_out", found)
+            self._end(carried, _STATES[status], found)
+        elif late:
+            self._end(carried, "timed_out", found)
         else:
-            self._progress(service, rollout, found)
+            self._progress(carried, found)
 
     def _stable(self, service: Service, version: int) -> bool:
         assert self.orchestrator is not None
@@ -305,7 +553,8 @@ class Reconciler:
             return False
         return job.version == version and job.spec.get("Stable") is True
 
-    def _progress(self, service: Service, rollout: RolloutState, found: dict[str, Any]) -> None:
+    def _progress(self, carried: _Carried, found: dict[str, Any]) -> None:
+        rollout = carried.rollout
         counts = {name: found.get(name) for name in ("placed", "healthy", "desired")}
         if (
             rollout.state == "running"
@@ -313,30 +562,17 @@ class Reconciler:
             and all(getattr(rollout, k) == v for k, v in counts.items())
         ):
             return
+        new = rollout.moved(
+            "running",
+            iso(self.clock()),
+            deployment_id=found.get("id"),
+            description=found.get("description"),
+            **counts,
+        )
+        self._write_rollout(carried.service, new, carried.index)
 
-        def change(record: Record) -> Record | None:
-            current = record.rollout
-            if current is None or current.tag != rollout.tag or current.terminal:
-                return None
-            return replace(
-                record,
-                rollout=current.moved(
-                    "running",
-                    deployment_id=found.get("id"),
-                    description=found.get("description"),
-                    **counts,
-                ),
-            )
-
-        self.deployer.update_record(service, change)
-
-    def _end(
-        self,
-        service: Service,
-        rollout: RolloutState,
-        state: str,
-        found: dict[str, Any] | None,
-    ) -> None:
+    def _end(self, carried: _Carried, state: str, found: dict[str, Any] | None) -> None:
+        service, rollout = carried.service, carried.rollout
         self._nomad_index.pop(service.name, None)
         description = f"Nomad deployment of job version {rollout.version}: {state}"
         if found and found.get("description"):
@@ -356,25 +592,244 @@ class Reconciler:
                 log.warning("reconciler: %s: job unreadable after failure: %s", service.name, exc)
         if running is not None:
             description += f"; {rollout.tag} failed, running {running}"
-        try:
-            self.deployer.finish(
-                service, rollout.tag, state, description, deployment=found, running=running
+        self._finish(
+            service, rollout, carried.index, state, description, deployment=found, running=running
+        )
+
+    def _finish(
+        self,
+        service: Service,
+        rollout: RolloutState,
+        index: int,
+        state: str,
+        description: str,
+        reason: str | None = None,
+        deployment: dict[str, Any] | None = None,
+        running: str | None = None,
+    ) -> None:
+        """Record the end of a rollout, its history outcome and its report: one transaction.
+
+        With ``running`` (Nomad reverted to that tag), the tag key and the desired
+        state are set back to it in the same transaction, so Consul tells the truth.
+        """
+        name = service.name
+        entry_key = self.keys.history(name, rollout.seq)
+        found = self.store.read(entry_key)
+        entry = decode(HistoryEntry, entry_key, found.value)
+        counts = (
+            {k: deployment.get(k) for k in ("placed", "healthy", "desired")} if deployment else {}
+        )
+        ended = rollout.moved(
+            state,
+            iso(self.clock()),
+            reason=reason,
+            description=description,
+            deployment_id=(deployment or {}).get("id") or rollout.deployment_id,
+            **counts,
+        )
+        report = make_report(
+            service,
+            rollout.seq,
+            rollout.tag,
+            state,
+            description,
+            previous=entry.previous if entry else None,
+            deployment=deployment,
+            callback_url=entry.callback_url if entry else None,
+        )
+        ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
+        if entry is not None:
+            ops.append(
+                Write(
+                    entry_key, encode(finished_entry(entry, state, description)), found.modify_index
+                )
             )
-        except WriteConflict:
-            log.warning("reconciler: %s: end of rollout not recorded yet", service.name)
+        if running is not None:
+            ops += self._revert_ops(service, rollout, running)
+        if self._write_rollout(service, ended, index, ops) is not None:
+            self._not_before.pop(name, None)
+            log.info("reconciler: %s %s: %s", name, rollout.tag, state)
 
-    def _send_reports(self, service: Service, record: Record) -> None:
-        for data in record.reports:
+    def _revert_ops(self, service: Service, rollout: RolloutState, running: str) -> list[Write]:
+        """Set the tag key and desired state back to what Nomad reverted to, with history."""
+        view = self.deployer.view(service, with_rollout=False)
+        if view.key.value != rollout.tag:
+            return []  # a newer push came meanwhile: it decides
+        desired = view.desired
+        now = self.clock()
+        seq = desired.seq + 1
+        entry = HistoryEntry(
+            seq=seq,
+            tag=running,
+            time=iso(now),
+            sender="nomad",
+            kind="rollback",
+            outcome="successful",
+            previous=rollout.tag,
+            description=f"{rollout.tag} failed, running {running}",
+            write_id=new_write_id(),
+        )
+        new = _replace(desired, tag=running, seq=seq, write_id=entry.write_id)
+        ops = [
+            Write(service.key, running, view.key.modify_index),
+            Write(self.keys.desired(service.name), encode(new), view.desired_entry.modify_index),
+            Write(self.keys.history(service.name, seq), encode(entry), 0),
+        ]
+        if seq - self.deployer.history_size >= 1:
+            old = self.keys.history(service.name, seq - self.deployer.history_size)
+            ops.append(Write(old, "", 0, "delete"))
+        return ops
+
+
+def _replace(value: Any, **changes: Any) -> Any:
+    import msgspec
+
+    return msgspec.structs.replace(value, **changes)
+
+
+class Courier:
+    """Delivers the outbox while this process leads: one worker per destination.
+
+    A destination that hangs or fails delays only its own reports (each attempt is
+    bounded by ``notify.timeout``, retried ``notify.retries`` times, then dropped and
+    counted in ``noman_report_failures_total``). A report is deleted once every
+    destination took it or gave up.
+    """
+
+    def __init__(
+        self, store: Store, keys: Keys, reporter: Reporter, leading: Callable[[], bool]
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.reporter = reporter
+        self.leading = leading
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._workers: dict[str, queue.Queue[tuple[str, Entry, Report] | None]] = {}
+        self._worker_threads: list[threading.Thread] = []
+        self._remaining: dict[str, set[str]] = {}
+        # key -> modify index of reports delivered and deleted: a listing taken before
+        # the delete must not send them again.
+        self._delivered: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._index = 0
+
+    @property
+    def running(self) -> bool:
+        """True while the courier's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Watch the outbox in a daemon thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="noman-courier", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; workers finish the send in hand and end."""
+        self._stop.set()
+        for q in self._workers.values():
+            q.put(None)
+        self._workers.clear()
+        self._thread = None
+
+    def deliver_all(self) -> int:
+        """Deliver every report now, one after another (no threads); how many were taken."""
+        entries = self.store.list(self.keys.outbox_folder).entries
+        for key, entry in sorted(entries.items()):
+            report = self._decode(key, entry)
+            if report is None:
+                continue
+            self.reporter.finished(report)
+            for destination in self.reporter.destinations(report):
+                self.reporter.send(destination, report)
+            self.store.delete(key, entry.modify_index)
+        return len(entries)
+
+    def _decode(self, key: str, entry: Entry) -> Report | None:
+        try:
+            return decode(Report, key, entry.value)
+        except StateUnreadable as exc:
+            log.error("courier: %s; left in place", exc.message)
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.leading():
+                self._stop.wait(0.2)
+                continue
             try:
-                self.reporter.deliver(data)
+                snapshot = self.store.list(self.keys.outbox_folder, self._index or 1, IDLE_MAX)
+            except NomanError as exc:
+                log.warning("courier: watching the outbox: %s", exc.code)
+                self._stop.wait(2.0)
+                continue
+            self._index = snapshot.watch_index
+            if self._stop.is_set() or not self.leading():
+                continue
+            with self._lock:
+                self._delivered = {
+                    k: i for k, i in self._delivered.items() if k in snapshot.entries
+                }
+            for key, entry in sorted(snapshot.entries.items()):
+                self._dispatch(key, entry)
+
+    def _dispatch(self, key: str, entry: Entry) -> None:
+        with self._lock:
+            if key in self._remaining or self._delivered.get(key) == entry.modify_index:
+                return
+        report = self._decode(key, entry)
+        if report is None:
+            return
+        self.reporter.finished(report)
+        destinations = self.reporter.destinations(report)
+        with self._lock:
+            self._remaining[key] = set(destinations)
+        if not destinations:
+            self._done(key, entry, "")
+            return
+        for destination in destinations:
+            self._queue(destination).put((key, entry, report))
+
+    def _queue(self, destination: str) -> queue.Queue[tuple[str, Entry, Report] | None]:
+        found = self._workers.get(destination)
+        if found is None:
+            found = queue.Queue()
+            self._workers[destination] = found
+            thread = threading.Thread(
+                target=self._work,
+                args=(destination, found),
+                name=f"noman-courier-{destination}",
+                daemon=True,
+            )
+            self._worker_threads.append(thread)
+            thread.start()
+        return found
+
+    def _work(self, destination: str, jobs: queue.Queue[tuple[str, Entry, Report] | None]) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            key, entry, report = job
+            try:
+                self.reporter.send(destination, report)
             except Exception:
-                log.exception("reconciler: report %s failed", data.get("event_id"))
-        sent = record.reports
+                log.exception("courier: report %s to %s failed", report.event_id, destination)
+            self._done(key, entry, destination)
 
-        def change(current: Record) -> Record | None:
-            left = tuple(r for r in current.reports if r not in sent)
-            if len(left) == len(current.reports):
-                return None
-            return replace(current, reports=left)
-
-        self.deployer.update_record(service, change)
+    def _done(self, key: str, entry: Entry, destination: str) -> None:
+        with self._lock:
+            left = self._remaining.get(key)
+            if left is None:
+                return
+            left.discard(destination)
+            if left:
+                return
+        try:
+            self.store.delete(key, entry.modify_index)
+        except NomanError as exc:
+            log.warning("courier: delivered %s, not deleted yet: %s", key, exc.code)
+        with self._lock:
+            self._remaining.pop(key, None)
+            self._delivered[key] = entry.modify_index

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ import requests
 
 from noman import create_app
 from noman.config import Settings, parse_settings
-from noman.model import Record
+from noman.state import Desired, HistoryEntry, Keys, Report, RolloutState, decode, first_rollout
 from noman.wiring import components
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad, sample_service_job
@@ -73,6 +74,18 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class StoredState:
+    """What Noman keeps for one service, as a test reads it back from Consul."""
+
+    tag: str | None
+    frozen: bool
+    deliveries: dict[str, float]
+    rollout: RolloutState | None
+    history: list[HistoryEntry]
+    reports: tuple[Report, ...]
+
+
 class ConsulHandle:
     """One Consul for one test, reached over plain HTTP; keys live under a unique prefix."""
 
@@ -94,9 +107,43 @@ class ConsulHandle:
         """Noman's own folder for this test (outside the service keys' folder)."""
         return f"{self.prefix}-noman/"
 
-    def record(self, service: str = "web") -> Record:
-        """The service's Noman record as stored."""
-        return Record.parse(self.get(f"{self.state_prefix}{service}")[0])
+    def record(self, service: str = "web") -> StoredState:
+        """The service's Noman state as stored, read key by key over plain HTTP."""
+        keys = Keys(self.state_prefix)
+        desired = decode(Desired, "desired", self.get(keys.desired(service))[0]) or Desired()
+        rollout = decode(RolloutState, "rollout", self.get(keys.rollout(service))[0])
+        attempt = desired.attempt
+        if attempt is not None and (rollout is None or rollout.seq < attempt.seq):
+            rollout = first_rollout(attempt, attempt.time)  # not taken up yet: pending
+        history = [
+            decode(HistoryEntry, key, value)
+            for key, value in sorted(self.tree(keys.history_folder(service)).items(), reverse=True)
+        ]
+        reports = tuple(
+            decode(Report, key, value)
+            for key, value in sorted(self.tree(f"{keys.outbox_folder}{service}/").items())
+        )
+        return StoredState(
+            desired.tag,
+            desired.frozen,
+            desired.deliveries,
+            rollout,
+            [h for h in history if h is not None],
+            tuple(r for r in reports if r is not None),
+        )
+
+    def tree(self, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` with its value."""
+        import base64
+
+        answer = self.http.get(f"{self.url}/v1/kv/{prefix}", params={"recurse": ""}, timeout=5)
+        if answer.status_code == 404:
+            return {}
+        answer.raise_for_status()
+        return {
+            e["Key"]: base64.b64decode(e["Value"]).decode() if e["Value"] else ""
+            for e in answer.json()
+        }
 
     def folder(self, folder: str) -> list[str]:
         """The keys directly in ``folder`` (what consul-template's ``ls`` lists)."""

@@ -193,7 +193,7 @@ def test_check_reports_the_job_tag_disagreement_and_the_write_proof(
     before = fake.writes, consul.get(consul.key("IMAGE_TAG"))
     assert main(["--config", str(config), "check"]) == 0
     out = capsys.readouterr().out
-    record_key = f"{consul.state_prefix}web"
+    record_key = f"{consul.state_prefix}service/web/desired"
     assert f"web: job web runs {OLD}" in out
     assert (
         f"web: warning: key and job disagree: the key says {NEW}, job web runs {OLD} "
@@ -220,7 +220,7 @@ def test_check_names_a_key_the_token_may_not_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fake = consul.require_fake()
-    record_key = f"{consul.state_prefix}web"
+    record_key = f"{consul.state_prefix}service/web/desired"
 
     def precheck(op: object, anonymous: bool) -> str | None:
         # A policy with key:write on the service key but only key:read on Noman's prefix.

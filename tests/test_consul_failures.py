@@ -112,7 +112,23 @@ def test_consul_token_from_the_environment(secret: str) -> None:
 MOCK_URL = "http://consul.invalid:8500"
 KV = f"{MOCK_URL}/v1/kv/configs/web/IMAGE_TAG"
 TXN = f"{MOCK_URL}/v1/txn"
-RECORD = re.compile(r".*/v1/kv/noman-test/[0-9a-f]+-noman/web$")
+RECORD = re.compile(r".*/v1/kv/noman-test/[0-9a-f]+-noman/web$")  # the 0.x record
+
+
+def is_read(request: Any) -> bool:
+    """The hook's one read: a read-only transaction of get-tree operations."""
+    return all(op["KV"]["Verb"] == "get-tree" for op in request.json())
+
+
+def is_write(request: Any) -> bool:
+    return not is_read(request)
+
+
+def writes(mock: Any) -> list[Any]:
+    return [r for r in mock.request_history if r.method == "PUT" and is_write(r)]
+
+
+NOTHING_STORED = {"json": {"Results": [], "Errors": None}, "headers": {"X-Consul-Index": "7"}}
 
 
 @pytest.fixture
@@ -150,12 +166,12 @@ def test_consul_error_shapes_on_read(
     mocked: Any, secret: str, response: dict[str, Any], status: int, code: str
 ) -> None:
     mock, client = mocked
-    mock.get(KV, **response)
-    mock.put(KV, text="true")
+    mock.put(TXN, additional_matcher=is_read, **response)
+    mock.put(TXN, additional_matcher=is_write, json={"Results": [], "Errors": None})
     answer = hook(client, secret)
     assert answer.status_code == status
     assert answer.json["error"] == code
-    assert not [r for r in mock.request_history if r.method == "PUT"]
+    assert not writes(mock)
 
 
 @pytest.mark.parametrize(
@@ -175,29 +191,32 @@ def test_consul_error_shapes_on_write(
     mocked: Any, secret: str, response: dict[str, Any], status: int, code: str
 ) -> None:
     mock, client = mocked
-    mock.get(KV, status_code=404, headers={"X-Consul-Index": "7"})
+    mock.put(TXN, additional_matcher=is_read, **NOTHING_STORED)
     mock.get(RECORD, status_code=404, headers={"X-Consul-Index": "7"})
-    mock.put(TXN, **response)
+    mock.put(TXN, additional_matcher=is_write, **response)
+    # After a timeout, the re-read of the entry the write would have created.
+    mock.get(re.compile(r".*/history/\d+$"), status_code=404, headers={"X-Consul-Index": "7"})
     answer = hook(client, secret)
     assert answer.status_code == status
     assert answer.json["error"] == code
     # One transaction, never a blind retry, never a compensating write.
-    assert len([r for r in mock.request_history if r.method == "PUT"]) == 1
+    assert len(writes(mock)) == 1
 
 
 def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> None:
     mock, client = mocked
-    mock.get(KV, status_code=404, headers={"X-Consul-Index": "7"})
+    mock.put(TXN, additional_matcher=is_read, **NOTHING_STORED)
     mock.get(RECORD, status_code=404, headers={"X-Consul-Index": "7"})
     stale = {"OpIndex": 0, "What": 'failed to set key "configs/web/IMAGE_TAG", index is stale'}
-    mock.put(TXN, status_code=409, json={"Results": None, "Errors": [stale]})
+    mock.put(TXN, additional_matcher=is_write, status_code=409, json={"Errors": [stale]})
     answer = hook(client, secret)
     assert answer.status_code == 503
     assert answer.json["error"] == "write_conflict"
     assert "Retry-After" in answer.headers
-    puts = [r for r in mock.request_history if r.method == "PUT"]
+    puts = writes(mock)
     assert len(puts) == 8  # consul.cas_retries' default
-    assert all([op["KV"]["Verb"] for op in r.json()] == ["cas", "cas"] for r in puts)
+    # Tag key, desired state, new history entry: each created only if still missing.
+    assert all([op["KV"]["Verb"] for op in r.json()] == ["cas", "cas", "cas"] for r in puts)
     assert all(op["KV"]["Index"] == 0 for r in puts for op in r.json())
 
 

@@ -280,7 +280,7 @@ def test_one_worker_leads_and_reports_once_then_hands_over_at_shutdown(
             answer = requests.post(f"{server.url}/hooks/{secret}", json={"tag": SAMPLE_TAG})
             assert answer.status_code == 200
             note = receiver.wait_for(1, timeout=15)[0].json()
-            assert note["event_id"] == f"web:{SAMPLE_TAG}:successful"
+            assert note["event_id"] == "web:1:successful"
             leader = fake.entry("noman/.leader")
             assert leader is not None and leader.get("Session")
         finally:
@@ -289,4 +289,5 @@ def test_one_worker_leads_and_reports_once_then_hands_over_at_shutdown(
         # The workers gave the lock up on their way out: no live session holds it.
         after = fake.entry("noman/.leader")
         assert after is None or not after.get("Session")
-        assert fake.value("noman/web") is not None
+        assert fake.value("noman/service/web/desired") is not None
+        assert fake.keys("noman/outbox/") == []  # delivered and deleted

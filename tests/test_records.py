@@ -14,7 +14,7 @@ from noman.cli import main
 from noman.config import parse_settings
 from noman.deploy import Deployer
 from noman.errors import ConfigError, ConsulUnavailable, Frozen, NothingToRollBack
-from noman.model import Record, Service
+from noman.model import Service
 from noman.release import Release
 from noman.stores import OutcomeUnknown, Write
 from noman.stores.file import FileStore
@@ -39,6 +39,7 @@ def test_history_is_newest_first_and_bounded() -> None:
     history = deployer.status(SERVICE)["history"]
     assert [h["tag"] for h in history] == [T3, T2]
     assert history[0] == {
+        "seq": 3,
         "tag": T3,
         "previous": T2,
         "time": history[0]["time"],
@@ -242,4 +243,4 @@ def test_records_survive_a_new_app(consul: ConsulHandle, settings: Any, secret: 
     second = create_app(settings).test_client()
     assert second.get(f"/hooks/{secret}/status").json["frozen"] is True
     assert post(second, f"/hooks/{secret}", {"tag": T2}).status_code == 423
-    assert Record.parse(consul.get(f"{consul.state_prefix}web")[0]).frozen is True
+    assert consul.record().frozen is True

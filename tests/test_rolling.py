@@ -247,7 +247,7 @@ def test_status_follows_the_rollout(consul: ConsulHandle, nomad: FakeNomad, secr
     assert (rollout["state"], rollout["version"], rollout["desired"]) == ("running", 1, 2)
     assert rollout["deployment_id"]
     assert set(rollout) == {
-        "state", "tag", "version", "deployment_id", "reason", "description", "attempts",
+        "seq", "state", "tag", "version", "deployment_id", "reason", "description", "attempts",
         "placed", "healthy", "desired", "updated_at",
     }  # fmt: skip
     assert state["history"][0]["outcome"] == "pending"
@@ -319,7 +319,7 @@ def test_end_to_end_dockerhub_to_callback_and_notification(
         assert note.json()["status"] == notified
         assert note.json()["deployment"]["status"] == outcome
         assert note.json()["tag"] == NEW
-        assert note.json()["event_id"] == f"web:{NEW}:{outcome}"
+        assert note.json()["event_id"] == f"web:1:{outcome}"
         assert note.headers["X-Noman-Signature-256"] == sign(b"notify-hmac-key", note.body)
 
 

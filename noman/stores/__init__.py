@@ -9,7 +9,7 @@ are the same whatever keeps the tags.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from noman.errors import ConsulUnavailable
 
@@ -22,11 +22,17 @@ class Entry(NamedTuple):
 
 
 class Write(NamedTuple):
-    """One check-and-set write of a transaction: ``index`` 0 means "only if missing"."""
+    """One operation of a transaction.
+
+    ``cas`` (the default) writes only if the key's modify index is still ``cas`` (0:
+    only if missing); ``set`` writes whatever is there; ``delete`` removes the key
+    (missing is fine); ``delete-cas`` removes it only at index ``cas``.
+    """
 
     key: str
     value: str
     cas: int
+    verb: Literal["cas", "set", "delete", "delete-cas"] = "cas"
 
 
 class Snapshot(NamedTuple):
@@ -53,6 +59,10 @@ class LeaderLock(Protocol):
         """Give the lock up (at shutdown) so another process takes over at once."""
         ...
 
+    def wait_free(self, wait: float) -> None:
+        """Block up to ``wait`` s, returning early when the lock may have become free."""
+        ...
+
 
 class Store(Protocol):
     """A key/value store with check-and-set writes, transactions and blocking reads."""
@@ -69,8 +79,13 @@ class Store(Protocol):
         """Delete only if the key's modify index is still ``index``."""
         ...
 
-    def transact(self, writes: Sequence[Write]) -> list[int] | None:
-        """Apply every write or none: the keys' new modify indexes, or None when one was stale.
+    def read_many(self, keys: Sequence[str]) -> list[Entry]:
+        """Several keys in one round trip (Consul: one read-only transaction)."""
+        ...
+
+    def transact(self, writes: Sequence[Write]) -> dict[str, int] | None:
+        """Apply every write or none: written keys -> new modify index (0 when Consul did
+        not say), or None when a check-and-set was stale.
 
         Raises ``OutcomeUnknown`` when the answer did not come in time.
         """

@@ -13,6 +13,7 @@ import base64
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -100,19 +101,42 @@ class ConsulStore:
             )
         )
 
-    def transact(self, writes: Sequence[Write]) -> list[int] | None:
-        """One ``/v1/txn`` of ``cas`` operations: the new ModifyIndexes, None when one was stale."""
-        ops = [
-            {
-                "KV": {
-                    "Verb": "cas",
-                    "Key": w.key,
-                    "Value": base64.b64encode(w.value.encode("utf-8")).decode("ascii"),
-                    "Index": w.cas,
-                }
-            }
-            for w in writes
-        ]
+    def read_many(self, keys: Sequence[str]) -> list[Entry]:
+        """One read-only ``/v1/txn`` of ``get-tree`` operations, one per key.
+
+        ``get`` would fail the whole transaction for a missing key; ``get-tree`` of
+        the key's own name returns it (and any key it prefixes, which is dropped).
+        """
+        ops = [{"KV": {"Verb": "get-tree", "Key": key}} for key in keys]
+        what = ",".join(keys)
+        try:
+            answer = self._http("PUT", "txn", json=ops)
+        except requests.Timeout:
+            raise self._fail(ConsulUnavailable, "read", "no answer in time") from None
+        if answer.status_code != 200:
+            self._raise_txn(answer, "read", what)
+        found: dict[str, Entry] = {}
+        try:
+            for result in answer.json().get("Results") or []:
+                item = result["KV"]
+                raw = item.get("Value")
+                value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
+                found[item["Key"]] = Entry(value, int(item["ModifyIndex"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("consul txn read %s: an answer that is not Consul's", what)
+            raise self._fail(ConsulUnavailable, "read", "an answer that is not Consul's") from None
+        return [found.get(key, Entry(None, 0)) for key in keys]
+
+    def transact(self, writes: Sequence[Write]) -> dict[str, int] | None:
+        """One ``/v1/txn``: written keys -> new ModifyIndex, None when a ``cas`` was stale."""
+        ops: list[dict[str, Any]] = []
+        for w in writes:
+            op: dict[str, Any] = {"Verb": w.verb, "Key": w.key}
+            if w.verb in ("cas", "set"):
+                op["Value"] = base64.b64encode(w.value.encode("utf-8")).decode("ascii")
+            if w.verb in ("cas", "delete-cas"):
+                op["Index"] = w.cas
+            ops.append({"KV": op})
         what = ",".join(w.key for w in writes)
         try:
             answer = self._http("PUT", "txn", json=ops)
@@ -120,23 +144,34 @@ class ConsulStore:
             log.warning("consul txn %s: no answer within %ss", what, self.settings.timeout)
             raise OutcomeUnknown() from None
         if answer.status_code == 200:
+            written = {w.key: 0 for w in writes if w.verb in ("cas", "set")}
             try:
-                return [int(r["KV"]["ModifyIndex"]) for r in answer.json()["Results"]]
+                for result in answer.json()["Results"] or []:
+                    written[str(result["KV"]["Key"])] = int(result["KV"]["ModifyIndex"])
             except (ValueError, KeyError, TypeError):
-                return [0] * len(writes)  # applied; the indexes are simply unknown
+                pass  # applied; the indexes are simply unknown (0)
+            return written
+        if answer.status_code == 409 and self._stale(answer):
+            return None
+        self._raise_txn(answer, "txn", what)
+        return None  # pragma: no cover (_raise_txn always raises)
+
+    @staticmethod
+    def _stale(answer: requests.Response) -> bool:
+        """A 409 whose every error is a failed check-and-set (someone wrote first)."""
+        problems = _txn_problems(answer)
+        return bool(problems) and all(
+            "index is stale" in p or "doesn't exist" in p for p in problems
+        )
+
+    def _raise_txn(self, answer: requests.Response, action: str, what: str) -> None:
         if answer.status_code == 409:
-            try:
-                problems = [str(e.get("What", "")) for e in answer.json().get("Errors") or []]
-            except (ValueError, AttributeError):
-                problems = []
-            if problems and all("index is stale" in p or "doesn't exist" in p for p in problems):
-                return None
+            problems = _txn_problems(answer)
             if any("Permission denied" in p or "ACL not found" in p for p in problems):
-                raise self._forbidden("txn", what, problems[0][:300])
+                raise self._forbidden(action, what, problems[0][:300])
             log.error("consul txn %s: rejected: %s", what, "; ".join(problems)[:300])
-            raise ConsulError()
-        self._raise_for(answer, "txn", what)
-        return None  # pragma: no cover (_raise_for always raises)
+            raise self._fail(ConsulError, action)
+        self._raise_for(answer, action, what)
 
     def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
         """``GET /v1/kv/<prefix>?recurse``, blocking on ``index`` up to ``wait`` seconds."""
@@ -342,6 +377,9 @@ class ConsulLock:
         self._renewed = 0.0
         self._held = False
         self._name = f"noman {socket.gethostname()} pid {os.getpid()}"
+        # The leadership thread renews while a pass (or `deploy --wait`) also asks.
+        self._mutex = threading.Lock()
+        self._watch_index = 0
 
     def hold(self) -> bool:
         """Create/renew our session, then acquire the key unless we hold it already.
@@ -349,6 +387,33 @@ class ConsulLock:
         While the session lives nobody else can hold the key, so a leader only
         renews: re-acquiring would write the key and wake every watcher.
         """
+        with self._mutex:
+            return self._hold()
+
+    def wait_free(self, wait: float) -> None:
+        """A blocking read of the lock key: returns when its holder changes, or after ``wait``.
+
+        A follower costs one request per ``wait`` while a leader holds the key, instead
+        of one acquire attempt (and a session) per pass.
+        """
+        params = {"index": str(self._watch_index or 1), "wait": f"{max(wait, 0.1):g}s"}
+        try:
+            answer = self.store._http(
+                "GET", f"kv/{self.key}", params=params, timeout=self.store.settings.timeout + wait
+            )
+        except (ConsulUnavailable, requests.Timeout):
+            time.sleep(min(wait, 1.0))
+            return
+        self._watch_index = _index(answer)
+        try:
+            holder = answer.json()[0].get("Session") if answer.status_code == 200 else None
+        except (ValueError, IndexError, AttributeError, KeyError):
+            holder = None
+        if not holder:
+            # Free, but perhaps still in its lock-delay: the next attempt comes after it.
+            time.sleep(min(wait, max(self.lock_delay, 0.1)))
+
+    def _hold(self) -> bool:
         try:
             if self.session is None:
                 self._held = False
@@ -377,6 +442,10 @@ class ConsulLock:
 
     def release(self) -> None:
         """Release the key and destroy the session, so another instance leads at once."""
+        with self._mutex:
+            self._release()
+
+    def _release(self) -> None:
         session, self.session = self.session, None
         self._held = False
         if session is None:
@@ -411,6 +480,13 @@ class ConsulLock:
             return
         if answer.status_code == 200:
             self._renewed = time.monotonic()
+
+
+def _txn_problems(answer: requests.Response) -> list[str]:
+    try:
+        return [str(e.get("What", "")) for e in answer.json().get("Errors") or []]
+    except (ValueError, AttributeError):
+        return []
 
 
 def _index(answer: requests.Response) -> int:

@@ -66,22 +66,37 @@ class FileStore:
                 return False
             del state["keys"][key]
             state["index"] += 1
+            _tombstone(state, key)
         self._notify()
         return True
 
-    def transact(self, writes: Sequence[Write]) -> list[int] | None:
-        """Every check-and-set write, or none (under the one lock)."""
+    def read_many(self, keys: Sequence[str]) -> list[Entry]:
+        """Several keys under one lock."""
+        with self._state() as state:
+            items = [state["keys"].get(key) for key in keys]
+        return [Entry(i["value"], i["index"]) if i else Entry(None, 0) for i in items]
+
+    def transact(self, writes: Sequence[Write]) -> dict[str, int] | None:
+        """Every operation, or none (under the one lock), as Consul's ``/v1/txn``."""
         with self._state(write=True) as state:
             keys = state["keys"]
-            if any((keys[w.key]["index"] if w.key in keys else 0) != w.cas for w in writes):
-                return None
-            state["index"] += 1
             for w in writes:
+                if w.verb in ("cas", "delete-cas"):
+                    current = keys[w.key]["index"] if w.key in keys else 0
+                    if current != w.cas or (w.verb == "delete-cas" and w.key not in keys):
+                        return None
+            state["index"] += 1
+            written: dict[str, int] = {}
+            for w in writes:
+                if w.verb in ("delete", "delete-cas"):
+                    if keys.pop(w.key, None) is not None:
+                        _tombstone(state, w.key)
+                    continue
                 if w.key not in keys or keys[w.key]["value"] != w.value:
                     keys[w.key] = {"value": w.value, "index": state["index"]}
-            indexes = [int(keys[w.key]["index"]) for w in writes]
+                written[w.key] = int(keys[w.key]["index"])
         self._notify()
-        return indexes
+        return written
 
     def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
         """Keys under ``prefix``; blocks up to ``wait`` s while nothing under it changed."""
@@ -93,9 +108,13 @@ class FileStore:
                     for k, v in state["keys"].items()
                     if k.startswith(prefix)
                 }
-            # The highest modify index under the prefix: it moves with every change there
-            # (a deleted key is not seen; the reconciler also rereads on a timer).
-            current = max((e.modify_index for e in found.values()), default=1)
+                # The highest modify index under the prefix, deletions included: it
+                # moves with every change there, as Consul's X-Consul-Index does.
+                deleted = (i for k, i in state.get("deleted", {}).items() if k.startswith(prefix))
+                current = max(
+                    max((e.modify_index for e in found.values()), default=1),
+                    max(deleted, default=1),
+                )
             left = deadline - time.monotonic()
             if not index or current != index or left <= 0:
                 return Snapshot(current, found)
@@ -157,6 +176,10 @@ class _AlwaysLeader:
     def release(self) -> None:
         """Nothing to give up."""
 
+    def wait_free(self, wait: float) -> None:
+        """Never needed: this process always leads."""
+        time.sleep(min(wait, _POLL))
+
 
 class _FileLock:
     """An exclusive flock: one process (one gunicorn worker) leads; the kernel frees it on death."""
@@ -183,3 +206,19 @@ class _FileLock:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def wait_free(self, wait: float) -> None:
+        """The kernel gives no notice of a freed flock: wait a little, then try again."""
+        time.sleep(min(wait, 1.0))
+
+
+#: Deletions remembered so a blocking list sees them (bounded, oldest forgotten first).
+_TOMBSTONES = 1000
+
+
+def _tombstone(state: dict[str, Any], key: str) -> None:
+    deleted: dict[str, int] = state.setdefault("deleted", {})
+    deleted.pop(key, None)
+    deleted[key] = int(state["index"])
+    while len(deleted) > _TOMBSTONES:
+        deleted.pop(next(iter(deleted)))

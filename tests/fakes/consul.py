@@ -702,6 +702,10 @@ class FakeConsul(FakeServer):
         #: Mutations applied through HTTP: KV PUTs and DELETEs that changed something, applied
         #: txn operations that changed something. :meth:`set` does not count.
         self.writes = 0
+        #: Bytes of request and answer bodies of every request answered, and how many were
+        #: answered: what a client moved, for benchmarks and cost tests (headers not counted).
+        self.body_bytes = 0
+        self.answered = 0
         self._store = _Store()
         self._sessions: dict[str, _Session] = {}
         # key -> clock time until which nobody may acquire it (set on session invalidation).
@@ -753,6 +757,12 @@ class FakeConsul(FakeServer):
         with self._cond:
             entry = self._store.entries.get(key)
         return None if entry is None else entry.value
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every stored key starting with ``prefix``, sorted."""
+        self._tick()
+        with self._cond:
+            return sorted(k for k in self._store.entries if k.startswith(prefix))
 
     def entry(self, key: str) -> dict[str, Any] | None:
         """The key's record as Consul keeps it (``Value`` is bytes, None when empty).
@@ -879,6 +889,10 @@ class FakeConsul(FakeServer):
             response = self._route(req, server)
         except _Reject as rejected:
             response = rejected.response
+        if response is not None:
+            with self._cond:
+                self.body_bytes += len(req.body) + len(response.body)
+                self.answered += 1
         if late is not None:
             late.wait()  # applied already: only the answer is late
         return response
