@@ -12,8 +12,9 @@ the reconciler's real threads), against tests/fakes/consul.py on 127.0.0.1.
                the leader moves for it (its wake on the outbox, the delivery
                of the report, the delete), and the hook's median latency.
   idle         two instances x two workers (four reconcilers, one leads) and
-               200 services, nothing happening: requests/s and bytes/s, plus
-               the leader's full pass (every rollout.resync) amortised.
+               200 rolling services (jobs on the fake Nomad), nothing happening:
+               requests/s and bytes/s, plus the leader's full pass over every
+               rolling service (every rollout.resync) amortised.
   leader CPU   one worker serving hooks as fast as one client sends them while
                its reconciler leads: CPU of the leader's threads (leadership,
                reconciler, courier and its workers) over the worker's total, per
@@ -45,6 +46,7 @@ from noman import create_app  # noqa: E402
 from noman.config import Settings, parse_settings  # noqa: E402
 from noman.wiring import components  # noqa: E402
 from tests.fakes.consul import FakeConsul  # noqa: E402
+from tests.fakes.nomad import FakeNomad, sample_service_job  # noqa: E402
 
 SECRET = "s" * 43
 FINAL = "release-20991231000000"
@@ -57,19 +59,25 @@ def tag_of(i: int) -> str:
     return f"release-20{24 + month // 12:02d}{1 + month % 12:02d}{1 + day:02d}{hour:02d}0000"
 
 
-def settings_for(url: str, services: int, prefix: str, history: int = 50) -> Settings:
+def settings_for(
+    url: str, services: int, prefix: str, history: int = 50, nomad: str | None = None
+) -> Settings:
     lines = [
         f'[consul]\naddress = "{url}"\ntimeout = 2\nstate_prefix = "{prefix}/noman/"\n'
         f"[rollout]\nhistory_size = {history}\n"
         '[notify]\ndry_run = true\non = ["success"]\n'
         '[[notify.targets]]\nurl = "https://hooks.example/deploys"\n'
     ]
+    if nomad:
+        lines.append(f'[nomad]\naddress = "{nomad}"\ntimeout = 2\n')
     for i in range(services):
         digest = hashlib.sha256(f"{SECRET}{i}".encode()).hexdigest()
         lines.append(
             f'[services.web{i}]\nrepository = "acme/web{i}"\n'
             f'key = "{prefix}/configs/web{i}/IMAGE_TAG"\nsecret_sha256 = "{digest}"\n'
         )
+        if nomad:
+            lines.append(f'strategy = "rolling"\n[services.web{i}.nomad]\njob = "web{i}"\n')
     return parse_settings("\n".join(lines), source="bench.toml", environ={})
 
 
@@ -143,27 +151,38 @@ class Idle:
 
 def idle_cost(fake: FakeConsul, services: int, seconds: float) -> Idle:
     prefix = f"bench-idle-{time.monotonic_ns()}"
-    settings = settings_for(fake.url, services, prefix)
-    client = create_app(settings).test_client()
-    for i in range(services):
-        assert client.post(f"/hooks/{SECRET}{i}", json={"tag": tag_of(0)}).status_code == 200
-    reconcilers = [components(create_app(settings)).reconciler for _ in range(4)]
-    for reconciler in reconcilers:
-        reconciler.start()
-    time.sleep(3)  # elected, first full pass done, reports delivered, watches armed
-    wait_outbox_empty(fake, prefix)
-    time.sleep(1)
-    before = fake.answered, fake.body_bytes
-    time.sleep(seconds)
-    requests, body = fake.answered - before[0], fake.body_bytes - before[1]
-    leader = next(r for r in reconcilers if r.leader)
-    before = fake.answered, fake.body_bytes
-    leader._next_resync = 0.0  # the next full pass, now: what it moves every rollout.resync
-    leader._not_before["web0"] = (-1, 0.0)  # wake the loop (not pending anything)
-    time.sleep(1.5)
-    resync = fake.answered - before[0], fake.body_bytes - before[1]
-    for reconciler in reconcilers:
-        reconciler.stop(1)
+    with FakeNomad() as nomad:
+        for i in range(services):
+            job = sample_service_job(f"web{i}", image=f"acme/web{i}:{tag_of(0)}")
+            job["Meta"]["NOMAN_IMAGE_TAG"] = tag_of(0)
+            nomad.add_job(job)
+        nomad.script_deployments("successful")
+        settings = settings_for(fake.url, services, prefix, nomad=nomad.url)
+        reconcilers = [components(create_app(settings)).reconciler for _ in range(4)]
+        for reconciler in reconcilers:
+            reconciler.start()
+        client = create_app(settings).test_client()
+        for i in range(services):
+            answer = client.post(f"/hooks/{SECRET}{i}", json={"tag": tag_of(1)})
+            assert answer.status_code == 200, answer.get_data(as_text=True)
+        deadline = time.monotonic() + 120
+        while fake.keys(f"{prefix}/noman/pending/") and time.monotonic() < deadline:
+            time.sleep(0.1)  # every rollout followed to its end
+        assert not fake.keys(f"{prefix}/noman/pending/"), "rollouts did not finish"
+        wait_outbox_empty(fake, prefix)
+        time.sleep(2)
+        before = fake.answered, fake.body_bytes
+        time.sleep(seconds)
+        requests, body = fake.answered - before[0], fake.body_bytes - before[1]
+        leader = next(r for r in reconcilers if r.leader)
+        # The full pass over every rolling service, as the leader runs it every
+        # rollout.resync seconds (run here, in this thread, while its own thread idles).
+        leader._next_resync = 0.0
+        before = fake.answered, fake.body_bytes
+        leader.run_once()
+        resync = fake.answered - before[0], fake.body_bytes - before[1]
+        for reconciler in reconcilers:
+            reconciler.stop(1)
     return Idle(
         seconds,
         requests / seconds,
@@ -279,7 +298,7 @@ def main() -> int:
     amortised_rps = idle.resync_requests / idle.resync_every
     amortised_bps = idle.resync_bytes / idle.resync_every
     print(
-        f"Idle, 2 instances x 2 workers, 200 services, {idle.seconds:g} s: "
+        f"Idle, 2 instances x 2 workers, 200 rolling services, {idle.seconds:g} s: "
         f"{idle.requests_per_s:.2f} requests/s, {idle.bytes_per_s:.0f} B/s; "
         f"full pass every {idle.resync_every:g} s: {idle.resync_requests} requests, "
         f"{idle.resync_bytes / 1024:.1f} KB (+{amortised_rps:.2f} req/s, "

@@ -157,6 +157,7 @@ class Deployer:
         history_size: int = 50,
         report_successes: bool = True,
         finished: Callable[[Report], object] | None = None,
+        deliver: Callable[[list[tuple[str, Report]]], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -170,6 +171,8 @@ class Deployer:
         # in the outbox only to be dropped: ``finished`` logs and counts it instead.
         self.report_successes = report_successes
         self.finished = finished
+        # Hands the reports this process just wrote to its courier (noman.courier).
+        self.deliver = deliver
         self.clock = clock
         # service name -> (tag key, desired state) as this process last wrote them.
         self._known: dict[str, tuple[Entry, Entry]] = {}
@@ -185,6 +188,28 @@ class Deployer:
         found = self.store.read_many(keys)
         rollout_entry = found[2] if with_rollout else None
         return self._view(service, found[0], found[1], rollout_entry)
+
+    def views(self, services: list[Service]) -> dict[str, ServiceView]:
+        """Views of many services, 20 to a read-only transaction (the leader's full pass).
+
+        A service whose state does not decode is left out (its own step reports it).
+        """
+        found: dict[str, ServiceView] = {}
+        for start in range(0, len(services), 20):
+            chunk = services[start : start + 20]
+            keys = [
+                key
+                for s in chunk
+                for key in (s.key, self.keys.desired(s.name), self.keys.rollout(s.name))
+            ]
+            entries = self.store.read_many(keys)
+            for i, service in enumerate(chunk):
+                key, desired, rollout = entries[3 * i : 3 * i + 3]
+                try:
+                    found[service.name] = self._view(service, key, desired, rollout)
+                except StateUnreadable:
+                    continue
+        return found
 
     def _view(
         self, service: Service, key: Entry, desired_entry: Entry, rollout_entry: Entry | None
@@ -522,6 +547,8 @@ class Deployer:
     def _after_commit(self, service: Service, attempt: Attempt, change: DeployChange) -> Outcome:
         """The answer once the transaction landed: from here on, never an error."""
         outcome = Outcome(service.name, service.key, attempt.tag, attempt.previous, changed=True)
+        if change.reports and self.deliver is not None:
+            self.deliver([(self.keys.outbox(r), r) for r in change.reports])
         if not change.rolling:
             if not change.reports and self.finished is not None:
                 description = change.entry.description

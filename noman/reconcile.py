@@ -14,10 +14,9 @@ with one job, so none can starve another:
   one transaction; then deletes ``pending/<service>/<seq>``. An older attempt
   still pending when a newer one came is recorded and reported ``cancelled``.
   Idle, it blocks on ``pending/``: a wake costs what is pending, not what exists;
-- the courier (``Courier``): blocks on ``outbox/`` and hands each report to
-  one worker per destination, so a target that hangs delays only its own
-  reports, never a rollout; a report is deleted once every destination took
-  it or gave up.
+- the courier (``noman.courier``): delivers the reports the leader writes
+  at once, one worker per destination, and sweeps ``outbox/`` on a timer for
+  reports their writer (the instance that took a hook) did not deliver.
 
 Everything it needs is in the store, so a new leader resumes where a dead one
 stopped: nothing is lost, a report may be repeated (same ``event_id``).
@@ -27,7 +26,6 @@ Tests and ``noman deploy --wait`` drive the same passes with ``run_once``.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from noman.config import Settings
+from noman.courier import Courier
 from noman.deploy import STALE_JOB, Deployer, Orchestrator, ServiceView, check_release, iso
 from noman.errors import NomanError, StateUnreadable
 from noman.model import Service, orders_before
@@ -83,6 +82,7 @@ class Reconciler:
         deployer: Deployer,
         orchestrator: Orchestrator | None,
         reporter: Reporter,
+        courier: Courier | None = None,
         idle_wait: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -100,14 +100,16 @@ class Reconciler:
         )
         self.idle_wait = idle_wait if idle_wait is not None else IDLE_MAX
         self.leader = False
-        self.courier = Courier(store, self.keys, reporter, lambda: self.leader)
+        self.courier = courier or Courier(store, self.keys, reporter, settings.notify)
+        self.courier.leading = lambda: self.leader
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pending: dict[str, Entry] | None = None
         self._pending_index = 0
         self._next_resync = 0.0
         self._nomad_index: dict[str, int] = {}
-        # service name -> (attempt seq, monotonic time before which it is not retried)
+        # service name -> (attempt seq, monotonic time before which it is not retried);
+        # an entry is dropped when it comes due, so it never wakes the loop twice
         self._not_before: dict[str, tuple[int, float]] = {}
         self._unreadable: set[str] = set()
 
@@ -218,17 +220,24 @@ class Reconciler:
             if found is not None:
                 waiting.setdefault(found[0], {})[found[1]] = entry
         names = set(waiting)
-        names |= {name for name, (_, due) in self._not_before.items() if due <= now}
+        for name in [name for name, (_, due) in self._not_before.items() if due <= now]:
+            del self._not_before[name]
+            names.add(name)
+        views: dict[str, ServiceView] = {}
         if now >= self._next_resync:
             self._next_resync = now + self.settings.rollout.resync
-            names |= {s.name for s in self.settings.services if s.strategy == "rolling"}
+            rolling = [s for s in self.settings.services if s.strategy == "rolling"]
+            names |= {s.name for s in rolling}
+            views = self.deployer.views(rolling)
         busy = False
         active: list[_Carried] = []
         for service in self.settings.services:
             if service.name not in names:
                 continue
             try:
-                carried = self._step(service, waiting.get(service.name, {}))
+                carried = self._step(
+                    service, waiting.get(service.name, {}), views.get(service.name)
+                )
             except StateUnreadable as exc:
                 self._note_unreadable(service, exc)
                 continue
@@ -242,7 +251,7 @@ class Reconciler:
             # With several deployments in flight, share the wait between them.
             self._follow(carried, wait / len(active))
             busy = True
-        if not self.courier.running:
+        if not self.running:
             self.courier.deliver_all()
         return busy
 
@@ -274,12 +283,16 @@ class Reconciler:
 
     # -- deciding ------------------------------------------------------------------------
 
-    def _step(self, service: Service, pending: dict[int, Entry]) -> _Carried | None:
+    def _step(
+        self, service: Service, pending: dict[int, Entry], view: ServiceView | None = None
+    ) -> _Carried | None:
         """Bring one service a step closer to its desired tag; the rollout it carries.
 
-        ``pending`` holds the service's keys under ``pending/`` by attempt.
+        ``pending`` holds the service's keys under ``pending/`` by attempt; ``view`` is
+        what the full pass read already (else it is read now).
         """
-        view = self.deployer.view(service)
+        if view is None or pending:
+            view = self.deployer.view(service)
         self._unreadable.discard(service.name)
         if view.migration is not None:
             self.deployer.migrate(service, view)
@@ -333,14 +346,17 @@ class Reconciler:
             description,
             previous=entry.previous,
             callback_url=entry.callback_url,
+            at=self.clock(),
         )
         ended = finished_entry(entry, rollout.state, description)
-        self.store.transact(
+        written = self.store.transact(
             [
                 Write(key, encode(ended), found.modify_index),
                 Write(self.keys.outbox(report), encode(report), 0, "set"),
             ]
         )
+        if written is not None:
+            self.courier.send_now([(self.keys.outbox(report), report)])
 
     def _clear_pending(self, service: Service, pending: dict[int, Entry]) -> None:
         """Nothing left to do: the pending keys go, unless a hook set them again since."""
@@ -403,6 +419,7 @@ class Reconciler:
         seqs = sorted(older)
         keys = [self.keys.history(service.name, seq) for seq in seqs]
         ops: list[Write] = []
+        reports: list[tuple[str, Report]] = []
         for seq, key, item in zip(seqs, keys, self.store.read_many(keys), strict=True):
             pending = older[seq]
             ops.append(
@@ -422,9 +439,12 @@ class Reconciler:
                 description,
                 previous=entry.previous,
                 callback_url=entry.callback_url,
+                at=self.clock(),
             )
             ops.append(Write(self.keys.outbox(report), encode(report), 0, "set"))
-        self.store.transact(ops)
+            reports.append((self.keys.outbox(report), report))
+        if self.store.transact(ops) is not None:
+            self.courier.send_now(reports)
 
     def _due(self, service: Service, seq: int) -> bool:
         held = self._not_before.get(service.name)
@@ -493,11 +513,15 @@ class Reconciler:
             "reconciler: %s %s: %s (attempt %s)", service.name, rollout.tag, error.code, attempts
         )
         extra: list[Write] = []
+        reports: list[tuple[str, Report]] = []
         notified = rollout.notified
         if error.permanent and notified != error.code:
             notified = error.code
-            report = make_report(service, rollout.seq, rollout.tag, error.code, error.message)
+            report = make_report(
+                service, rollout.seq, rollout.tag, error.code, error.message, at=self.clock()
+            )
             extra.append(Write(self.keys.outbox(report), encode(report), 0, "set"))
+            reports.append((self.keys.outbox(report), report))
         new = rollout.moved(
             "pending",
             iso(self.clock()),
@@ -507,7 +531,8 @@ class Reconciler:
             notified=notified,
         )
         try:
-            self._write_rollout(service, new, index, extra)
+            if self._write_rollout(service, new, index, extra) is not None:
+                self.courier.send_now(reports)
         except NomanError as exc:
             log.warning("reconciler: %s: attempt not recorded: %s", service.name, exc.code)
 
@@ -636,6 +661,7 @@ class Reconciler:
             previous=entry.previous if entry else None,
             deployment=deployment,
             callback_url=entry.callback_url if entry else None,
+            at=self.clock(),
         )
         ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
         if entry is not None:
@@ -649,6 +675,7 @@ class Reconciler:
         if self._write_rollout(service, ended, index, ops) is not None:
             self._not_before.pop(name, None)
             log.info("reconciler: %s %s: %s", name, rollout.tag, state)
+            self.courier.send_now([(self.keys.outbox(report), report)])
 
     def _revert_ops(self, service: Service, rollout: RolloutState, running: str) -> list[Write]:
         """Set the tag key and desired state back to what Nomad reverted to, with history."""
@@ -685,151 +712,3 @@ def _replace(value: Any, **changes: Any) -> Any:
     import msgspec
 
     return msgspec.structs.replace(value, **changes)
-
-
-class Courier:
-    """Delivers the outbox while this process leads: one worker per destination.
-
-    A destination that hangs or fails delays only its own reports (each attempt is
-    bounded by ``notify.timeout``, retried ``notify.retries`` times, then dropped and
-    counted in ``noman_report_failures_total``). A report is deleted once every
-    destination took it or gave up.
-    """
-
-    def __init__(
-        self, store: Store, keys: Keys, reporter: Reporter, leading: Callable[[], bool]
-    ) -> None:
-        self.store = store
-        self.keys = keys
-        self.reporter = reporter
-        self.leading = leading
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._workers: dict[str, queue.Queue[tuple[str, Entry, Report] | None]] = {}
-        self._worker_threads: list[threading.Thread] = []
-        self._remaining: dict[str, set[str]] = {}
-        # key -> modify index of reports delivered and deleted: a listing taken before
-        # the delete must not send them again.
-        self._delivered: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._index = 0
-
-    @property
-    def running(self) -> bool:
-        """True while the courier's thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Watch the outbox in a daemon thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="noman-courier", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop watching; workers finish the send in hand and end."""
-        self._stop.set()
-        for q in self._workers.values():
-            q.put(None)
-        self._workers.clear()
-        self._thread = None
-
-    def deliver_all(self) -> int:
-        """Deliver every report now, one after another (no threads); how many were taken."""
-        entries = self.store.list(self.keys.outbox_folder).entries
-        for key, entry in sorted(entries.items()):
-            report = self._decode(key, entry)
-            if report is None:
-                continue
-            self.reporter.finished(report)
-            for destination in self.reporter.destinations(report):
-                self.reporter.send(destination, report)
-            self.store.delete(key, entry.modify_index)
-        return len(entries)
-
-    def _decode(self, key: str, entry: Entry) -> Report | None:
-        try:
-            return decode(Report, key, entry.value)
-        except StateUnreadable as exc:
-            log.error("courier: %s; left in place", exc.message)
-            return None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if not self.leading():
-                self._stop.wait(0.2)
-                continue
-            try:
-                snapshot = self.store.list(self.keys.outbox_folder, self._index or 1, IDLE_MAX)
-            except NomanError as exc:
-                log.warning("courier: watching the outbox: %s", exc.code)
-                self._stop.wait(2.0)
-                continue
-            self._index = snapshot.watch_index
-            if self._stop.is_set() or not self.leading():
-                continue
-            with self._lock:
-                self._delivered = {
-                    k: i for k, i in self._delivered.items() if k in snapshot.entries
-                }
-            for key, entry in sorted(snapshot.entries.items()):
-                self._dispatch(key, entry)
-
-    def _dispatch(self, key: str, entry: Entry) -> None:
-        with self._lock:
-            if key in self._remaining or self._delivered.get(key) == entry.modify_index:
-                return
-        report = self._decode(key, entry)
-        if report is None:
-            return
-        self.reporter.finished(report)
-        destinations = self.reporter.destinations(report)
-        with self._lock:
-            self._remaining[key] = set(destinations)
-        if not destinations:
-            self._done(key, entry, "")
-            return
-        for destination in destinations:
-            self._queue(destination).put((key, entry, report))
-
-    def _queue(self, destination: str) -> queue.Queue[tuple[str, Entry, Report] | None]:
-        found = self._workers.get(destination)
-        if found is None:
-            found = queue.Queue()
-            self._workers[destination] = found
-            thread = threading.Thread(
-                target=self._work,
-                args=(destination, found),
-                name=f"noman-courier-{destination}",
-                daemon=True,
-            )
-            self._worker_threads.append(thread)
-            thread.start()
-        return found
-
-    def _work(self, destination: str, jobs: queue.Queue[tuple[str, Entry, Report] | None]) -> None:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            key, entry, report = job
-            try:
-                self.reporter.send(destination, report)
-            except Exception:
-                log.exception("courier: report %s to %s failed", report.event_id, destination)
-            self._done(key, entry, destination)
-
-    def _done(self, key: str, entry: Entry, destination: str) -> None:
-        with self._lock:
-            left = self._remaining.get(key)
-            if left is None:
-                return
-            left.discard(destination)
-            if left:
-                return
-        try:
-            self.store.delete(key, entry.modify_index)
-        except NomanError as exc:
-            log.warning("courier: delivered %s, not deleted yet: %s", key, exc.code)
-        with self._lock:
-            self._remaining.pop(key, None)
-            self._delivered[key] = entry.modify_index

@@ -167,6 +167,9 @@ class Report(msgspec.Struct, frozen=True, omit_defaults=True):
     previous: str | None = None
     deployment: dict[str, Any] | None = None
     callback_url: str | None = None
+    # When it was written (epoch seconds): the leader delivers it only if its writer has
+    # not within the courier's grace time.
+    at: float = 0.0
 
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
@@ -268,8 +271,9 @@ def make_report(
     previous: str | None = None,
     deployment: dict[str, Any] | None = None,
     callback_url: str | None = None,
+    at: float = 0.0,
 ) -> Report:
-    """The report of attempt ``seq`` reaching ``state``."""
+    """The report of attempt ``seq`` reaching ``state``, written at ``at``."""
     return Report(
         event_id=f"{service.name}:{seq}:{state}",
         service=service.name,
@@ -282,6 +286,7 @@ def make_report(
         previous=previous,
         deployment=deployment,
         callback_url=callback_url,
+        at=at,
     )
 
 
@@ -342,6 +347,7 @@ def deploy_change(
                 description,
                 previous=attempt.previous,
                 callback_url=attempt.callback_url,
+                at=attempt.at,
             ),
         )
     new = Desired(

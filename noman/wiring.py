@@ -1,7 +1,7 @@
 """One wiring function for the web app and the CLI: settings -> the objects that do the work.
 
-``build`` makes the store, the Nomad client, the deployer, the reporter and
-the reconciler once; ``components(app)`` gives a view the app's set. Views
+``build`` makes the store, the Nomad client, the deployer, the reporter, the
+courier and the reconciler once; ``components(app)`` gives a view the app's set. Views
 and commands reach them through typed attributes, never string keys.
 """
 
@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from flask import Flask
 
 from noman.config import Settings
+from noman.courier import Courier
 from noman.deploy import Deployer
 from noman.notify import Reporter
 from noman.reconcile import Reconciler
 from noman.rollouts.nomad import NomadRollouts
+from noman.state import Keys
 from noman.stores import Store
 
 EXTENSION = "noman"
@@ -30,6 +32,7 @@ class Components:
     nomad: NomadRollouts | None
     deployer: Deployer
     reporter: Reporter
+    courier: Courier
     reconciler: Reconciler
 
 
@@ -38,6 +41,7 @@ def build(settings: Settings, store: Store | None = None) -> Components:
     store = store if store is not None else build_store(settings)
     nomad = build_nomad(settings)
     reporter = Reporter(settings)
+    courier = Courier(store, Keys(settings.consul.state_prefix), reporter, settings.notify)
     deployer = Deployer(
         store,
         nomad,
@@ -48,9 +52,10 @@ def build(settings: Settings, store: Store | None = None) -> Components:
         history_size=settings.rollout.history_size,
         report_successes=any("success" in t.on for t in settings.notify.targets),
         finished=reporter.finished,
+        deliver=courier.send_now,
     )
-    reconciler = Reconciler(settings, store, deployer, nomad, reporter)
-    return Components(settings, store, nomad, deployer, reporter, reconciler)
+    reconciler = Reconciler(settings, store, deployer, nomad, reporter, courier)
+    return Components(settings, store, nomad, deployer, reporter, courier, reconciler)
 
 
 def build_store(settings: Settings) -> Store:
