@@ -237,6 +237,23 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class HookProofs:
+    """What proves a delivery to one service besides its URL secret; nothing by default.
+
+    Kept beside ``Service`` rather than on it while ``noman.model`` is being
+    reworked; ``Settings.proofs_for`` finds a service's own.
+    """
+
+    # An unsigned delivery must carry this header (any case) with one of these
+    # sha256 digests of its whole value; no digests: the URL secret alone.
+    auth_header: str = "Authorization"
+    auth_header_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+NO_PROOFS = HookProofs()
+
+
+@dataclass(frozen=True)
 class UISettings:
     """The operator status page: off unless an admin token is configured."""
 
@@ -276,6 +293,15 @@ class Settings:
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
     callback_allow_http: bool = False
+    # (service name, its proofs) for the services that configure any.
+    proofs: tuple[tuple[str, HookProofs], ...] = ()
+
+    def proofs_for(self, service: Service) -> HookProofs:
+        """What proves a delivery to ``service`` besides its URL secret."""
+        for name, proofs in self.proofs:
+            if name == service.name:
+                return proofs
+        return NO_PROOFS
 
     def service(self, name: str) -> Service:
         """The service called ``name``; ConfigError if there is none."""

@@ -178,7 +178,8 @@ def _handle_hook(secret: str | None) -> tuple[Response, int]:
         service = _service_for(_bearer_secret() if secret is None else secret)
         fields["service"] = service.name
         headers = {name.lower(): value for name, value in request.headers.items()}
-        parsed = read_release(service, headers, _read_json_body())
+        settings = components(current_app).settings
+        parsed = read_release(service, headers, _read_json_body(), settings.proofs_for(service))
         if parsed is None:  # GitHub's ping when the webhook is created
             _log_hook(fields, "ping", 200, started)
             return jsonify({"service": service.name, "event": "ping"}), 200

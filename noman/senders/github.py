@@ -17,16 +17,13 @@ untagged version per platform manifest beside the tagged index.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from noman.auth import secrets_match, sign
-from noman.config import Service
+from noman.config import HookProofs, Service
 from noman.errors import InvalidPayload, InvalidSignature
 from noman.release import Ignored, Release, shown
-from noman.senders.common import check_repository
-
-if TYPE_CHECKING:
-    from noman.senders import Headers
+from noman.senders.common import Headers, Sender, check_repository
 
 EVENTS = ("package", "registry_package")
 ACTIONS = ("published", "updated")
@@ -120,3 +117,19 @@ def _namespace(package: dict[str, Any]) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise InvalidPayload("package.namespace (or package.owner.login) is missing.")
     return namespace
+
+
+def _verify(service: Service, proofs: HookProofs, headers: Headers, body: bytes) -> None:
+    verify(service, headers, body)
+
+
+def parse(
+    payload: dict[str, Any], service: Service | None, headers: Headers
+) -> Release | Ignored | None:
+    """The table's parser: None for ``ping``, else ``parse_package``."""
+    if event(headers) == "ping":
+        return None
+    return parse_package(payload, headers, service)
+
+
+SENDER = Sender("github", parse, headers=looks_like, verify=_verify)
