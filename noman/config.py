@@ -112,6 +112,8 @@ SCHEMA: tuple[Key, ...] = (
     _k(_S, "secret_env", (str,), None, "Env var holding the URL secret itself."),
     _k(_S, "github_secret_env", (str,), None, "Env var with the GitHub webhook secret(s)."),
     _k(_S, "standard_secret_env", (str,), None, "Env var with the whsec_ key(s)."),
+    _k(_S, "gitea_secret_env", (str,), None, "Env var with the Gitea/Forgejo secret(s)."),
+    _k(_S, "artifactory_secret_env", (str,), None, "Env var with the Artifactory token(s)."),
     _k(_S, "auth_header", (str,), "Authorization", "Header an unsigned sender must carry."),
     _k(_S, "auth_header_sha256", (str, list), None, "sha256 hex of its whole value (or a list)."),
     _k(_S, "auth_header_env", (str,), None, "Env var holding its whole value."),
@@ -253,6 +255,9 @@ class HookProofs:
     # sha256 digests of its whole value; no digests: the URL secret alone.
     auth_header: str = "Authorization"
     auth_header_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+    # HMAC keys of the Gitea/Forgejo webhook, and Artifactory's secret token(s).
+    gitea_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    artifactory_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 NO_PROOFS = HookProofs()
@@ -795,7 +800,14 @@ class _Parser:
             hashes = self.secrets(table, v, kind="auth_header", noun="header value")
         elif "auth_header" in raw:
             raise self.fail(table, "auth_header", "needs auth_header_sha256 or auth_header_env")
-        return HookProofs(auth_header=header, auth_header_hashes=hashes)
+        return HookProofs(
+            auth_header=header,
+            auth_header_hashes=hashes,
+            gitea_keys=tuple(k.encode() for k in self.keys(table, "gitea_secret_env", v)),
+            artifactory_keys=tuple(
+                k.encode() for k in self.keys(table, "artifactory_secret_env", v)
+            ),
+        )
 
     def keys(self, table: str, name: str, v: Mapping[str, Any]) -> tuple[str, ...]:
         """The whitespace-separated keys in the environment variable ``v[name]`` names."""

@@ -176,6 +176,8 @@ def test_a_repository_is_matched_as_docker_names_images(
             {},
             "is the hash of an empty header value",
         ),
+        ({"gitea_secret_env": "G"}, {}, "gitea_secret_env: environment G is not set"),
+        ({"artifactory_secret_env": "A"}, {"A": "short"}, "holds a key that is too short"),
     ],
 )
 def test_the_new_keys_are_checked_at_start(

@@ -5,21 +5,27 @@ it recognises a delivery, how it verifies it, how it parses it. A request
 is matched in two passes over ``SENDERS``:
 
 1. by headers, before the body is decoded, so that a signature is checked
-   over the raw bytes: GitHub packages, Standard Webhooks;
+   over the raw bytes: Gitea/Forgejo (they also send GitHub's headers, so
+   they come first), GitHub packages, Standard Webhooks, Docker
+   distribution and GitLab (their envelope's media type), Artifactory
+   (``X-JFrog-Event-Auth``);
 2. else by the JSON object's shape: DockerHub, plain curl/CI, Harbor
-   (both formats), Quay.
+   (both formats), Quay, the distribution envelope, Azure Container
+   Registry, Artifactory.
 
 The row found verifies the delivery (a signature, a token, or the
 service's ``auth_header``; 401 ``invalid_signature`` when wrong), then
 parses it. A body no row recognises is refused (400 ``invalid_payload``)
 after the service's ``auth_header`` is checked, naming what Noman takes.
-Adding a registry is one module and one row below. Nothing here trusts the
-body: every field is type-checked and anything odd is a 4xx.
+Adding a registry is one module
+and one row below. Nothing here trusts the body: every field is
+type-checked and anything odd is a 4xx.
 
 A registry event that announces nothing this service deploys (no tag, a
 digest only, a tag outside ``tag_pattern``, another event, a test
-notification) is an ``Ignored``, answered 202 so the registry neither marks
-the delivery failed nor retries it. An explicit request (plain body, signed CI body)
+notification, another repository from a registry that sends all of them)
+is an ``Ignored``, answered 202 so the registry neither marks the delivery
+failed nor retries it. An explicit request (plain body, signed CI body)
 names its tag on purpose, so a bad one stays a 422.
 """
 
@@ -32,7 +38,18 @@ from typing import Any
 from noman.config import HookProofs, Service
 from noman.errors import InvalidJSON, InvalidPayload
 from noman.release import Ignored, Release
-from noman.senders import dockerhub, github, harbor, plain, quay, standard
+from noman.senders import (
+    acr,
+    artifactory,
+    distribution,
+    dockerhub,
+    gitea,
+    github,
+    harbor,
+    plain,
+    quay,
+    standard,
+)
 from noman.senders.common import Headers, Sender, canonical, check_auth_header, screen
 
 __all__ = [
@@ -49,12 +66,16 @@ __all__ = [
 #: Every sender, in the order they are tried (see the module docstring): the rows
 #: with a header test first, then the rows with a shape test.
 SENDERS: tuple[Sender, ...] = (
+    gitea.SENDER,
     github.SENDER,
     standard.SENDER,
     dockerhub.SENDER,
     plain.SENDER,
     harbor.SENDER,
     quay.SENDER,
+    distribution.SENDER,
+    acr.SENDER,
+    artifactory.SENDER,
 )
 
 MAX_DEPTH = 32
@@ -126,8 +147,10 @@ def parse_release(payload: dict[str, Any], service: Service | None = None) -> Re
 
 
 _UNRECOGNISED = (
-    "Unrecognised payload: send a DockerHub, Harbor (Default or CloudEvents format) or "
-    'Quay push webhook, or {"tag": "<tag>"}.'
+    "Unrecognised payload. Noman takes pushes from DockerHub, GitHub packages, Gitea/Forgejo "
+    "packages, Harbor, Quay, Docker distribution (registry:2) and GitLab container registry "
+    "notifications, Azure Container Registry and JFrog Artifactory, Standard Webhooks, or "
+    '{"tag": "<tag>"}.'
 )
 
 

@@ -6,14 +6,22 @@ how a delivery is verified, how it is parsed.
 
 A push for another repository is refused (403: the hook is misdirected or
 forged), even when it would otherwise be ignored, so a misconfiguration
-always shows. A push for this repository whose tag the service does not
-take (``latest`` beside ``release-...``) is ignored (202), because the
-registry sent it for a reason outside this service and must not retry it.
+always shows; except from the registries whose one endpoint receives every
+repository's events (a registry:2 or GitLab notification endpoint, an
+unscoped ACR webhook, an Artifactory webhook on several repositories, a
+Gitea owner's package hook), where another repository's event is normal
+and is ignored (202, ``other_repository``). A push for this repository whose tag
+the service does not take (``latest`` beside ``release-...``) is ignored
+(202), because the registry sent it for a reason outside this service and
+must not retry it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +37,21 @@ Headers = Mapping[str, str]
 JSON = dict[str, Any]
 
 # Senders that announce pushes on their own; plain and signed CI bodies ask explicitly.
-REGISTRY_SENDERS = frozenset({"dockerhub", "github", "harbor", "quay"})
+REGISTRY_SENDERS = frozenset(
+    {
+        "dockerhub",
+        "github",
+        "harbor",
+        "quay",
+        "distribution",
+        "acr",
+        "artifactory",
+        "gitea",
+        "forgejo",
+    }
+)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _never(_: Any) -> bool:
@@ -86,6 +108,21 @@ class Sender:
     verify: Callable[[Service, HookProofs, Headers, bytes], None] = check_auth_header
 
 
+def hmac_hex_matches(keys: Iterable[bytes], body: bytes, presented: str) -> bool:
+    """True when ``presented`` is the hex HMAC-SHA256 of ``body`` under one of ``keys``.
+
+    Every key is tried (constant time per key, no early exit on a match).
+    """
+    candidate = presented.strip().lower()
+    if not _HEX64.fullmatch(candidate):
+        return False
+    matched = False
+    for key in keys:
+        expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+        matched |= secrets_match(candidate.encode("ascii"), expected.encode("ascii"))
+    return matched
+
+
 def check_repository(service: Service, repository: str | None) -> None:
     """RepositoryMismatch unless ``repository`` (when given) is the image the service deploys."""
     if repository is not None and not same_image(service.repository, repository):
@@ -97,6 +134,19 @@ def check_repository(service: Service, repository: str | None) -> None:
 def ours(service: Service, host: str | None, path: str) -> bool:
     """True when a registry's (``host``, ``path``) names the image the service deploys."""
     return names_image(service.repository, host, path)
+
+
+def other_repository(sender: str, label: str, name: str, service: Service) -> Ignored:
+    """A feed's event for another repository: acknowledged, nothing to deploy.
+
+    ``sender`` is the sender's code, ``label`` how the message names it.
+    """
+    return Ignored(
+        "other_repository",
+        f"This {label} event is for {shown(name, 140)}, not {shown(service.repository, 140)} "
+        "(this registry sends every repository's events to every endpoint); nothing to deploy.",
+        sender,
+    )
 
 
 def require_service(service: Service | None, sender: str) -> Service:
@@ -192,3 +242,21 @@ def obj(data: JSON, name: str, where: str) -> JSON:
     if not isinstance(value, dict):
         raise InvalidPayload(f"{where} must be a JSON object.")
     return value
+
+
+def optional_obj(data: JSON, name: str, where: str) -> JSON | None:
+    """``data[name]`` when present and not null: a JSON object, else InvalidPayload."""
+    value = data.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise InvalidPayload(f"{where} must be a JSON object.")
+    return value
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def delivery_id(sender: str, value: Any) -> str | None:
+    """``<sender>:<value>`` when ``value`` is a plain token (it lands in the record), else None."""
+    if isinstance(value, str) and _TOKEN.fullmatch(value):
+        return f"{sender}:{value}"
+    return None

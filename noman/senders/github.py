@@ -13,6 +13,11 @@ What deploys: ``package`` / ``registry_package`` events, action
 What is ignored (202): other events and actions, other package types, and
 untagged versions (``tag.name == ""``): a multi-arch build publishes one
 untagged version per platform manifest beside the tagged index.
+
+Gitea and Forgejo send GitHub's headers too (``X-GitHub-Event``,
+``X-Hub-Signature-256``) beside their own: their row comes first in the
+table, so this one only sees deliveries without ``X-Gitea-Event`` /
+``X-Forgejo-Event``.
 """
 
 from __future__ import annotations
