@@ -8,16 +8,18 @@ is matched in two passes over ``SENDERS``:
    over the raw bytes: Gitea/Forgejo (they also send GitHub's headers, so
    they come first), GitHub packages, Standard Webhooks, Docker
    distribution and GitLab (their envelope's media type), Artifactory
-   (``X-JFrog-Event-Auth``);
+   (``X-JFrog-Event-Auth``); then the known foreign senders (GitLab project
+   hooks, Bitbucket, Gogs, Nexus, SNS, binary CloudEvents);
 2. else by the JSON object's shape: DockerHub, plain curl/CI, Harbor
    (both formats), Quay, the distribution envelope, Azure Container
-   Registry, Artifactory.
+   Registry, Artifactory; then the known foreign shapes (EventBridge, SNS,
+   Pub/Sub, other CloudEvents).
 
 The row found verifies the delivery (a signature, a token, or the
 service's ``auth_header``; 401 ``invalid_signature`` when wrong), then
 parses it. A body no row recognises is refused (400 ``invalid_payload``)
-after the service's ``auth_header`` is checked, naming what Noman takes.
-Adding a registry is one module
+after the service's ``auth_header`` is checked, naming what Noman takes;
+a foreign one, naming what it looks like. Adding a registry is one module
 and one row below. Nothing here trusts the body: every field is
 type-checked and anything odd is a 4xx.
 
@@ -43,6 +45,7 @@ from noman.senders import (
     artifactory,
     distribution,
     dockerhub,
+    foreign,
     gitea,
     github,
     harbor,
@@ -76,6 +79,8 @@ SENDERS: tuple[Sender, ...] = (
     distribution.SENDER,
     acr.SENDER,
     artifactory.SENDER,
+    *foreign.FOREIGN_BY_HEADERS,
+    *foreign.FOREIGN_BY_SHAPE,
 )
 
 MAX_DEPTH = 32
@@ -146,12 +151,7 @@ def parse_release(payload: dict[str, Any], service: Service | None = None) -> Re
     return parsed
 
 
-_UNRECOGNISED = (
-    "Unrecognised payload. Noman takes pushes from DockerHub, GitHub packages, Gitea/Forgejo "
-    "packages, Harbor, Quay, Docker distribution (registry:2) and GitLab container registry "
-    "notifications, Azure Container Registry and JFrog Artifactory, Standard Webhooks, or "
-    '{"tag": "<tag>"}.'
-)
+_UNRECOGNISED = f"Unrecognised payload. {foreign.TAKEN}"
 
 
 def by_headers(headers: Headers) -> Sender | None:
