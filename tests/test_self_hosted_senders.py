@@ -288,6 +288,30 @@ def test_a_retried_envelope_deploys_at_most_once(consul: ConsulHandle, secret: s
     assert tag_of(consul) == OLDER
 
 
+def test_an_older_tag_from_a_registry_that_retries_for_ever_is_acknowledged(
+    consul: ConsulHandle, secret: str
+) -> None:
+    """distribution retries a 409 until it is accepted, holding back every later event."""
+    newer = "release-20240101000000"
+    consul.put(consul.key("IMAGE_TAG"), newer)
+    before = consul.get(consul.key("IMAGE_TAG"))
+    case = Case("distribution", "distribution-push.json")
+    answer = Hook(consul, secret, case).post(case)
+    assert answer.status_code == 202, answer.json
+    assert answer.json["reason"] == "stale_tag"
+    assert consul.get(consul.key("IMAGE_TAG")) == before
+
+
+def test_an_older_tag_from_a_registry_that_does_not_retry_is_still_409(
+    consul: ConsulHandle, secret: str
+) -> None:
+    consul.put(consul.key("IMAGE_TAG"), "release-20240101000000")
+    case = Case("acr", "acr-push.json")
+    answer = Hook(consul, secret, case).post(case)
+    assert answer.status_code == 409, answer.json
+    assert answer.json["error"] == "stale_tag"
+
+
 # -- what is acknowledged and ignored --------------------------------------------------------
 
 IGNORED = {

@@ -50,6 +50,10 @@ REGISTRY_SENDERS = frozenset(
         "forgejo",
     }
 )
+# Registries that retry a refused delivery until it is accepted, holding back every later
+# event for that endpoint (distribution's retrying sink): a refusal no retry can change
+# (an older tag) is acknowledged as ignored for them, never answered 409.
+RETRYING_SENDERS = frozenset({"distribution"})
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
