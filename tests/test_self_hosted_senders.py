@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 
 from noman import create_app
 from noman.release import IGNORED_REASONS
-from noman.stores.file import FileStore
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, memory_client
 
 PAYLOADS = Path(__file__).parent / "payloads"
 TAG = "release-20230103082900"
@@ -645,21 +644,7 @@ def test_github_deliveries_still_go_to_github(consul: ConsulHandle, secret: str)
 # -- never a 500 -----------------------------------------------------------------------------
 
 SECRET = "fuzz-secret-" + "y" * 30
-
-
-class _NoConsul:
-    url = "http://127.0.0.1:9"
-    token = None
-    state_prefix = "noman/"
-
-    def key(self, name: str) -> str:
-        return f"fuzz/{name}"
-
-
-FUZZ = create_app(
-    make_settings(_NoConsul(), SECRET, repository="registry.example.com/stut/stut.dev"),  # type: ignore[arg-type]
-    store=FileStore(),
-).test_client()
+FUZZ = memory_client(SECRET, repository="registry.example.com/stut/stut.dev")
 
 values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=30),
