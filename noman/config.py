@@ -41,6 +41,8 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# RFC 9110's token: the characters an HTTP field name may use.
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
 
 
@@ -111,6 +113,11 @@ SCHEMA: tuple[Key, ...] = (
     _k(_S, "secret_env", (str,), None, "Env var holding the URL secret itself."),
     _k(_S, "github_secret_env", (str,), None, "Env var with the GitHub webhook secret(s)."),
     _k(_S, "standard_secret_env", (str,), None, "Env var with the whsec_ key(s)."),
+    _k(_S, "gitea_secret_env", (str,), None, "Env var with the Gitea/Forgejo secret(s)."),
+    _k(_S, "artifactory_secret_env", (str,), None, "Env var with the Artifactory token(s)."),
+    _k(_S, "auth_header", (str,), "Authorization", "Header an unsigned sender must carry."),
+    _k(_S, "auth_header_sha256", (str, list), None, "sha256 hex of its whole value (or a list)."),
+    _k(_S, "auth_header_env", (str,), None, "Env var holding its whole value."),
     _k(_S, "tag_pattern", (str,), DEFAULT_TAG_PATTERN, "Accepted tags; group 1 orders them."),
     _k(_S, "strategy", (str,), "restart", '"restart" (Consul only) or "rolling".'),
     _k(_N, "job", (str,), None, "Nomad job ID (required for rolling)."),
@@ -239,6 +246,26 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class HookProofs:
+    """What proves a delivery to one service besides its URL secret; nothing by default.
+
+    Kept beside ``Service`` rather than on it while ``noman.model`` is being
+    reworked; ``Settings.proofs_for`` finds a service's own.
+    """
+
+    # An unsigned delivery must carry this header (any case) with one of these
+    # sha256 digests of its whole value; no digests: the URL secret alone.
+    auth_header: str = "Authorization"
+    auth_header_hashes: tuple[bytes, ...] = field(default=(), repr=False)
+    # HMAC keys of the Gitea/Forgejo webhook, and Artifactory's secret token(s).
+    gitea_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    artifactory_keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+
+NO_PROOFS = HookProofs()
+
+
+@dataclass(frozen=True)
 class UISettings:
     """The operator status page: off unless an admin token is configured."""
 
@@ -278,6 +305,15 @@ class Settings:
     # only. Tests add their local stand-in here.
     callback_hosts: tuple[str, ...] = DOCKERHUB_CALLBACK_HOSTS
     callback_allow_http: bool = False
+    # (service name, its proofs) for the services that configure any.
+    proofs: tuple[tuple[str, HookProofs], ...] = ()
+
+    def proofs_for(self, service: Service) -> HookProofs:
+        """What proves a delivery to ``service`` besides its URL secret."""
+        for name, proofs in self.proofs:
+            if name == service.name:
+                return proofs
+        return NO_PROOFS
 
     def service(self, name: str) -> Service:
         """The service called ``name``; ConfigError if there is none."""
@@ -496,6 +532,12 @@ class _Parser:
             raise self.fail("store", "backend", 'must be "consul" or "file"')
         nomad = self.nomad(data.get("nomad", {}))
         services = self.services(data.get("services"), nomad)
+        proofs = tuple(
+            (service.name, proof)
+            for service in services
+            if (proof := self.hook_proofs(service.name, data["services"][service.name]))
+            != NO_PROOFS
+        )
         consul = self.consul(data.get("consul", {}))
         self.check_prefix(consul.state_prefix, services)
         ui = self.ui(data.get("ui", {}), services)
@@ -516,6 +558,7 @@ class _Parser:
             ui=ui,
             tls_cert=server["tls_cert"],
             tls_key=server["tls_key"],
+            proofs=proofs,
         )
 
     def consul(self, data: Mapping[str, Any]) -> ConsulSettings:
@@ -748,6 +791,27 @@ class _Parser:
             standard_keys=self.standard_keys(table, v),
         )
 
+    def hook_proofs(self, name: str, raw: dict[str, Any]) -> HookProofs:
+        """The service's proofs besides its URL secret (``raw`` was checked by ``service``)."""
+        table = f"services.{_toml_key(name)}"
+        v = self.table({k: value for k, value in raw.items() if k != "nomad"}, table, _S)
+        header = v["auth_header"]
+        if not _HEADER_NAME_RE.match(header):
+            raise self.fail(table, "auth_header", "must be an HTTP header name")
+        hashes: tuple[bytes, ...] = ()
+        if v["auth_header_sha256"] is not None or v["auth_header_env"] is not None:
+            hashes = self.secrets(table, v, kind="auth_header", noun="header value")
+        elif "auth_header" in raw:
+            raise self.fail(table, "auth_header", "needs auth_header_sha256 or auth_header_env")
+        return HookProofs(
+            auth_header=header,
+            auth_header_hashes=hashes,
+            gitea_keys=tuple(k.encode() for k in self.keys(table, "gitea_secret_env", v)),
+            artifactory_keys=tuple(
+                k.encode() for k in self.keys(table, "artifactory_secret_env", v)
+            ),
+        )
+
     def keys(self, table: str, name: str, v: Mapping[str, Any]) -> tuple[str, ...]:
         """The whitespace-separated keys in the environment variable ``v[name]`` names."""
         variable = v[name]
@@ -782,12 +846,15 @@ class _Parser:
         v: Mapping[str, Any],
         kind: str = "secret",
         command: str = "noman secret new",
+        noun: str | None = None,
     ) -> tuple[bytes, ...]:
         """The accepted digests of ``<kind>_sha256`` or ``<kind>_env``; never empty.
 
         An empty secret is not "open": it is refused like any other mistake.
+        ``noun`` names the value in messages (default: ``kind``).
         """
         sha_key, env_key = f"{kind}_sha256", f"{kind}_env"
+        noun = noun or kind
         if (v[sha_key] is None) == (v[env_key] is None):
             raise self.fail(table, sha_key, f"set exactly one of {sha_key}, {env_key}")
         if v[env_key] is not None:
@@ -796,7 +863,7 @@ class _Parser:
                 raise self.fail(table, env_key, "must be an environment variable name")
             secret = self.env.get(name, "")
             if len(secret) < MIN_SECRET_CHARS:
-                problem = "is not set" if not secret else f"holds a {kind} that is too short"
+                problem = "is not set" if not secret else f"holds a {noun} that is too short"
                 raise self.fail(
                     table,
                     env_key,
@@ -813,7 +880,7 @@ class _Parser:
             if not isinstance(item, str) or not _HEX64_RE.match(item):
                 raise self.fail(table, sha_key, "must be 64 hex characters (a sha256)")
             if item.lower() == EMPTY_SHA256:
-                raise self.fail(table, sha_key, f"is the hash of an empty {kind}")
+                raise self.fail(table, sha_key, f"is the hash of an empty {noun}")
             digests.append(bytes.fromhex(item))
         return tuple(digests)
 

@@ -98,7 +98,10 @@ class Unauthorized(NomanError):
 
 
 class InvalidSignature(NomanError):
-    """A signed sender's signature is missing, malformed, wrong or outside its time window."""
+    """A sender's proof is missing, malformed or wrong: a signature, or the service's auth_header.
+
+    Also a signature outside its time window (Standard Webhooks).
+    """
 
     status = 401
     code = "invalid_signature"

@@ -49,7 +49,9 @@ IGNORED_REASONS = (
     "tag_not_accepted",  # every pushed tag is outside tag_pattern (``latest`` beside releases)
     "not_a_push",  # another event: delete, pull, scan, ...
     "not_a_container",  # a GitHub package event for npm, Maven, ...
-    "test_notification",  # the registry's "test" button (Quay)
+    "test_notification",  # the registry's "test" button (Quay), or its ping (ACR)
+    "other_repository",  # a registry that sends every repository's events to every endpoint
+    "stale_tag",  # older than the deployed tag, from a registry that would retry a 409 for ever
 )
 
 

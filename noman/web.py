@@ -27,6 +27,7 @@ from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
 from noman.release import Ignored, Release
 from noman.senders import parse_json, read_release
+from noman.senders.common import RETRYING_SENDERS
 from noman.wiring import components
 
 bp = Blueprint("noman", __name__)
@@ -178,7 +179,8 @@ def _handle_hook(secret: str | None) -> tuple[Response, int]:
         service = _service_for(_bearer_secret() if secret is None else secret)
         fields["service"] = service.name
         headers = {name.lower(): value for name, value in request.headers.items()}
-        parsed = read_release(service, headers, _read_json_body())
+        settings = components(current_app).settings
+        parsed = read_release(service, headers, _read_json_body(), settings.proofs_for(service))
         if parsed is None:  # GitHub's ping when the webhook is created
             _log_hook(fields, "ping", 200, started)
             return jsonify({"service": service.name, "event": "ping"}), 200
@@ -189,6 +191,16 @@ def _handle_hook(secret: str | None) -> tuple[Response, int]:
         fields["sender"] = release.sender
         outcome = components(current_app).deployer.deploy(service, release, _request_id())
     except Exception as exc:
+        if (
+            isinstance(exc, errors.StaleTag)
+            and service is not None
+            and release is not None
+            and release.sender in RETRYING_SENDERS
+        ):
+            # Refused, this event would be retried for ever, holding back the
+            # registry's later events: an older tag is acknowledged instead.
+            stale = Ignored("stale_tag", exc.message, release.sender)
+            return _answer_ignored(service, stale, fields, started)
         # Unexpected errors too get their hook line, metric and report; the
         # handler below logs the traceback.
         error = exc if isinstance(exc, NomanError) else errors.NomanError()

@@ -251,6 +251,26 @@ def make_settings(
     return offline(parse_settings(text, source="test.toml", environ=environ or {}))
 
 
+class NoConsul:
+    """What ``make_settings`` takes for an app whose tags live in a FileStore: no Consul."""
+
+    url = "http://127.0.0.1:9"
+    token = None
+    state_prefix = "noman/"
+
+    def key(self, name: str) -> str:
+        """A key name, as ConsulHandle gives them."""
+        return f"fuzz/{name}"
+
+
+def memory_client(secret: str, **service: Any) -> Any:
+    """A test client of an app for one service 'web' whose tags live in memory."""
+    from noman.stores.file import FileStore
+
+    settings = make_settings(NoConsul(), secret, **service)  # type: ignore[arg-type]
+    return create_app(settings, store=FileStore()).test_client()
+
+
 def offline(settings: Settings) -> Settings:
     """``settings`` that never call DockerHub (sample payloads carry real callback URLs)."""
     return dataclasses.replace(settings, callback_hosts=())

@@ -8,11 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from noman import create_app
-from noman.config import Settings
 from noman.release import IGNORED_REASONS
-from noman.stores.file import FileStore
-from tests.conftest import make_settings
+from tests.conftest import memory_client
 
 ALLOWED = {200, 202, 400, 403, 409, 413, 415, 422}
 
@@ -45,21 +42,8 @@ payloads = st.one_of(
 )
 
 
-def app_with_memory_store(settings: Settings) -> Any:
-    return create_app(settings, store=FileStore()).test_client()
-
-
-class _NoConsul:
-    url = "http://127.0.0.1:9"
-    token = None
-    state_prefix = "noman/"
-
-    def key(self, name: str) -> str:
-        return f"fuzz/{name}"
-
-
 SECRET = "fuzz-secret-" + "x" * 30
-CLIENT = app_with_memory_store(make_settings(_NoConsul(), SECRET))  # type: ignore[arg-type]
+CLIENT = memory_client(SECRET)
 
 
 def check(answer: Any) -> None:

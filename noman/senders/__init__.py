@@ -1,36 +1,89 @@
-"""Turning a request into a ``Release``: verify, strict JSON, one parser per sender.
+"""Turning a request into a ``Release``: one table of senders, tried in one order.
 
-Signed senders (GitHub packages, Standard Webhooks) are recognised by their
-headers and verified over the raw body before any parsing; unsigned bodies
-(DockerHub, Harbor, Quay, plain curl/CI) are recognised by shape. Nothing
-here trusts the body: every field is type-checked and anything odd is a 4xx.
+Each sender is one module with one ``Sender`` row (``common.Sender``): how
+it recognises a delivery, how it verifies it, how it parses it. A request
+is matched in two passes over ``SENDERS``:
+
+1. by headers, before the body is decoded, so that a signature is checked
+   over the raw bytes: Gitea/Forgejo (they also send GitHub's headers, so
+   they come first), GitHub packages, Standard Webhooks, Docker
+   distribution and GitLab (their envelope's media type), Artifactory
+   (``X-JFrog-Event-Auth``); then the known foreign senders (GitLab project
+   hooks, Bitbucket, Gogs, Nexus, SNS, binary CloudEvents);
+2. else by the JSON object's shape: DockerHub, plain curl/CI, Harbor
+   (both formats), Quay, the distribution envelope, Azure Container
+   Registry, Artifactory; then the known foreign shapes (EventBridge, SNS,
+   Pub/Sub, other CloudEvents).
+
+The row found verifies the delivery (a signature, a token, or the
+service's ``auth_header``; 401 ``invalid_signature`` when wrong), then
+parses it. A body no row recognises is refused (400 ``invalid_payload``)
+after the service's ``auth_header`` is checked, naming what Noman takes;
+a foreign one, naming what it looks like. Adding a registry is one module
+and one row below. Nothing here trusts the body: every field is
+type-checked and anything odd is a 4xx.
 
 A registry event that announces nothing this service deploys (no tag, a
 digest only, a tag outside ``tag_pattern``, another event, a test
-notification) is an ``Ignored``, answered 202 so the registry neither marks
-the delivery failed nor retries it. An explicit request (plain body, signed
-CI body) names its tag on purpose, so a bad one stays a 422.
+notification, another repository from a registry that sends all of them)
+is an ``Ignored``, answered 202 so the registry neither marks the delivery
+failed nor retries it. An explicit request (plain body, signed CI body)
+names its tag on purpose, so a bad one stays a 422.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
-from noman.config import Service
-from noman.errors import InvalidJSON, InvalidPayload, InvalidTag
+from noman.config import HookProofs, Service
+from noman.errors import InvalidJSON, InvalidPayload
 from noman.release import Ignored, Release
-from noman.senders import dockerhub, github, plain, registries, standard
-from noman.senders.common import screen
+from noman.senders import (
+    acr,
+    artifactory,
+    distribution,
+    dockerhub,
+    foreign,
+    gitea,
+    github,
+    harbor,
+    plain,
+    quay,
+    standard,
+)
+from noman.senders.common import Headers, Sender, canonical, check_auth_header, screen
+
+__all__ = [
+    "SENDERS",
+    "Headers",
+    "Sender",
+    "by_headers",
+    "by_shape",
+    "parse_json",
+    "parse_release",
+    "read_release",
+]
+
+#: Every sender, in the order they are tried (see the module docstring): the rows
+#: with a header test first, then the rows with a shape test.
+SENDERS: tuple[Sender, ...] = (
+    gitea.SENDER,
+    github.SENDER,
+    standard.SENDER,
+    dockerhub.SENDER,
+    plain.SENDER,
+    harbor.SENDER,
+    quay.SENDER,
+    distribution.SENDER,
+    acr.SENDER,
+    artifactory.SENDER,
+    *foreign.FOREIGN_BY_HEADERS,
+    *foreign.FOREIGN_BY_SHAPE,
+)
 
 MAX_DEPTH = 32
-
-
-# Request headers with lower-case names (HTTP header names are case-insensitive).
-Headers = Mapping[str, str]
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -57,47 +110,58 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def read_release(service: Service, headers: Headers, body: bytes) -> Release | Ignored | None:
+def read_release(
+    service: Service, headers: Headers, body: bytes, proofs: HookProofs
+) -> Release | Ignored | None:
     """What a request asks ``service`` to deploy: a Release, an Ignored, or None for a ping.
 
-    ``headers`` has lower-case names.
+    ``headers`` has lower-case names; ``proofs`` is what proves a delivery to
+    this service besides its URL secret (``Settings.proofs_for``).
     """
-    if github.looks_like(headers):
-        github.verify(service, headers, body)
-        if github.event(headers) == "ping":
-            return None
-        return screen(service, github.parse_package(parse_json(body), headers, service))
-    if standard.looks_like(headers):
-        msg_id = standard.verify(service, headers, body)
-        parsed = parse_release(parse_json(body), service)
-        if isinstance(parsed, Ignored):
-            # A signed CI caller asks for its release on purpose: refuse, never ignore.
-            raise InvalidTag(parsed.message)
-        return dataclasses.replace(
-            parsed, sender=f"standard-{parsed.sender}", delivery_id=f"standard:{msg_id}"
-        )
-    return screen(service, parse_release(parse_json(body), service))
+    sender = by_headers(headers)
+    payload = None
+    if sender is None:
+        payload = parse_json(body)
+        sender = by_shape(payload)
+        if sender is None:
+            # Say nothing about formats to a caller without the service's proof.
+            check_auth_header(service, proofs, headers, body)
+            raise InvalidPayload(_UNRECOGNISED)
+    sender.verify(service, proofs, headers, body)
+    parsed = sender.parse(parse_json(body) if payload is None else payload, service, headers)
+    if parsed is None:
+        return None
+    parsed = screen(service, parsed)
+    return parsed if isinstance(parsed, Ignored) else canonical(service, parsed)
 
 
 def parse_release(payload: dict[str, Any], service: Service | None = None) -> Release | Ignored:
-    """The release an unsigned payload asks for, whichever supported sender sent it.
+    """The release a payload asks for, read by shape alone (no headers, no proof checked).
 
-    ``service`` picks among several pushed tags (Harbor, Quay).
+    The body of a Standard Webhooks delivery, once verified; also what tests
+    call. ``service`` picks among several pushed tags and names the image;
+    without it only DockerHub and plain bodies can be read.
     """
-    if dockerhub.looks_like(payload):
-        return dockerhub.parse_push(payload, service)
-    if plain.looks_like(payload):
-        return plain.parse_plain(payload)
-    if service is not None and registries.is_harbor(payload):
-        return registries.parse_harbor(payload, service)
-    if service is not None and registries.is_harbor_cloudevent(payload):
-        return registries.parse_harbor_cloudevent(payload, service)
-    if service is not None and registries.is_quay(payload):
-        return registries.parse_quay(payload, service)
-    raise InvalidPayload(
-        "Unrecognised payload: send a DockerHub, Harbor (Default or CloudEvents format) or "
-        'Quay push webhook, or {"tag": "<tag>"}.'
-    )
+    sender = by_shape(payload)
+    if sender is None:
+        raise InvalidPayload(_UNRECOGNISED)
+    parsed = sender.parse(payload, service, {})
+    if parsed is None:
+        raise InvalidPayload("This payload is a ping; it names no release.")
+    return parsed
+
+
+_UNRECOGNISED = f"Unrecognised payload. {foreign.TAKEN}"
+
+
+def by_headers(headers: Headers) -> Sender | None:
+    """The first row of the table that recognises these (lower-case) headers."""
+    return next((row for row in SENDERS if row.headers(headers)), None)
+
+
+def by_shape(payload: dict[str, Any]) -> Sender | None:
+    """The first row of the table that recognises this JSON object's shape."""
+    return next((row for row in SENDERS if row.shape(payload)), None)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -6,6 +6,10 @@ payload is descriptive and ignored (shape: docs.docker.com, "Docker Hub
 webhooks", example payload; older payloads also list ``push_data.images``
 and, before 2017, had no ``tag``: such a push is ignored, there is nothing
 to deploy).
+
+Recognised by its shape (``push_data`` and ``repository``); proved by the
+URL secret, and the service's ``auth_header`` when it requires one (which
+DockerHub cannot send: such a service takes no DockerHub pushes).
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ from typing import Any
 from noman.config import Service
 from noman.errors import InvalidPayload
 from noman.release import Ignored, Release
-from noman.senders.common import check_repository
+from noman.senders.common import (
+    Headers,
+    Sender,
+    check_repository,
+    obj,
+    optional_string,
+    string,
+)
 
 
 def looks_like(payload: dict[str, Any]) -> bool:
@@ -25,12 +36,10 @@ def looks_like(payload: dict[str, Any]) -> bool:
 
 def parse_push(payload: dict[str, Any], service: Service | None = None) -> Release | Ignored:
     """The release a DockerHub push payload announces, or why it announces none."""
-    push = _object(payload, "push_data")
-    repository = _object(payload, "repository")
-    repo_name = _string(repository, "repo_name", "repository.repo_name")
-    tag = push.get("tag")
-    if tag is not None and not isinstance(tag, str):
-        raise InvalidPayload("push_data.tag must be a string.")
+    push = obj(payload, "push_data", "push_data")
+    repository = obj(payload, "repository", "repository")
+    repo_name = string(repository, "repo_name", "repository.repo_name")
+    tag = optional_string(push, "tag", "push_data.tag")
     if not tag:
         if service is not None:
             check_repository(service, repo_name)
@@ -40,9 +49,7 @@ def parse_push(payload: dict[str, Any], service: Service | None = None) -> Relea
     pushed_at = push.get("pushed_at")
     if isinstance(pushed_at, bool) or not isinstance(pushed_at, int | float | type(None)):
         raise InvalidPayload("push_data.pushed_at must be a number.")
-    callback = payload.get("callback_url")
-    if callback is not None and not isinstance(callback, str):
-        raise InvalidPayload("callback_url must be a string.")
+    callback = optional_string(payload, "callback_url", "callback_url")
     return Release(
         tag=tag,
         sender="dockerhub",
@@ -52,15 +59,9 @@ def parse_push(payload: dict[str, Any], service: Service | None = None) -> Relea
     )
 
 
-def _object(payload: dict[str, Any], name: str) -> dict[str, Any]:
-    value = payload.get(name)
-    if not isinstance(value, dict):
-        raise InvalidPayload(f"{name} must be a JSON object.")
-    return value
+def parse(payload: dict[str, Any], service: Service | None, headers: Headers) -> Release | Ignored:
+    """The table's parser: ``parse_push``."""
+    return parse_push(payload, service)
 
 
-def _string(data: dict[str, Any], name: str, path: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise InvalidPayload(f"{path} must be a non-empty string.")
-    return value
+SENDER = Sender("dockerhub", parse, shape=looks_like)

@@ -13,20 +13,22 @@ What deploys: ``package`` / ``registry_package`` events, action
 What is ignored (202): other events and actions, other package types, and
 untagged versions (``tag.name == ""``): a multi-arch build publishes one
 untagged version per platform manifest beside the tagged index.
+
+Gitea and Forgejo send GitHub's headers too (``X-GitHub-Event``,
+``X-Hub-Signature-256``) beside their own: their row comes first in the
+table, so this one only sees deliveries without ``X-Gitea-Event`` /
+``X-Forgejo-Event``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from noman.auth import secrets_match, sign
-from noman.config import Service
+from noman.config import HookProofs, Service
 from noman.errors import InvalidPayload, InvalidSignature
 from noman.release import Ignored, Release, shown
-from noman.senders.common import check_repository
-
-if TYPE_CHECKING:
-    from noman.senders import Headers
+from noman.senders.common import Headers, Sender, check_repository
 
 EVENTS = ("package", "registry_package")
 ACTIONS = ("published", "updated")
@@ -120,3 +122,19 @@ def _namespace(package: dict[str, Any]) -> str:
     if not isinstance(namespace, str) or not namespace:
         raise InvalidPayload("package.namespace (or package.owner.login) is missing.")
     return namespace
+
+
+def _verify(service: Service, proofs: HookProofs, headers: Headers, body: bytes) -> None:
+    verify(service, headers, body)
+
+
+def parse(
+    payload: dict[str, Any], service: Service | None, headers: Headers
+) -> Release | Ignored | None:
+    """The table's parser: None for ``ping``, else ``parse_package``."""
+    if event(headers) == "ping":
+        return None
+    return parse_package(payload, headers, service)
+
+
+SENDER = Sender("github", parse, headers=looks_like, verify=_verify)

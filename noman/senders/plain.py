@@ -3,14 +3,20 @@
 Only ``tag`` is required. ``force`` is the one way to roll back to an older
 tag on purpose. Unknown fields are refused so that a typo such as
 ``"froce"`` fails loudly instead of deploying something unintended.
+
+Recognised by its shape (a top-level ``tag``); proved by the URL secret (or
+the bearer secret of ``POST /hooks``) and the service's ``auth_header``
+when it requires one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from noman.config import Service
 from noman.errors import InvalidPayload
 from noman.release import Release
+from noman.senders.common import Headers, Sender
 
 FIELDS = frozenset({"tag", "force", "repository"})
 
@@ -38,3 +44,11 @@ def parse_plain(payload: dict[str, Any]) -> Release:
     if repository is not None and not isinstance(repository, str):
         raise InvalidPayload("repository must be a string.")
     return Release(tag=tag, sender="plain", repository=repository, force=force)
+
+
+def parse(payload: dict[str, Any], service: Service | None, headers: Headers) -> Release:
+    """The table's parser: ``parse_plain``."""
+    return parse_plain(payload)
+
+
+SENDER = Sender("plain", parse, shape=looks_like)

@@ -2,24 +2,26 @@
 
 Headers ``webhook-id``, ``webhook-timestamp`` (integer seconds, within
 300 s either way) and ``webhook-signature`` (space-separated
-``v1,<base64>``); the body is a plain or DockerHub body. The library raises
-bare ``ValueError``/``UnicodeDecodeError`` on some malformed input, so
-headers are checked here first and anything it raises becomes a 401.
+``v1,<base64>``); the body is any body the unsigned senders take (plain or
+DockerHub, usually). The library raises bare ``ValueError``/``UnicodeDecodeError``
+on some malformed input, so headers are checked here first and anything it
+raises becomes a 401. A signed CI caller asks for its release on purpose: a
+tag the service does not take is refused (422), never ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from standardwebhooks import Webhook
 
-from noman.config import Service
-from noman.errors import InvalidSignature
-
-if TYPE_CHECKING:
-    from noman.senders import Headers
+from noman.config import HookProofs, Service
+from noman.errors import InvalidSignature, InvalidTag
+from noman.release import Ignored, Release
+from noman.senders.common import Headers, Sender
 
 TOLERANCE_SECONDS = 300
 MAX_SIGNATURES = 10
@@ -61,3 +63,25 @@ def verify(service: Service, headers: Headers, body: bytes) -> str:
             continue
         return str(msg_id)
     raise InvalidSignature("The webhook signature does not match.")
+
+
+def _verify(service: Service, proofs: HookProofs, headers: Headers, body: bytes) -> None:
+    verify(service, headers, body)
+
+
+def parse(payload: dict[str, Any], service: Service | None, headers: Headers) -> Release:
+    """The release the verified body asks for, read by the unsigned senders' shapes."""
+    # Imported here: the table in noman.senders imports this module.
+    from noman.senders import parse_release
+
+    parsed = parse_release(payload, service)
+    if isinstance(parsed, Ignored):
+        raise InvalidTag(parsed.message)
+    return dataclasses.replace(
+        parsed,
+        sender=f"standard-{parsed.sender}",
+        delivery_id=f"standard:{headers['webhook-id']}",
+    )
+
+
+SENDER = Sender("standard", parse, headers=looks_like, verify=_verify)

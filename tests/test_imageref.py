@@ -1,0 +1,87 @@
+"""Image names as Docker reads them: host and path, Docker Hub's spellings, matching."""
+
+from __future__ import annotations
+
+import pytest
+
+from noman.imageref import ImageName, names_image, parse_image_name, same_image
+
+
+@pytest.mark.parametrize(
+    ("name", "host", "path"),
+    [
+        # Docker Hub: no host, one component under library/, three spellings of the host.
+        ("nginx", "docker.io", "library/nginx"),
+        ("acme/shop", "docker.io", "acme/shop"),
+        ("docker.io/acme/shop", "docker.io", "acme/shop"),
+        ("index.docker.io/acme/shop", "docker.io", "acme/shop"),
+        ("registry-1.docker.io/library/nginx", "docker.io", "library/nginx"),
+        ("docker.io/nginx", "docker.io", "library/nginx"),
+        # A first component with a dot, a colon, or localhost is a registry host.
+        ("ghcr.io/acme/shop", "ghcr.io", "acme/shop"),
+        ("registry.example:5000/team/app", "registry.example:5000", "team/app"),
+        ("localhost/app", "localhost", "app"),
+        ("localhost:5000/team/app", "localhost:5000", "team/app"),
+        ("[::1]:5000/app", "[::1]:5000", "app"),
+        ("myregistry.azurecr.io/a/b/c", "myregistry.azurecr.io", "a/b/c"),
+        # Not a host: no dot, no colon, not localhost.
+        ("team/app/sub", "docker.io", "team/app/sub"),
+        # Case: hosts are DNS names; Docker refuses upper case in paths.
+        ("Registry.Example/Team/App", "registry.example", "team/app"),
+        # A tag or a digest is not part of the name; a port is.
+        ("nginx:1.25", "docker.io", "library/nginx"),
+        ("registry.example:5000/app:v1", "registry.example:5000", "app"),
+        ("ghcr.io/acme/shop@sha256:" + "a" * 64, "ghcr.io", "acme/shop"),
+        ("ghcr.io/acme/shop:v1@sha256:" + "a" * 64, "ghcr.io", "acme/shop"),
+    ],
+)
+def test_parse_image_name(name: str, host: str, path: str) -> None:
+    assert parse_image_name(name) == ImageName(host, path)
+    assert str(parse_image_name(name)) == f"{host}/{path}"
+
+
+@pytest.mark.parametrize("name", ["", "/", "registry.example/", "a//b", "ghcr.io//x", "@sha256:x"])
+def test_not_an_image_name(name: str) -> None:
+    with pytest.raises(ValueError, match="not an image name"):
+        parse_image_name(name)
+
+
+@pytest.mark.parametrize(
+    ("configured", "host", "path", "matches"),
+    [
+        ("registry.example/team/app", "registry.example", "team/app", True),
+        ("registry.example/team/app", "REGISTRY.example", "Team/App", True),
+        ("registry.example/team/app", "other.example", "team/app", False),
+        ("registry.example/team/app", "registry.example", "team/other", False),
+        ("registry.example:5000/team/app", "registry.example", "team/app", False),
+        # No host in the payload: the path alone, on the configured host.
+        ("registry.example/team/app", None, "team/app", True),
+        ("registry.example/team/app", None, "team/other", False),
+        ("nginx", None, "nginx", True),
+        ("nginx", "index.docker.io", "library/nginx", True),
+        ("acme/shop", "registry-1.docker.io", "acme/shop", True),
+        ("acme/shop", "ghcr.io", "acme/shop", False),
+        # Garbage from a payload matches nothing, and never raises.
+        ("registry.example/team/app", "registry.example", "", False),
+        ("registry.example/team/app", "", "team/app", False),
+    ],
+)
+def test_names_image(configured: str, host: str | None, path: str, matches: bool) -> None:
+    assert names_image(configured, host, path) is matches
+
+
+@pytest.mark.parametrize(
+    ("configured", "name", "matches"),
+    [
+        ("stut/stut.dev", "stut/stut.dev", True),
+        ("stut/stut.dev", "docker.io/stut/stut.dev", True),
+        ("nginx", "docker.io/library/nginx", True),
+        ("nginx", "library/nginx", True),
+        ("ghcr.io/stut/stut.dev", "GHCR.io/Stut/stut.dev", True),
+        ("harbor.example.com/stut/stut.dev", "harbor.example.com/stut/stut.dev:v1", True),
+        ("harbor.example.com/stut/stut.dev", "stut/stut.dev", False),
+        ("stut/stut.dev", "", False),
+    ],
+)
+def test_same_image(configured: str, name: str, matches: bool) -> None:
+    assert same_image(configured, name) is matches
