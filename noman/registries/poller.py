@@ -307,7 +307,7 @@ class Poller:
             for work in by_host.values()
             for _ in range(min(self.settings.max_parallel, len(work)))
         ]
-        results: queue.SimpleQueue[_Listed] = queue.SimpleQueue()
+        results: queue.Queue[_Listed] = queue.Queue()
 
         def lane(work: deque[Service]) -> None:
             while True:
