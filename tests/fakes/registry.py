@@ -68,7 +68,7 @@ from tests.fakes._server import (
     run_main,
 )
 
-__all__ = ["FAULTS", "SERVICE", "FakeRegistry", "main"]
+__all__ = ["FAULTS", "SERVICE", "FakeRegistry", "SharedClock", "main", "serve_child"]
 
 #: The ``service`` of the token challenge.
 SERVICE = "fake-registry"
@@ -472,6 +472,49 @@ class FakeRegistry(FakeServer):
             else:
                 self._faults[name] = (kind, count - 1)
         return kind
+
+
+class SharedClock(FakeClock):
+    """A FakeClock whose time lives in shared memory: one process advances it, another reads it.
+
+    ``value`` is a ``multiprocessing.Value("d")`` holding Unix seconds (benchmarks run the
+    fake in a child process so that their own CPU time is the client's alone).
+    """
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(float(value.value))
+        self.value = value
+
+    def __call__(self) -> float:
+        """The shared time."""
+        return float(self.value.value)
+
+    def advance(self, seconds: float) -> None:
+        """Move the shared time forward (the fake in the other process reads it on demand)."""
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        self.value.value = self.value.value + seconds
+
+
+def serve_child(
+    conn: Any, value: Any, repositories: list[tuple[str, list[str]]], **options: Any
+) -> None:
+    """A ``multiprocessing`` target: serve a FakeRegistry on ``SharedClock(value)`` until told.
+
+    Sends the registry's host on ``conn`` once listening; then answers ``"counts"`` with
+    ``(tag-list requests, tokens issued)`` and stops at anything else. ``options`` go to
+    :class:`FakeRegistry`.
+    """
+    fake = FakeRegistry(clock=SharedClock(value), **options)
+    for name, tags in repositories:
+        fake.add_repository(name, tags)
+    with fake:
+        conn.send(fake.registry_host)
+        while conn.recv() == "counts":
+            with fake._lock:
+                listed = sum(n for path, n in fake.counts.items() if path.endswith("/tags/list"))
+                conn.send((listed, fake.tokens_issued))
+                fake.requests.clear()  # a long run's request log would only grow
 
 
 def main(argv: list[str] | None = None) -> int:
