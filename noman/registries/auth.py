@@ -206,6 +206,11 @@ def read_docker_config(path: str | Path) -> dict[str, str]:
         ValueError: when the file cannot be read or is not a Docker config; the message
             never quotes the file's content.
     """
+    return _load_docker_config(path)[0]
+
+
+def _load_docker_config(path: str | Path) -> tuple[dict[str, str], bool]:
+    """``read_docker_config``'s answer, and whether the file names credential helpers."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -225,7 +230,7 @@ def read_docker_config(path: str | Path) -> dict[str, str]:
         basic = _basic_of(entry)
         if basic is not None:
             found.setdefault(credentials_key(str(key)), basic)
-    return found
+    return found, bool(data.get("credsStore") or data.get("credHelpers"))
 
 
 def _basic_of(entry: Mapping[str, Any]) -> str | None:
@@ -288,31 +293,22 @@ class DockerCredentials:
                 return
             self._stamp = stamp
         try:
-            basic = read_docker_config(self.path)
+            basic, helpers = _load_docker_config(self.path)
         except ValueError as exc:
             with self._lock:
                 if not self._broken:
                     log.warning("registry credentials: %s; keeping the last good ones", exc)
                 self._broken = True
             return
-        self._warn_helpers()
-        with self._lock:
-            self._basic, self._broken = basic, False
-
-    def _warn_helpers(self) -> None:
-        if self._warned_helpers or self.path is None:
-            return
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        if isinstance(data, dict) and (data.get("credsStore") or data.get("credHelpers")):
+        if helpers and not self._warned_helpers:
             self._warned_helpers = True
             log.warning(
                 "registry credentials: %s names credential helpers (credsStore/credHelpers); "
                 "Noman reads only the 'auths' entries",
                 self.path,
             )
+        with self._lock:
+            self._basic, self._broken = basic, False
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -416,5 +412,5 @@ def scope_for(path: str) -> str:
 
 
 def host_of(url: str) -> str:
-    """The lower-case ``host[:port]`` of ``url``."""
+    """The lower-case ``host[:port]`` of ``url`` (any ``user@`` left out)."""
     return urlsplit(url).netloc.rpartition("@")[2].lower()

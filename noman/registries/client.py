@@ -400,10 +400,9 @@ class RegistryClient:
 
     def _may_send_credentials(self, realm: str) -> bool:
         """Basic credentials travel only over HTTPS, or to loopback and insecure hosts."""
-        parts = urlsplit(realm)
-        host = parts.netloc.rpartition("@")[2].lower()
-        if parts.scheme == "https":
+        if urlsplit(realm).scheme == "https":
             return True
+        host = host_of(realm)
         return is_loopback(host) or host in self.insecure_registries
 
     # -- HTTP and the error tables --------------------------------------------------------------
@@ -431,7 +430,8 @@ class RegistryClient:
                 body = self._read(ref, response, deadline)
             finally:
                 response.close()
-        self._note_ratelimit(ref, response.headers)
+        if host_of(response.url) == ref.host:  # not a token server's headers
+            self._note_ratelimit(ref, response.headers)
         return _Answer(response.url, response.status_code, response.headers, body)
 
     def _read(self, ref: ImageReference, response: requests.Response, deadline: _Deadline) -> bytes:
@@ -493,8 +493,8 @@ class RegistryClient:
         with self._proxies_lock:
             proxies = self._proxies.get(origin)
             if proxies is None:
-                host = parts.netloc.rpartition("@")[2]
-                found = {} if is_loopback(host) else requests.utils.get_environ_proxies(origin)
+                loopback = is_loopback(host_of(url))
+                found = {} if loopback else requests.utils.get_environ_proxies(origin)
                 proxies = {k: v for k, v in found.items() if k in ("http", "https")}
                 self._proxies[origin] = proxies
             return proxies
