@@ -295,7 +295,9 @@ def test_config_json_keys_name_registry_hosts(key: str, host: str) -> None:
     assert credentials_key(key) == host
 
 
-def test_config_json_entries_are_read_and_kept_out_of_reprs(tmp_path: Path) -> None:
+def test_config_json_entries_are_read_and_kept_out_of_reprs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = docker_config(
         tmp_path,
         {
@@ -311,7 +313,12 @@ def test_config_json_entries_are_read_and_kept_out_of_reprs(tmp_path: Path) -> N
     assert set(found) == {DOCKER_HUB, "ghcr.io"}
     assert base64.b64decode(found["ghcr.io"]).decode() == f"gh:{PASSWORD}"
     credentials = DockerCredentials(path)
-    assert credentials.basic(DOCKER_HUB) == auth_entry("hub", PASSWORD)["auth"]
+    with caplog.at_level(logging.WARNING, logger="noman.registries"):
+        assert credentials.basic(DOCKER_HUB) == auth_entry("hub", PASSWORD)["auth"]
+        path.write_text(path.read_text().replace("desktop", "pass"))
+        assert credentials.basic(DOCKER_HUB) is not None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "credential helpers" in warning and PASSWORD not in warning
     assert not credentials.has("quay.io")
     text = repr(credentials)
     assert PASSWORD not in text and found["ghcr.io"] not in text
@@ -969,6 +976,19 @@ def test_services_without_an_interval_are_not_polled(
     assert poller.state(quiet) is None
     poller.poll_due(clock())
     assert list(path.desired) == ["polled"]
+
+
+def test_services_of_one_repository_share_its_tag_list(
+    registry: FakeRegistry, clock: FakeClock
+) -> None:
+    registry.add_repository("acme/web", ["1.0", "1.1", "build-7", "build-8", "latest"])
+    versions = make_service("web-versions", registry.image("acme/web"))
+    builds = make_service("web-builds", registry.image("acme/web"), BUILD)
+    path = DeployPath()
+    make_poller([versions, builds], path, clock).poll_due(clock())
+    assert path.deployed("web-versions") == ["1.1"]
+    assert path.deployed("web-builds") == ["build-8"]
+    assert tag_list_requests(registry, "acme/web") == 2  # the challenge's 401, then one list
 
 
 def test_poll_now_ignores_the_schedule(registry: FakeRegistry, clock: FakeClock) -> None:

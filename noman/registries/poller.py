@@ -287,7 +287,8 @@ class Poller:
         with self._lock:
             self._in_flight.add(service.name)
         try:
-            self._settle(self._list_one(service))
+            (listed,) = self._list([service])
+            self._settle(listed)
         finally:
             with self._lock:
                 self._in_flight.discard(service.name)
@@ -298,46 +299,54 @@ class Poller:
     # -- listing (the pool) -------------------------------------------------------------------
 
     def _list_all(self, due: list[Service]) -> Iterable[_Listed]:
-        """Each service's tag list as it arrives, at most ``max_parallel`` per registry host."""
-        by_host: dict[str, deque[Service]] = {}
+        """Each service's tag list as it arrives, at most ``max_parallel`` per registry host.
+
+        Services of one repository (staging and production of one image, say) share one
+        tag list.
+        """
+        by_ref: dict[ImageReference, list[Service]] = {}
         for service in due:
-            by_host.setdefault(self._refs[service.name].host, deque()).append(service)
+            by_ref.setdefault(self._refs[service.name], []).append(service)
+        by_host: dict[str, deque[list[Service]]] = {}
+        for ref, group in by_ref.items():
+            by_host.setdefault(ref.host, deque()).append(group)
         lanes = [
             work
             for work in by_host.values()
             for _ in range(min(self.settings.max_parallel, len(work)))
         ]
-        results: queue.Queue[_Listed] = queue.Queue()
+        results: queue.Queue[list[_Listed]] = queue.Queue()
 
-        def lane(work: deque[Service]) -> None:
+        def lane(work: deque[list[Service]]) -> None:
             while True:
                 try:
-                    service = work.popleft()  # deque pops are atomic: lanes share a host's queue
+                    group = work.popleft()  # deque pops are atomic: lanes share a host's queue
                 except IndexError:
                     return
-                results.put(self._list_one(service))
+                results.put(self._list(group))
 
         with ThreadPoolExecutor(min(len(lanes), MAX_THREADS), "noman-poll") as pool:
             for work in lanes:
                 pool.submit(lane, work)
-            for _ in due:
-                yield results.get()
+            for _ in by_ref:
+                yield from results.get()
 
-    def _list_one(self, service: Service) -> _Listed:
-        """One service's tags (or why not); never raises."""
-        ref = self._refs[service.name]
+    def _list(self, services: list[Service]) -> list[_Listed]:
+        """The tags of the repository ``services`` share (or why not); never raises."""
+        ref = self._refs[services[0].name]
         started = self._clock()
         with self._lock:
             blocked = self._blocked.get(ref.host, 0.0)
         if blocked > started:
-            return _Listed(service, started, skipped=True)
+            return [_Listed(s, started, skipped=True) for s in services]
         try:
-            return _Listed(service, started, tags=self.client.list_tags(ref))
+            tags = self.client.list_tags(ref)
         except RegistryRateLimited as exc:
             self._block(ref.host, started, exc)
-            return _Listed(service, started, error=exc)
+            return [_Listed(s, started, error=exc) for s in services]
         except Exception as exc:  # reported in the state; one service never stops the others
-            return _Listed(service, started, error=exc)
+            return [_Listed(s, started, error=exc) for s in services]
+        return [_Listed(s, started, tags=tags) for s in services]
 
     def _block(self, host: str, now: float, error: RegistryRateLimited) -> None:
         wait = error.retry_after
