@@ -454,6 +454,10 @@ def test_250_tags_over_three_pages(registry: FakeRegistry, clock: FakeClock) -> 
     # Lexically the last page ends with build-99; the newest is build-250.
     assert listed[-2:] == ["build-99", "latest"]
     assert newest_accepted(service, listed) == "build-250"
+    path = DeployPath(desired={"many": "build-249"})
+    make_poller([service], path, clock, client=client).poll_due(clock())
+    assert path.deployed("many") == ["build-250"]
+    assert tag_list_requests(registry, "acme/many") == 7  # three more pages, token reused
 
 
 def test_pages_asked_with_n_and_capped_by_the_registry(clock: FakeClock) -> None:
