@@ -28,6 +28,9 @@ from noman.errors import ConfigError
 from noman.model import DEFAULT_TAG_PATTERN as DEFAULT_TAG_PATTERN
 from noman.model import NomadTarget as NomadTarget
 from noman.model import Service as Service
+from noman.ordering import order_kind
+from noman.registries.auth import default_docker_config, read_docker_config
+from noman.registries.reference import InvalidReference, is_registry_host, parse_reference
 
 DEFAULT_CONFIG_PATH = "noman.toml"
 # 22 url-safe characters carry 132 bits; anything shorter is guessable.
@@ -44,6 +47,11 @@ _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # RFC 9110's token: the characters an HTTP field name may use.
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
+# "30s", "5m", "1h30m", "1.5h": Go's duration units from hours down to seconds.
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+MIN_POLL_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +128,18 @@ SCHEMA: tuple[Key, ...] = (
     _k(_S, "auth_header_env", (str,), None, "Env var holding its whole value."),
     _k(_S, "tag_pattern", (str,), DEFAULT_TAG_PATTERN, "Accepted tags; group 1 orders them."),
     _k(_S, "strategy", (str,), "restart", '"restart" (Consul only) or "rolling".'),
+    _k(_S, "poll", (str, bool), None, 'Poll the registry: a duration ("5m") or true.'),
     _k(_N, "job", (str,), None, "Nomad job ID (required for rolling)."),
     _k(_N, "namespace", (str,), None, "Namespace of the job (default: [nomad])."),
     _k(_N, "region", (str,), None, "Region of the job (default: [nomad])."),
     _k(_N, "update", (str,), "meta", '"meta" (job Meta) or "image" (task images).'),
     _k(_N, "meta_key", (str,), "NOMAN_IMAGE_TAG", "The job Meta key set by update = meta."),
     _k(_N, "tasks", (list,), [], "Tasks whose image to rewrite (update = image)."),
+    _k("poll", "interval", (str,), "5m", "Poll interval of services that say poll = true."),
+    _k("poll", "docker_config", (str,), None, "Docker config.json with registry credentials."),
+    _k("poll", "max_parallel", (int,), 2, "Polls in flight at once per registry host."),
+    _k("poll", "insecure_registries", (list,), [], "host[:port]s polled over plain HTTP."),
+    _k("poll", "timeout", (int, float), 10, "Seconds for each registry request."),
     _k("ui", "token_sha256", (str, list), None, "sha256 hex of the admin token (or a list)."),
     _k("ui", "token_env", (str,), None, "Env var holding the admin token itself."),
     _k("ui", "session_key_env", (str,), None, "Env var with the cookie signing key."),
@@ -168,6 +182,7 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NOMAD_CLIENT_CERT", "Client certificate for Nomad (with NOMAD_CLIENT_KEY)."),
     ("NOMAD_CLIENT_KEY", "Key of NOMAD_CLIENT_CERT."),
     ("NOMAD_TLS_SERVER_NAME", "Name to verify Nomad's certificate against (SNI)."),
+    ("DOCKER_CONFIG", "Folder of the Docker config.json polling reads credentials from."),
     ("NOMAN_WORKER_TMP_DIR", "gunicorn's heartbeat and metrics files (default /dev/shm)."),
     ("NOMAN_GUNICORN_LOG_LEVEL", "Level of gunicorn's own error log (default info)."),
     ("NOMAN_DEV_BANNER", "Set by serve --dev: the banner printed once serving."),
@@ -245,6 +260,43 @@ class NotifySettings:
     dry_run: bool = _default("notify", "dry_run")
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``"30s"``, ``"5m"``, ``"1h30m"`` or ``"1.5h"``.
+
+    Raises:
+        ValueError: when ``text`` is not one.
+    """
+    if not _DURATION_RE.fullmatch(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """Polling registries for new tags: the leader's safety net for lost webhooks.
+
+    ``intervals`` maps the name of each service that polls to its interval in seconds;
+    a service not in it is never polled. ``docker_config`` is the ``config.json`` whose
+    ``auths`` give registry credentials, as found at start (None: anonymous only).
+    """
+
+    interval: float = parse_duration(_default("poll", "interval"))
+    docker_config: str | None = _default("poll", "docker_config")
+    max_parallel: int = _default("poll", "max_parallel")
+    insecure_registries: tuple[str, ...] = _default("poll", "insecure_registries")
+    timeout: float = _default("poll", "timeout")
+    intervals: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        """True when any service polls."""
+        return bool(self.intervals)
+
+    def interval_of(self, service: str) -> float | None:
+        """Seconds between two polls of ``service``; None when it does not poll."""
+        return self.intervals.get(service)
+
+
 @dataclass(frozen=True)
 class HookProofs:
     """What proves a delivery to one service besides its URL secret; nothing by default.
@@ -299,6 +351,7 @@ class Settings:
     # A second, internal listener for /metrics; None: /metrics on the main one.
     metrics_bind: str | None = _default("server", "metrics_bind")
     ui: UISettings = UISettings()
+    poll: PollSettings = PollSettings()
     tls_cert: str | None = _default("server", "tls_cert")
     tls_key: str | None = _default("server", "tls_key")
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
@@ -399,6 +452,8 @@ class _Parser:
         self.lines = text.splitlines()
         self.source = source
         self.env = environ
+        # Each service's poll value as written, checked once [poll] is known.
+        self.poll_values: dict[str, str | bool] = {}
 
     # -- error reporting ---------------------------------------------------------------
 
@@ -505,7 +560,17 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def settings(self, data: dict[str, Any]) -> Settings:
-        allowed = {"server", "store", "consul", "nomad", "notify", "rollout", "services", "ui"}
+        allowed = {
+            "server",
+            "store",
+            "consul",
+            "nomad",
+            "notify",
+            "rollout",
+            "services",
+            "ui",
+            "poll",
+        }
         unknown = [f"[{_toml_key(name)}]" for name in data if name not in allowed]
         if unknown:
             raise ConfigError(
@@ -541,6 +606,7 @@ class _Parser:
         consul = self.consul(data.get("consul", {}))
         self.check_prefix(consul.state_prefix, services)
         ui = self.ui(data.get("ui", {}), services)
+        poll = self.poll(data.get("poll", {}), services)
         return Settings(
             services=services,
             source=self.source,
@@ -556,6 +622,7 @@ class _Parser:
             proxy_hops=server["proxy_hops"],
             metrics_bind=server["metrics_bind"],
             ui=ui,
+            poll=poll,
             tls_cert=server["tls_cert"],
             tls_key=server["tls_key"],
             proofs=proofs,
@@ -774,6 +841,8 @@ class _Parser:
             ) from None
         if v["strategy"] not in ("restart", "rolling"):
             raise self.fail(table, "strategy", 'must be "restart" or "rolling"')
+        if v["poll"] is not None:
+            self.poll_values[name] = v["poll"]
         target = self.nomad_target(f"{table}.nomad", raw_nomad, nomad)
         if v["strategy"] == "rolling" and target is None:
             raise self.fail(table, "strategy", f"rolling needs a [{table}.nomad] table")
@@ -912,6 +981,72 @@ class _Parser:
             key = value.encode("utf-8")
         hours = float(self.positive("ui", "session_hours", v["session_hours"]))
         return UISettings(token_hashes=hashes, session_key=key, session_hours=hours)
+
+    def duration(self, table: str, name: str, text: str) -> float:
+        """Seconds in the duration ``text`` of ``[table] name``: at least one second."""
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            seconds = 0.0
+        if seconds < MIN_POLL_INTERVAL:
+            raise self.fail(
+                table, name, 'must be a duration like "30s", "5m" or "1h30m" (at least "1s")'
+            )
+        return seconds
+
+    def poll(self, data: Mapping[str, Any], services: tuple[Service, ...]) -> PollSettings:
+        """[poll] and every service's ``poll``: which services poll, how often, with what."""
+        v = self.table(data, "poll", "poll")
+        interval = self.duration("poll", "interval", v["interval"])
+        if v["max_parallel"] < 1:
+            raise self.fail("poll", "max_parallel", "must be at least 1")
+        insecure = v["insecure_registries"]
+        if not all(isinstance(h, str) and is_registry_host(h) for h in insecure):
+            raise self.fail(
+                "poll", "insecure_registries", 'must be a list of "host" or "host:port" names'
+            )
+        docker_config = self.docker_config(v["docker_config"])
+        intervals: dict[str, float] = {}
+        for service in services:
+            value = self.poll_values.get(service.name)
+            if value is None or value is False:
+                continue
+            table = f"services.{_toml_key(service.name)}"
+            if value is True:
+                intervals[service.name] = interval
+            else:
+                intervals[service.name] = self.duration(table, "poll", value)
+            if order_kind(service.tag_pattern) is None:
+                raise self.fail(
+                    table,
+                    "poll",
+                    f"service {service.name!r} cannot poll: its tag_pattern "
+                    f"{service.tag_pattern.pattern} gives tags no order, so polling cannot "
+                    "tell the newest (capture a number or a version in group 1)",
+                )
+            try:
+                parse_reference(service.repository, insecure)
+            except InvalidReference as exc:
+                raise self.fail(table, "repository", f"cannot be polled: {exc}") from None
+        return PollSettings(
+            interval=interval,
+            docker_config=docker_config,
+            max_parallel=v["max_parallel"],
+            insecure_registries=tuple(h.lower() for h in insecure),
+            timeout=float(self.positive("poll", "timeout", v["timeout"])),
+            intervals=intervals,
+        )
+
+    def docker_config(self, path: str | None) -> str | None:
+        """The Docker config.json to read credentials from, checked readable when named."""
+        if path is None:
+            found = default_docker_config(self.env)
+            return str(found) if found is not None else None
+        try:
+            read_docker_config(path)
+        except ValueError as exc:
+            raise self.fail("poll", "docker_config", str(exc)) from None
+        return path
 
     def nomad_target(self, table: str, raw: Any, nomad: NomadSettings) -> NomadTarget | None:
         if raw is None:

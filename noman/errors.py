@@ -25,7 +25,7 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
     ├── StateUnreadable                 503 state_unreadable    (the operator must repair a key)
-    └── UpstreamError                   (never raised itself: Consul or Nomad failed; see below)
+    └── UpstreamError                   (never raised itself: Consul, Nomad or a registry failed)
         ├── WriteConflict               503 write_conflict      (retryable)
         ├── ConsulUnavailable           503 consul_unavailable  (retryable)
         ├── ConsulForbidden             502 consul_forbidden
@@ -33,7 +33,13 @@ Codes are an API: callers branch on them, so they never change meaning.
         ├── NomadUnavailable            503 nomad_unavailable   (retryable)
         ├── NomadForbidden              502 nomad_forbidden
         ├── NomadJobNotFound            502 nomad_job_not_found
-        └── NomadError                  502 nomad_error
+        ├── NomadError                  502 nomad_error
+        └── RegistryError               502 registry_error      (an answer Noman does not expect)
+            ├── RegistryUnavailable     503 registry_unavailable     (retryable)
+            ├── RegistryRateLimited     503 registry_rate_limited    (retryable after retry_after)
+            ├── RegistryUnauthorized    502 registry_unauthorized
+            ├── RegistryNotFound        502 registry_not_found
+            └── RegistryInvalidAnswer   502 registry_invalid_answer
 
 An ``UpstreamError`` from Consul means nothing was written, except a write whose
 answer timed out and could not be re-read (the message says it may have landed).
@@ -41,6 +47,12 @@ Nomad's codes reach a hook caller only as the ``reason`` of a 202: by then the
 deploy is durable and the reconciler retries. ``NotRolling`` is no longer raised
 (``/deployment`` is an alias of ``status``); the class and code stay so callers that
 import or branch on them keep working.
+
+The ``Registry*`` errors come from polling a container registry (``noman.registries``):
+the leader's poller records their code per service; no hook request ever ends with one.
+``temporary`` on the class says whether the same call may succeed later with nobody
+changing anything (the "(retryable)" marks above): callers back off and retry those, and
+wait for an operator's fix (or a long interval) on the others.
 
 ``ConfigError`` is not an HTTP error: it stops start-up and names the file,
 line, service and field that are wrong.
@@ -59,6 +71,8 @@ class NomanError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     retry_after: ClassVar[int | None] = None
+    #: True when the same call may succeed later without anyone changing anything.
+    temporary: ClassVar[bool] = False
     #: True when retrying cannot help until an operator acts (a refused token, a job
     #: that does not exist): the reconciler retries slowly and reports it once.
     permanent: ClassVar[bool] = False
@@ -215,6 +229,7 @@ class Frozen(NomanError):
 class TooManyFailures(NomanError):
     """This address sent too many wrong secrets this minute."""
 
+    temporary = True
     status = 429
     code = "too_many_failures"
     default_message = "Too many failed attempts from this address; retry later."
@@ -252,6 +267,7 @@ class UpstreamError(NomanError):
 class WriteConflict(UpstreamError):
     """Check-and-set lost the race more times than allowed; retry later."""
 
+    temporary = True
     status = 503
     code = "write_conflict"
     retry_after = RETRY_AFTER_SECONDS
@@ -261,6 +277,7 @@ class WriteConflict(UpstreamError):
 class ConsulUnavailable(UpstreamError):
     """Consul is unreachable, timing out or answering 5xx."""
 
+    temporary = True
     status = 503
     code = "consul_unavailable"
     retry_after = RETRY_AFTER_SECONDS
@@ -286,6 +303,7 @@ class ConsulError(UpstreamError):
 class NomadUnavailable(UpstreamError):
     """Nomad is unreachable, timing out or answering 5xx."""
 
+    temporary = True
     status = 503
     code = "nomad_unavailable"
     retry_after = RETRY_AFTER_SECONDS
@@ -315,6 +333,65 @@ class NomadError(UpstreamError):
     status = 502
     code = "nomad_error"
     default_message = "Nomad rejected the new job version; the deploy was not started."
+
+
+class RegistryError(UpstreamError):
+    """A container registry answered in a way Noman does not expect (an unexpected status)."""
+
+    status = 502
+    code = "registry_error"
+    default_message = "The registry answered in a way Noman does not expect."
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry is unreachable, timing out or answering 5xx."""
+
+    status = 503
+    code = "registry_unavailable"
+    retry_after = RETRY_AFTER_SECONDS
+    temporary = True
+    default_message = "The registry is unavailable."
+
+
+class RegistryRateLimited(RegistryError):
+    """The registry answered 429: no request to that registry before ``retry_after`` seconds.
+
+    ``retry_after`` is what the registry's ``Retry-After`` said, or None when it said nothing
+    (then the caller backs off on its own).
+    """
+
+    status = 503
+    code = "registry_rate_limited"
+    temporary = True
+    default_message = "The registry's rate limit is reached."
+
+    def __init__(self, message: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # type: ignore[misc]
+
+
+class RegistryUnauthorized(RegistryError):
+    """The registry refused the credentials, or wants some and Noman has none for it."""
+
+    status = 502
+    code = "registry_unauthorized"
+    default_message = "The registry refused access to the repository."
+
+
+class RegistryNotFound(RegistryError):
+    """The registry has no such repository (``NAME_UNKNOWN``)."""
+
+    status = 502
+    code = "registry_not_found"
+    default_message = "The registry has no such repository."
+
+
+class RegistryInvalidAnswer(RegistryError):
+    """The registry answered 200 with something that is not a tag list (or pages forever)."""
+
+    status = 502
+    code = "registry_invalid_answer"
+    default_message = "The registry answered with something that is not a tag list."
 
 
 class ConfigError(Exception):

@@ -1,4 +1,4 @@
-"""Prometheus metrics: hook outcomes, durations, finished deploys, failed reports.
+"""Prometheus metrics: hook outcomes, durations, finished deploys, failed reports, polls.
 
 Labels are service names from the config and stable error codes, never a
 secret or anything a caller sent. Under gunicorn the workers write to
@@ -8,7 +8,9 @@ secret or anything a caller sent. Under gunicorn the workers write to
 internal listener instead (``serve``).
 
 ``noman_hook_requests_total``'s ``outcome`` is one of ``OUTCOMES`` or an
-error code of ``noman.errors`` (the README lists them all).
+error code of ``noman.errors`` (the README lists them all); so is
+``noman_polls_total``'s, with ``POLL_OUTCOMES``. The poll gauges are kept by the
+leader's process only: in multiprocess mode the newest value of a live process counts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -53,6 +56,27 @@ REPORT_FAILURES = Counter(
     "noman_report_failures_total",
     "Outcome reports (callbacks, notifications) that failed after every retry.",
     ["kind"],
+)
+
+# The outcomes of a registry poll that are not errors.
+POLL_OUTCOMES = ("deployed", "unchanged")
+
+POLLS = Counter(
+    "noman_polls_total",
+    "Registry polls by service and outcome (see POLL_OUTCOMES, or an error code).",
+    ["service", "outcome"],
+)
+POLL_LAST_SUCCESS = Gauge(
+    "noman_poll_last_success_timestamp_seconds",
+    "When the service's registry was last polled successfully (Unix time).",
+    ["service"],
+    multiprocess_mode="livemax",
+)
+REGISTRY_RATELIMIT_REMAINING = Gauge(
+    "noman_registry_ratelimit_remaining",
+    "Requests left in the registry's rate-limit window, as its last ratelimit-remaining said.",
+    ["registry"],
+    multiprocess_mode="livemostrecent",
 )
 
 

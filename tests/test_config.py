@@ -16,6 +16,7 @@ from noman.config import (
     config_path,
     hash_secret,
     load_settings,
+    parse_duration,
     parse_settings,
 )
 
@@ -273,6 +274,8 @@ PARSE_ONLY = {
     ("ui", "session_key_env"),
 }
 TOP_LEVEL = {"server": "", "store": "store_"}
+# Keys written as durations ("5m") and kept in seconds.
+DURATIONS = {("poll", "interval")}
 
 
 @pytest.mark.parametrize(
@@ -288,4 +291,6 @@ def test_every_settings_default_is_the_schema_default(key: Key) -> None:
     else:
         value = getattr(getattr(defaults, key.table), key.name)
     expected = tuple(key.default) if isinstance(key.default, list) else key.default
+    if (key.table, key.name) in DURATIONS:
+        expected = parse_duration(expected)
     assert value == expected
