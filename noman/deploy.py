@@ -14,6 +14,7 @@ Nomad answers quickly, and the leader leaves the rollout alone meanwhile.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Releases in a row found by polling (none by a webhook) before status flags the service.
+POLL_ONLY_RELEASES = 3
 
 #: Why a rollout ends when the job already runs a newer tag.
 STALE_JOB = 'The job already runs a newer tag; push with "force": true to deploy the older tag.'
@@ -159,6 +163,7 @@ class Deployer:
         finished: Callable[[Report], object] | None = None,
         deliver: Callable[[list[tuple[str, Report]]], object] | None = None,
         clock: Callable[[], float] = time.time,
+        poll_intervals: dict[str, float] | None = None,
     ) -> None:
         self.store = store
         self.orchestrator = orchestrator
@@ -174,6 +179,8 @@ class Deployer:
         # Hands the reports this process just wrote to its courier (noman.courier).
         self.deliver = deliver
         self.clock = clock
+        # service name -> seconds between registry polls, for the services that poll.
+        self.poll_intervals = poll_intervals or {}
         # service name -> (tag key, desired state) as this process last wrote them.
         self._known: dict[str, tuple[Entry, Entry]] = {}
         self._known_lock = threading.Lock()
@@ -266,7 +273,7 @@ class Deployer:
         if rolling and attempt is not None and (rollout is None or rollout.seq < attempt.seq):
             # The newest attempt has no rollout record yet: it is pending.
             rollout = first_rollout(attempt, attempt.time)
-        return {
+        found = {
             "service": service.name,
             "strategy": service.strategy,
             "key": service.key,
@@ -276,6 +283,33 @@ class Deployer:
             "rollout": rollout.public() if rollout is not None else None,
             "history": history,
         }
+        interval = self.poll_intervals.get(service.name)
+        if interval is not None:
+            found["poll"] = self._poll_status(service, interval, history)
+        return found
+
+    def _poll_status(
+        self, service: Service, interval: float, history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """What the leader's poller last saved, and whether webhooks seem not to arrive."""
+        from noman.registries.poller import PollState
+
+        raw = self.store.read(self.keys.poll(service.name)).value
+        try:
+            state = PollState.parse(json.loads(raw), interval) if raw else PollState(interval)
+        except ValueError:
+            raise StateUnreadable(self.keys.poll(service.name), "not JSON") from None
+        shown = state.public()
+        deploys = [h for h in history if h["kind"] == "deploy"][:POLL_ONLY_RELEASES]
+        shown["webhooks_missing"] = len(deploys) == POLL_ONLY_RELEASES and all(
+            h["sender"] == "poll" for h in deploys
+        )
+        if shown["webhooks_missing"]:
+            shown["warning"] = (
+                f"the last {POLL_ONLY_RELEASES} releases were all found by polling: "
+                "webhooks from this registry may not be arriving"
+            )
+        return shown
 
     # -- the operations ------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from noman.deploy import STALE_JOB, Deployer, Orchestrator, ServiceView, check_r
 from noman.errors import NomanError, StateUnreadable
 from noman.model import Service, orders_before
 from noman.notify import Reporter
+from noman.polling import PollLoop
 from noman.release import Release
 from noman.state import (
     Attempt,
@@ -102,6 +103,8 @@ class Reconciler:
         self.leader = False
         self.courier = courier or Courier(store, self.keys, reporter, settings.notify)
         self.courier.leading = lambda: self.leader
+        #: The registry poller (``noman.polling``), started and stopped with the threads.
+        self.polling: PollLoop | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pending: dict[str, Entry] | None = None
@@ -127,11 +130,15 @@ class Reconciler:
         for thread in self._threads:
             thread.start()
         self.courier.start()
+        if self.polling is not None:
+            self.polling.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the threads and give up the lock; True if the reconciler ended in time."""
         self._stop.set()
         self.courier.stop()
+        if self.polling is not None:
+            self.polling.stop(min(timeout, 5.0))
         self.lock.release()
         threads, self._threads = self._threads, []
         ended = True

@@ -16,6 +16,7 @@ service can never deploy because its state was damaged. The layout under
                                   attempt ended or was superseded
     outbox/<name>/<seq>.<state>   a report, written with the transition that produces it,
                                   deleted by whoever delivered it
+    poll/<name>                   the leader's registry poller: when it polled, what it saw
     .leader                       the reconciler's session lock
 
 No value is routinely rewritten by both a hook and the leader, and nothing a
@@ -244,6 +245,15 @@ class Keys:
         """Where ``report`` waits until delivered."""
         return f"{self.outbox_folder}{report.service}/{report.seq:010d}.{report.state}"
 
+    @property
+    def poll_folder(self) -> str:
+        """The leader's poll states."""
+        return f"{self.prefix}poll/"
+
+    def poll(self, service: str) -> str:
+        """Where the leader keeps ``service``'s poll state (``noman.polling``)."""
+        return f"{self.poll_folder}{service}"
+
     def legacy(self, service: str) -> str:
         """The one-record-per-service layout of Noman 0.x, read for migration."""
         return f"{self.prefix}{service}"
@@ -322,7 +332,8 @@ def deploy_change(
     """The state after ``attempt`` was accepted (restart: done; rolling: pending)."""
     rolling = service.strategy == "rolling"
     write_id = new_write_id()
-    description = "" if rolling else f"{attempt.tag} written to {service.key}"
+    found = "found by polling, " if attempt.sender == "poll" else ""
+    description = "" if rolling else f"{attempt.tag} {found}written to {service.key}"
     entry = HistoryEntry(
         seq=attempt.seq,
         tag=attempt.tag,

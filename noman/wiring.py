@@ -1,8 +1,9 @@
 """One wiring function for the web app and the CLI: settings -> the objects that do the work.
 
 ``build`` makes the store, the Nomad client, the deployer, the reporter, the
-courier and the reconciler once; ``components(app)`` gives a view the app's set. Views
-and commands reach them through typed attributes, never string keys.
+courier, the reconciler and the registry poller once; ``components(app)``
+gives a view the app's set. Views and commands reach them through typed
+attributes, never string keys.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from noman.config import Settings
 from noman.courier import Courier
 from noman.deploy import Deployer
 from noman.notify import Reporter
+from noman.polling import PollLoop
 from noman.reconcile import Reconciler
 from noman.rollouts.nomad import NomadRollouts
 from noman.state import Keys
@@ -34,6 +36,7 @@ class Components:
     reporter: Reporter
     courier: Courier
     reconciler: Reconciler
+    polling: PollLoop
 
 
 def build(settings: Settings, store: Store | None = None) -> Components:
@@ -53,9 +56,12 @@ def build(settings: Settings, store: Store | None = None) -> Components:
         report_successes=any("success" in t.on for t in settings.notify.targets),
         finished=reporter.finished,
         deliver=courier.send_now,
+        poll_intervals=dict(settings.poll.intervals),
     )
     reconciler = Reconciler(settings, store, deployer, nomad, reporter, courier)
-    return Components(settings, store, nomad, deployer, reporter, courier, reconciler)
+    polling = PollLoop(settings, store, deployer, leading=lambda: reconciler.leader)
+    reconciler.polling = polling
+    return Components(settings, store, nomad, deployer, reporter, courier, reconciler, polling)
 
 
 def build_store(settings: Settings) -> Store:
