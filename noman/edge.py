@@ -42,8 +42,11 @@ if TYPE_CHECKING:
 ROUTE_KEY = "noman.route"
 UNMATCHED = "unmatched"
 DEFAULT_READ_TIMEOUT = 10.0
-# Answers after which the connection closes: the request's body may be partly unread.
-CLOSE_AFTER = frozenset({400, 408, 413})
+# Answers after which the connection closes: the request's body may be partly unread. A
+# body that could not be read whole (cut off, broken chunks) sets CLOSE_CONNECTION; a 400
+# for a body read whole (invalid JSON, an unknown payload) keeps the connection open.
+CLOSE_AFTER = frozenset({408, 413})
+CLOSE_CONNECTION = "noman.close_connection"
 # Methods logged as sent; anything else is logged as OTHER (the method is client text).
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -79,7 +82,8 @@ def install(app: Flask) -> None:
     def remember_route(response: Response) -> Response:
         request.environ[ROUTE_KEY] = current_route()
         sock = request.environ.get("gunicorn.socket")
-        if response.status_code in CLOSE_AFTER and isinstance(sock, DeadlineSocket):
+        closing = response.status_code in CLOSE_AFTER or request.environ.get(CLOSE_CONNECTION)
+        if closing and isinstance(sock, DeadlineSocket):
             # The body was refused unread or half read: what follows on this
             # connection is not a request. Answer, then close.
             sock.close_after = True

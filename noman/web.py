@@ -282,11 +282,13 @@ def _read_json_body() -> bytes:
     except Exception:
         # Broken chunked encoding, or the client went away mid-body (the
         # server's own exception types; their texts quote the request).
+        request.environ[edge.CLOSE_CONNECTION] = True
         raise errors.BadRequest("The body is malformed or cut off.") from None
     if len(body) > limit:
         raise too_large
     if request.content_length is not None and len(body) < request.content_length:
         # A client that half-closes early must not get a truncated body deployed.
+        request.environ[edge.CLOSE_CONNECTION] = True
         raise errors.BadRequest("The body is shorter than its Content-Length.")
     return body
 
