@@ -80,6 +80,9 @@ GOAL_P99_VS_WEBHOOK = 0.5
 GOAL_REJECTED_VS_DEPLOY = 5.0
 GOAL_SLOW_P99 = 2.0
 GOAL_RSS_MB = 60.0
+# Goals of issue 14 (one writer per key): beside the relay, deploy tails and rejections.
+GOAL_P99_VS_RELAY = 1.5
+GOAL_REJECTED_VS_RELAY = 0.9
 
 
 # ---------------------------------------------------------------- pure helpers (tested)
@@ -433,7 +436,7 @@ def summary(result: SystemResult) -> dict[str, Any]:
 
 
 def evaluate(results: dict[str, SystemResult]) -> list[Goal]:
-    """The goal ratios of issue 8 from the measured results."""
+    """The goal ratios of issues 8 and 14 from the measured results."""
     noman, relay, hook = results["noman"], results["relay"], results["webhook"]
     goals = []
     for conns, attr in ((1, "deploy1"), (8, "deploy8")):
@@ -460,6 +463,23 @@ def evaluate(results: dict[str, SystemResult]) -> list[Goal]:
             ratio(noman.deploy8.tail, hook.deploy8.tail),
             GOAL_P99_VS_WEBHOOK,
             False,
+        )
+    )
+    for conns, attr in ((1, "deploy1"), (8, "deploy8")):
+        goals.append(
+            Goal(
+                f"deploy p99 at {conns} conn: Noman ÷ minimal relay",
+                ratio(getattr(noman, attr).tail, getattr(relay, attr).tail),
+                GOAL_P99_VS_RELAY,
+                False,
+            )
+        )
+    goals.append(
+        Goal(
+            "rejected/s at 8 conn: Noman ÷ minimal relay",
+            ratio(noman.rejected8.rate, relay.rejected8.rate),
+            GOAL_REJECTED_VS_RELAY,
+            True,
         )
     )
     goals.append(

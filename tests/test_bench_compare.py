@@ -114,7 +114,7 @@ def test_goals_pass_and_fail_on_their_thresholds() -> None:
         "webhook": _result(300, 0.05, 9000, 0.05, 0.05, 15),
     }
     goals = compare.evaluate(passing)
-    assert len(goals) == 8
+    assert len(goals) == 11
     assert all(goal.passed for goal in goals), compare.goal_lines(goals)
     failing = {
         "noman": _result(800, 0.03, 3000, 0.01, 0.5, 70),
@@ -124,7 +124,7 @@ def test_goals_pass_and_fail_on_their_thresholds() -> None:
     verdicts = {goal.name: goal.passed for goal in compare.evaluate(failing)}
     assert not any(verdicts.values()), verdicts
     lines = compare.goal_lines(compare.evaluate(failing)).splitlines()
-    assert len(lines) == 8 and all(line.startswith("FAIL") for line in lines)
+    assert len(lines) == 11 and all(line.startswith("FAIL") for line in lines)
     assert compare.table(passing).count("\n") == 4  # header, rule, three systems
 
 
