@@ -163,7 +163,7 @@ class Courier:
                 threading.Thread(
                     target=self._work,
                     args=(destination, jobs),
-                    name=f"noman-courier-{destination}",
+                    name=f"noman-report-{destination}",
                     daemon=True,
                 ).start()
             jobs.put(job)

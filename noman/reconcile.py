@@ -115,6 +115,7 @@ class Reconciler:
         # an entry is dropped when it comes due, so it never wakes the loop twice
         self._not_before: dict[str, tuple[int, float]] = {}
         self._unreadable: set[str] = set()
+        self._marked = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -216,6 +217,10 @@ class Reconciler:
         self.leader = self.lock.hold()
         if not self.leader:
             return False
+        if not self._marked:
+            # Created once (check-and-set on "missing"): a no-op when it exists.
+            self.store.transact([Write(self.keys.pending_marker, "", 0)])
+            self._marked = True
         pending, self._pending = self._pending, None
         if pending is None:
             snapshot = self.store.list(self.keys.pending_folder)
@@ -277,8 +282,9 @@ class Reconciler:
 
     def _quiet(self) -> bool:
         """Nothing pending, no retry or hand-over waiting, no report waiting."""
+        pending = self.store.list(self.keys.pending_folder).entries
         return (
-            not self.store.list(self.keys.pending_folder).entries
+            set(pending) <= {self.keys.pending_marker}
             and not self.store.list(self.keys.outbox_folder).entries
         )
 

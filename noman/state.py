@@ -227,6 +227,16 @@ class Keys:
         """What the leader watches for rollouts to carry."""
         return f"{self.prefix}pending/"
 
+    @property
+    def pending_marker(self) -> str:
+        """A key that keeps ``pending/`` from ever being empty.
+
+        Consul answers a blocking read of an empty prefix with the index of the whole KV
+        store, so every write anywhere would wake the leader; with one key under the
+        prefix, the index is the prefix's own.
+        """
+        return f"{self.pending_folder}.watch"
+
     def pending(self, service: str, seq: int) -> str:
         """Exists while attempt ``seq`` of ``service`` has not ended (or been superseded)."""
         return f"{self.pending_folder}{service}/{seq:010d}"
