@@ -246,7 +246,8 @@ def measure_latency(deploys: int) -> Latency:
                 got = receiver.wait_for(i + 1, timeout=10)
                 seconds.append(time.perf_counter() - started)
                 assert len(got) == i + 1, "no report"
-                assert got[-1].json().get("event_id") == f"web:{want}:successful", got[-1].body
+                # event_id names the attempt: the i-th deploy of this service.
+                assert got[-1].json().get("event_id") == f"web:{i + 1}:successful", got[-1].body
                 # Everything Nomad saw for this deploy: the hook's read + register and the
                 # reconciler's reads and follow queries, including the blocking query that
                 # was parked before finish_deployment and that the finish answered.
@@ -488,7 +489,8 @@ def measure_failover(deployment: float, multiplier: float = 1.0) -> Failover:
             got = receiver.wait_for(1, timeout=failover_budget(SESSION_TTL, deployment) + 30)
             reported = time.perf_counter()
             assert got, "B never reported"
-            assert got[0].json().get("event_id") == f"web:{tag(1)}:successful", got[0].body
+            assert got[0].json().get("event_id") == "web:1:successful", got[0].body
+            assert got[0].json().get("tag") == tag(1), got[0].body
         finally:
             if a.poll() is None:
                 os.killpg(a.pid, signal.SIGKILL)
