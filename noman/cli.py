@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from noman import __version__, auth
 from noman.config import MIN_SECRET_CHARS, Settings, config_path, load
-from noman.errors import ConfigError, NomanError, UpstreamError
+from noman.errors import ConfigError, NomanError, UnknownService, UpstreamError
 
 if TYPE_CHECKING:  # the commands import these lazily: `noman --help` stays fast
     from noman.model import Service
@@ -36,6 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.run(args)
         return result
+    except BrokenPipeError:
+        # `noman check | head -2`: the reader has gone; say nothing more, as `yes` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except UnknownService as exc:
+        print(f"noman: usage error: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"noman: configuration error: {exc}", file=sys.stderr)
         return 2

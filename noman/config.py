@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from noman.errors import ConfigError
+from noman.errors import ConfigError, UnknownService
 
 # Re-exported: these lived here before noman.model existed.
 from noman.model import DEFAULT_TAG_PATTERN as DEFAULT_TAG_PATTERN
@@ -373,8 +373,15 @@ class Settings:
         for service in self.services:
             if service.name == name:
                 return service
-        known = ", ".join(s.name for s in self.services) or "none"
-        raise ConfigError(f"{self.source}: no service named {name!r} (configured: {known})")
+        import difflib
+
+        names = [s.name for s in self.services]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(names) or "none"
+        raise UnknownService(
+            f"{self.source}: no service named {name!r}{hint} (configured: {known})"
+        )
 
     @property
     def uses_nomad(self) -> bool:

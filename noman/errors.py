@@ -398,6 +398,10 @@ class ConfigError(Exception):
     """The configuration is wrong; the message says where."""
 
 
+class UnknownService(ConfigError):
+    """A command named a service the configuration does not have: the caller's typo."""
+
+
 def error_body(code: str, message: str) -> dict[str, str]:
     """The one error shape every non-2xx answer uses."""
     return {"error": code, "message": message}

@@ -60,11 +60,34 @@ def test_deploy_and_status_share_the_hook_policy(
     assert (line["service"], line["tag"]) == ("web", "release-20200101000000")
 
 
-def test_deploy_unknown_service_is_a_config_error(
+def test_deploy_unknown_service_is_a_usage_error_that_suggests_the_name(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["--config", str(config), "deploy", "nope", SAMPLE_TAG]) == 2
-    assert "no service named 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("noman: usage error: ")
+    assert "no service named 'nope'" in err
+    assert "did you mean" not in err  # nothing close to 'nope'
+    assert main(["--config", str(config), "deploy", "wbe", SAMPLE_TAG]) == 2
+    assert "no service named 'wbe'; did you mean 'web'?" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback(config: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from noman.cli import main; "
+        f"sys.exit(main(['--config', {str(config)!r}, 'status']))"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.close()  # as `| head -0` would
+        err = child.stderr.read().decode()
+        child.wait(30)
+    assert "Traceback" not in err and "BrokenPipeError" not in err
 
 
 def test_check_reports_each_service(
