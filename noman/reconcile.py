@@ -25,6 +25,7 @@ Tests and ``noman deploy --wait`` drive the same passes with ``run_once``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -140,6 +141,8 @@ class Reconciler:
         self.courier.stop()
         if self.polling is not None:
             self.polling.stop(min(timeout, 5.0))
+        if self.leader and self.running:
+            self._wake()
         self.lock.release()
         threads, self._threads = self._threads, []
         ended = True
@@ -154,6 +157,12 @@ class Reconciler:
         self.lock.release()  # again, in case a thread took the lock before it saw the stop
         self.leader = False
         return ended
+
+    def _wake(self) -> None:
+        """End the reconciler's blocking read of ``pending/`` now (at shutdown)."""
+        # Should it fail, the read ends by itself within its wait.
+        with contextlib.suppress(NomanError):
+            self.store.transact([Write(self.keys.pending_marker, f"{self.clock():.3f}", 0, "set")])
 
     @property
     def running(self) -> bool:
