@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from noman import __version__
 
 # The outcomes of a hook request that are not errors.
-OUTCOMES = ("deployed", "pending", "unchanged", "ignored", "ping")
+OUTCOMES = ("deployed", "pending", "unchanged", "ignored", "ping", "awaiting_approval", "held")
 
 HOOK_REQUESTS = Counter(
     "noman_hook_requests_total",

@@ -36,6 +36,7 @@ from noman.config import Settings
 from noman.courier import Courier
 from noman.deploy import STALE_JOB, Deployer, Orchestrator, ServiceView, check_release, iso
 from noman.errors import NomanError, StateUnreadable
+from noman.gates import Gates
 from noman.model import Service, orders_before
 from noman.notify import Reporter
 from noman.release import Release
@@ -86,8 +87,11 @@ class Reconciler:
         idle_wait: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        gates: Gates | None = None,
     ) -> None:
         self.settings = settings
+        # Carries approvals' expiry and held deploys' windows (noman.gates).
+        self.gates = gates
         self.store = store
         self.deployer = deployer
         self.orchestrator = orchestrator
@@ -189,6 +193,8 @@ class Reconciler:
         if self._not_before:
             soonest = min(when for _, when in self._not_before.values())
             wait = max(0.0, min(wait, soonest - now))
+        if self.gates is not None and (due := self.gates.next_due()) is not None:
+            wait = max(0.0, min(wait, due))
         if wait <= 0:
             return
         try:
@@ -211,6 +217,10 @@ class Reconciler:
             return False
         pending, self._pending = self._pending, None
         if pending is None:
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        if self.gates is not None and self.gates.run(pending):
+            # A held deploy or an approval landed: its pending key is this pass's work.
             snapshot = self.store.list(self.keys.pending_folder)
             self._pending_index, pending = snapshot.watch_index, snapshot.entries
         now = self.monotonic()
@@ -269,10 +279,13 @@ class Reconciler:
         return False
 
     def _quiet(self) -> bool:
-        """Nothing pending, no retry or hand-over waiting, no report waiting."""
-        return (
-            not self.store.list(self.keys.pending_folder).entries
-            and not self.store.list(self.keys.outbox_folder).entries
+        """Nothing pending, no retry or hand-over waiting, no report waiting.
+
+        A deploy waiting for approvals or a window is not work in flight.
+        """
+        pending = self.store.list(self.keys.pending_folder).entries
+        return not any(self.keys.parse_gate(key) is None for key in pending) and not (
+            self.store.list(self.keys.outbox_folder).entries
         )
 
     def _note_unreadable(self, service: Service, exc: StateUnreadable) -> None:
@@ -347,8 +360,10 @@ class Reconciler:
             previous=entry.previous,
             callback_url=entry.callback_url,
             at=self.clock(),
+            requested=entry.time,
+            kind=entry.kind,
         )
-        ended = finished_entry(entry, rollout.state, description)
+        ended = finished_entry(entry, rollout.state, description, iso(self.clock()))
         written = self.store.transact(
             [
                 Write(key, encode(ended), found.modify_index),
@@ -429,7 +444,7 @@ class Reconciler:
             if entry is None or entry.outcome != "pending":
                 continue  # ended before it was superseded (or pruned): nothing to tell
             description = f"superseded by {attempt.tag} before it finished"
-            ended = finished_entry(entry, "cancelled", description)
+            ended = finished_entry(entry, "cancelled", description, iso(self.clock()))
             ops.append(Write(key, encode(ended), item.modify_index))
             report = make_report(
                 service,
@@ -662,12 +677,16 @@ class Reconciler:
             deployment=deployment,
             callback_url=entry.callback_url if entry else None,
             at=self.clock(),
+            requested=entry.time if entry else "",
+            kind=entry.kind if entry else "deploy",
         )
         ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
         if entry is not None:
             ops.append(
                 Write(
-                    entry_key, encode(finished_entry(entry, state, description)), found.modify_index
+                    entry_key,
+                    encode(finished_entry(entry, state, description, iso(self.clock()))),
+                    found.modify_index,
                 )
             )
         if running is not None:

@@ -14,6 +14,7 @@ from flask import Flask
 from noman.config import Settings
 from noman.courier import Courier
 from noman.deploy import Deployer
+from noman.gates import Gates
 from noman.notify import Reporter
 from noman.reconcile import Reconciler
 from noman.rollouts.nomad import NomadRollouts
@@ -34,6 +35,8 @@ class Components:
     reporter: Reporter
     courier: Courier
     reconciler: Reconciler
+    # Approvals and deploy windows (the deployer and the reconciler hold it too).
+    gates: Gates
 
 
 def build(settings: Settings, store: Store | None = None) -> Components:
@@ -54,8 +57,10 @@ def build(settings: Settings, store: Store | None = None) -> Components:
         finished=reporter.finished,
         deliver=courier.send_now,
     )
-    reconciler = Reconciler(settings, store, deployer, nomad, reporter, courier)
-    return Components(settings, store, nomad, deployer, reporter, courier, reconciler)
+    gates = Gates(settings, store, deployer, deliver=courier.send_now)
+    deployer.gates = gates
+    reconciler = Reconciler(settings, store, deployer, nomad, reporter, courier, gates=gates)
+    return Components(settings, store, nomad, deployer, reporter, courier, reconciler, gates)
 
 
 def build_store(settings: Settings) -> Store:
