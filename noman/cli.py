@@ -1,4 +1,5 @@
-"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck."""
+"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck,
+and the operators' approve, reject and deploy-now."""
 
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     new = secret_commands.add_parser("new", help="print a fresh secret and its config line")
     new.add_argument("service", nargs="?", help="the service the hook secret is for")
     new.add_argument("--ui", action="store_true", help="an admin token for the status page")
+    new.add_argument("--operator", metavar="NAME", help="a named operator's token")
     new.set_defaults(run=_secret_new)
 
     deploy = commands.add_parser(
@@ -144,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("service", nargs="?", help="only this service")
     status.set_defaults(run=_status)
+
+    _operator_commands(commands, common)
 
     health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")
     health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
@@ -334,10 +338,22 @@ def _check_service(parts: Components, service: Service) -> int:
 
 
 def _secret_new(args: argparse.Namespace) -> int:
-    if args.ui == bool(args.service):
-        print("noman secret new: give a service name, or --ui (not both)", file=sys.stderr)
+    if [bool(args.service), args.ui, bool(args.operator)].count(True) != 1:
+        print(
+            "noman secret new: give a service name, --ui or --operator NAME (one of them)",
+            file=sys.stderr,
+        )
         return 2
     secret, digest = auth.new_secret()
+    if args.operator:
+        print(
+            f"token: {secret}\n\n"
+            f"Give it to {args.operator}: it logs into /ui and authorises the operator API "
+            "(Authorization: Bearer <token>). Put this in noman.toml (the token itself stays "
+            f'out of the file):\n[[operators]]\nname = "{args.operator}"\n'
+            f'token_sha256 = "{digest}"'
+        )
+        return 0
     if args.ui:
         print(
             f"token: {secret}\n\n"
@@ -559,6 +575,58 @@ def _status(args: argparse.Namespace) -> int:
             line = {"service": service.name, "error": exc.code, "message": _message(exc)}
         print(json.dumps(line))
     return 1 if failed else 0
+
+
+def _operator_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """approve, reject, deploy-now, as a named operator."""
+    for name, what in (
+        ("approve", "approve the deploy that waits for approvals"),
+        ("reject", "reject the deploy that waits: its tag is never written"),
+        ("deploy-now", "let the deploy that waits land outside its deploy windows"),
+    ):
+        cmd = commands.add_parser(name, help=what, parents=[common])
+        cmd.add_argument("service")
+        cmd.add_argument(
+            "--as",
+            dest="operator",
+            required=True,
+            metavar="OPERATOR",
+            help="your [[operators]] name",
+        )
+        cmd.add_argument("--tag", help="the tag you reviewed (refused if another one waits)")
+        if name == "reject":
+            cmd.add_argument("--reason", help="recorded in the history and the report")
+        cmd.set_defaults(run=_operate, action=name)
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """approve / reject / deploy-now, speaking to Consul with this machine's Consul rights."""
+    from noman.operators import operator_named
+    from noman.wiring import build
+
+    settings = _settings(args)
+    operator = operator_named(settings.operators, args.operator)
+    if operator is None:
+        known = ", ".join(o.name for o in settings.operators) or "none"
+        raise ConfigError(
+            f"{settings.source}: no operator named {args.operator!r} in [[operators]] "
+            f"(configured: {known})"
+        )
+    parts = build(settings)
+    service = settings.service(args.service)
+    gates = parts.gates
+    if args.action == "approve":
+        action = gates.approve(service, operator.name, args.tag, sender="cli")
+    elif args.action == "reject":
+        action = gates.reject(service, operator.name, args.tag, args.reason, sender="cli")
+    else:
+        action = gates.deploy_now(service, operator.name, args.tag, sender="cli")
+    parts.courier.wait(parts.settings.notify.timeout * parts.settings.notify.retries + 5)
+    print(json.dumps(action.body, indent=2))
+    return 0
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
