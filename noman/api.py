@@ -1,4 +1,4 @@
-"""The operator API under ``/api``: approvals, rejections, deploy-now.
+"""The operator API under ``/api``: approvals, rejections, deploy-now, the DORA report.
 
 Every route needs a named operator's token (``[[operators]]``) as
 ``Authorization: Bearer <token>``, checked before anything else is read. A
@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from noman import auth, errors
+from noman import auth, dora, errors
 from noman.config import Service, hash_secret
 from noman.errors import ConfigError
 from noman.operators import Operator, find_operator
@@ -69,6 +69,32 @@ def deploy_now(name: str) -> tuple[Response, int]:
     )
     _audit("deploy-now", service, action.body)
     return jsonify(action.body), action.status
+
+
+@bp.get("/metrics/dora", provide_automatic_options=False)
+def dora_report() -> Response:
+    """The four keys per service and for all (``?service=`` one, ``?days=`` the period)."""
+    parts = components(current_app)
+    services = list(parts.settings.services)
+    name = request.args.get("service")
+    if name:
+        services = [_service(name)]
+    days = _days(request.args.get("days"))
+    measured = dora.measure(
+        dora.collect(parts.deployer, services),
+        now=parts.gates.clock(),
+        days=days,
+        history_size=parts.settings.rollout.history_size,
+    )
+    return jsonify(measured.as_dict())
+
+
+def _days(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return dora.DEFAULT_DAYS
+    if not raw.isdigit() or not 1 <= int(raw) <= dora.MAX_DAYS:
+        raise errors.BadRequest(f"days must be a whole number from 1 to {dora.MAX_DAYS}.")
+    return int(raw)
 
 
 def _operator() -> Operator:

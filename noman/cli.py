@@ -1,5 +1,5 @@
 """The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck,
-and the operators' approve, reject and deploy-now."""
+and the operators' approve, reject, deploy-now and report."""
 
 from __future__ import annotations
 
@@ -581,7 +581,7 @@ def _operator_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
 ) -> None:
-    """approve, reject, deploy-now, as a named operator."""
+    """approve, reject, deploy-now (as a named operator) and report."""
     for name, what in (
         ("approve", "approve the deploy that waits for approvals"),
         ("reject", "reject the deploy that waits: its tag is never written"),
@@ -600,6 +600,21 @@ def _operator_commands(
         if name == "reject":
             cmd.add_argument("--reason", help="recorded in the history and the report")
         cmd.set_defaults(run=_operate, action=name)
+    report = commands.add_parser(
+        "report", help="the four DORA keys of each service, from its history", parents=[common]
+    )
+    report.add_argument("--days", type=_days, default=30, help="the period (default 30 days)")
+    report.add_argument("--service", help="only this service")
+    report.add_argument("--json", action="store_true", help="the JSON of GET /api/metrics/dora")
+    report.set_defaults(run=_report)
+
+
+def _days(text: str) -> int:
+    from noman.dora import MAX_DAYS
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to {MAX_DAYS}")
+    return int(text)
 
 
 def _operate(args: argparse.Namespace) -> int:
@@ -626,6 +641,28 @@ def _operate(args: argparse.Namespace) -> int:
         action = gates.deploy_now(service, operator.name, args.tag, sender="cli")
     parts.courier.wait(parts.settings.notify.timeout * parts.settings.notify.retries + 5)
     print(json.dumps(action.body, indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from noman import dora
+    from noman.wiring import build
+
+    parts = build(_settings(args))
+    services = list(parts.settings.services)
+    if args.service:
+        services = [parts.settings.service(args.service)]
+    measured = dora.measure(
+        dora.collect(parts.deployer, services),
+        now=time.time(),
+        days=args.days,
+        history_size=parts.settings.rollout.history_size,
+    )
+    data = measured.as_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(dora.table(data))
     return 0
 
 

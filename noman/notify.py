@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from noman import metrics
+from noman import dora, metrics
 from noman.auth import sign
 from noman.config import NotifyTarget, Service, Settings
 from noman.errors import NomanError
@@ -133,6 +133,11 @@ class Reporter:
         """Log and count one finished deploy (the courier then sends it)."""
         notice = _notice(report)
         outcome = "success" if notice.success else "failure"
+        service = next((s for s in self.settings.services if s.name == report.service), None)
+        state, lead_time = dora.observe(service, report)
+        metrics.DEPLOY_OUTCOMES.labels(notice.service, state).inc()
+        if lead_time is not None:
+            metrics.LEAD_TIME.labels(notice.service).observe(lead_time)
         waiting = report.state in WAITING_STATES
         if waiting:
             outcome = "waiting"
