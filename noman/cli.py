@@ -381,6 +381,16 @@ def _deploy(args: argparse.Namespace) -> int:
     release = Release(tag=args.tag, sender="cli", force=args.force)
     with _quiet_logs() if args.wait else contextlib.nullcontext():
         outcome = parts.deployer.deploy(service, release)  # its retry reason is shown below
+    if args.wait and outcome.waiting is not None:
+        # Approvals or a deploy window hold it (noman.gates): nothing rolls out yet.
+        print(json.dumps(outcome.as_dict(), indent=2))
+        state = str(outcome.waiting["state"]).replace("_", " ")
+        print(
+            f"noman: {service.name} {outcome.tag}: {state}; nothing rolls out until then "
+            f"(see `noman status {service.name}`)",
+            file=sys.stderr,
+        )
+        return 1
     return _answer(parts, service, outcome.as_dict(), args.wait, args.timeout)
 
 

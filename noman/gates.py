@@ -579,6 +579,8 @@ class Gates:
         self._due = {name: timer.due for name, (timer, _) in timers.items()}
         landed = False
         services = {s.name: s for s in self.settings.services}
+        if full:
+            self._restore_timers(set(timers), now)
         for name, (timer, entry) in sorted(timers.items()):
             service = services.get(name)
             if service is None or (timer.due > now and not full):
@@ -589,6 +591,22 @@ class Gates:
                 log.warning("gates: %s: %s: %s", name, exc.code, exc.message)
                 self._due[name] = now + self.settings.rollout.retry_max
         return landed
+
+    def _restore_timers(self, timed: set[str], now: float) -> None:
+        """A gate whose timer key is gone (deleted by hand) gets one again, due now."""
+        watched = [
+            s
+            for s in self.settings.services
+            if s.name not in timed and self.settings.controls_for(s).active
+        ]
+        for name, view in self.deployer.views(watched).items():
+            gate = view.desired.gate
+            if gate is None:
+                continue
+            due = GateTimer(gate.attempt.seq, now)
+            self.store.transact([Write(self.keys.gate(name), encode(due), 0)])
+            self._due[name] = now
+            log.warning("gates: %s: the timer of %s was missing; set again", name, gate.attempt.tag)
 
     def next_due(self) -> float | None:
         """Seconds until the soonest gate timer comes due (None: none is set)."""

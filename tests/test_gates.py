@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -491,3 +492,43 @@ def test_a_held_rolling_deploy_rolls_out_when_its_window_opens(
     record = consul.record()
     assert record.rollout is not None and record.rollout.state == "successful"
     assert record.history[0].outcome == "successful"
+
+
+def test_a_new_leader_carries_a_held_deploy_and_a_lost_timer_is_set_again(
+    consul: ConsulHandle, secret: str
+) -> None:
+    clock = Clock(SATURDAY)
+    settings = settings_with(consul, secret, service=WEEKDAYS)
+    first, second = app_for(settings, clock), app_for(settings, clock)
+    old_leader = components(first).reconciler
+    old_leader.run_once()
+    assert old_leader.leader
+    assert hook(first, secret, T1).json["rollout"]["state"] == "held"
+    old_leader.stop()  # the leader goes away while the deploy is held
+    new_leader = components(second).reconciler
+    consul.http.delete(f"{consul.url}/v1/kv/{Keys(consul.state_prefix).gate('web')}")
+    clock.now = MONDAY_9 + 5
+    for _ in range(50):  # the lock may still be held for a moment
+        new_leader.run_once()
+        if new_leader.leader:
+            break
+        time.sleep(0.1)
+    assert new_leader.leader
+    new_leader.run_once()  # the full pass set the lost timer, due now: this pass lands it
+    assert key(consul) == T1
+    assert consul.record().history[0].outcome == "successful"
+    new_leader.stop()
+
+
+def test_deploy_wait_says_what_holds_it(
+    consul: ConsulHandle, secret: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from noman.cli import main
+    from tests.conftest import settings_toml
+
+    config = tmp_path / "noman.toml"
+    config.write_text(settings_toml(consul, secret, OPERATORS, approvals=1), encoding="utf-8")
+    assert main(["deploy", "web", T1, "--wait", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["rollout"]["state"] == "awaiting_approval"
+    assert "web release-20240101000000: awaiting approval; nothing rolls out until then" in err
