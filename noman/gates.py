@@ -580,7 +580,11 @@ class Gates:
         landed = False
         services = {s.name: s for s in self.settings.services}
         if full:
-            self._restore_timers(set(timers), now)
+            try:
+                self._restore_timers(set(timers), now)
+            except NomanError as exc:
+                log.warning("gates: checking for lost timers: %s", exc.code)
+                self._next_full = 0.0  # try again on the next pass
         for name, (timer, entry) in sorted(timers.items()):
             service = services.get(name)
             if service is None or (timer.due > now and not full):
