@@ -532,3 +532,29 @@ def test_deploy_wait_says_what_holds_it(
     out, err = capsys.readouterr()
     assert json.loads(out)["rollout"]["state"] == "awaiting_approval"
     assert "web release-20240101000000: awaiting approval; nothing rolls out until then" in err
+
+
+def test_a_proposal_and_each_approval_cost_what_a_deploy_costs(
+    consul: ConsulHandle, secret: str
+) -> None:
+    """One read and one write transaction each, as tests/test_state_layout.py counts a
+    deploy (and, like a deploy that writes a report, the delete of the delivered report)."""
+    fake = consul.require_fake()
+    app = app_for(settings_with(consul, secret, approvals=2))
+    parts = components(app)
+    assert hook(app, secret, T1).status_code == 202  # the service's state exists from here
+    assert parts.courier.wait(5)
+
+    def requests_for(action: Callable[[], Any]) -> int:
+        before = fake.answered
+        action()
+        assert parts.courier.wait(5)
+        return fake.answered - before
+
+    # read txn + write txn + the deletes of its two delivered reports (T2 awaiting_approval,
+    # T1 superseded)
+    assert requests_for(lambda: hook(app, secret, T2)) == 4
+    assert requests_for(lambda: operator(app, "approve", ALICE)) == 2  # read + write
+    assert requests_for(lambda: operator(app, "approve", ALICE)) == 1  # counted once: a read
+    assert requests_for(lambda: operator(app, "approve", BOB)) == 2  # read + the landing write
+    assert key(consul) == T2
