@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from noman.errors import (
@@ -49,6 +48,7 @@ from noman.state import (
     deploy_change,
     encode,
     first_rollout,
+    iso_time,
     make_report,
     migrate_legacy,
     new_write_id,
@@ -57,6 +57,9 @@ from noman.stores import Entry, OutcomeUnknown, Store, Write
 
 if TYPE_CHECKING:
     from noman.gates import Gates
+
+#: ``epoch`` as ISO 8601 in UTC, to the second (the state's own formatter, under its old name).
+iso = iso_time
 
 __all__ = [
     "Deployer",
@@ -121,11 +124,6 @@ def needs_write(service: Service, current: str | None, release: Release) -> bool
             'to roll back on purpose, send "force": true (HTTP) or use --force (noman deploy).'
         )
     return True
-
-
-def iso(epoch: float) -> str:
-    """``epoch`` as ISO 8601 in UTC, to the second."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from noman.model import Service
 from noman.ordering import order_kind
-from noman.state import HistoryEntry, Report
+from noman.state import HistoryEntry, Report, iso_time
 
 if TYPE_CHECKING:
     from noman.deploy import Deployer
@@ -281,8 +281,8 @@ class Measurement:
         """The JSON of ``GET /api/metrics/dora``."""
         return {
             "days": self.days,
-            "since": _iso(self.since),
-            "until": _iso(self.until),
+            "since": iso_time(self.since),
+            "until": iso_time(self.until),
             "services": {name: keys.as_dict() for name, keys in self.services.items()},
             "all": self.all.as_dict(),
             "partial_history": list(self.partial),
@@ -374,10 +374,6 @@ def observe(service: Service | None, report: Report) -> tuple[str, float | None]
     committed = tag_time(service, report.tag)
     start = committed if committed is not None else asked
     return report.state, max(0.0, ended - start)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def human(seconds: float | None) -> str:
