@@ -58,6 +58,10 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
 
     app.register_blueprint(bp)
     register_error_handlers(app)
+    if settings.operators:
+        from noman.api import bp as api_bp
+
+        app.register_blueprint(api_bp)
     from noman import ui
 
     ui.init_app(app, settings)

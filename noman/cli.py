@@ -1,4 +1,5 @@
-"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck."""
+"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck,
+and the operators' approve, reject, deploy-now and report."""
 
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     new = secret_commands.add_parser("new", help="print a fresh secret and its config line")
     new.add_argument("service", nargs="?", help="the service the hook secret is for")
     new.add_argument("--ui", action="store_true", help="an admin token for the status page")
+    new.add_argument("--operator", metavar="NAME", help="a named operator's token")
     new.set_defaults(run=_secret_new)
 
     deploy = commands.add_parser(
@@ -152,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("service", nargs="?", help="only this service")
     status.set_defaults(run=_status)
+
+    _operator_commands(commands, common)
 
     health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")
     health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
@@ -342,10 +346,22 @@ def _check_service(parts: Components, service: Service) -> int:
 
 
 def _secret_new(args: argparse.Namespace) -> int:
-    if args.ui == bool(args.service):
-        print("noman secret new: give a service name, or --ui (not both)", file=sys.stderr)
+    if [bool(args.service), args.ui, bool(args.operator)].count(True) != 1:
+        print(
+            "noman secret new: give a service name, --ui or --operator NAME (one of them)",
+            file=sys.stderr,
+        )
         return 2
     secret, digest = auth.new_secret()
+    if args.operator:
+        print(
+            f"token: {secret}\n\n"
+            f"Give it to {args.operator}: it logs into /ui and authorises the operator API "
+            "(Authorization: Bearer <token>). Put this in noman.toml (the token itself stays "
+            f'out of the file):\n[[operators]]\nname = "{args.operator}"\n'
+            f'token_sha256 = "{digest}"'
+        )
+        return 0
     if args.ui:
         print(
             f"token: {secret}\n\n"
@@ -373,6 +389,16 @@ def _deploy(args: argparse.Namespace) -> int:
     release = Release(tag=args.tag, sender="cli", force=args.force)
     with _quiet_logs() if args.wait else contextlib.nullcontext():
         outcome = parts.deployer.deploy(service, release)  # its retry reason is shown below
+    if args.wait and outcome.waiting is not None:
+        # Approvals or a deploy window hold it (noman.gates): nothing rolls out yet.
+        print(json.dumps(outcome.as_dict(), indent=2))
+        state = str(outcome.waiting["state"]).replace("_", " ")
+        print(
+            f"noman: {service.name} {outcome.tag}: {state}; nothing rolls out until then "
+            f"(see `noman status {service.name}`)",
+            file=sys.stderr,
+        )
+        return 1
     return _answer(parts, service, outcome.as_dict(), args.wait, args.timeout)
 
 
@@ -567,6 +593,95 @@ def _status(args: argparse.Namespace) -> int:
             line = {"service": service.name, "error": exc.code, "message": _message(exc)}
         print(json.dumps(line))
     return 1 if failed else 0
+
+
+def _operator_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """approve, reject, deploy-now (as a named operator) and report."""
+    for name, what in (
+        ("approve", "approve the deploy that waits for approvals"),
+        ("reject", "reject the deploy that waits: its tag is never written"),
+        ("deploy-now", "let the deploy that waits land outside its deploy windows"),
+    ):
+        cmd = commands.add_parser(name, help=what, parents=[common])
+        cmd.add_argument("service")
+        cmd.add_argument(
+            "--as",
+            dest="operator",
+            required=True,
+            metavar="OPERATOR",
+            help="your [[operators]] name",
+        )
+        cmd.add_argument("--tag", help="the tag you reviewed (refused if another one waits)")
+        if name == "reject":
+            cmd.add_argument("--reason", help="recorded in the history and the report")
+        cmd.set_defaults(run=_operate, action=name)
+    report = commands.add_parser(
+        "report", help="the four DORA keys of each service, from its history", parents=[common]
+    )
+    report.add_argument("--days", type=_days, default=30, help="the period (default 30 days)")
+    report.add_argument("--service", help="only this service")
+    report.add_argument("--json", action="store_true", help="the JSON of GET /api/metrics/dora")
+    report.set_defaults(run=_report)
+
+
+def _days(text: str) -> int:
+    from noman.dora import MAX_DAYS
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to {MAX_DAYS}")
+    return int(text)
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """approve / reject / deploy-now, speaking to Consul with this machine's Consul rights."""
+    from noman.operators import operator_named
+    from noman.wiring import build
+
+    settings = _settings(args)
+    operator = operator_named(settings.operators, args.operator)
+    if operator is None:
+        known = ", ".join(o.name for o in settings.operators) or "none"
+        raise ConfigError(
+            f"{settings.source}: no operator named {args.operator!r} in [[operators]] "
+            f"(configured: {known})"
+        )
+    parts = build(settings)
+    service = settings.service(args.service)
+    gates = parts.gates
+    if args.action == "approve":
+        action = gates.approve(service, operator.name, args.tag, sender="cli")
+    elif args.action == "reject":
+        action = gates.reject(service, operator.name, args.tag, args.reason, sender="cli")
+    else:
+        action = gates.deploy_now(service, operator.name, args.tag, sender="cli")
+    parts.courier.wait(parts.settings.notify.timeout * parts.settings.notify.retries + 5)
+    print(json.dumps(action.body, indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from noman import dora
+    from noman.wiring import build
+
+    parts = build(_settings(args))
+    services = list(parts.settings.services)
+    if args.service:
+        services = [parts.settings.service(args.service)]
+    measured = dora.measure(
+        dora.collect(parts.deployer, services),
+        now=time.time(),
+        days=args.days,
+        history_size=parts.settings.rollout.history_size,
+    )
+    data = measured.as_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(dora.table(data))
+    return 0
 
 
 def _healthcheck(args: argparse.Namespace) -> int:

@@ -28,9 +28,11 @@ from noman.errors import ConfigError, UnknownService
 from noman.model import DEFAULT_TAG_PATTERN as DEFAULT_TAG_PATTERN
 from noman.model import NomadTarget as NomadTarget
 from noman.model import Service as Service
+from noman.operators import NO_CONTROLS, Controls, Operator
 from noman.ordering import order_kind
 from noman.registries.auth import default_docker_config, read_docker_config
 from noman.registries.reference import InvalidReference, is_registry_host, parse_reference
+from noman.windows import Window, parse_cron, parse_timezone
 
 DEFAULT_CONFIG_PATH = "noman.toml"
 # 22 url-safe characters carry 132 bits; anything shorter is guessable.
@@ -48,9 +50,9 @@ _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
 # "30s", "5m", "1h30m", "1.5h": Go's duration units from hours down to seconds.
-_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([hms])")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[wdhms])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+_DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 MIN_POLL_INTERVAL = 1.0
 
 
@@ -72,6 +74,8 @@ def _k(table: str, name: str, types: tuple[type, ...], default: Any, help: str) 
 _S = "services.<name>"
 _N = "services.<name>.nomad"
 _T = "notify.targets"
+_O = "operators"
+_W = "windows"
 SCHEMA: tuple[Key, ...] = (
     _k("server", "max_body_bytes", (int,), 65536, "Largest accepted request body, in bytes."),
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
@@ -144,6 +148,19 @@ SCHEMA: tuple[Key, ...] = (
     _k("ui", "token_env", (str,), None, "Env var holding the admin token itself."),
     _k("ui", "session_key_env", (str,), None, "Env var with the cookie signing key."),
     _k("ui", "session_hours", (int, float), 12, "Hours a login lasts."),
+    _k("ui", "public_url", (str,), None, "The page's public address, for links in reports."),
+    # Named operators, approvals and deploy windows (noman.operators, noman.windows).
+    _k(_O, "name", (str,), None, "The operator's name, recorded with each action (required)."),
+    _k(_O, "token_sha256", (str, list), None, "sha256 hex of the operator's token (or a list)."),
+    _k(_O, "token_env", (str,), None, "Env var holding the operator's token itself."),
+    _k(_S, "approvals", (int,), 0, "Distinct operators who must approve a deploy; 0: none."),
+    _k(_S, "approval_ttl", (str,), "24h", "How long a proposal waits for its approvals."),
+    _k(_S, "approve_rollbacks", (bool,), False, "Rollbacks wait for approvals too."),
+    _k(_S, "windows", (list,), [], "[[services.<name>.windows]]: this service's windows."),
+    _k(_W, "kind", (str,), None, '"allow" or "deny" (required).'),
+    _k(_W, "schedule", (str,), None, "When each window opens: cron, five fields (required)."),
+    _k(_W, "duration", (str,), None, 'How long each stays open: "8h", "90m" (required).'),
+    _k(_W, "timezone", (str,), "UTC", "IANA time zone the schedule is read in."),
 )
 
 _DEFAULTS: dict[tuple[str, str], Any] = {(k.table, k.name): k.default for k in SCHEMA}
@@ -261,7 +278,7 @@ class NotifySettings:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``"30s"``, ``"5m"``, ``"1h30m"`` or ``"1.5h"``.
+    """Seconds in a duration such as ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1.5h"`` or ``"2d"``.
 
     Raises:
         ValueError: when ``text`` is not one.
@@ -325,6 +342,8 @@ class UISettings:
     # None: a random key per start (see noman.ui.session_key).
     session_key: bytes | None = field(default=None, repr=False)
     session_hours: float = _default("ui", "session_hours")
+    # Where operators reach the page: reports link to it.
+    public_url: str | None = _default("ui", "public_url")
 
     @property
     def enabled(self) -> bool:
@@ -352,6 +371,10 @@ class Settings:
     metrics_bind: str | None = _default("server", "metrics_bind")
     ui: UISettings = UISettings()
     poll: PollSettings = PollSettings()
+    # Named operators, and what each service asks of them (services with no controls
+    # are left out; ``controls_for`` answers for any service).
+    operators: tuple[Operator, ...] = ()
+    controls: tuple[tuple[str, Controls], ...] = ()
     tls_cert: str | None = _default("server", "tls_cert")
     tls_key: str | None = _default("server", "tls_key")
     # Not settable from TOML on purpose: DockerHub callbacks go to DockerHub
@@ -387,6 +410,18 @@ class Settings:
     def uses_nomad(self) -> bool:
         """True when any service deploys through Nomad."""
         return any(s.strategy == "rolling" for s in self.services)
+
+    def controls_for(self, service: Service) -> Controls:
+        """The approvals and deploy windows ``service`` asks for (none by default)."""
+        for name, controls in self.controls:
+            if name == service.name:
+                return controls
+        return NO_CONTROLS
+
+    @property
+    def page_enabled(self) -> bool:
+        """True when the status page serves anyone: an admin token or an operator."""
+        return self.ui.enabled or bool(self.operators)
 
 
 SEARCH_ORDER = (
@@ -578,13 +613,15 @@ class _Parser:
             "ui",
             "poll",
         }
+        arrays = {"operators", "windows"}
+        allowed |= arrays
         unknown = [f"[{_toml_key(name)}]" for name in data if name not in allowed]
         if unknown:
             raise ConfigError(
                 f"{self.source}: unknown table {', '.join(unknown)} "
                 f"(allowed: {', '.join(sorted(allowed))})"
             )
-        for name in allowed - {"services"}:
+        for name in allowed - {"services"} - arrays:
             if name in data and not isinstance(data[name], dict):
                 raise ConfigError(f"{self.source}: {name} must be a table")
         server = self.table(data.get("server", {}), "server", "server")
@@ -612,8 +649,20 @@ class _Parser:
         )
         consul = self.consul(data.get("consul", {}))
         self.check_prefix(consul.state_prefix, services)
-        ui = self.ui(data.get("ui", {}), services)
         poll = self.poll(data.get("poll", {}), services)
+        ui = self.ui(data.get("ui", {}), services, bool(data.get("operators")))
+        operators = self.operators(data.get("operators", []), services, ui)
+        everywhere = self.windows("windows", data.get("windows", []))
+        controls = tuple(
+            (service.name, found)
+            for service in services
+            if (
+                found := self.controls(
+                    service, data["services"][service.name], operators, everywhere
+                )
+            )
+            != NO_CONTROLS
+        )
         return Settings(
             services=services,
             source=self.source,
@@ -630,6 +679,8 @@ class _Parser:
             metrics_bind=server["metrics_bind"],
             ui=ui,
             poll=poll,
+            operators=operators,
+            controls=controls,
             tls_cert=server["tls_cert"],
             tls_key=server["tls_key"],
             proofs=proofs,
@@ -923,20 +974,22 @@ class _Parser:
         kind: str = "secret",
         command: str = "noman secret new",
         noun: str | None = None,
+        occurrence: int = 0,
     ) -> tuple[bytes, ...]:
         """The accepted digests of ``<kind>_sha256`` or ``<kind>_env``; never empty.
 
         An empty secret is not "open": it is refused like any other mistake.
-        ``noun`` names the value in messages (default: ``kind``).
+        ``noun`` names the value in messages (default: ``kind``); ``occurrence`` picks
+        one of several ``[[array]]`` tables for messages.
         """
         sha_key, env_key = f"{kind}_sha256", f"{kind}_env"
         noun = noun or kind
         if (v[sha_key] is None) == (v[env_key] is None):
-            raise self.fail(table, sha_key, f"set exactly one of {sha_key}, {env_key}")
+            raise self.fail(table, sha_key, f"set exactly one of {sha_key}, {env_key}", occurrence)
         if v[env_key] is not None:
             name = v[env_key]
             if not _ENV_NAME_RE.match(name):
-                raise self.fail(table, env_key, "must be an environment variable name")
+                raise self.fail(table, env_key, "must be an environment variable name", occurrence)
             secret = self.env.get(name, "")
             if len(secret) < MIN_SECRET_CHARS:
                 problem = "is not set" if not secret else f"holds a {noun} that is too short"
@@ -945,33 +998,46 @@ class _Parser:
                     env_key,
                     f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
                     f"random characters; `{command}` makes one)",
+                    occurrence,
                 )
             return (hash_secret(secret),)
         raw = v[sha_key]
         hashes = [raw] if isinstance(raw, str) else raw
         if not hashes:
-            raise self.fail(table, sha_key, "must not be empty")
+            raise self.fail(table, sha_key, "must not be empty", occurrence)
         digests = []
         for item in hashes:
             if not isinstance(item, str) or not _HEX64_RE.match(item):
-                raise self.fail(table, sha_key, "must be 64 hex characters (a sha256)")
+                raise self.fail(table, sha_key, "must be 64 hex characters (a sha256)", occurrence)
             if item.lower() == EMPTY_SHA256:
-                raise self.fail(table, sha_key, f"is the hash of an empty {noun}")
+                raise self.fail(table, sha_key, f"is the hash of an empty {noun}", occurrence)
             digests.append(bytes.fromhex(item))
         return tuple(digests)
 
-    def ui(self, data: Mapping[str, Any], services: tuple[Service, ...]) -> UISettings:
-        """The status page's settings; a token of its own, never a service's secret."""
+    def ui(
+        self, data: Mapping[str, Any], services: tuple[Service, ...], operators: bool = False
+    ) -> UISettings:
+        """The status page's settings; a token of its own, never a service's secret.
+
+        With ``[[operators]]`` the page is on for them even without an admin token.
+        """
         v = self.table(data, "ui", "ui")
+        hashes: tuple[bytes, ...] = ()
         if v["token_sha256"] is None and v["token_env"] is None:
-            if data:
-                raise self.fail("ui", None, "set token_sha256 or token_env to enable the page")
-            return UISettings()
-        hashes = self.secrets("ui", v, kind="token", command="noman secret new --ui")
+            if not operators:
+                if data:
+                    raise self.fail("ui", None, "set token_sha256 or token_env to enable the page")
+                return UISettings()
+        else:
+            hashes = self.secrets("ui", v, kind="token", command="noman secret new --ui")
         hooks = {digest for service in services for digest in service.secret_hashes}
         if any(digest in hooks for digest in hashes):
             name = "token_env" if v["token_env"] else "token_sha256"
             raise self.fail("ui", name, "is a service's hook secret; use a separate token")
+        public_url = v["public_url"]
+        if public_url is not None:
+            _check_url(public_url, lambda p: self.fail("ui", "public_url", p))
+            public_url = public_url.rstrip("/")
         key = None
         if v["session_key_env"] is not None:
             name = v["session_key_env"]
@@ -987,7 +1053,96 @@ class _Parser:
                 )
             key = value.encode("utf-8")
         hours = float(self.positive("ui", "session_hours", v["session_hours"]))
-        return UISettings(token_hashes=hashes, session_key=key, session_hours=hours)
+        return UISettings(
+            token_hashes=hashes, session_key=key, session_hours=hours, public_url=public_url
+        )
+
+    def operators(
+        self, raw: Any, services: tuple[Service, ...], ui: UISettings
+    ) -> tuple[Operator, ...]:
+        """``[[operators]]``: unique names, and tokens that are nobody else's credential."""
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            raise self.fail(_O, None, "use [[operators]] tables")
+        taken = {d: "a service's hook secret" for s in services for d in s.secret_hashes}
+        taken.update({d: "the [ui] admin token" for d in ui.token_hashes})
+        found: list[Operator] = []
+        for n, item in enumerate(raw):
+            v = self.table(item, _O, _O, occurrence=n)
+            name = v["name"]
+            if not name:
+                raise self.fail(_O, "name", "is required", n)
+            if not _NAME_RE.match(name):
+                raise self.fail(_O, "name", "use letters, digits, '.', '_' and '-'", n)
+            if any(o.name == name for o in found):
+                raise self.fail(_O, "name", f"{name!r} is configured twice", n)
+            hashes = self.secrets(
+                _O, v, kind="token", command=f"noman secret new --operator {name}", occurrence=n
+            )
+            for digest in hashes:
+                if digest in taken:
+                    key = "token_env" if v["token_env"] else "token_sha256"
+                    raise self.fail(_O, key, f"is {taken[digest]}; use a token of its own", n)
+                taken[digest] = f"operator {name!r}'s token"
+            found.append(Operator(name, hashes))
+        return tuple(found)
+
+    def windows(self, table: str, raw: Any) -> tuple[Window, ...]:
+        """``[[windows]]`` or ``[[services.<name>.windows]]`` tables (``table`` names them)."""
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            raise self.fail(table, None, f"use [[{table}]] tables")
+        found = []
+        for n, item in enumerate(raw):
+            v = self.table(item, table, _W, occurrence=n)
+            for required in ("kind", "schedule", "duration"):
+                if v[required] is None:
+                    raise self.fail(table, required, "is required", n)
+            if v["kind"] not in ("allow", "deny"):
+                raise self.fail(table, "kind", 'must be "allow" or "deny"', n)
+            try:
+                cron = parse_cron(v["schedule"])
+            except ValueError as exc:
+                raise self.fail(table, "schedule", str(exc), n) from None
+            try:
+                duration = parse_duration(v["duration"])
+            except ValueError as exc:
+                raise self.fail(table, "duration", str(exc), n) from None
+            try:
+                parse_timezone(v["timezone"])
+            except ValueError as exc:
+                raise self.fail(table, "timezone", str(exc), n) from None
+            found.append(Window(v["kind"], cron, duration, v["timezone"]))
+        return tuple(found)
+
+    def controls(
+        self,
+        service: Service,
+        raw: dict[str, Any],
+        operators: tuple[Operator, ...],
+        everywhere: tuple[Window, ...],
+    ) -> Controls:
+        """What ``service`` asks before a deploy lands (``raw`` was checked by ``service``)."""
+        table = f"services.{_toml_key(service.name)}"
+        v = self.table({k: value for k, value in raw.items() if k != "nomad"}, table, _S)
+        approvals = v["approvals"]
+        if approvals < 0:
+            raise self.fail(table, "approvals", "must not be negative")
+        if approvals > len(operators):
+            raise self.fail(
+                table,
+                "approvals",
+                f"needs {approvals} distinct operators; [[operators]] names {len(operators)}",
+            )
+        try:
+            ttl = parse_duration(v["approval_ttl"])
+        except ValueError as exc:
+            raise self.fail(table, "approval_ttl", str(exc)) from None
+        own = self.windows(f"{table}.windows", v["windows"])
+        return Controls(
+            approvals=approvals,
+            approval_ttl=ttl,
+            approve_rollbacks=v["approve_rollbacks"],
+            windows=own + everywhere,
+        )
 
     def duration(self, table: str, name: str, text: str) -> float:
         """Seconds in the duration ``text`` of ``[table] name``: at least one second."""

@@ -20,8 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from noman.errors import (
     ConsulUnavailable,
@@ -50,11 +49,18 @@ from noman.state import (
     deploy_change,
     encode,
     first_rollout,
+    iso_time,
     make_report,
     migrate_legacy,
     new_write_id,
 )
 from noman.stores import Entry, OutcomeUnknown, Store, Write
+
+if TYPE_CHECKING:
+    from noman.gates import Gates
+
+#: ``epoch`` as ISO 8601 in UTC, to the second (the state's own formatter, under its old name).
+iso = iso_time
 
 __all__ = [
     "Deployer",
@@ -124,11 +130,6 @@ def needs_write(service: Service, current: str | None, release: Release) -> bool
     return True
 
 
-def iso(epoch: float) -> str:
-    """``epoch`` as ISO 8601 in UTC, to the second."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class ServiceView:
     """A service's tag key and state as one read saw them, with their modify indexes.
@@ -181,6 +182,8 @@ class Deployer:
         self.clock = clock
         # service name -> seconds between registry polls, for the services that poll.
         self.poll_intervals = poll_intervals or {}
+        # Approvals and deploy windows (noman.gates); set by the wiring once both exist.
+        self.gates: Gates | None = None
         # service name -> (tag key, desired state) as this process last wrote them.
         self._known: dict[str, tuple[Entry, Entry]] = {}
         self._known_lock = threading.Lock()
@@ -281,6 +284,7 @@ class Deployer:
             "running": running,
             "frozen": view.desired.frozen,
             "rollout": rollout.public() if rollout is not None else None,
+            **(self.gates.status_fields(service, view.desired) if self.gates else {}),
             "history": history,
         }
         interval = self.poll_intervals.get(service.name)
@@ -403,6 +407,10 @@ class Deployer:
                     changed=False,
                     duplicate_delivery=True,
                 )
+            if self.gates is not None:
+                waiting = self.gates.before_write(service, release, kind, view)
+                if waiting is not None:
+                    return waiting
             write = needs_write(service, view.key.value, release)
             if not write and not self._retry_wanted(service, view, release):
                 return self._unchanged(service, release, view)
@@ -419,10 +427,22 @@ class Deployer:
                 force=release.force or kind == "rollback",
                 callback_url=release.callback_url,
             )
-            change = deploy_change(
-                service, desired, attempt, release.delivery_id, self.report_successes
-            )
-            ops = self._deploy_ops(service, view, change)
+            decision = self.gates.decide(service, kind, now) if self.gates else None
+            superseded: list[tuple[str, Report]] = []
+            if self.gates is not None and decision is not None:
+                change, ops = self.gates.propose(
+                    service, view, attempt, release.delivery_id, decision
+                )
+                ops += self._migration_ops(service, view, skip_seq=attempt.seq)
+            else:
+                change = deploy_change(
+                    service, desired, attempt, release.delivery_id, self.report_successes
+                )
+                ops = self._deploy_ops(service, view, change)
+                if self.gates is not None:
+                    # A waiting proposal this change replaces ends as superseded.
+                    extra, superseded = self.gates.supersede(service, view, change.entry)
+                    ops += extra
             written = self._commit(service, ops, change)
             if written is not None:
                 self._remember(service, ops, written)
@@ -430,10 +450,14 @@ class Deployer:
                     "service %s: desired tag %s (%s)",
                     service.name,
                     release.tag,
-                    kind,
+                    kind if decision is None else decision.state,
                     extra={"fields": {"service": service.name, "tag": release.tag}},
                 )
-                return self._after_commit(service, attempt, change)
+                if self.gates is not None and decision is not None:
+                    return self.gates.proposed(service, view, change)
+                if superseded and self.deliver is not None:
+                    self.deliver(superseded)
+                return self.after_commit(service, attempt, change)
             log.info(
                 "service %s: key or desired state changed while deploying %s; deciding again",
                 service.name,
@@ -488,6 +512,8 @@ class Deployer:
         """True when these values lead to a write (so the transaction checks them)."""
         if view.desired.frozen and kind == "deploy":
             return False
+        if view.desired.gate is not None:
+            return False  # what waits decides the answer: decided on fresh values only
         if release.delivery_id and release.delivery_id in view.desired.deliveries:
             return False
         try:
@@ -578,8 +604,12 @@ class Deployer:
             service.name, service.key, release.tag, view.key.value, changed=False, pending=pending
         )
 
-    def _after_commit(self, service: Service, attempt: Attempt, change: DeployChange) -> Outcome:
-        """The answer once the transaction landed: from here on, never an error."""
+    def after_commit(self, service: Service, attempt: Attempt, change: DeployChange) -> Outcome:
+        """The answer once the transaction landed: from here on, never an error.
+
+        Delivers the change's reports, and registers a rolling attempt inline (also
+        when an approval or an opening deploy window made the change: ``noman.gates``).
+        """
         outcome = Outcome(service.name, service.key, attempt.tag, attempt.previous, changed=True)
         if change.reports and self.deliver is not None:
             self.deliver([(self.keys.outbox(r), r) for r in change.reports])
@@ -594,6 +624,9 @@ class Deployer:
                         "successful",
                         description,
                         attempt.previous,
+                        at=attempt.at,
+                        requested=attempt.time,
+                        kind=attempt.kind,
                     )
                 )
             return outcome

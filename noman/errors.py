@@ -17,11 +17,13 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── PayloadTooLarge                 413 payload_too_large
     ├── RepositoryMismatch              403 repository_mismatch
     ├── CsrfFailed                      403 csrf_failed  (a status page form without its token)
+    ├── Forbidden                       403 forbidden  (a hook secret on an operator endpoint)
     ├── InvalidTag                      422 invalid_tag
     ├── AmbiguousTags                   422 ambiguous_tags
     ├── StaleTag                        409 stale_tag
     ├── NotRolling                      409 not_rolling  (kept for callers; no longer raised)
     ├── NothingToRollBack               409 nothing_to_roll_back
+    ├── NotCurrent                      409 not_current  (no such proposal or held deploy)
     ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
     ├── StateUnreadable                 503 state_unreadable    (the operator must repair a key)
@@ -181,6 +183,18 @@ class CsrfFailed(NomanError):
     default_message = "The form's CSRF token is missing or wrong; reload the page and retry."
 
 
+class Forbidden(NomanError):
+    """A credential that is not an operator's (a hook secret, the admin token) on an
+    operator endpoint: the CI that pushes a release never approves it."""
+
+    status = 403
+    code = "forbidden"
+    default_message = (
+        "This is not an operator token; approvals, rejections, overrides and reports need "
+        "one (noman secret new --operator <name>)."
+    )
+
+
 class InvalidTag(NomanError):
     """The tag breaks the OCI tag grammar or the service's tag pattern."""
 
@@ -216,6 +230,14 @@ class NothingToRollBack(NomanError):
     status = 409
     code = "nothing_to_roll_back"
     default_message = "History has no successfully deployed tag before the current one."
+
+
+class NotCurrent(NomanError):
+    """An approval, rejection or override for a proposal that is not (or no longer) waiting."""
+
+    status = 409
+    code = "not_current"
+    default_message = "Nothing is waiting for approval or a deploy window for this service."
 
 
 class Frozen(NomanError):

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from noman import __version__
 
 # The outcomes of a hook request that are not errors.
-OUTCOMES = ("deployed", "pending", "unchanged", "ignored", "ping")
+OUTCOMES = ("deployed", "pending", "unchanged", "ignored", "ping", "awaiting_approval", "held")
 
 HOOK_REQUESTS = Counter(
     "noman_hook_requests_total",
@@ -51,6 +51,17 @@ DEPLOYS = Counter(
     "noman_deploys_finished_total",
     "Deploys whose outcome was reported, by service and result (success, failure).",
     ["service", "result"],
+)
+DEPLOY_OUTCOMES = Counter(
+    "noman_deploy_outcomes_total",
+    "Deploy outcomes as they are recorded, by service and outcome (history's words).",
+    ["service", "outcome"],
+)
+LEAD_TIME = Histogram(
+    "noman_lead_time_seconds",
+    "Lead time for changes of successful deploys: from the tag's time (or the push) to live.",
+    ["service"],
+    buckets=(60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400, 180 * 86400),
 )
 REPORT_FAILURES = Counter(
     "noman_report_failures_total",

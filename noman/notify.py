@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from noman import metrics
+from noman import dora, metrics
 from noman.auth import sign
 from noman.config import NotifyTarget, Service, Settings
 from noman.errors import NomanError
@@ -36,6 +36,11 @@ from noman.state import Report
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Noman-Signature-256"
+#: Reports of deploys that wait for people (noman.gates): every target hears of them,
+#: whatever its ``on`` says, since someone has to act.
+WAITING_STATES = frozenset({"awaiting_approval", "held"})
+#: Gated deploys that ended without their tag being written: reported, not failures of Noman.
+GATE_ENDINGS = frozenset({"rejected", "expired", "superseded"})
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,13 @@ class Notice:
             "event": "deploy",
             "event_id": self.event_id,
             "state": self.state,
-            "status": "success" if self.success else "failure",
+            "status": (
+                "success"
+                if self.success
+                else "waiting"
+                if self.state in WAITING_STATES
+                else "failure"
+            ),
             "service": self.service,
             "tag": self.tag,
             "key": self.key,
@@ -103,7 +114,7 @@ class Reporter:
         found += [
             f"target{i}"
             for i, target in enumerate(self.settings.notify.targets)
-            if outcome in target.on
+            if outcome in target.on or report.state in WAITING_STATES
         ]
         return found
 
@@ -122,10 +133,20 @@ class Reporter:
         """Log and count one finished deploy (the courier then sends it)."""
         notice = _notice(report)
         outcome = "success" if notice.success else "failure"
-        metrics.DEPLOYS.labels(notice.service, outcome).inc()
+        service = next((s for s in self.settings.services if s.name == report.service), None)
+        state, lead_time = dora.observe(service, report)
+        metrics.DEPLOY_OUTCOMES.labels(notice.service, state).inc()
+        if lead_time is not None:
+            metrics.LEAD_TIME.labels(notice.service).observe(lead_time)
+        waiting = report.state in WAITING_STATES
+        if waiting:
+            outcome = "waiting"
+        else:
+            metrics.DEPLOYS.labels(notice.service, outcome).inc()
+        calm = notice.success or waiting or report.state in GATE_ENDINGS
         log.log(
-            logging.INFO if notice.success else logging.ERROR,
-            "deploy finished",
+            logging.INFO if calm else logging.ERROR,
+            "deploy waiting" if waiting else "deploy finished",
             extra={
                 "fields": {
                     "service": notice.service,
@@ -215,6 +236,10 @@ class Reporter:
     def _notify(self, target: NotifyTarget, report: Notice) -> bool:
         if target.kind == "slack":
             icon = ":white_check_mark:" if report.success else ":x:"
+            if report.state in WAITING_STATES:
+                icon = ":hourglass_flowing_sand:"
+            elif report.state in GATE_ENDINGS:
+                icon = ":no_entry_sign:"
             payload: dict[str, Any] = {
                 "text": f"{icon} {report.service} {report.tag or ''}: {report.description}"
             }

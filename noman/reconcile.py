@@ -37,6 +37,7 @@ from noman.config import Settings
 from noman.courier import Courier
 from noman.deploy import STALE_JOB, Deployer, Orchestrator, ServiceView, check_release, iso
 from noman.errors import NomanError, StateUnreadable
+from noman.gates import Gates
 from noman.model import Service, orders_before
 from noman.notify import Reporter
 from noman.polling import PollLoop
@@ -88,8 +89,11 @@ class Reconciler:
         idle_wait: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        gates: Gates | None = None,
     ) -> None:
         self.settings = settings
+        # Carries approvals' expiry and held deploys' windows (noman.gates).
+        self.gates = gates
         self.store = store
         self.deployer = deployer
         self.orchestrator = orchestrator
@@ -206,6 +210,8 @@ class Reconciler:
         if self._not_before:
             soonest = min(when for _, when in self._not_before.values())
             wait = max(0.0, min(wait, soonest - now))
+        if self.gates is not None and (due := self.gates.next_due()) is not None:
+            wait = max(0.0, min(wait, due))
         if wait <= 0:
             return
         try:
@@ -232,6 +238,10 @@ class Reconciler:
             self._marked = True
         pending, self._pending = self._pending, None
         if pending is None:
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        if self.gates is not None and self.gates.run(pending):
+            # A held deploy or an approval landed: its pending key is this pass's work.
             snapshot = self.store.list(self.keys.pending_folder)
             self._pending_index, pending = snapshot.watch_index, snapshot.entries
         now = self.monotonic()
@@ -290,12 +300,17 @@ class Reconciler:
         return False
 
     def _quiet(self) -> bool:
-        """Nothing pending, no retry or hand-over waiting, no report waiting."""
+        """Nothing pending, no retry or hand-over waiting, no report waiting.
+
+        A deploy waiting for approvals or a window is not work in flight.
+        """
         pending = self.store.list(self.keys.pending_folder).entries
-        return (
-            set(pending) <= {self.keys.pending_marker}
-            and not self.store.list(self.keys.outbox_folder).entries
-        )
+        busy = [
+            key
+            for key in pending
+            if key != self.keys.pending_marker and self.keys.parse_gate(key) is None
+        ]
+        return not busy and not self.store.list(self.keys.outbox_folder).entries
 
     def _note_unreadable(self, service: Service, exc: StateUnreadable) -> None:
         if service.name not in self._unreadable:
@@ -369,8 +384,10 @@ class Reconciler:
             previous=entry.previous,
             callback_url=entry.callback_url,
             at=self.clock(),
+            requested=entry.time,
+            kind=entry.kind,
         )
-        ended = finished_entry(entry, rollout.state, description)
+        ended = finished_entry(entry, rollout.state, description, iso(self.clock()))
         written = self.store.transact(
             [
                 Write(key, encode(ended), found.modify_index),
@@ -451,7 +468,7 @@ class Reconciler:
             if entry is None or entry.outcome != "pending":
                 continue  # ended before it was superseded (or pruned): nothing to tell
             description = f"superseded by {attempt.tag} before it finished"
-            ended = finished_entry(entry, "cancelled", description)
+            ended = finished_entry(entry, "cancelled", description, iso(self.clock()))
             ops.append(Write(key, encode(ended), item.modify_index))
             report = make_report(
                 service,
@@ -684,12 +701,16 @@ class Reconciler:
             deployment=deployment,
             callback_url=entry.callback_url if entry else None,
             at=self.clock(),
+            requested=entry.time if entry else "",
+            kind=entry.kind if entry else "deploy",
         )
         ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
         if entry is not None:
             ops.append(
                 Write(
-                    entry_key, encode(finished_entry(entry, state, description)), found.modify_index
+                    entry_key,
+                    encode(finished_entry(entry, state, description, iso(self.clock()))),
+                    found.modify_index,
                 )
             )
         if running is not None:

@@ -81,11 +81,15 @@ class Outcome:
     pending: str | None = None
     # Rollout state when it is neither accepted nor pending (e.g. "cancelled").
     state: str | None = None
+    # Set while the attempt waits for approvals or a deploy window (noman.gates): its
+    # state and what it waits for; the tag key is not written yet.
+    waiting: dict[str, Any] | None = None
 
     @property
     def status(self) -> int:
         """200 when done (or accepted by Nomad), 202 while the rollout is still pending."""
-        return 202 if self.pending is not None or self.state is not None else 200
+        waits = self.pending is not None or self.state is not None or self.waiting is not None
+        return 202 if waits else 200
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON answer of a successful hook call."""
@@ -100,6 +104,8 @@ class Outcome:
             body["duplicate_delivery"] = True
         if self.pending is not None or self.state is not None:
             body["rollout"] = {"state": self.state or "pending", "reason": self.pending}
+        if self.waiting is not None:
+            body["rollout"] = dict(self.waiting)
         if self.rollout is not None:
             body["deployment"] = {
                 "job": self.rollout.job,

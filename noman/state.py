@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -63,6 +64,29 @@ class Attempt(msgspec.Struct, frozen=True, omit_defaults=True):
     callback_url: str | None = None
 
 
+class Gate(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An accepted attempt whose tag key is not written yet (``noman.gates``).
+
+    It waits for ``needed`` distinct operators to approve (``approvers`` so far) until
+    ``expires_at``, then for a deploy window to open, unless an operator said deploy
+    now (``override``). Its history entry is rewritten with each step, under the
+    check-and-set of the desired state that holds it.
+    """
+
+    attempt: Attempt
+    needed: int = 0
+    approvers: tuple[str, ...] = ()
+    expires_at: float | None = None
+    override: str | None = None
+    # The history entry's write id, kept when the entry is rewritten.
+    write_id: str = ""
+
+    @property
+    def approved(self) -> bool:
+        """True once enough distinct operators approved."""
+        return len(self.approvers) >= self.needed
+
+
 class Desired(msgspec.Struct, frozen=True, omit_defaults=True):
     """What a service should run: written by hooks in one transaction with its tag key."""
 
@@ -74,6 +98,8 @@ class Desired(msgspec.Struct, frozen=True, omit_defaults=True):
     write_id: str = ""
     deliveries: dict[str, float] = {}
     attempt: Attempt | None = None
+    # An attempt waiting for approvals or a deploy window; any other change supersedes it.
+    gate: Gate | None = None
 
 
 class RolloutState(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -134,9 +160,19 @@ class HistoryEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     description: str = ""
     write_id: str = ""
     callback_url: str | None = None
+    # When the outcome was reached (ISO 8601); empty until then, and in older entries.
+    ended: str = ""
+    approvers: tuple[str, ...] = ()
+    # The operator who let it land outside its deploy windows.
+    override: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields ``status`` shows (never the callback's token)."""
+        extra: dict[str, Any] = {}
+        if self.approvers:
+            extra["approvers"] = list(self.approvers)
+        if self.override:
+            extra["override"] = self.override
         return {
             "seq": self.seq,
             "tag": self.tag,
@@ -147,6 +183,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, omit_defaults=True):
             "kind": self.kind,
             "outcome": self.outcome,
             "description": self.description,
+            **extra,
         }
 
 
@@ -171,6 +208,10 @@ class Report(msgspec.Struct, frozen=True, omit_defaults=True):
     # When it was written (epoch seconds): the leader delivers it only if its writer has
     # not within the courier's grace time.
     at: float = 0.0
+    # When the change was asked for (ISO 8601, the history entry's time) and what kind
+    # it is: a successful deploy's lead time (noman.dora).
+    requested: str = ""
+    kind: str = "deploy"
 
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
@@ -246,6 +287,18 @@ class Keys:
         service, _, seq = key.removeprefix(self.pending_folder).rpartition("/")
         return (service, int(seq)) if service and seq.isdigit() else None
 
+    def gate(self, service: str) -> str:
+        """Exists while an attempt of ``service`` waits for approvals or a deploy window:
+        the leader's timer for its expiry or its window (``noman.gates``)."""
+        return f"{self.pending_folder}{service}/gate"
+
+    def parse_gate(self, key: str) -> str | None:
+        """The service of a gate timer key under ``pending/`` (None for anything else)."""
+        service, _, name = key.removeprefix(self.pending_folder).rpartition("/")
+        return (
+            service if service and name == "gate" and key.startswith(self.pending_folder) else None
+        )
+
     @property
     def outbox_folder(self) -> str:
         """What the courier watches for reports to deliver."""
@@ -277,6 +330,11 @@ class Keys:
 # -- transitions ---------------------------------------------------------------------------
 
 
+def iso_time(epoch: float) -> str:
+    """``epoch`` as ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def new_write_id() -> str:
     """A fresh id for one write."""
     return uuid.uuid4().hex
@@ -292,6 +350,8 @@ def make_report(
     deployment: dict[str, Any] | None = None,
     callback_url: str | None = None,
     at: float = 0.0,
+    requested: str = "",
+    kind: str = "deploy",
 ) -> Report:
     """The report of attempt ``seq`` reaching ``state``, written at ``at``."""
     return Report(
@@ -307,6 +367,8 @@ def make_report(
         deployment=deployment,
         callback_url=callback_url,
         at=at,
+        requested=requested,
+        kind=kind,
     )
 
 
@@ -356,6 +418,7 @@ def deploy_change(
         description=description,
         write_id=write_id,
         callback_url=attempt.callback_url if rolling else None,
+        ended="" if rolling else iso_time(attempt.at),
     )
     reports: tuple[Report, ...] = ()
     if not rolling and (report_success or attempt.callback_url):
@@ -369,6 +432,8 @@ def deploy_change(
                 previous=attempt.previous,
                 callback_url=attempt.callback_url,
                 at=attempt.at,
+                requested=attempt.time,
+                kind=attempt.kind,
             ),
         )
     new = Desired(
@@ -383,10 +448,12 @@ def deploy_change(
     return DeployChange(new, entry, reports, rolling)
 
 
-def finished_entry(entry: HistoryEntry, outcome: str, description: str) -> HistoryEntry:
-    """``entry`` with its final outcome (the callback is spent by then)."""
+def finished_entry(
+    entry: HistoryEntry, outcome: str, description: str, ended: str = ""
+) -> HistoryEntry:
+    """``entry`` with its final outcome, reached at ``ended`` (the callback is spent by then)."""
     return msgspec.structs.replace(
-        entry, outcome=outcome, description=description, callback_url=None
+        entry, outcome=outcome, description=description, callback_url=None, ended=ended
     )
 
 

@@ -211,8 +211,10 @@ def _handle_hook(secret: str | None) -> tuple[Response, int]:
     result = "deployed" if outcome.changed else "unchanged"
     if outcome.status == 202:
         result = "pending"
+    if outcome.waiting is not None:  # approvals or a deploy window (noman.gates)
+        result = str(outcome.waiting["state"])
     _log_hook(fields, result, outcome.status, started)
-    if not outcome.changed:
+    if not outcome.changed and outcome.waiting is None:
         components(current_app).reporter.unchanged(service, release, outcome)
     return jsonify(outcome.as_dict()), outcome.status
 

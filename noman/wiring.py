@@ -15,6 +15,7 @@ from flask import Flask
 from noman.config import Settings
 from noman.courier import Courier
 from noman.deploy import Deployer
+from noman.gates import Gates
 from noman.notify import Reporter
 from noman.polling import PollLoop
 from noman.reconcile import Reconciler
@@ -37,6 +38,8 @@ class Components:
     courier: Courier
     reconciler: Reconciler
     polling: PollLoop
+    # Approvals and deploy windows (the deployer and the reconciler hold it too).
+    gates: Gates
 
 
 def build(settings: Settings, store: Store | None = None) -> Components:
@@ -58,10 +61,14 @@ def build(settings: Settings, store: Store | None = None) -> Components:
         deliver=courier.send_now,
         poll_intervals=dict(settings.poll.intervals),
     )
-    reconciler = Reconciler(settings, store, deployer, nomad, reporter, courier)
+    gates = Gates(settings, store, deployer, deliver=courier.send_now)
+    deployer.gates = gates
+    reconciler = Reconciler(settings, store, deployer, nomad, reporter, courier, gates=gates)
     polling = PollLoop(settings, store, deployer, leading=lambda: reconciler.leader)
     reconciler.polling = polling
-    return Components(settings, store, nomad, deployer, reporter, courier, reconciler, polling)
+    return Components(
+        settings, store, nomad, deployer, reporter, courier, reconciler, polling, gates
+    )
 
 
 def build_store(settings: Settings) -> Store:

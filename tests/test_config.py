@@ -272,6 +272,9 @@ PARSE_ONLY = {
     ("ui", "token_sha256"),
     ("ui", "token_env"),
     ("ui", "session_key_env"),
+    # Array tables: each [[operators]] / [[windows]] becomes a value of its own, with no
+    # settings object holding defaults (tests/test_operators.py checks Controls').
+    *((k.table, k.name) for k in SCHEMA if k.table in ("operators", "windows")),
 }
 TOP_LEVEL = {"server": "", "store": "store_"}
 # Keys written as durations ("5m") and kept in seconds.

@@ -250,7 +250,7 @@ def test_failover_the_other_instance_finishes_and_reports(
         assert rollout is not None and rollout.state == "running"
         # The deployment ends and the leader records it, then dies before reporting.
         nomad.finish_deployment(str(rollout.deployment_id), "successful")
-        # It dies before it delivers what it wrote.
+        # Dies first: neither the hand-over of what it just wrote nor the pass's delivery.
         leader.courier.send_now = lambda reports: None  # type: ignore[method-assign]
         leader.courier.deliver_all = lambda: 0  # type: ignore[method-assign]
         leader.run_once(wait=0.1)

@@ -1,4 +1,5 @@
-"""The operator status page at ``/ui``: off unless ``[ui]`` names an admin token.
+"""The operator status page at ``/ui``: off unless ``[ui]`` names an admin token or
+``[[operators]]`` exist.
 
 Server-rendered pages over the same Deployer operations as the HTTP API
 (status, rollback, freeze), behind a login with a separate admin token, a
@@ -26,9 +27,10 @@ log = logging.getLogger("noman.ui")
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Register the status page on ``app`` when an admin token is configured."""
-    if not settings.ui.enabled:
+    """Register the status page on ``app`` when an admin token or an operator is configured."""
+    if not settings.page_enabled:
         return
+    from noman.ui import operate  # noqa: F401  (its routes join views.bp)
     from noman.ui.session import UISessionInterface
     from noman.ui.views import bp
 

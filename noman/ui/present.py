@@ -62,6 +62,17 @@ def rollout_text(rollout: dict[str, Any] | None) -> str:
     return state
 
 
+def waiting_text(gate: dict[str, Any]) -> str:
+    """What waits, in a few words: "awaiting approval (1/2): release-…", "held until …"."""
+    tag = gate.get("tag")
+    if gate.get("state") == "awaiting_approval":
+        approvals = gate.get("approvals") or {}
+        done = len(approvals.get("by") or [])
+        return f"awaiting approval ({done}/{approvals.get('needed')}): {tag}"
+    until = gate.get("until")
+    return f"held until {until}: {tag}" if until else f"held: {tag}"
+
+
 def is_active(status: dict[str, Any]) -> bool:
     """True while a rollout of this service is in progress."""
     rollout = status.get("rollout") or {}
@@ -100,6 +111,10 @@ def overview_row(
     rollout = status.get("rollout")
     fields["rollout"] = rollout_text(rollout)
     states["rollout"] = str((rollout or {}).get("state") or "")
+    gate = status.get("gate")
+    if gate:  # a deploy waits for approvals or a window (noman.gates)
+        fields["rollout"] = waiting_text(gate)
+        states["rollout"] = str(gate.get("state") or "")
     history = status.get("history") or []
     if history:
         last = history[0]

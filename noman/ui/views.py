@@ -103,7 +103,7 @@ def login() -> tuple[str, int, dict[str, str]] | BaseResponse:
             log.warning("ui login refused", extra={"fields": {"address": address}})
             page = _login_page(errors.TooManyFailures(wait).message)
             return page, 429, {"Retry-After": str(wait)}
-    digest = token_matches(request.form.get("token", ""), _settings().ui.token_hashes)
+    digest = token_matches(request.form.get("token", ""), _login_hashes())
     if digest is None:
         if limiter is not None:
             limiter.record_failure(address)
@@ -238,8 +238,14 @@ def _login_page(message: str | None = None) -> str:
 
 
 def _authenticated() -> bool:
-    ui = _settings().ui
-    return logged_in(ui.token_hashes, ui.session_hours)
+    return logged_in(_login_hashes(), _settings().ui.session_hours)
+
+
+def _login_hashes() -> tuple[bytes, ...]:
+    """Every token digest that may log in: the admin's, and each operator's (noman.ui.operate)."""
+    settings = _settings()
+    operators = tuple(d for operator in settings.operators for d in operator.token_hashes)
+    return settings.ui.token_hashes + operators
 
 
 def _service(name: str) -> Service:
