@@ -51,6 +51,13 @@ class Notice:
     deployment: dict[str, Any] | None = None
     event_id: str | None = None
     state: str | None = None
+    # A stage of a rollout (canary healthy, promoted...), not its outcome.
+    stage: bool = False
+
+    @property
+    def status(self) -> str:
+        """ "success", "failure", or "stage" for a stage report."""
+        return "stage" if self.stage else "success" if self.success else "failure"
 
     def as_dict(self) -> dict[str, Any]:
         """The generic webhook body."""
@@ -58,7 +65,7 @@ class Notice:
             "event": "deploy",
             "event_id": self.event_id,
             "state": self.state,
-            "status": "success" if self.success else "failure",
+            "status": self.status,
             "service": self.service,
             "tag": self.tag,
             "key": self.key,
@@ -98,8 +105,8 @@ class Reporter:
 
     def destinations(self, report: Report) -> list[str]:
         """Where ``report`` goes: DockerHub's callback and each notify target that wants it."""
-        found = ["callback"] if report.callback_url else []
-        outcome = "success" if report.success else "failure"
+        found = ["callback"] if report.callback_url and not report.stage else []
+        outcome = "stage" if report.stage else "success" if report.success else "failure"
         found += [
             f"target{i}"
             for i, target in enumerate(self.settings.notify.targets)
@@ -121,6 +128,15 @@ class Reporter:
     def finished(self, report: Report) -> Notice:
         """Log and count one finished deploy (the courier then sends it)."""
         notice = _notice(report)
+        if notice.stage:
+            fields = {"service": notice.service, "tag": notice.tag, "stage": notice.state}
+            log.info(
+                "deploy stage",
+                extra={
+                    "fields": {**fields, "event_id": notice.event_id, "reason": notice.description}
+                },
+            )
+            return notice
         outcome = "success" if notice.success else "failure"
         metrics.DEPLOYS.labels(notice.service, outcome).inc()
         log.log(
@@ -215,6 +231,8 @@ class Reporter:
     def _notify(self, target: NotifyTarget, report: Notice) -> bool:
         if target.kind == "slack":
             icon = ":white_check_mark:" if report.success else ":x:"
+            if report.stage:
+                icon = ":arrow_forward:"
             payload: dict[str, Any] = {
                 "text": f"{icon} {report.service} {report.tag or ''}: {report.description}"
             }
@@ -280,4 +298,5 @@ def _notice(report: Report) -> Notice:
         deployment=report.deployment,
         event_id=report.event_id,
         state=report.state,
+        stage=report.stage,
     )

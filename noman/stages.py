@@ -50,7 +50,7 @@ class JobStep(msgspec.Struct, frozen=True, omit_defaults=True):
     """One job of the rollout: waiting, registered, running, successful, failed, reverted."""
 
     job: str
-    state: str = "waiting"
+    state: str
     version: int | None = None
     # The version that ran before Noman registered ``version``: what a revert goes back to.
     previous: int | None = None
@@ -67,7 +67,7 @@ class ReleaseState(msgspec.Struct, frozen=True, omit_defaults=True):
 
     job: str
     started_at: float
-    state: str = "dispatching"
+    state: str
     child: str | None = None
     exit_code: int | None = None
     message: str | None = None
@@ -118,7 +118,7 @@ def plan_of(service: Service) -> CanaryPlan:
 def job_steps(service: Service) -> tuple[JobStep, ...]:
     """A fresh step for each job of the service, in rollout order."""
     assert service.nomad is not None
-    return tuple(JobStep(job) for job in service.nomad.job_ids)
+    return tuple(JobStep(job, "waiting") for job in service.nomad.job_ids)
 
 
 def current(rollout: RolloutState) -> int | None:

@@ -105,8 +105,9 @@ def test_job_steps_and_events() -> None:
     )
     assert current(moved) == 1
     assert moved.jobs[0] == JobStep("web", "successful")
+    assert rollout.public()["jobs"][1] == {"job": "worker", "state": "waiting"}
     assert event("canary", moved, 1) == "canary.2"
-    single = RolloutState(seq=1, tag="t", state="running", jobs=(JobStep("web"),))
+    single = RolloutState(seq=1, tag="t", state="running", jobs=(JobStep("web", "waiting"),))
     assert event("canary", single, 0) == "canary"
     assert current(RolloutState(seq=1, tag="t", state="running", jobs=())) is None
 
