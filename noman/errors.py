@@ -22,6 +22,8 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── StaleTag                        409 stale_tag
     ├── NotRolling                      409 not_rolling  (kept for callers; no longer raised)
     ├── NothingToRollBack               409 nothing_to_roll_back
+    ├── NothingToPromote                409 nothing_to_promote
+    ├── NothingToAbort                  409 nothing_to_abort
     ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
     ├── StateUnreadable                 503 state_unreadable    (the operator must repair a key)
@@ -199,6 +201,22 @@ class NothingToRollBack(NomanError):
     status = 409
     code = "nothing_to_roll_back"
     default_message = "History has no successfully deployed tag before the current one."
+
+
+class NothingToPromote(NomanError):
+    """A promote, but no rollout of the service waits in stage ``awaiting_promotion``."""
+
+    status = 409
+    code = "nothing_to_promote"
+    default_message = "No rollout of this service waits for promotion."
+
+
+class NothingToAbort(NomanError):
+    """An abort, but no rollout of the service is in progress."""
+
+    status = 409
+    code = "nothing_to_abort"
+    default_message = "No rollout of this service is in progress."
 
 
 class Frozen(NomanError):

@@ -9,6 +9,7 @@ what Consul holds and what was reported is then checked.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 
 from noman import create_app
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, settings_toml
 from tests.fakes.canary import CanaryApp
 from tests.fakes.nomad import (
     FakeNomad,
@@ -74,6 +75,7 @@ class Stack:
         canary: str = "",
         checks: str = "",
         watch_timeout: float = 30,
+        ui_token: str | None = None,
     ) -> None:
         self.consul, self.nomad, self.secret = consul, nomad, secret
         self.receiver = receiver
@@ -89,6 +91,11 @@ class Stack:
             '[notify]\non = ["success", "failure", "stage"]\n'
             f'[[notify.targets]]\nurl = "{receiver.url}/notify"\n'
         )
+        if ui_token is not None:
+            digest = hashlib.sha256(ui_token.encode()).hexdigest()
+            extra += f'[ui]\ntoken_sha256 = "{digest}"\n'
+        #: The config file's text, for the CLI.
+        self.toml = settings_toml(consul, secret, extra, strategy="rolling")
         self.settings = make_settings(consul, secret, strategy="rolling", extra=extra)
         self.app = create_app(self.settings)
         self.parts = components(self.app)
