@@ -165,6 +165,9 @@ def test_a_manual_promotion(
         assert stack.reports()["web:1:promoted"]["description"] == f"promoted by {by(who)}: web"
         late = stack.live.post(f"/hooks/{secret}/promote")
         assert (late.status_code, late.json()["error"]) == (409, "nothing_to_promote")
+    # A template listing the tag key's folder sees the tag key alone: the gate, the
+    # stages and their reports live under Noman's own prefix.
+    assert consul.folder(consul.prefix) == [consul.key("IMAGE_TAG")]
 
 
 STAGES: list[tuple[str, str]] = [
@@ -231,6 +234,9 @@ def test_an_abort_at_any_stage(
         )
         again = stack.live.post(f"/hooks/{secret}/abort")
         assert (again.status_code, again.json()["error"]) == (409, "nothing_to_abort")
+    assert consul.folder(consul.prefix) == [consul.key("IMAGE_TAG")]
+    gate = consul.get(f"{consul.state_prefix}service/web/gate")[0]
+    assert gate is not None and f'"by":"{by(who)}"' in gate
 
 
 def test_a_plain_rolling_deploy_can_be_aborted_too(

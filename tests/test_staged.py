@@ -271,6 +271,7 @@ def test_a_release_phase_that_fails_or_times_out_registers_nothing_and_sets_the_
         report = stack.reports()["web:1:failed"]
         assert report["status"] == "failure" and child in report["description"]
         assert len(nomad.dispatches) == 1
+    assert consul.folder(consul.prefix) == [consul.key("IMAGE_TAG")]
 
 
 # -- 2. several jobs -----------------------------------------------------------------------
