@@ -184,7 +184,14 @@ class StagedRollouts:
         if release.child is not None:
             return rollout, index
         token = f"noman:{service.name}:{rollout.seq}:{rollout.tag}"
-        child = self.nomad.dispatch(service, release.job, rollout.tag, token)
+        try:
+            child = self.nomad.dispatch(service, release.job, rollout.tag, token)
+        except NomadError as exc:
+            # Refused (not a parameterized job, a meta key it does not allow): asking
+            # again cannot help, and no job of the service has moved.
+            ending = Ending("failed", "release_phase_failed", f"{exc.message}.")
+            self._decide(service, rollout, index, ending, release=_replace(release, state="failed"))
+            return None
         new = rollout.moved(
             "running",
             iso(now),
@@ -613,8 +620,23 @@ class StagedRollouts:
         events: list[tuple[str, str]] | None = None,
         history: dict[str, Any] | None = None,
     ) -> int | None:
-        """The rollout record (check-and-set) with the reports of its change, at once."""
+        """The rollout record (check-and-set) with the reports of its change, at once.
+
+        The top-level version, deployment and counts follow the job being moved, so
+        what shows them (``noman deploy --wait``, the page) reads as for a plain rollout.
+        """
         now = self.r.clock()
+        i = current(new)
+        if i is not None and new.jobs[i].version is not None:
+            step = new.jobs[i]
+            new = _replace(
+                new,
+                version=step.version,
+                deployment_id=step.deployment_id,
+                placed=step.placed,
+                healthy=step.healthy,
+                desired=step.desired,
+            )
         reports = [
             make_report(service, new.seq, new.tag, state, text, at=now, stage=True)
             for state, text in events or []

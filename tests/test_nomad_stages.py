@@ -196,3 +196,30 @@ def test_alloc_address_reads_every_place_nomad_keeps_ports(
     alloc: dict[str, object], label: str | None, expected: tuple[str | None, int | None]
 ) -> None:
     assert alloc_address(alloc, label) == expected  # type: ignore[arg-type]
+
+
+def test_check_warns_about_the_stages_setup(fake: FakeNomad, rollouts: NomadRollouts) -> None:
+    import dataclasses
+
+    from noman.model import CanaryPlan, ReleasePhase
+    from tests.fakes.nomad import sample_service_job
+
+    worker = sample_service_job("worker", image=f"stut/shop:{NEW}")
+    worker["Meta"]["NOMAN_IMAGE_TAG"] = NEW
+    fake.add_job(worker)
+    fake.change_job("web", lambda job: job["Meta"].update(NOMAN_IMAGE_TAG=OLD))
+    fake.add_job(sample_parameterized_job("strict", meta_required=("OTHER",)))
+    staged = dataclasses.replace(SERVICE, release_phase=ReleasePhase("strict"))
+    warnings = rollouts.check(staged)
+    assert f"jobs disagree: web runs {OLD}, worker runs {NEW}" in warnings
+    assert any("does not allow meta key NOMAN_IMAGE_TAG" in w for w in warnings)
+    for job, text in (("web", "is not a parameterized job"), ("nope", "was not found")):
+        other = dataclasses.replace(SERVICE, release_phase=ReleasePhase(job))
+        assert any(text in w for w in rollouts.check(other)), job
+    plain = dataclasses.replace(
+        SERVICE, nomad=NomadTarget("worker"), canary=CanaryPlan(), release_phase=None
+    )
+    assert "[canary] is set but no job's update block places canaries (canary = 0)" in (
+        rollouts.check(plain)
+    )
+    assert rollouts.check(dataclasses.replace(SERVICE, nomad=NomadTarget("web"))) == []

@@ -274,6 +274,20 @@ def test_a_release_phase_that_fails_or_times_out_registers_nothing_and_sets_the_
     assert consul.folder(consul.prefix) == [consul.key("IMAGE_TAG")]
 
 
+def test_a_release_job_nomad_refuses_to_dispatch_fails_at_once(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, receiver: Receiver
+) -> None:
+    add_jobs(nomad, ("web", "other"), canary=False)
+    with Stack(consul, nomad, secret, receiver, release='job = "other"') as stack:
+        stack.deploy()
+        done = stack.finish()
+        assert (done["state"], done["reason"]) == ("failed", "release_phase_failed")
+        assert done["description"].startswith(
+            'Nomad refused to dispatch: Specified job "other" is not a parameterized job.'
+        )
+        assert stack.registered() == [] and nomad.children("other") == []
+
+
 # -- 2. several jobs -----------------------------------------------------------------------
 
 

@@ -448,7 +448,48 @@ class NomadRollouts:
                         )
         if state.tag is None:
             warnings.append(f"job {service.nomad.job!r} does not run a tag Noman can read yet")  # type: ignore[union-attr]
+        return warnings + self._check_stages(service, state)
+
+    def _check_stages(self, service: Service, first: JobState) -> list[str]:
+        """Warnings about the other jobs, the release phase's job and the canaries."""
+        target = _target(service)
+        warnings = []
+        canaries = _canary_groups(first.spec)
+        for job_id in target.job_ids[1:]:
+            other = self.read(for_job(service, job_id))
+            canaries += _canary_groups(other.spec)
+            if other.tag != first.tag:
+                warnings.append(
+                    f"jobs disagree: {target.job} runs {first.tag}, {job_id} runs {other.tag}"
+                )
+        if service.canary is not None and not canaries:
+            warnings.append(
+                "[canary] is set but no job's update block places canaries (canary = 0)"
+            )
+        if service.release_phase is not None:
+            job_id = service.release_phase.job
+            try:
+                spec = self.read_spec(for_job(service, job_id))
+            except NomadJobNotFound:
+                return [*warnings, f"release_phase job {job_id!r} was not found"]
+            params = spec.get("ParameterizedJob") or {}
+            allowed = (params.get("MetaRequired") or []) + (params.get("MetaOptional") or [])
+            if not spec.get("ParameterizedJob"):
+                warnings.append(f"release_phase job {job_id!r} is not a parameterized job")
+            elif DISPATCH_META_KEY not in allowed:
+                warnings.append(
+                    f"release_phase job {job_id!r} does not allow meta key {DISPATCH_META_KEY} "
+                    "(parameterized { meta_required = [...] }): Nomad refuses the dispatch"
+                )
         return warnings
+
+    def read_spec(self, service: Service) -> dict[str, Any]:
+        """The job as Nomad returns it (any job: a parameterized one too)."""
+        target = _target(service)
+        job = self._call(target, "read job", lambda c: c.job.get_job(target.job))
+        if not isinstance(job, dict):
+            raise NomadError(f"Nomad answered something that is not job {target.job!r}.")
+        return job
 
     def _call(
         self,
@@ -562,6 +603,20 @@ def release_outcome(job: dict[str, Any], allocs: list[Any]) -> ReleaseRun:
     return ReleaseRun(
         "failed", exit_code=exit_code, message=message, allocation=str(failed.get("ID"))
     )
+
+
+def _canary_groups(job: dict[str, Any]) -> list[str]:
+    """The groups of a job whose update block (the job's merged in) places canaries."""
+    job_update = job.get("Update") or {}
+    found = []
+    for group in job.get("TaskGroups") or []:
+        update = group.get("Update") or {}
+        canary = (
+            update.get("Canary") if update.get("Canary") is not None else job_update.get("Canary")
+        )
+        if int(canary or 0) > 0:
+            found.append(str(group.get("Name")))
+    return found
 
 
 def _event_text(event: dict[str, Any]) -> str:
