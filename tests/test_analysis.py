@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,15 +19,8 @@ FILLED = 'max(canary_error_ratio{job="web", version="release-1"})'
 
 
 @pytest.fixture
-def prometheus() -> Iterator[FakePrometheus]:
-    with FakePrometheus() as fake:
-        yield fake
-
-
-@pytest.fixture
-def app() -> Iterator[CanaryApp]:
-    with CanaryApp() as server:
-        yield server
+def app(canary_app: CanaryApp) -> CanaryApp:
+    return canary_app
 
 
 def check(url: str, **fields: object) -> CanaryCheck:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -14,12 +13,6 @@ from tests.fakes.canary import CanaryApp
 from tests.fakes.prometheus import FakePrometheus
 
 QUERY = 'sum(rate(http_requests_total{code=~"5.."}[1m]))'
-
-
-@pytest.fixture
-def prometheus() -> Iterator[FakePrometheus]:
-    with FakePrometheus() as fake:
-        yield fake
 
 
 def query(fake: FakePrometheus, text: str, method: str = "GET") -> requests.Response:

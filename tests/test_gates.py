@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,15 @@ WHO = ["api", "bearer", "cli", "ui"]
 
 
 @pytest.fixture
-def nomad() -> Iterator[FakeNomad]:
-    with FakeNomad() as fake:
-        yield fake
+def nomad(bare_nomad: FakeNomad) -> FakeNomad:
+    return bare_nomad
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
-        yield server
-
-
-@pytest.fixture
-def prometheus() -> Iterator[FakePrometheus]:
-    with FakePrometheus() as fake:
-        fake.answer(FILLED, 0.002)
-        yield fake
+def healthy(prometheus: FakePrometheus) -> FakePrometheus:
+    """Prometheus measuring the canary's error ratio well under the threshold."""
+    prometheus.answer(FILLED, 0.002)
+    return prometheus
 
 
 @pytest.fixture
@@ -117,7 +109,7 @@ def manual_stack(
     nomad: FakeNomad,
     secret: str,
     receiver: Receiver,
-    prometheus: FakePrometheus,
+    healthy: FakePrometheus,
     token: str,
 ) -> Stack:
     add_jobs(nomad, ("web",), canary=True)
@@ -128,7 +120,7 @@ def manual_stack(
         secret,
         receiver,
         canary='bake = "400ms"\ninterval = "200ms"\npromote = "manual"',
-        checks=prometheus_check(prometheus.url),
+        checks=prometheus_check(healthy.url),
         ui_token=token,
     )
 
@@ -139,13 +131,13 @@ def test_a_manual_promotion(
     nomad: FakeNomad,
     secret: str,
     receiver: Receiver,
-    prometheus: FakePrometheus,
+    healthy: FakePrometheus,
     token: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     who: str,
 ) -> None:
-    with manual_stack(consul, nomad, secret, receiver, prometheus, token) as stack:
+    with manual_stack(consul, nomad, secret, receiver, healthy, token) as stack:
         stack.deploy()
         early = stack.live.post(f"/hooks/{secret}/promote")
         assert (early.status_code, early.json()["error"]) == (409, "nothing_to_promote")
@@ -184,7 +176,7 @@ def test_an_abort_at_any_stage(
     nomad: FakeNomad,
     secret: str,
     receiver: Receiver,
-    prometheus: FakePrometheus,
+    healthy: FakePrometheus,
     token: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -205,7 +197,7 @@ def test_an_abort_at_any_stage(
         receiver,
         release='job = "migrate"',
         canary=f'bake = {bake}\ninterval = "200ms"\npromote = "manual"',
-        checks=prometheus_check(prometheus.url),
+        checks=prometheus_check(healthy.url),
         ui_token=token,
     ) as stack:
         stack.deploy()

@@ -118,16 +118,9 @@ def prometheus(canary: CanaryApp, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture
-def nomad() -> Iterator[FakeNomad]:
-    with FakeNomad() as fake:
-        add_jobs(fake, ("web",), canary=True)
-        yield fake
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
-        yield server
+def nomad(bare_nomad: FakeNomad) -> FakeNomad:
+    add_jobs(bare_nomad, ("web",), canary=True)
+    return bare_nomad
 
 
 def stack(

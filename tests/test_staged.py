@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -163,28 +163,9 @@ class Stack:
 
 
 @pytest.fixture
-def nomad() -> Iterator[FakeNomad]:
-    """An empty fake Nomad: each test adds the jobs it rolls (``add_jobs``)."""
-    with FakeNomad() as fake:
-        yield fake
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as server:
-        yield server
-
-
-@pytest.fixture
-def prometheus() -> Iterator[FakePrometheus]:
-    with FakePrometheus() as fake:
-        yield fake
-
-
-@pytest.fixture
-def canary_app() -> Iterator[CanaryApp]:
-    with CanaryApp() as app:
-        yield app
+def nomad(bare_nomad: FakeNomad) -> FakeNomad:
+    """No job yet: each test adds the jobs it rolls (``add_jobs``)."""
+    return bare_nomad
 
 
 def prometheus_check(url: str, extra: str = "") -> str:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from noman.model import CanaryCheck, CanaryPlan, NomadTarget, Service
+from noman.model import CanaryCheck, CanaryPlan
 from noman.stages import (
     AnalysisState,
     JobStep,
@@ -25,15 +25,8 @@ from noman.stages import (
     with_step,
 )
 from noman.state import RolloutState
+from tests.test_nomad_stages import SERVICE as SHOP
 
-SHOP = Service(
-    "shop",
-    "stut/shop",
-    "configs/shop/IMAGE_TAG",
-    (b"x" * 32,),
-    strategy="rolling",
-    nomad=NomadTarget("web", jobs=("web", "worker")),
-)
 PROM = CanaryCheck("prometheus", "error ratio", url="http://p", query="q", max=0.01)
 
 
