@@ -56,7 +56,7 @@ class Notice:
 
     @property
     def status(self) -> str:
-        """ "success", "failure", or "stage" for a stage report."""
+        """The report's status word: success, failure, or stage for a stage report."""
         return "stage" if self.stage else "success" if self.success else "failure"
 
     def as_dict(self) -> dict[str, Any]:

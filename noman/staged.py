@@ -49,6 +49,7 @@ from noman.stages import (
     needs_noman,
     next_round,
     plan_of,
+    with_step,
 )
 from noman.state import HistoryEntry, RolloutState, decode, encode, make_report
 from noman.stores import Entry, Write
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
     from noman.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
-
-_ENDED = {"successful": "successful", "failed": "failed", "cancelled": "cancelled"}
 
 
 class StagedRollouts:
@@ -269,7 +268,9 @@ class StagedRollouts:
         # A version registered now replaced the one before it (EnforceIndex); a job that
         # ran the tag already says nothing of what ran before.
         previous = registered.version - 1 if registered.eval_id else None
-        jobs = _with(rollout, i, state="registered", version=registered.version, previous=previous)
+        jobs = with_step(
+            rollout, i, state="registered", version=registered.version, previous=previous
+        )
         new = rollout.moved("running", iso(now), stage="rolling", jobs=jobs, reason=None)
         new = _replace(new, stage_since=now)
         log.info(
@@ -322,18 +323,18 @@ class StagedRollouts:
         if status == "successful":
             self._job_done(service, rollout, index, i, found)
             return
-        if status in _ENDED:
+        if status in ("failed", "cancelled"):
             text = f"Job {step.job}: Nomad deployment of version {step.version}: {status}"
             if found.get("description"):
                 text += f" ({found['description']})"
-            ending = Ending(_ENDED[status], "deployment_failed", text + ".")
-            jobs = _with(rollout, i, state="failed", deployment_id=found.get("id"), **counts)
+            ending = Ending(status, "deployment_failed", text + ".")
+            jobs = with_step(rollout, i, state="failed", deployment_id=found.get("id"), **counts)
             self._decide(service, rollout, index, ending, jobs=jobs)
             return
         if late and rollout.stage in FOLLOWED:
             self._time_out(service, rollout, index)
             return
-        jobs = _with(
+        jobs = with_step(
             rollout,
             i,
             state="running",
@@ -378,7 +379,7 @@ class StagedRollouts:
         if found:
             seen = {k: found.get(k) for k in ("placed", "healthy", "desired", "description")}
             seen["deployment_id"] = found.get("id")
-        jobs = _with(rollout, i, state="successful", **seen)
+        jobs = with_step(rollout, i, state="successful", **seen)
         now = self.r.clock()
         if i + 1 < len(jobs):
             new = rollout.moved("running", iso(now), stage="rolling", jobs=jobs)
@@ -659,15 +660,8 @@ class StagedRollouts:
     ) -> None:
         """Wait before asking Nomad again; a refusal that needs an operator is reported once."""
         attempts = rollout.attempts + 1
-        settings = self.r.settings.rollout
-        delay = (
-            settings.refused_retry
-            if error.permanent
-            else min(settings.retry_max, settings.retry_backoff * 2 ** (attempts - 1))
-        )
-        monotonic = self.r.monotonic()
-        self._backoff[service.name] = (rollout.seq, monotonic + delay)
-        self.r._not_before[service.name] = (rollout.seq, monotonic + delay)
+        self.r._back_off(service, rollout.seq, attempts, error)  # the plain path's delays
+        self._backoff[service.name] = self.r._not_before[service.name]
         log.warning(
             "reconciler: %s %s (%s): %s (attempt %s)",
             service.name,
@@ -715,12 +709,6 @@ class StagedRollouts:
 
 def _replace(value: Any, **changes: Any) -> Any:
     return msgspec.structs.replace(value, **changes)
-
-
-def _with(rollout: RolloutState, index: int, **changes: Any) -> tuple[JobStep, ...]:
-    steps = list(rollout.jobs)
-    steps[index] = msgspec.structs.replace(steps[index], **changes)
-    return tuple(steps)
 
 
 def _put_back(step: JobStep) -> str:

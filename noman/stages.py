@@ -36,8 +36,6 @@ from noman.model import CanaryCheck, CanaryPlan, Service
 if TYPE_CHECKING:
     from noman.state import RolloutState
 
-#: The stages a rollout shows in ``rollout.stage``, in the order they usually come.
-STAGES = ("release_phase", "canary", "analysis", "awaiting_promotion", "rolling", "reverting")
 #: Stages in which the leader follows Nomad with blocking queries.
 FOLLOWED = frozenset({"release_phase", "canary", "rolling"})
 #: The canary plan of a service without a [canary] table whose job places canaries.
