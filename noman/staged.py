@@ -183,6 +183,16 @@ class StagedRollouts:
         if release.child is not None:
             return rollout, index
         token = f"noman:{service.name}:{rollout.seq}:{rollout.tag}"
+        running = self.nomad.running_children(service, release.job)
+        others = [child for child, theirs in running if theirs != token]
+        if others and len(others) == len(running):
+            # An earlier push's release job (or one run by hand) still runs: two
+            # migrations at once would be worse than a late one. Checked again shortly.
+            waiting = f"Release phase: waiting for {others[0]} to end before dispatching."
+            if rollout.description != waiting:
+                self._write(service, rollout.moved("running", iso(now), description=waiting), index)
+            self._wake(service, rollout.seq, now + self.r.settings.nomad.poll_interval)
+            return None
         try:
             child = self.nomad.dispatch(service, release.job, rollout.tag, token)
         except NomadError as exc:

@@ -1209,6 +1209,8 @@ def test_dispatch_makes_a_child_job_that_runs_and_completes(
     [alloc] = get(clocked, f"/v1/job/{child_id}/allocations").json()
     assert alloc["ClientStatus"] == "running" and "AllocatedResources" not in alloc
     assert clocked.children("migrate")[0]["ID"] == child_id
+    [stub] = get(clocked, "/v1/jobs", prefix="migrate/dispatch-").json()
+    assert (stub["ID"], stub["ParentID"], stub["Status"]) == (child_id, "migrate", "running")
     assert clocked.job("migrate")["Status"] == "running"  # type: ignore[index]  # the parent
     waiting = Blocked(clocked, f"/v1/job/{child_id}", index=str(child["ModifyIndex"]), wait="10s")
     clock.advance(5)

@@ -57,6 +57,17 @@ def test_a_dispatch_sends_its_token_so_nomad_runs_it_once(
     assert body == {"Meta": {"NOMAN_IMAGE_TAG": NEW}, "IdempotencyToken": "noman:shop:1"}
 
 
+def test_running_children_name_their_tokens(fake: FakeNomad, rollouts: NomadRollouts) -> None:
+    fake.script_dispatches("stall")
+    first = rollouts.dispatch(SERVICE, "migrate", NEW, "noman:shop:1")
+    second = rollouts.dispatch(SERVICE, "migrate", NEW, "noman:shop:2")
+    assert sorted(rollouts.running_children(SERVICE, "migrate")) == sorted(
+        [(first, "noman:shop:1"), (second, "noman:shop:2")]
+    )
+    fake.finish_dispatch(first)
+    assert rollouts.running_children(SERVICE, "migrate") == [(second, "noman:shop:2")]
+
+
 def test_a_dispatch_nomad_refuses_is_a_nomad_error_with_its_text(
     rollouts: NomadRollouts,
 ) -> None:

@@ -269,6 +269,36 @@ def test_a_release_job_nomad_refuses_to_dispatch_fails_at_once(
         assert stack.registered() == [] and nomad.children("other") == []
 
 
+def test_a_newer_push_waits_for_the_release_job_still_running(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, receiver: Receiver
+) -> None:
+    """Two migrations never run at once: the newer push dispatches once the older one ended."""
+    add_jobs(nomad, ("web",), canary=False)
+    nomad.script_dispatches("stall")
+    newer = "release-20240201000000"
+    with Stack(consul, nomad, secret, receiver, release='job = "migrate"') as stack:
+        stack.deploy()
+        first = stack.stage("release_phase")["release"]["child"]
+        stack.deploy(newer)
+        waiting = stack.drive(
+            lambda r: r["tag"] == newer and "waiting for" in (r["description"] or "")
+        )
+        assert waiting["description"] == (
+            f"Release phase: waiting for {first} to end before dispatching."
+        )
+        for _ in range(3):
+            stack.parts.reconciler.run_once(wait=0.05)
+        assert len(nomad.children("migrate")) == 1
+        nomad.finish_dispatch(first, "complete")
+        second = stack.drive(lambda r: (r.get("release") or {}).get("child") not in (None, first))
+        nomad.finish_dispatch(second["release"]["child"], "complete")
+        done = stack.finish()
+        assert (done["tag"], done["state"]) == (newer, "successful")
+        assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == newer  # type: ignore[index]
+        history = {h["tag"]: h["outcome"] for h in stack.status()["history"]}
+        assert history == {NEW: "cancelled", newer: "successful"}
+
+
 # -- 2. several jobs -----------------------------------------------------------------------
 
 

@@ -337,6 +337,19 @@ class NomadRollouts:
             raise NomadError(f"Nomad's answer to the dispatch of {job_id!r} names no job.")
         return child
 
+    def running_children(self, service: Service, job_id: str) -> list[tuple[str, str]]:
+        """(ID, idempotency token) of each job dispatched from ``job_id`` that is not dead."""
+        target = _target(for_job(service, job_id))
+        prefix = f"{job_id}/dispatch-"
+        stubs = self._call(target, "list jobs", lambda c: c.jobs.get_jobs(prefix=prefix))
+        found = []
+        for stub in stubs if isinstance(stubs, list) else []:
+            if stub.get("ParentID") != job_id or stub.get("Status") == "dead":
+                continue
+            child = self.read_spec(for_job(service, str(stub["ID"])))
+            found.append((str(stub["ID"]), str(child.get("DispatchIdempotencyToken") or "")))
+        return found
+
     def release(
         self, service: Service, child: str, index: int, wait: float
     ) -> tuple[ReleaseRun, int]:

@@ -1748,7 +1748,11 @@ class FakeNomad(FakeServer):
                         "Meta",
                     )
                 }
-                | {"ParentID": "", "StatusDescription": "", "Periodic": False}
+                | {
+                    "ParentID": job.get("ParentID") or "",
+                    "StatusDescription": "",
+                    "Periodic": False,
+                }
             )
         return stubs
 
