@@ -66,7 +66,7 @@ _RP = "services.<name>.release_phase"
 _C = "services.<name>.canary"
 _CC = "services.<name>.canary.checks"
 _T = "notify.targets"
-_DURATION = (str, int, float)
+_SPAN = (str, int, float)
 SCHEMA: tuple[Key, ...] = (
     _k("server", "max_body_bytes", (int,), 65536, "Largest accepted request body, in bytes."),
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
@@ -126,9 +126,9 @@ SCHEMA: tuple[Key, ...] = (
     _k(_N, "tasks", (list,), [], "Tasks whose image to rewrite (update = image)."),
     _k(_N, "jobs", (list,), [], "Several job IDs, rolled in this order (instead of job)."),
     _k(_RP, "job", (str,), None, "Parameterized batch job dispatched first (required)."),
-    _k(_RP, "timeout", _DURATION, "15m", "How long it may run before the rollout fails."),
-    _k(_C, "bake", _DURATION, "60s", "How long healthy canaries are analysed."),
-    _k(_C, "interval", _DURATION, "10s", "Time between two rounds of checks."),
+    _k(_RP, "timeout", _SPAN, "15m", "How long it may run before the rollout fails."),
+    _k(_C, "bake", _SPAN, "60s", "How long healthy canaries are analysed."),
+    _k(_C, "interval", _SPAN, "10s", "Time between two rounds of checks."),
     _k(_C, "promote", (str,), "auto", '"auto" after the analysis, or "manual".'),
     _k(_CC, "kind", (str,), None, '"prometheus" or "http" (required).'),
     _k(_CC, "name", (str,), None, "Shown in status and reports (default: query or path)."),
@@ -140,7 +140,7 @@ SCHEMA: tuple[Key, ...] = (
     _k(_CC, "path", (str,), "/", "http: the path GET asks each canary for."),
     _k(_CC, "port", (str,), None, "http: the allocation's port label (default: its first)."),
     _k(_CC, "expect", (int, list), None, "http: accepted status(es) (default: any 2xx)."),
-    _k(_CC, "timeout", _DURATION, "5s", "Time allowed for one query or GET."),
+    _k(_CC, "timeout", _SPAN, "5s", "Time allowed for one query or GET."),
     _k("ui", "token_sha256", (str, list), None, "sha256 hex of the admin token (or a list)."),
     _k("ui", "token_env", (str,), None, "Env var holding the admin token itself."),
     _k("ui", "session_key_env", (str,), None, "Env var with the cookie signing key."),
@@ -781,9 +781,9 @@ class _Parser:
             canary=canary,
         )
 
-    def duration(self, table: str, name: str, value: Any, occurrence: int = 0) -> float:
+    def span(self, table: str, name: str, value: Any, occurrence: int = 0) -> float:
         """Seconds from a number of seconds or a duration text ("90s", "15m", "1h30m")."""
-        seconds = value if isinstance(value, int | float) else parse_duration(str(value))
+        seconds = value if isinstance(value, int | float) else span_seconds(str(value))
         if seconds is None:
             raise self.fail(table, name, 'must be a duration like "30s", "15m" or "1h"', occurrence)
         if seconds <= 0:
@@ -798,7 +798,7 @@ class _Parser:
         v = self.table(raw, table, _RP)
         if not v["job"]:
             raise self.fail(table, "job", "is required (a parameterized batch job)")
-        return ReleasePhase(job=v["job"], timeout=self.duration(table, "timeout", v["timeout"]))
+        return ReleasePhase(job=v["job"], timeout=self.span(table, "timeout", v["timeout"]))
 
     def canary(self, table: str, raw: Any) -> CanaryPlan | None:
         if raw is None:
@@ -816,8 +816,8 @@ class _Parser:
             self.canary_check(f"{table}.checks", check, n) for n, check in enumerate(raw_checks)
         )
         return CanaryPlan(
-            bake=self.duration(table, "bake", v["bake"]),
-            interval=self.duration(table, "interval", v["interval"]),
+            bake=self.span(table, "bake", v["bake"]),
+            interval=self.span(table, "interval", v["interval"]),
             promote=v["promote"],
             checks=checks,
         )
@@ -839,7 +839,7 @@ class _Parser:
             for name in names:
                 if other != kind and name in raw:
                     raise fail(name, f'is only for kind = "{other}"')
-        timeout = self.duration(table, "timeout", v["timeout"], n)
+        timeout = self.span(table, "timeout", v["timeout"], n)
         if kind == "prometheus":
             for required in ("url", "query"):
                 if not v[required]:
@@ -1009,17 +1009,17 @@ class _Parser:
         )
 
 
-_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SPAN_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_SPAN_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(text: str) -> float | None:
+def span_seconds(text: str) -> float | None:
     """Seconds in ``"500ms"``, ``"90s"``, ``"15m"``, ``"1h30m"``; None when not a duration."""
     text = text.strip()
-    if not _DURATION_RE.fullmatch(text):
+    if not _SPAN_RE.fullmatch(text):
         return None
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    return sum(float(n) * _SPAN_UNITS[unit] for n, unit in _SPAN_PART.findall(text))
 
 
 def _toml_key(name: str) -> str:
