@@ -187,7 +187,15 @@ class StagedRollouts:
         others = [child for child, theirs in running if theirs != token]
         if others and len(others) == len(running):
             # An earlier push's release job (or one run by hand) still runs: two
-            # migrations at once would be worse than a late one. Checked again shortly.
+            # migrations at once would be worse than a late one. Checked again shortly,
+            # within the release phase's timeout.
+            assert service.release_phase is not None
+            timeout = service.release_phase.timeout
+            if now - release.started_at > timeout:
+                text = f"Release phase: {others[0]} still ran after {timeout:g}s; not dispatched."
+                ending = Ending("failed", "release_phase_failed", text)
+                self._decide(service, rollout, index, ending)
+                return None
             waiting = f"Release phase: waiting for {others[0]} to end before dispatching."
             if rollout.description != waiting:
                 self._write(service, rollout.moved("running", iso(now), description=waiting), index)

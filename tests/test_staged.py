@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 
 from noman import create_app
 from noman.wiring import components
@@ -267,6 +268,26 @@ def test_a_release_job_nomad_refuses_to_dispatch_fails_at_once(
             'Nomad refused to dispatch: Specified job "other" is not a parameterized job.'
         )
         assert stack.registered() == [] and nomad.children("other") == []
+
+
+def test_a_release_job_that_never_ends_holds_the_next_push_only_its_timeout(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, receiver: Receiver
+) -> None:
+    add_jobs(nomad, ("web",), canary=False)
+    nomad.script_dispatches("stall")
+    by_hand = requests.post(  # `nomad job dispatch`, by an operator
+        f"{nomad.url}/v1/job/migrate/dispatch", json={"Meta": {"NOMAN_IMAGE_TAG": OLD}}, timeout=5
+    )
+    child = by_hand.json()["DispatchedJobID"]
+    release = 'job = "migrate"\ntimeout = "600ms"'
+    with Stack(consul, nomad, secret, receiver, release=release) as stack:
+        stack.deploy()
+        done = stack.finish()
+        assert (done["state"], done["reason"]) == ("failed", "release_phase_failed")
+        assert done["description"].startswith(
+            f"Release phase: {child} still ran after 0.6s; not dispatched."
+        )
+        assert [c["ID"] for c in nomad.children("migrate")] == [child]
 
 
 def test_a_newer_push_waits_for_the_release_job_still_running(
