@@ -554,12 +554,12 @@ def _set_frozen(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from noman import gates
+    from noman import promotion
     from noman.wiring import build
 
     parts = build(_settings(args))
     service = parts.settings.service(args.service)
-    print(json.dumps(gates.request(parts.deployer, service, args.action, by="cli")))
+    print(json.dumps(promotion.request(parts.deployer, service, args.action, by="cli")))
     return 0
 
 

@@ -4,7 +4,7 @@ A hook: look up the service by secret -> read and parse the body -> deploy
 (one Consul transaction) -> answer 200, 202 (rollout pending, or an ignored
 registry event) or an error. Each of ``status`` (alias ``deployment``),
 ``rollback``, ``freeze``, ``unfreeze``, ``promote`` and ``abort`` (202: the
-leader carries them out, ``noman.gates``) has the same two forms as the hook:
+leader carries them out, ``noman.promotion``) has the same two forms as the hook:
 ``/hooks/<secret>/<action>`` and ``/hooks/<action>`` with a bearer secret.
 Beside them: ``/healthz``, ``/readyz``, ``/metrics``; the status page is
 ``noman.ui``. Every failure, Flask's own 404/405 included, leaves as the JSON
@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
-from noman import auth, edge, errors, gates, metrics
+from noman import auth, edge, errors, metrics, promotion
 from noman.config import Service
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
@@ -130,10 +130,10 @@ def abort_bearer() -> tuple[Response, int]:
     return _gate(_bearer_secret(), "abort")
 
 
-def _gate(secret: str, action: gates.Action) -> tuple[Response, int]:
+def _gate(secret: str, action: promotion.Action) -> tuple[Response, int]:
     service = _service_for(secret)
     deployer = components(current_app).deployer
-    answer = gates.request(deployer, service, action, by="api", request_id=_request_id())
+    answer = promotion.request(deployer, service, action, by="api", request_id=_request_id())
     return jsonify(answer), 202
 
 

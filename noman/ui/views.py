@@ -26,7 +26,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from noman import errors, gates
+from noman import errors, promotion
 from noman.config import Service, Settings
 from noman.deploy import Deployer
 from noman.errors import ConfigError, NomanError
@@ -188,8 +188,8 @@ def act(name: str, action: str) -> BaseResponse | tuple[str, int]:
             outcome = operations.rollback(service, tag, sender=SENDER, request_id=uuid.uuid4().hex)
             message = f"Rolling back {service.name} to {outcome.tag}."
         elif action in ("promote", "abort"):
-            gate: gates.Action = "promote" if action == "promote" else "abort"
-            asked = gates.request(operations, service, gate, by=SENDER, request_id=uuid.uuid4().hex)
+            gate: promotion.Action = "promote" if action == "promote" else "abort"
+            asked = promotion.request(operations, service, gate, by=SENDER, request_id=uuid.uuid4().hex)
             message = f"{ACTIONS[action]} of {service.name} {asked['tag']} requested."
         else:
             operations.set_frozen(service, action == "freeze", sender=SENDER)
