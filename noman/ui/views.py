@@ -189,7 +189,9 @@ def act(name: str, action: str) -> BaseResponse | tuple[str, int]:
             message = f"Rolling back {service.name} to {outcome.tag}."
         elif action in ("promote", "abort"):
             gate: promotion.Action = "promote" if action == "promote" else "abort"
-            asked = promotion.request(operations, service, gate, by=SENDER, request_id=uuid.uuid4().hex)
+            asked = promotion.request(
+                operations, service, gate, by=SENDER, request_id=uuid.uuid4().hex
+            )
             message = f"{ACTIONS[action]} of {service.name} {asked['tag']} requested."
         else:
             operations.set_frozen(service, action == "freeze", sender=SENDER)
