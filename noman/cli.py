@@ -1,5 +1,5 @@
-"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, status, healthcheck,
-and the operators' approve, reject, deploy-now and report."""
+"""The ``noman`` command: serve, check, secret, deploy, rollback, freeze, promote, abort, status,
+healthcheck, and the operators' approve, reject, deploy-now and report."""
 
 from __future__ import annotations
 
@@ -146,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
         cmd = commands.add_parser(name, help=f"{action} deploys of a service", parents=[common])
         cmd.add_argument("service")
         cmd.set_defaults(run=_set_frozen, frozen=frozen)
+
+    for name, text in (
+        ("promote", "promote the canaries of a rollout awaiting promotion"),
+        ("abort", "fail the rollout in progress (its jobs and key go back)"),
+    ):
+        cmd = commands.add_parser(name, help=text, parents=[common])
+        cmd.add_argument("service")
+        cmd.set_defaults(run=_gate, action=name)
 
     status = commands.add_parser(
         "status",
@@ -553,6 +561,8 @@ def _driver(parts: Components, leading: bool) -> str:
 def _progress(service: Service, rollout: RolloutState) -> str:
     """One line describing where ``rollout`` stands."""
     text = f"{service.name} {rollout.tag}: {rollout.state}"
+    if rollout.stage and not rollout.terminal:
+        text += f" ({rollout.stage})"
     counts = [
         f"{name} {getattr(rollout, name)}/{rollout.desired}"
         for name in ("placed", "healthy")
@@ -573,6 +583,16 @@ def _set_frozen(args: argparse.Namespace) -> int:
     parts = build(_settings(args))
     service = parts.settings.service(args.service)
     print(json.dumps(parts.deployer.set_frozen(service, args.frozen, sender="cli")))
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from noman import promotion
+    from noman.wiring import build
+
+    parts = build(_settings(args))
+    service = parts.settings.service(args.service)
+    print(json.dumps(promotion.request(parts.deployer, service, args.action, by="cli")))
     return 0
 
 

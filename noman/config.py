@@ -26,6 +26,7 @@ from noman.errors import ConfigError, UnknownService
 
 # Re-exported: these lived here before noman.model existed.
 from noman.model import DEFAULT_TAG_PATTERN as DEFAULT_TAG_PATTERN
+from noman.model import CanaryCheck, CanaryPlan, ReleasePhase
 from noman.model import NomadTarget as NomadTarget
 from noman.model import Service as Service
 from noman.operators import NO_CONTROLS, Controls, Operator
@@ -73,9 +74,13 @@ def _k(table: str, name: str, types: tuple[type, ...], default: Any, help: str) 
 
 _S = "services.<name>"
 _N = "services.<name>.nomad"
+_RP = "services.<name>.release_phase"
+_C = "services.<name>.canary"
+_CC = "services.<name>.canary.checks"
 _T = "notify.targets"
 _O = "operators"
 _W = "windows"
+_SPAN = (str, int, float)
 SCHEMA: tuple[Key, ...] = (
     _k("server", "max_body_bytes", (int,), 65536, "Largest accepted request body, in bytes."),
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
@@ -110,7 +115,7 @@ SCHEMA: tuple[Key, ...] = (
     _k("rollout", "retry_max", (int, float), 60, "Longest wait between two retries."),
     _k("rollout", "refused_retry", (int, float), 300, "Wait after Nomad refused Noman's token."),
     _k("rollout", "resync", (int, float), 300, "Seconds between the leader's full passes."),
-    _k("notify", "on", (list,), ["failure"], 'Outcomes to report: "success", "failure".'),
+    _k("notify", "on", (list,), ["failure"], 'Reports: "success", "failure", "stage".'),
     _k("notify", "retries", (int,), 3, "Attempts per notification."),
     _k("notify", "backoff", (int, float), 1, "Seconds before the first retry; doubles."),
     _k("notify", "timeout", (int, float), 5, "Seconds allowed for each notification."),
@@ -144,6 +149,23 @@ SCHEMA: tuple[Key, ...] = (
     _k("poll", "max_parallel", (int,), 2, "Polls in flight at once per registry host."),
     _k("poll", "insecure_registries", (list,), [], "host[:port]s polled over plain HTTP."),
     _k("poll", "timeout", (int, float), 10, "Seconds for each registry request."),
+    _k(_N, "jobs", (list,), [], "Several job IDs, rolled in this order (instead of job)."),
+    _k(_RP, "job", (str,), None, "Parameterized batch job dispatched first (required)."),
+    _k(_RP, "timeout", _SPAN, "15m", "How long it may run before the rollout fails."),
+    _k(_C, "bake", _SPAN, "60s", "How long healthy canaries are analysed."),
+    _k(_C, "interval", _SPAN, "10s", "Time between two rounds of checks."),
+    _k(_C, "promote", (str,), "auto", '"auto" after the analysis, or "manual".'),
+    _k(_CC, "kind", (str,), None, '"prometheus" or "http" (required).'),
+    _k(_CC, "name", (str,), None, "Shown in status and reports (default: query or path)."),
+    _k(_CC, "url", (str,), None, "prometheus: Prometheus's base URL (required)."),
+    _k(_CC, "query", (str,), None, "prometheus: PromQL; {service} {tag} {job} {deployment}."),
+    _k(_CC, "max", (int, float), None, "prometheus: highest value that passes."),
+    _k(_CC, "min", (int, float), None, "prometheus: lowest value that passes."),
+    _k(_CC, "on_no_data", (str,), "fail", 'prometheus: "fail" or "pass" on an empty result.'),
+    _k(_CC, "path", (str,), "/", "http: the path GET asks each canary for."),
+    _k(_CC, "port", (str,), None, "http: the allocation's port label (default: its first)."),
+    _k(_CC, "expect", (int, list), None, "http: accepted status(es) (default: any 2xx)."),
+    _k(_CC, "timeout", _SPAN, "5s", "Time allowed for one query or GET."),
     _k("ui", "token_sha256", (str, list), None, "sha256 hex of the admin token (or a list)."),
     _k("ui", "token_env", (str,), None, "Env var holding the admin token itself."),
     _k("ui", "session_key_env", (str,), None, "Env var with the cookie signing key."),
@@ -793,8 +815,10 @@ class _Parser:
     def outcomes(
         self, table: str, name: str, value: list[Any], occurrence: int = 0
     ) -> frozenset[str]:
-        if not all(item in ("success", "failure") for item in value):
-            raise self.fail(table, name, 'may only contain "success" and "failure"', occurrence)
+        if not all(item in ("success", "failure", "stage") for item in value):
+            raise self.fail(
+                table, name, 'may only contain "success", "failure" and "stage"', occurrence
+            )
         return frozenset(value)
 
     def notify(self, data: Mapping[str, Any]) -> NotifySettings:
@@ -877,6 +901,8 @@ class _Parser:
             raise self.fail(table, None, "must be a table")
         raw = dict(raw)
         raw_nomad = raw.pop("nomad", None)
+        raw_release = raw.pop("release_phase", None)
+        raw_canary = raw.pop("canary", None)
         v = self.table(raw, table, _S)
         for required in ("repository", "key"):
             if not v[required]:
@@ -906,6 +932,11 @@ class _Parser:
             raise self.fail(table, "strategy", f"rolling needs a [{table}.nomad] table")
         if v["strategy"] == "restart" and target is not None:
             raise self.fail(table, "strategy", f'[{table}.nomad] needs strategy = "rolling"')
+        release_phase = self.release_phase(f"{table}.release_phase", raw_release)
+        canary = self.canary(f"{table}.canary", raw_canary)
+        for part, given in (("release_phase", release_phase), ("canary", canary)):
+            if given is not None and v["strategy"] != "rolling":
+                raise self.fail(f"{table}.{part}", None, 'needs strategy = "rolling"')
         return Service(
             name=name,
             repository=v["repository"],
@@ -916,6 +947,103 @@ class _Parser:
             nomad=target,
             github_keys=tuple(k.encode() for k in self.keys(table, "github_secret_env", v)),
             standard_keys=self.standard_keys(table, v),
+            release_phase=release_phase,
+            canary=canary,
+        )
+
+    def span(self, table: str, name: str, value: Any, occurrence: int = 0) -> float:
+        """Seconds from a number of seconds or a duration text ("90s", "15m", "1h30m")."""
+        seconds = value if isinstance(value, int | float) else span_seconds(str(value))
+        if seconds is None:
+            raise self.fail(table, name, 'must be a duration like "30s", "15m" or "1h"', occurrence)
+        if seconds <= 0:
+            raise self.fail(table, name, "must be greater than 0", occurrence)
+        return float(seconds)
+
+    def release_phase(self, table: str, raw: Any) -> ReleasePhase | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise self.fail(table, None, "must be a table")
+        v = self.table(raw, table, _RP)
+        if not v["job"]:
+            raise self.fail(table, "job", "is required (a parameterized batch job)")
+        return ReleasePhase(job=v["job"], timeout=self.span(table, "timeout", v["timeout"]))
+
+    def canary(self, table: str, raw: Any) -> CanaryPlan | None:
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise self.fail(table, None, "must be a table")
+        raw = dict(raw)
+        raw_checks = raw.pop("checks", [])
+        v = self.table(raw, table, _C)
+        if v["promote"] not in ("auto", "manual"):
+            raise self.fail(table, "promote", 'must be "auto" or "manual"')
+        if not isinstance(raw_checks, list) or not all(isinstance(c, dict) for c in raw_checks):
+            raise self.fail(table, "checks", f"use [[{table}.checks]] tables")
+        checks = tuple(
+            self.canary_check(f"{table}.checks", check, n) for n, check in enumerate(raw_checks)
+        )
+        return CanaryPlan(
+            bake=self.span(table, "bake", v["bake"]),
+            interval=self.span(table, "interval", v["interval"]),
+            promote=v["promote"],
+            checks=checks,
+        )
+
+    def canary_check(self, table: str, raw: dict[str, Any], n: int) -> CanaryCheck:
+        v = self.table(raw, table, _CC, occurrence=n)
+
+        def fail(name: str | None, problem: str) -> ConfigError:
+            return self.fail(table, name, problem, occurrence=n)
+
+        kind = v["kind"]
+        if kind not in ("prometheus", "http"):
+            raise fail("kind", 'must be "prometheus" or "http"')
+        only = {
+            "prometheus": ("url", "query", "max", "min", "on_no_data"),
+            "http": ("path", "port", "expect"),
+        }
+        for other, names in only.items():
+            for name in names:
+                if other != kind and name in raw:
+                    raise fail(name, f'is only for kind = "{other}"')
+        timeout = self.span(table, "timeout", v["timeout"], n)
+        if kind == "prometheus":
+            for required in ("url", "query"):
+                if not v[required]:
+                    raise fail(required, "is required")
+            _check_url(v["url"], lambda p: fail("url", p))
+            if v["max"] is None and v["min"] is None:
+                raise fail("max", "set max, min or both")
+            if v["on_no_data"] not in ("fail", "pass"):
+                raise fail("on_no_data", 'must be "fail" or "pass"')
+            return CanaryCheck(
+                kind="prometheus",
+                name=v["name"] or " ".join(v["query"].split())[:60],
+                url=v["url"].rstrip("/"),
+                query=v["query"],
+                max=None if v["max"] is None else float(v["max"]),
+                min=None if v["min"] is None else float(v["min"]),
+                on_no_data=v["on_no_data"],
+                timeout=timeout,
+            )
+        if not v["path"].startswith("/"):
+            raise fail("path", 'must start with "/"')
+        expect = v["expect"]
+        statuses = [] if expect is None else [expect] if isinstance(expect, int) else expect
+        if not all(
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+        ):
+            raise fail("expect", "must be an HTTP status or a list of them (100-599)")
+        return CanaryCheck(
+            kind="http",
+            name=v["name"] or f"GET {v['path']}",
+            path=v["path"],
+            port=v["port"],
+            expect=tuple(statuses),
+            timeout=timeout,
         )
 
     def hook_proofs(self, name: str, raw: dict[str, Any]) -> HookProofs:
@@ -1216,8 +1344,15 @@ class _Parser:
         if not isinstance(raw, dict):
             raise self.fail(table, None, "must be a table")
         v = self.table(raw, table, _N)
-        if not v["job"]:
-            raise self.fail(table, "job", "is required")
+        jobs = v["jobs"]
+        if v["job"] and jobs:
+            raise self.fail(table, "jobs", "set job or jobs, not both")
+        if jobs and (
+            not all(isinstance(j, str) and j for j in jobs) or len(set(jobs)) != len(jobs)
+        ):
+            raise self.fail(table, "jobs", "must be a list of distinct job IDs")
+        if not v["job"] and not jobs:
+            raise self.fail(table, "job", "is required (or jobs, for several)")
         if v["update"] not in ("meta", "image"):
             raise self.fail(table, "update", 'must be "meta" or "image"')
         if not _ENV_NAME_RE.match(v["meta_key"]):
@@ -1228,13 +1363,27 @@ class _Parser:
         if v["update"] == "image" and not tasks:
             raise self.fail(table, "tasks", 'update = "image" needs the task names to update')
         return NomadTarget(
-            job=v["job"],
+            job=v["job"] or jobs[0],
+            jobs=tuple(jobs),
             namespace=v["namespace"] or nomad.namespace,
             region=v["region"] or nomad.region,
             update=v["update"],
             meta_key=v["meta_key"],
             tasks=tuple(tasks),
         )
+
+
+_SPAN_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_SPAN_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def span_seconds(text: str) -> float | None:
+    """Seconds in ``"500ms"``, ``"90s"``, ``"15m"``, ``"1h30m"``; None when not a duration."""
+    text = text.strip()
+    if not _SPAN_RE.fullmatch(text):
+        return None
+    return sum(float(n) * _SPAN_UNITS[unit] for n, unit in _SPAN_PART.findall(text))
 
 
 def _toml_key(name: str) -> str:

@@ -630,6 +630,9 @@ class Deployer:
                     )
                 )
             return outcome
+        if service.staged:
+            # A release phase, several jobs or canaries: the leader takes the first step.
+            return replace(outcome, pending="staged")
         try:
             return self._register_inline(service, attempt, outcome)
         except NomanError as exc:

@@ -24,6 +24,8 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── NotRolling                      409 not_rolling  (kept for callers; no longer raised)
     ├── NothingToRollBack               409 nothing_to_roll_back
     ├── NotCurrent                      409 not_current  (no such proposal or held deploy)
+    ├── NothingToPromote                409 nothing_to_promote
+    ├── NothingToAbort                  409 nothing_to_abort
     ├── Frozen                          423 frozen
     ├── TooManyFailures                 429 too_many_failures   (retryable, later)
     ├── StateUnreadable                 503 state_unreadable    (the operator must repair a key)
@@ -238,6 +240,22 @@ class NotCurrent(NomanError):
     status = 409
     code = "not_current"
     default_message = "Nothing is waiting for approval or a deploy window for this service."
+
+
+class NothingToPromote(NomanError):
+    """A promote, but no rollout of the service waits in stage ``awaiting_promotion``."""
+
+    status = 409
+    code = "nothing_to_promote"
+    default_message = "No rollout of this service waits for promotion."
+
+
+class NothingToAbort(NomanError):
+    """An abort, but no rollout of the service is in progress."""
+
+    status = 409
+    code = "nothing_to_abort"
+    default_message = "No rollout of this service is in progress."
 
 
 class Frozen(NomanError):

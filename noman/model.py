@@ -21,10 +21,13 @@ __all__ = [
     "DEFAULT_TAG_PATTERN",
     "OCI_TAG",
     "TERMINAL_STATES",
+    "CanaryCheck",
+    "CanaryPlan",
     "JobState",
     "NomadTarget",
     "Outcome",
     "Release",
+    "ReleasePhase",
     "Rollout",
     "Service",
     "same_repository",
@@ -40,7 +43,11 @@ TERMINAL_STATES = frozenset({"successful", "failed", "cancelled", "timed_out"})
 
 @dataclass(frozen=True)
 class NomadTarget:
-    """The Nomad job a rolling service updates, and which field of it."""
+    """The Nomad job a rolling service updates, and which field of it.
+
+    ``jobs`` lists every job of a service made of several, in the order they are
+    rolled (``job`` is the first); empty for a service of one job.
+    """
 
     job: str
     namespace: str | None = None
@@ -48,6 +55,48 @@ class NomadTarget:
     update: Literal["meta", "image"] = "meta"
     meta_key: str = "NOMAN_IMAGE_TAG"
     tasks: tuple[str, ...] = ()
+    jobs: tuple[str, ...] = ()
+
+    @property
+    def job_ids(self) -> tuple[str, ...]:
+        """Every job of the service, in rollout order."""
+        return self.jobs or (self.job,)
+
+
+@dataclass(frozen=True)
+class ReleasePhase:
+    """A parameterized batch job dispatched with the new tag before any job is registered."""
+
+    job: str
+    timeout: float = 900.0
+
+
+@dataclass(frozen=True)
+class CanaryCheck:
+    """One check of a canary analysis: a Prometheus query, or a GET to every canary."""
+
+    kind: Literal["prometheus", "http"]
+    name: str
+    url: str = ""
+    query: str = ""
+    max: float | None = None
+    min: float | None = None
+    on_no_data: Literal["fail", "pass"] = "fail"
+    path: str = "/"
+    port: str | None = None
+    # Accepted statuses; empty: any 2xx.
+    expect: tuple[int, ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    """How Noman carries canaries that wait for promotion: bake, checks, who promotes."""
+
+    bake: float = 60.0
+    interval: float = 10.0
+    promote: Literal["auto", "manual"] = "auto"
+    checks: tuple[CanaryCheck, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +113,19 @@ class Service:
     # Keys of signed senders; several during a rotation.
     github_keys: tuple[bytes, ...] = field(default=(), repr=False)
     standard_keys: tuple[str, ...] = field(default=(), repr=False)
+    release_phase: ReleasePhase | None = None
+    # The [canary] table; without one, canaries that wait for promotion get the defaults.
+    canary: CanaryPlan | None = None
+
+    @property
+    def staged(self) -> bool:
+        """True when the leader carries this service's rollouts in stages (``noman.stages``).
+
+        A release phase, several jobs or a canary table; the inline registration of the
+        hook's instance then waits: the first step is the leader's.
+        """
+        several = self.nomad is not None and len(self.nomad.job_ids) > 1
+        return self.release_phase is not None or self.canary is not None or several
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,17 @@ class Notice:
     deployment: dict[str, Any] | None = None
     event_id: str | None = None
     state: str | None = None
+    # A stage of a rollout (canary healthy, promoted...), not its outcome.
+    stage: bool = False
+
+    @property
+    def status(self) -> str:
+        """The report's status word: success, failure, or stage for a stage report."""
+        if self.stage:
+            return "stage"
+        if self.success:
+            return "success"
+        return "waiting" if self.state in WAITING_STATES else "failure"
 
     def as_dict(self) -> dict[str, Any]:
         """The generic webhook body."""
@@ -63,13 +74,7 @@ class Notice:
             "event": "deploy",
             "event_id": self.event_id,
             "state": self.state,
-            "status": (
-                "success"
-                if self.success
-                else "waiting"
-                if self.state in WAITING_STATES
-                else "failure"
-            ),
+            "status": self.status,
             "service": self.service,
             "tag": self.tag,
             "key": self.key,
@@ -109,8 +114,8 @@ class Reporter:
 
     def destinations(self, report: Report) -> list[str]:
         """Where ``report`` goes: DockerHub's callback and each notify target that wants it."""
-        found = ["callback"] if report.callback_url else []
-        outcome = "success" if report.success else "failure"
+        found = ["callback"] if report.callback_url and not report.stage else []
+        outcome = "stage" if report.stage else "success" if report.success else "failure"
         found += [
             f"target{i}"
             for i, target in enumerate(self.settings.notify.targets)
@@ -132,6 +137,15 @@ class Reporter:
     def finished(self, report: Report) -> Notice:
         """Log and count one finished deploy (the courier then sends it)."""
         notice = _notice(report)
+        if notice.stage:
+            fields = {"service": notice.service, "tag": notice.tag, "stage": notice.state}
+            log.info(
+                "deploy stage",
+                extra={
+                    "fields": {**fields, "event_id": notice.event_id, "reason": notice.description}
+                },
+            )
+            return notice
         outcome = "success" if notice.success else "failure"
         service = next((s for s in self.settings.services if s.name == report.service), None)
         state, lead_time = dora.observe(service, report)
@@ -236,7 +250,9 @@ class Reporter:
     def _notify(self, target: NotifyTarget, report: Notice) -> bool:
         if target.kind == "slack":
             icon = ":white_check_mark:" if report.success else ":x:"
-            if report.state in WAITING_STATES:
+            if report.stage:
+                icon = ":arrow_forward:"
+            elif report.state in WAITING_STATES:
                 icon = ":hourglass_flowing_sand:"
             elif report.state in GATE_ENDINGS:
                 icon = ":no_entry_sign:"
@@ -305,4 +321,5 @@ def _notice(report: Report) -> Notice:
         deployment=report.deployment,
         event_id=report.event_id,
         state=report.state,
+        stage=report.stage,
     )

@@ -42,6 +42,8 @@ from noman.model import Service, orders_before
 from noman.notify import Reporter
 from noman.polling import PollLoop
 from noman.release import Release
+from noman.staged import StagedRollouts
+from noman.stages import needs_noman
 from noman.state import (
     Attempt,
     HistoryEntry,
@@ -73,6 +75,8 @@ class _Carried:
     service: Service
     rollout: RolloutState
     index: int
+    # Carried in stages (noman.staged): its following is theirs.
+    staged: bool = False
 
 
 class Reconciler:
@@ -121,6 +125,7 @@ class Reconciler:
         self._not_before: dict[str, tuple[int, float]] = {}
         self._unreadable: set[str] = set()
         self._marked = False
+        self.stages = StagedRollouts(self)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -351,7 +356,8 @@ class Reconciler:
         if rollout is None or rollout.seq != attempt.seq:
             # The instance that took the hook registers inline: leave it that long.
             handover = attempt.at + self.deployer.answer_within - self.clock()
-            if handover > 0 and (rollout is None or rollout.seq < attempt.seq):
+            inline = not service.staged  # a staged rollout's first step is the leader's
+            if inline and handover > 0 and (rollout is None or rollout.seq < attempt.seq):
                 self._not_before[service.name] = (attempt.seq, self.monotonic() + handover)
                 return None
             rollout = first_rollout(attempt, iso(self.clock()))
@@ -361,6 +367,9 @@ class Reconciler:
                 self._settle_history(service, rollout)
             self._clear_pending(service, pending)
             return None
+        if self.stages.wants(service, rollout, pending):
+            staged = self.stages.step(service, rollout, index)
+            return None if staged is None else _Carried(service, *staged, staged=True)
         if rollout.state == "pending":
             if not self._due(service, attempt.seq):
                 return _Carried(service, rollout, index)
@@ -578,6 +587,9 @@ class Reconciler:
     def _follow(self, carried: _Carried, wait: float) -> None:
         assert self.orchestrator is not None
         service, rollout = carried.service, carried.rollout
+        if carried.staged:
+            self.stages.follow(service, rollout, carried.index, wait)
+            return
         if rollout.version is None:
             return
         index = self._nomad_index.get(service.name, 0)
@@ -606,6 +618,9 @@ class Reconciler:
             self._end(carried, _STATES[status], found)
         elif late:
             self._end(carried, "timed_out", found)
+        elif needs_noman(found):
+            # Canaries Nomad will not promote by itself: the stages carry them on.
+            self.stages.take_over(service, rollout, carried.index, found)
         else:
             self._progress(carried, found)
 
@@ -670,11 +685,13 @@ class Reconciler:
         reason: str | None = None,
         deployment: dict[str, Any] | None = None,
         running: str | None = None,
+        history: dict[str, Any] | None = None,
     ) -> None:
         """Record the end of a rollout, its history outcome and its report: one transaction.
 
         With ``running`` (Nomad reverted to that tag), the tag key and the desired
         state are set back to it in the same transaction, so Consul tells the truth.
+        ``history`` adds fields to the history entry (who aborted, the reason).
         """
         name = service.name
         entry_key = self.keys.history(name, rollout.seq)
@@ -706,13 +723,10 @@ class Reconciler:
         )
         ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
         if entry is not None:
-            ops.append(
-                Write(
-                    entry_key,
-                    encode(finished_entry(entry, state, description, iso(self.clock()))),
-                    found.modify_index,
-                )
+            ended_entry = finished_entry(
+                entry, state, description, iso(self.clock()), **(history or {})
             )
+            ops.append(Write(entry_key, encode(ended_entry), found.modify_index))
         if running is not None:
             ops += self._revert_ops(service, rollout, running)
         if self._write_rollout(service, ended, index, ops) is not None:

@@ -17,6 +17,8 @@ service can never deploy because its state was damaged. The layout under
     outbox/<name>/<seq>.<state>   a report, written with the transition that produces it,
                                   deleted by whoever delivered it
     poll/<name>                   the leader's registry poller: when it polled, what it saw
+    service/<name>/promotion      a request to promote or abort the running attempt (the
+                                  API, CLI or page), read by the leader (``noman.stages``)
     .leader                       the reconciler's session lock
 
 No value is routinely rewritten by both a hook and the leader, and nothing a
@@ -38,6 +40,7 @@ import msgspec
 
 from noman.errors import StateUnreadable
 from noman.model import TERMINAL_STATES, Service
+from noman.stages import AnalysisState, JobStep, ReleaseState
 
 #: Delivery ids remembered per service to refuse replays of signed deliveries: at most
 #: this many, and none older than ``KEEP_DELIVERIES_SECONDS``.
@@ -122,6 +125,17 @@ class RolloutState(msgspec.Struct, frozen=True, omit_defaults=True):
     registered_at: float | None = None
     # The permanent refusal already reported, so it is reported once per reason.
     notified: str | None = None
+    # A staged rollout (noman.stages): where it stands, since when, each job, the release
+    # phase, the canary analysis, who promoted or aborted it, and (while reverting) how
+    # it is going to end.
+    stage: str | None = None
+    stage_since: float | None = None
+    jobs: tuple[JobStep, ...] = ()
+    release: ReleaseState | None = None
+    analysis: AnalysisState | None = None
+    promoted_by: str | None = None
+    aborted_by: str | None = None
+    ending: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -141,7 +155,7 @@ class RolloutState(msgspec.Struct, frozen=True, omit_defaults=True):
             data.setdefault(name, None)
         data.setdefault("attempts", 0)
         data.setdefault("updated_at", "")
-        for internal in ("force", "registered_at", "notified"):
+        for internal in ("force", "registered_at", "notified", "stage_since", "ending"):
             data.pop(internal, None)
         return dict(data)
 
@@ -165,6 +179,10 @@ class HistoryEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     approvers: tuple[str, ...] = ()
     # The operator who let it land outside its deploy windows.
     override: str | None = None
+    # Who promoted or aborted a staged rollout ("api", "cli", "ui"), and why it ended.
+    promoted_by: str | None = None
+    aborted_by: str | None = None
+    reason: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The fields ``status`` shows (never the callback's token)."""
@@ -173,7 +191,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, omit_defaults=True):
             extra["approvers"] = list(self.approvers)
         if self.override:
             extra["override"] = self.override
-        return {
+        shown = {
             "seq": self.seq,
             "tag": self.tag,
             "previous": self.previous,
@@ -185,6 +203,10 @@ class HistoryEntry(msgspec.Struct, frozen=True, omit_defaults=True):
             "description": self.description,
             **extra,
         }
+        for name in ("promoted_by", "aborted_by", "reason"):
+            if getattr(self, name) is not None:
+                shown[name] = getattr(self, name)
+        return shown
 
 
 class Report(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -212,6 +234,9 @@ class Report(msgspec.Struct, frozen=True, omit_defaults=True):
     # it is: a successful deploy's lead time (noman.dora).
     requested: str = ""
     kind: str = "deploy"
+    # A stage of a rollout (noman.stages), not its outcome: sent to targets that want
+    # "stage" reports, never to DockerHub's callback, not counted as a deploy.
+    stage: bool = False
 
 
 _DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
@@ -225,8 +250,11 @@ def decode(kind: type[T], key: str, raw: str | None) -> T | None:
     """The value of ``key`` (None when missing); ``StateUnreadable`` when it does not decode."""
     if raw is None:
         return None
+    decoder = _DECODERS.get(kind)
+    if decoder is None:  # another record type (noman.stages.Gate): made once
+        decoder = _DECODERS[kind] = msgspec.json.Decoder(kind)
     try:
-        value: T = _DECODERS[kind].decode(raw)
+        value: T = decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise StateUnreadable(key, str(exc).splitlines()[0][:160] or "not JSON") from None
     return value
@@ -258,6 +286,10 @@ class Keys:
     def history_folder(self, service: str) -> str:
         """The service's history entries."""
         return f"{self.folder(service)}history/"
+
+    def promotion_request(self, service: str) -> str:
+        """Requests to promote or abort the service's running attempt (``noman.promotion``)."""
+        return f"{self.folder(service)}promotion"
 
     def history(self, service: str, seq: int) -> str:
         """History entry ``seq`` (zero-padded, so keys sort by age)."""
@@ -352,8 +384,9 @@ def make_report(
     at: float = 0.0,
     requested: str = "",
     kind: str = "deploy",
+    stage: bool = False,
 ) -> Report:
-    """The report of attempt ``seq`` reaching ``state``, written at ``at``."""
+    """The report of attempt ``seq`` reaching ``state`` (or a stage), written at ``at``."""
     return Report(
         event_id=f"{service.name}:{seq}:{state}",
         service=service.name,
@@ -369,6 +402,7 @@ def make_report(
         at=at,
         requested=requested,
         kind=kind,
+        stage=stage,
     )
 
 
@@ -449,11 +483,16 @@ def deploy_change(
 
 
 def finished_entry(
-    entry: HistoryEntry, outcome: str, description: str, ended: str = ""
+    entry: HistoryEntry, outcome: str, description: str, ended: str = "", **changes: Any
 ) -> HistoryEntry:
     """``entry`` with its final outcome, reached at ``ended`` (the callback is spent by then)."""
     return msgspec.structs.replace(
-        entry, outcome=outcome, description=description, callback_url=None, ended=ended
+        entry,
+        outcome=outcome,
+        description=description,
+        callback_url=None,
+        ended=ended,
+        **changes,
     )
 
 

@@ -3,7 +3,8 @@
 A hook: look up the service by secret -> read and parse the body -> deploy
 (one Consul transaction) -> answer 200, 202 (rollout pending, or an ignored
 registry event) or an error. Each of ``status`` (alias ``deployment``),
-``rollback``, ``freeze`` and ``unfreeze`` has the same two forms as the hook:
+``rollback``, ``freeze``, ``unfreeze``, ``promote`` and ``abort`` (202: the
+leader carries them out, ``noman.promotion``) has the same two forms as the hook:
 ``/hooks/<secret>/<action>`` and ``/hooks/<action>`` with a bearer secret.
 Beside them: ``/healthz``, ``/readyz``, ``/metrics``; the status page is
 ``noman.ui``. Every failure, Flask's own 404/405 included, leaves as the JSON
@@ -21,7 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
-from noman import auth, edge, errors, metrics
+from noman import auth, edge, errors, metrics, promotion
 from noman.config import Service
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
@@ -104,6 +105,37 @@ def unfreeze(secret: str) -> Response:
 def unfreeze_bearer() -> Response:
     """The same, with the secret in ``Authorization: Bearer``."""
     return _set_frozen(_bearer_secret(), False)
+
+
+@bp.post("/hooks/<secret>/promote", provide_automatic_options=False)
+def promote(secret: str) -> tuple[Response, int]:
+    """Promote the canaries of the rollout waiting in ``awaiting_promotion``."""
+    return _gate(secret, "promote")
+
+
+@bp.post("/hooks/promote", provide_automatic_options=False)
+def promote_bearer() -> tuple[Response, int]:
+    """The same, with the secret in ``Authorization: Bearer``."""
+    return _gate(_bearer_secret(), "promote")
+
+
+@bp.post("/hooks/<secret>/abort", provide_automatic_options=False)
+def abort(secret: str) -> tuple[Response, int]:
+    """Fail the rollout in progress, at any stage: the jobs go back, the key too."""
+    return _gate(secret, "abort")
+
+
+@bp.post("/hooks/abort", provide_automatic_options=False)
+def abort_bearer() -> tuple[Response, int]:
+    """The same, with the secret in ``Authorization: Bearer``."""
+    return _gate(_bearer_secret(), "abort")
+
+
+def _gate(secret: str, action: promotion.Action) -> tuple[Response, int]:
+    service = _service_for(secret)
+    deployer = components(current_app).deployer
+    answer = promotion.request(deployer, service, action, by="api", request_id=_request_id())
+    return jsonify(answer), 202
 
 
 def _rollback(secret: str) -> tuple[Response, int]:

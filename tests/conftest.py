@@ -26,8 +26,11 @@ from noman import create_app
 from noman.config import Settings, parse_settings
 from noman.state import Desired, HistoryEntry, Keys, Report, RolloutState, decode, first_rollout
 from noman.wiring import components
+from tests.fakes.canary import CanaryApp
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad, sample_service_job
+from tests.fakes.prometheus import FakePrometheus
+from tests.fakes.receiver import Receiver
 
 # Read before the autouse fixture below clears the environment for each test.
 REAL_CONSUL_ADDR = os.environ.get("CONSUL_HTTP_ADDR")
@@ -314,3 +317,31 @@ def rolling_extra(nomad: FakeNomad, rollout: str = "") -> str:
         f'[nomad]\naddress = "{nomad.url}"\ntimeout = 1\npoll_interval = 0.05\n'
         f"[rollout]\nretry_backoff = 0.05\nretry_max = 0.2\n{rollout}"
     )
+
+
+@pytest.fixture
+def bare_nomad() -> Iterator[FakeNomad]:
+    """A fake Nomad without jobs: the staged tests add the ones they roll."""
+    with FakeNomad() as fake:
+        yield fake
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A notify target that records what it receives."""
+    with Receiver() as server:
+        yield server
+
+
+@pytest.fixture
+def prometheus() -> Iterator[FakePrometheus]:
+    """A fake Prometheus query API (no query scripted: every answer is "no data")."""
+    with FakePrometheus() as fake:
+        yield fake
+
+
+@pytest.fixture
+def canary_app() -> Iterator[CanaryApp]:
+    """A canary allocation's HTTP server: one status for every path, and /metrics."""
+    with CanaryApp() as app:
+        yield app

@@ -112,6 +112,9 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
+STAGED = 'strategy = "rolling"\n[services.stut-dev.nomad]\njob = "web"\n'
+
+
 def service_with(line: str, drop: str | None = None) -> str:
     text = (
         GOOD if drop is None else "\n".join(x for x in GOOD.splitlines() if not x.startswith(drop))
@@ -211,6 +214,78 @@ MISTAKES = [
     ("notify unknown outcome", GOOD + '\n[notify]\non = ["maybe"]\n', "may only contain"),
     ("negative backoff", GOOD + "\n[notify]\nbackoff = -1\n", "backoff: must not be negative"),
     ("tiny body cap", GOOD + "\n[server]\nmax_body_bytes = 10\n", "at least 1024"),
+    ("notify unknown outcome in a target", GOOD + '\n[notify]\non = ["stages"]\n', '"stage"'),
+    (
+        "job and jobs",
+        service_with('strategy = "rolling"\n[services.stut-dev.nomad]\njob = "a"\njobs = ["b"]'),
+        "set job or jobs, not both",
+    ),
+    (
+        "repeated jobs",
+        service_with('strategy = "rolling"\n[services.stut-dev.nomad]\njobs = ["a", "a"]'),
+        "distinct job IDs",
+    ),
+    (
+        "release phase of a restart service",
+        service_with('[services.stut-dev.release_phase]\njob = "migrate"'),
+        r'\[services.stut-dev.release_phase\]: needs strategy = "rolling"',
+    ),
+    (
+        "release phase without a job",
+        service_with(STAGED + '[services.stut-dev.release_phase]\ntimeout = "5m"'),
+        r"release_phase\] job: is required",
+    ),
+    (
+        "bad duration",
+        service_with(STAGED + '[services.stut-dev.release_phase]\njob = "m"\ntimeout = "5 min"'),
+        r'timeout: must be a duration like "30s"',
+    ),
+    (
+        "zero bake",
+        service_with(STAGED + '[services.stut-dev.canary]\nbake = "0s"'),
+        r"canary\] bake: must be greater than 0",
+    ),
+    (
+        "bad promote",
+        service_with(STAGED + '[services.stut-dev.canary]\npromote = "later"'),
+        'promote: must be "auto" or "manual"',
+    ),
+    (
+        "check of no kind",
+        service_with(STAGED + '[[services.stut-dev.canary.checks]]\nkind = "datadog"'),
+        r'line 16: \[services.stut-dev.canary.checks\] kind: must be "prometheus" or "http"',
+    ),
+    (
+        "prometheus check without a threshold",
+        service_with(
+            STAGED + '[[services.stut-dev.canary.checks]]\nkind = "prometheus"\n'
+            'url = "http://prom:9090"\nquery = "up"'
+        ),
+        "max: set max, min or both",
+    ),
+    (
+        "prometheus check without a url",
+        service_with(STAGED + '[[services.stut-dev.canary.checks]]\nkind = "prometheus"\nmax = 1'),
+        "url: is required",
+    ),
+    (
+        "http check with a query",
+        service_with(STAGED + '[[services.stut-dev.canary.checks]]\nkind = "http"\nquery = "up"'),
+        'query: is only for kind = "prometheus"',
+    ),
+    (
+        "http check expecting a word",
+        service_with(STAGED + '[[services.stut-dev.canary.checks]]\nkind = "http"\nexpect = [2]'),
+        "expect: must be an HTTP status",
+    ),
+    (
+        "second check named by its own line",
+        service_with(
+            STAGED + '[[services.stut-dev.canary.checks]]\nkind = "http"\n'
+            '[[services.stut-dev.canary.checks]]\nkind = "http"\npath = "healthz"'
+        ),
+        r"line 19: \[services.stut-dev.canary.checks\] path: must start with",
+    ),
 ]
 
 
@@ -297,3 +372,57 @@ def test_every_settings_default_is_the_schema_default(key: Key) -> None:
     if (key.table, key.name) in DURATIONS:
         expected = parse_duration(expected)
     assert value == expected
+
+
+def test_a_staged_service_loads_with_every_part() -> None:
+    text = GOOD + (
+        'strategy = "rolling"\n'
+        '[services.stut-dev.nomad]\njobs = ["shop-web", "shop-worker"]\n'
+        '[services.stut-dev.release_phase]\njob = "shop-migrate"\ntimeout = "1h30m"\n'
+        '[services.stut-dev.canary]\nbake = 120\ninterval = "500ms"\npromote = "manual"\n'
+        '[[services.stut-dev.canary.checks]]\nkind = "prometheus"\n'
+        'url = "http://prom:9090/"\nquery = \'sum(rate(x{job="{job}"}[1m]))\'\nmax = 0.01\n'
+        '[[services.stut-dev.canary.checks]]\nkind = "http"\npath = "/healthz"\n'
+        'port = "http"\nexpect = 204\ntimeout = 2\n'
+    )
+    service = parse_settings(text, environ={}).service("stut-dev")
+    assert service.staged
+    assert service.nomad is not None
+    assert (service.nomad.job, service.nomad.job_ids) == ("shop-web", ("shop-web", "shop-worker"))
+    assert service.release_phase is not None
+    assert (service.release_phase.job, service.release_phase.timeout) == ("shop-migrate", 5400.0)
+    canary = service.canary
+    assert canary is not None
+    assert (canary.bake, canary.interval, canary.promote) == (120.0, 0.5, "manual")
+    prometheus, http = canary.checks
+    assert (prometheus.url, prometheus.max, prometheus.min) == ("http://prom:9090", 0.01, None)
+    assert prometheus.name == 'sum(rate(x{job="{job}"}[1m]))'
+    assert (prometheus.on_no_data, prometheus.timeout) == ("fail", 5.0)
+    assert (http.name, http.port, http.expect, http.timeout) == (
+        "GET /healthz",
+        "http",
+        (204,),
+        2.0,
+    )
+
+
+def test_a_plain_rolling_service_is_not_staged() -> None:
+    service = parse_settings(GOOD + STAGED, environ={}).service("stut-dev")
+    assert not service.staged
+    assert service.nomad is not None and service.nomad.job_ids == ("web",)
+
+
+def test_the_canary_plan_defaults_are_the_schema_defaults() -> None:
+    from noman.model import CanaryCheck, CanaryPlan, ReleasePhase
+
+    text = (
+        GOOD
+        + STAGED
+        + (
+            '[services.stut-dev.release_phase]\njob = "m"\n[services.stut-dev.canary]\n'
+            '[[services.stut-dev.canary.checks]]\nkind = "http"\n'
+        )
+    )
+    service = parse_settings(text, environ={}).service("stut-dev")
+    assert service.release_phase == ReleasePhase("m")
+    assert service.canary == CanaryPlan(checks=(CanaryCheck("http", name="GET /"),))

@@ -90,3 +90,50 @@ def test_image_runs_noman_serve() -> None:
     dockerfile = (NOMAD.parent.parent / "Dockerfile").read_text()
     cmd = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
     assert cmd == ['CMD ["/opt/venv/bin/noman", "serve"]']
+
+
+def test_the_release_job_is_parameterized_for_noman() -> None:
+    job = next(iter(next(blocks(load("shop-migrate.nomad.hcl"), "job")).values()))
+    assert unquote(job["type"]) == "batch"
+    [parameterized] = job["parameterized"]
+    assert [unquote(k) for k in parameterized["meta_required"]] == ["NOMAN_IMAGE_TAG"]
+    assert next(blocks(job, "restart"))["attempts"] == 0  # a failed migration is not re-run
+    assert next(blocks(job, "reschedule"))["attempts"] == 0
+    images = [unquote(c["image"]) for c in blocks(job, "config")]
+    assert images == ["stut/shop:${NOMAD_META_NOMAN_IMAGE_TAG}"]
+
+
+def test_the_web_job_places_a_canary_that_noman_promotes() -> None:
+    job = load("shop-web.nomad.hcl")
+    update = next(blocks(job, "update"))
+    assert update["canary"] >= 1
+    assert update["auto_promote"] is False  # else Nomad promotes on health alone
+    assert update["auto_revert"] is True  # a failed analysis brings the old version back
+    assert "NOMAN_IMAGE_TAG" in next(blocks(job, "meta"))
+    service = next(blocks(job, "service"))
+    assert unquote(next(blocks(service, "meta"))["version"]) == "${NOMAD_META_NOMAN_IMAGE_TAG}"
+    assert all(unquote(t["change_mode"]) == "noop" for t in blocks(job, "template"))
+    worker = load("shop-worker.nomad.hcl")
+    assert next(blocks(worker, "update"))["auto_revert"] is True
+    assert "canary" not in next(blocks(worker, "update"))
+
+
+def test_the_readme_stages_example_is_a_valid_config_naming_these_jobs() -> None:
+    import re
+
+    readme = (NOMAD.parent.parent / "README.md").read_text()
+    section = readme.split("### A complete example", 1)[1]
+    toml = re.search(r"```toml\n(.*?)```", section, re.DOTALL)
+    assert toml is not None
+    text = toml.group(1).replace("<64 hex chars>", "ab" * 32)
+    service = parse_settings(text, source="README.md", environ={}).service("shop")
+    assert service.nomad is not None and service.release_phase is not None
+    names = {
+        unquote(name)
+        for path in NOMAD.glob("shop-*.nomad.hcl")
+        for job in blocks(load(path.name), "job")
+        for name in job
+    }
+    assert {*service.nomad.job_ids, service.release_phase.job} == names
+    assert service.canary is not None and service.canary.promote == "manual"
+    assert [c.kind for c in service.canary.checks] == ["prometheus", "http"]

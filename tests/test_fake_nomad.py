@@ -23,10 +23,13 @@ import requests
 
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import (
+    DISPATCH_SUFFIX,
     SERVER_FIELDS,
     FakeClock,
     FakeNomad,
     _Handler,
+    sample_canary_job,
+    sample_parameterized_job,
     sample_service_job,
 )
 
@@ -427,7 +430,7 @@ def test_revert_endpoint(fake: FakeNomad, client: nomad.Nomad) -> None:
     fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
     with pytest.raises(nomad_exc.BaseNomadException) as info:
         client.job.revert_job("web", 0, enforce_prior_version=5)
-    assert info.value.nomad_resp.text == "current job has version 1; enforcing version 5"
+    assert info.value.nomad_resp.text == "Current job has version 1; enforcing version 5"
     answer = client.job.revert_job("web", 0, enforce_prior_version=1)
     current = client.job.get_job("web")
     assert current["Version"] == 2 and current["JobModifyIndex"] == answer["JobModifyIndex"]
@@ -1169,3 +1172,287 @@ def test_module_entry_point() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# ---- parameterized jobs and dispatch ---------------------------------------------------------
+
+TAG = "release-20240101000000"
+
+
+def dispatch(
+    fake: FakeNomad, job_id: str = "migrate", token: str | None = None, **body: Any
+) -> requests.Response:
+    params = {"idempotency_token": token} if token else {}
+    return requests.post(
+        f"{fake.url}/v1/job/{job_id}/dispatch",
+        json={"Meta": {"NOMAN_IMAGE_TAG": TAG}, **body},
+        params=params,
+        timeout=5,
+    )
+
+
+def test_dispatch_makes_a_child_job_that_runs_and_completes(
+    clocked: FakeNomad, clock: FakeClock
+) -> None:
+    clocked.add_job(sample_parameterized_job())
+    clocked.script_dispatches("complete", after=5)
+    answer = dispatch(clocked)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == {"DispatchedJobID", "EvalID", "EvalCreateIndex", "JobCreateIndex", "Index"}
+    child_id = body["DispatchedJobID"]
+    assert child_id.startswith(f"migrate{DISPATCH_SUFFIX}")
+    child = get(clocked, f"/v1/job/{child_id}").json()
+    assert (child["ParentID"], child["Dispatched"], child["Type"]) == ("migrate", True, "batch")
+    assert child["Meta"] == {"owner": "migrate", "NOMAN_IMAGE_TAG": TAG}
+    assert child["Status"] == "running"  # placed and started at once on the fake's clock
+    [alloc] = get(clocked, f"/v1/job/{child_id}/allocations").json()
+    assert alloc["ClientStatus"] == "running" and "AllocatedResources" not in alloc
+    assert clocked.children("migrate")[0]["ID"] == child_id
+    [stub] = get(clocked, "/v1/jobs", prefix="migrate/dispatch-").json()
+    assert (stub["ID"], stub["ParentID"], stub["Status"]) == (child_id, "migrate", "running")
+    assert clocked.job("migrate")["Status"] == "running"  # type: ignore[index]  # the parent
+    waiting = Blocked(clocked, f"/v1/job/{child_id}", index=str(child["ModifyIndex"]), wait="10s")
+    clock.advance(5)
+    done = waiting.join().json()
+    assert done["Status"] == "dead"
+    [alloc] = get(clocked, f"/v1/job/{child_id}/allocations").json()
+    assert alloc["ClientStatus"] == "complete"
+    events = alloc["TaskStates"]["migrate"]["Events"]
+    assert [e["Type"] for e in events] == ["Received", "Started", "Terminated"]
+    assert events[-1]["DisplayMessage"] == "Exit Code: 0"
+    summary = get(clocked, f"/v1/job/{child_id}/summary").json()
+    assert summary["Summary"]["migrate"]["Complete"] == 1
+
+
+def test_a_failing_dispatched_job_reads_like_nomad(fake: FakeNomad) -> None:
+    fake.add_job(sample_parameterized_job())
+    fake.script_dispatches("failed", exit_code=3, message="relation users already exists")
+    child_id = dispatch(fake).json()["DispatchedJobID"]
+    job = wait_for(lambda: (j := fake.job(child_id)) and j["Status"] == "dead" and j)
+    assert job
+    [alloc] = fake.allocations(child_id)
+    assert alloc["ClientStatus"] == "failed"
+    state = alloc["TaskStates"]["migrate"]
+    assert (state["State"], state["Failed"]) == ("dead", True)
+    terminated, last = state["Events"][-2:]
+    assert terminated["Type"] == "Terminated" and terminated["ExitCode"] == 3
+    assert terminated["Details"]["exit_code"] == "3"
+    assert terminated["DisplayMessage"] == (
+        'Exit Code: 3, Exit Message: "relation users already exists"'
+    )
+    assert (last["Type"], last["DisplayMessage"]) == ("Not Restarting", "Policy allows no restarts")
+    summary = get(fake, f"/v1/job/{child_id}/summary").json()
+    assert summary["Summary"]["migrate"]["Failed"] == 1
+
+
+def test_a_stalled_dispatch_ends_when_told(fake: FakeNomad) -> None:
+    fake.add_job(sample_parameterized_job())
+    fake.script_dispatches("stall")
+    child_id = dispatch(fake).json()["DispatchedJobID"]
+    assert fake.job(child_id)["Status"] == "running"  # type: ignore[index]
+    fake.finish_dispatch(child_id, "failed", exit_code=2)
+    assert fake.job(child_id)["Status"] == "dead"  # type: ignore[index]
+    with pytest.raises(ValueError, match="no running allocation"):
+        fake.finish_dispatch(child_id)
+
+
+def test_an_idempotency_token_returns_the_same_child(fake: FakeNomad) -> None:
+    fake.add_job(sample_parameterized_job())
+    first = dispatch(fake, token="noman:web:1").json()["DispatchedJobID"]
+    again = dispatch(fake, token="noman:web:1").json()
+    assert again["DispatchedJobID"] == first and again["EvalID"] == ""
+    body_token = dispatch(fake, IdempotencyToken="noman:web:1").json()["DispatchedJobID"]
+    assert body_token == first  # the body's field works too
+    other = dispatch(fake, token="noman:web:2").json()["DispatchedJobID"]
+    assert other != first
+    assert len(fake.children("migrate")) == 2
+    assert [job_id for job_id, _, _ in fake.dispatches] == ["migrate"] * 4
+
+
+def test_python_nomads_dispatch_token_is_not_one_nomad_reads(fake: FakeNomad) -> None:
+    """python-nomad 2.1 sends "idempotency_token" in the body: Go's decoder has no such field."""
+    fake.add_job(sample_parameterized_job())
+    client = nomad.Nomad(host="127.0.0.1", port=fake.port, timeout=2)
+    meta = {"NOMAN_IMAGE_TAG": TAG}
+    first = client.job.dispatch_job("migrate", meta=meta, idempotency_token="t")
+    second = client.job.dispatch_job("migrate", meta=meta, idempotency_token="t")
+    assert first["DispatchedJobID"] != second["DispatchedJobID"]
+
+
+@pytest.mark.parametrize(
+    ("job_id", "meta", "text"),
+    [
+        ("nope", {"NOMAN_IMAGE_TAG": TAG}, "parameterized job not found"),
+        ("web", {"NOMAN_IMAGE_TAG": TAG}, 'Specified job "web" is not a parameterized job'),
+        ("migrate", {}, "Dispatch did not provide required meta keys: [NOMAN_IMAGE_TAG]"),
+        (
+            "migrate",
+            {"NOMAN_IMAGE_TAG": TAG, "OTHER": "x"},
+            "Dispatch request included unpermitted metadata keys: [OTHER]",
+        ),
+    ],
+)
+def test_dispatch_refusals(fake: FakeNomad, job_id: str, meta: dict[str, str], text: str) -> None:
+    fake.add_job(sample_parameterized_job())
+    fake.add_job(sample_service_job())
+    answer = requests.post(f"{fake.url}/v1/job/{job_id}/dispatch", json={"Meta": meta}, timeout=5)
+    assert (answer.status_code, answer.text) == (500, text)
+    assert fake.children("migrate") == []
+
+
+# ---- canaries, promote and fail ----------------------------------------------------------------
+
+
+def canary_fake(fake: FakeNomad, **job: Any) -> dict[str, Any]:
+    """Job "web" with one canary, moved to a new image; its deployment."""
+    fake.add_job(sample_canary_job(**job))
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    deployment = fake.latest_deployment("web")
+    assert deployment is not None
+    return deployment
+
+
+def promote(fake: FakeNomad, deployment_id: str, **body: Any) -> requests.Response:
+    return requests.post(
+        f"{fake.url}/v1/deployment/promote/{deployment_id}",
+        json={"DeploymentID": deployment_id, "All": True, **body},
+        timeout=5,
+    )
+
+
+def test_a_job_s_first_version_gets_no_canaries(fake: FakeNomad) -> None:
+    job = sample_canary_job()
+    fake.add_job(job)
+    assert fake.deployments("web") == []
+    fake.change_job("web", lambda j: None)  # unchanged: no version, no deployment
+    assert fake.deployments("web") == []
+
+
+def test_a_canary_deployment_waits_for_promotion(clocked: FakeNomad, clock: FakeClock) -> None:
+    clocked.script_canaries(healthy_after=3)
+    clocked.script_deployments("successful", after=2)
+    deployment = canary_fake(clocked)
+    group = deployment["TaskGroups"]["web"]
+    assert deployment["StatusDescription"] == "Deployment is running but requires manual promotion"
+    assert (group["DesiredCanaries"], group["DesiredTotal"], group["Promoted"]) == (1, 2, False)
+    assert (group["PlacedAllocs"], group["HealthyAllocs"]) == (1, 0)
+    [canary_id] = group["PlacedCanaries"]
+    refused = promote(clocked, deployment["ID"])
+    assert (refused.status_code, refused.text) == (
+        500,
+        '1 error occurred:\n\t* Task group "web" has 0/1 healthy allocations\n\n',
+    )
+    [stub] = get(clocked, f"/v1/deployment/allocations/{deployment['ID']}").json()
+    assert stub["ID"] == canary_id
+    assert (
+        stub["DeploymentStatus"]["Canary"] is True and stub["DeploymentStatus"]["Healthy"] is None
+    )
+    clock.advance(3)
+    healthy = clocked.deployment(deployment["ID"])
+    assert healthy is not None and healthy["TaskGroups"]["web"]["HealthyAllocs"] == 1
+    clock.advance(60)  # no promotion: the scripted outcome waits
+    assert clocked.deployment(deployment["ID"])["Status"] == "running"  # type: ignore[index]
+    answer = promote(clocked, deployment["ID"])
+    assert answer.status_code == 200, answer.text
+    assert set(answer.json()) == {
+        "EvalID", "EvalCreateIndex", "DeploymentModifyIndex", "RevertedJobVersion", "Index"
+    }  # fmt: skip
+    promoted = clocked.deployment(deployment["ID"])
+    assert promoted is not None
+    assert promoted["StatusDescription"] == "Deployment is running"
+    assert promoted["TaskGroups"]["web"]["Promoted"] is True
+    assert [d for d, _ in clocked.promotions] == [deployment["ID"]]
+    clock.advance(2)  # the scripted outcome counts from the promotion
+    assert clocked.deployment(deployment["ID"])["Status"] == "successful"  # type: ignore[index]
+    again = promote(clocked, deployment["ID"])
+    assert (again.status_code, again.text) == (500, "can't promote terminal deployment")
+
+
+def test_promote_checks_its_body_like_nomad(fake: FakeNomad) -> None:
+    deployment = canary_fake(fake)
+    url = f"{fake.url}/v1/deployment/promote/{deployment['ID']}"
+    assert (
+        requests.post(url, json={"All": True}, timeout=5).text == "DeploymentID must be specified"
+    )
+    mismatch = requests.post(url, json={"DeploymentID": "x", "All": True}, timeout=5)
+    assert (mismatch.status_code, mismatch.text) == (400, "Deployment ID does not match")
+    unknown = promote(fake, "no-such-deployment")
+    assert (unknown.status_code, unknown.text) == (500, "deployment not found")
+
+
+def test_failing_a_canary_deployment_reverts_and_stops_the_canaries(fake: FakeNomad) -> None:
+    deployment = canary_fake(fake)
+    [canary_id] = deployment["TaskGroups"]["web"]["PlacedCanaries"]
+    answer = requests.post(f"{fake.url}/v1/deployment/fail/{deployment['ID']}", timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["RevertedJobVersion"] == 0
+    failed = fake.deployment(deployment["ID"])
+    assert failed is not None and failed["Status"] == "failed"
+    assert (
+        failed["StatusDescription"] == "Deployment marked as failed - rolling back to job version 0"
+    )
+    job = fake.job("web")
+    assert job is not None and job["Version"] == 2  # version 0's spec, registered again
+    assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == OLD_IMAGE
+    alloc = get(fake, f"/v1/allocation/{canary_id}").json()
+    assert (alloc["DesiredStatus"], alloc["ClientStatus"]) == ("stop", "complete")
+    again = requests.post(f"{fake.url}/v1/deployment/fail/{deployment['ID']}", timeout=5)
+    assert (again.status_code, again.text) == (500, "can't fail terminal deployment")
+    assert [d for d, _ in fake.failures] == [deployment["ID"]]
+
+
+def test_auto_promote_canaries_are_promoted_once_healthy(fake: FakeNomad) -> None:
+    fake.script_deployments("stall")
+    deployment = canary_fake(fake, auto_promote=True)
+    assert deployment["StatusDescription"] == "Deployment is running"  # healthy at once
+    assert deployment["TaskGroups"]["web"]["Promoted"] is True
+    fake.script_canaries(healthy_after=None)
+    fake.change_job("web", lambda j: with_image(j, OLD_IMAGE))
+    waiting = fake.latest_deployment("web")
+    assert waiting is not None
+    assert waiting["StatusDescription"] == "Deployment is running pending automatic promotion"
+
+
+def test_unhealthy_canaries_fail_the_deployment(clocked: FakeNomad, clock: FakeClock) -> None:
+    clocked.script_canaries(healthy_after=1, healthy=False)
+    deployment = canary_fake(clocked)
+    clocked.script_canaries(healthy_after=None)  # the revert's own canaries: still checking
+    clock.advance(1)
+    failed = clocked.deployment(deployment["ID"])
+    assert failed is not None and failed["Status"] == "failed"
+    assert failed["StatusDescription"] == (
+        "Failed due to unhealthy allocations - rolling back to job version 0"
+    )
+    assert failed["TaskGroups"]["web"]["UnhealthyAllocs"] == 1
+
+
+def test_allocations_carry_addresses_and_ports(fake: FakeNomad) -> None:
+    fake.set_ports("web", {"http": ("127.0.0.1", 18080)})
+    deployment = canary_fake(fake)
+    [canary_id] = deployment["TaskGroups"]["web"]["PlacedCanaries"]
+    alloc = get(fake, f"/v1/allocation/{canary_id}").json()
+    shared = alloc["AllocatedResources"]["Shared"]
+    assert shared["Ports"] == [{"Label": "http", "Value": 18080, "To": 8080, "HostIP": "127.0.0.1"}]
+    [network] = shared["Networks"]
+    assert network["IP"] == "127.0.0.1"
+    assert network["DynamicPorts"][0]["Label"] == "http"
+    assert alloc["NetworkStatus"]["Address"].startswith("172.26.64.")
+    assert alloc["Job"]["Version"] == 1 and alloc["JobVersion"] == 1
+    with_resources = get(fake, "/v1/job/web/allocations", resources="true").json()
+    assert with_resources[0]["AllocatedResources"]["Shared"]["Ports"][0]["Value"] == 18080
+    missing = requests.get(f"{fake.url}/v1/allocation/nope", timeout=5)
+    assert (missing.status_code, missing.text) == (404, "alloc not found")
+
+
+def test_revert_checks_the_body_like_nomad(fake: FakeNomad) -> None:
+    fake.add_job(sample_service_job())
+    fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
+    url = f"{fake.url}/v1/job/web/revert"
+    assert requests.post(url, json={"JobVersion": 0}, timeout=5).text == "JobID must be specified"
+    other = requests.post(url, json={"JobID": "api", "JobVersion": 0}, timeout=5)
+    assert (other.status_code, other.text) == (400, "Job ID does not match")
+    done = requests.post(
+        url, json={"JobID": "web", "JobVersion": 0, "EnforcePriorVersion": 1}, timeout=5
+    )
+    assert done.status_code == 200 and fake.reverts == [("web", 0)]

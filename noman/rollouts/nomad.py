@@ -7,15 +7,25 @@ the ``JobModifyIndex`` that was read, so a concurrent change to the job is
 never overwritten: the deployer reads again and decides again.
 Deployments are followed with Nomad's blocking queries (``?index=&wait=``),
 about one request per state change.
+
+The stages (``noman.stages``) use the rest: a release phase is a dispatch of a
+parameterized batch job (``dispatch``, followed by ``release``), canaries are
+found with their addresses (``canaries``) and promoted or failed (``promote``,
+``fail``), and the jobs of a service made of several are put back with
+``revert`` (``EnforcePriorVersion``). Nomad's refusals of those (a terminal
+deployment, unhealthy canaries, a job changed since) are ``NomadError`` with
+Nomad's text; only an outage is ``NomadUnavailable``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nomad
@@ -38,6 +48,53 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INDEX_CONFLICT = "Enforcing job modify index"
+#: The Meta key a release phase's job is dispatched with.
+DISPATCH_META_KEY = "NOMAN_IMAGE_TAG"
+#: Texts of Nomad's refusals (answered as 500, like an outage): the request is wrong or
+#: came too late, and repeating it cannot help.
+REFUSALS = (
+    "can't promote terminal deployment",
+    "can't fail terminal deployment",
+    "healthy allocations",
+    "enforcing version",
+    "can't revert to current version",
+    "is not a parameterized job",
+    "parameterized job not found",
+    "is stopped",
+    "required meta keys",
+    "unpermitted metadata keys",
+    "Payload",
+    "deployment not found",
+    "not found",
+)
+
+
+@dataclass(frozen=True)
+class ReleaseRun:
+    """Where a dispatched release job stands: running, complete or failed (and why)."""
+
+    status: str
+    exit_code: int | None = None
+    message: str | None = None
+    allocation: str | None = None
+
+
+@dataclass(frozen=True)
+class Canary:
+    """One canary allocation and where it listens (None: no port of that label)."""
+
+    allocation: str
+    address: str | None
+    port: int | None
+    healthy: bool | None = None
+
+
+def for_job(service: Service, job_id: str) -> Service:
+    """``service`` as seen by one of its jobs (several jobs share the other settings)."""
+    target = _target(service)
+    if target.job == job_id and not target.jobs:
+        return service
+    return dataclasses.replace(service, nomad=dataclasses.replace(target, job=job_id, jobs=()))
 
 
 def job_tag(job: dict[str, Any], target: NomadTarget) -> str | None:
@@ -92,6 +149,23 @@ def summarize(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
         "placed": sum(int(g.get("PlacedAllocs") or 0) for g in groups),
         "healthy": sum(int(g.get("HealthyAllocs") or 0) for g in groups),
         "unhealthy": sum(int(g.get("UnhealthyAllocs") or 0) for g in groups),
+        **_canaries(list(groups)),
+    }
+
+
+def _canaries(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The canary part of a deployment, only when it has canaries (Nomad's fields summed)."""
+    canary = [g for g in groups if int(g.get("DesiredCanaries") or 0) > 0]
+    if not canary:
+        return {}
+    return {
+        "canaries": {
+            "desired": sum(int(g["DesiredCanaries"]) for g in canary),
+            "placed": sum(len(g.get("PlacedCanaries") or []) for g in canary),
+            "promoted": all(bool(g.get("Promoted")) for g in canary),
+            # Nomad promotes by itself only when every canary group says so.
+            "auto_promote": all(bool(g.get("AutoPromote")) for g in canary),
+        }
     }
 
 
@@ -238,6 +312,139 @@ class NomadRollouts:
             raise NomadError("Nomad answered with something that is not JSON.") from None
         return data, new_index
 
+    # -- stages: release phase, canaries, reverts ------------------------------------------
+
+    def dispatch(self, service: Service, job_id: str, tag: str, token: str) -> str:
+        """Dispatch parameterized job ``job_id`` with the tag; the child job's ID.
+
+        ``token`` makes it idempotent: while Nomad keeps the child, the same token
+        returns it instead of running the job again. It goes as ``?idempotency_token=``,
+        as Nomad's own client sends it (python-nomad puts it in the body, where Nomad
+        does not read it).
+        """
+        target = _target(for_job(service, job_id))
+        body = {"Meta": {DISPATCH_META_KEY: tag}, "IdempotencyToken": token}
+        answer = self._call(
+            target,
+            "dispatch job",
+            lambda c: c.job.request(
+                job_id, "dispatch", json=body, params={"idempotency_token": token}, method="post"
+            ).json(),
+            refusals=REFUSALS,
+        )
+        child = answer.get("DispatchedJobID") if isinstance(answer, dict) else None
+        if not isinstance(child, str) or not child:
+            raise NomadError(f"Nomad's answer to the dispatch of {job_id!r} names no job.")
+        return child
+
+    def running_children(self, service: Service, job_id: str) -> list[tuple[str, str]]:
+        """(ID, idempotency token) of each job dispatched from ``job_id`` that is not dead."""
+        target = _target(for_job(service, job_id))
+        prefix = f"{job_id}/dispatch-"
+        stubs = self._call(target, "list jobs", lambda c: c.jobs.get_jobs(prefix=prefix))
+        found = []
+        for stub in stubs if isinstance(stubs, list) else []:
+            if stub.get("ParentID") != job_id or stub.get("Status") == "dead":
+                continue
+            child = self.read_spec(for_job(service, str(stub["ID"])))
+            found.append((str(stub["ID"]), str(child.get("DispatchIdempotencyToken") or "")))
+        return found
+
+    def release(
+        self, service: Service, child: str, index: int, wait: float
+    ) -> tuple[ReleaseRun, int]:
+        """Where dispatched job ``child`` stands, blocking up to ``wait`` s for a change."""
+        target = _target(for_job(service, child))
+        try:
+            job, new_index = self._blocking(target, f"job/{child}", index, wait)
+            if not isinstance(job, dict):
+                raise NomadError(f"Nomad answered something that is not job {child!r}.")
+            if job.get("Status") != "dead":
+                return ReleaseRun("running"), new_index
+            allocs, _ = self._blocking(target, f"job/{child}/allocations", 0, 0)
+        except UpstreamError as exc:
+            raise self._located(exc, "watch") from None
+        return release_outcome(job, allocs if isinstance(allocs, list) else []), new_index
+
+    def deployment(self, service: Service, deployment_id: str) -> dict[str, Any] | None:
+        """The deployment now (no blocking), summarized."""
+        found, _ = self.follow(service, 0, deployment_id, 0, 0)
+        return found
+
+    def canaries(
+        self, service: Service, deployment_id: str, port: str | None = None
+    ) -> list[Canary]:
+        """The deployment's running canary allocations, each with its address and port.
+
+        The address is the host's (``AllocatedResources.Shared.Ports``: what Nomad
+        registers in Consul for the port label), else the network's IP.
+        """
+        target = _target(service)
+        stubs = self._call(
+            target,
+            "read allocations",
+            lambda c: c.deployment.get_deployment_allocations(deployment_id),
+            refusals=REFUSALS,
+        )
+        found = []
+        for stub in stubs if isinstance(stubs, list) else []:
+            status = stub.get("DeploymentStatus") or {}
+            if not status.get("Canary") or stub.get("ClientStatus") != "running":
+                continue
+            alloc_id = str(stub.get("ID"))
+
+            def read(client: Any, alloc_id: str = alloc_id) -> Any:
+                return client.allocation.get_allocation(alloc_id)
+
+            alloc = self._call(target, "read allocation", read, refusals=REFUSALS)
+            address, number = alloc_address(alloc if isinstance(alloc, dict) else {}, port)
+            found.append(Canary(alloc_id, address, number, status.get("Healthy")))
+        return found
+
+    def promote(self, service: Service, deployment_id: str) -> None:
+        """Promote every canary group of the deployment (Nomad refuses unhealthy canaries)."""
+        self._call(
+            _target(service),
+            "promote deployment",
+            lambda c: c.deployment.promote_deployment_all(deployment_id),
+            refusals=REFUSALS,
+        )
+
+    def fail(self, service: Service, deployment_id: str) -> int | None:
+        """Mark the deployment failed; the version Nomad reverted to (auto_revert), if any."""
+        answer = self._call(
+            _target(service),
+            "fail deployment",
+            lambda c: c.deployment.fail_deployment(deployment_id),
+            refusals=REFUSALS,
+        )
+        reverted = answer.get("RevertedJobVersion") if isinstance(answer, dict) else None
+        return reverted if isinstance(reverted, int) else None
+
+    def revert(self, service: Service, version: int, prior: int) -> None:
+        """Register job ``version`` again, only if the job is still at version ``prior``."""
+        target = _target(service)
+        self._call(
+            target,
+            "revert job",
+            lambda c: c.job.revert_job(target.job, version, enforce_prior_version=prior),
+            refusals=REFUSALS,
+        )
+
+    def versions(self, service: Service) -> list[dict[str, Any]]:
+        """Every version Nomad keeps of the job, newest first."""
+        target = _target(service)
+        answer = self._call(target, "read job versions", lambda c: c.job.get_versions(target.job))
+        versions = answer.get("Versions") if isinstance(answer, dict) else None
+        return [v for v in versions or [] if isinstance(v, dict)]
+
+    def tag_of(self, service: Service, job: dict[str, Any]) -> str | None:
+        """The tag a job version runs, as the service's update mode sees it."""
+        try:
+            return job_tag(job, _target(service))
+        except NomadError:
+            return None
+
     def check(self, service: Service) -> list[str]:
         """Warnings about the job's setup for rolling deploys (raises if unreadable)."""
         state = self.read(service)
@@ -254,12 +461,64 @@ class NomadRollouts:
                         )
         if state.tag is None:
             warnings.append(f"job {service.nomad.job!r} does not run a tag Noman can read yet")  # type: ignore[union-attr]
+        return warnings + self._check_stages(service, state)
+
+    def _check_stages(self, service: Service, first: JobState) -> list[str]:
+        """Warnings about the other jobs, the release phase's job and the canaries."""
+        target = _target(service)
+        warnings = []
+        canaries = _canary_groups(first.spec)
+        for job_id in target.job_ids[1:]:
+            other = self.read(for_job(service, job_id))
+            canaries += _canary_groups(other.spec)
+            if other.tag != first.tag:
+                warnings.append(
+                    f"jobs disagree: {target.job} runs {first.tag}, {job_id} runs {other.tag}"
+                )
+        if service.canary is not None and not canaries:
+            warnings.append(
+                "[canary] is set but no job's update block places canaries (canary = 0)"
+            )
+        if service.release_phase is not None:
+            job_id = service.release_phase.job
+            try:
+                spec = self.read_spec(for_job(service, job_id))
+            except NomadJobNotFound:
+                return [*warnings, f"release_phase job {job_id!r} was not found"]
+            params = spec.get("ParameterizedJob") or {}
+            allowed = (params.get("MetaRequired") or []) + (params.get("MetaOptional") or [])
+            if not spec.get("ParameterizedJob"):
+                warnings.append(f"release_phase job {job_id!r} is not a parameterized job")
+            elif DISPATCH_META_KEY not in allowed:
+                warnings.append(
+                    f"release_phase job {job_id!r} does not allow meta key {DISPATCH_META_KEY} "
+                    "(parameterized { meta_required = [...] }): Nomad refuses the dispatch"
+                )
         return warnings
 
-    def _call(self, target: NomadTarget, action: str, call: Callable[[Any], T]) -> T:
+    def read_spec(self, service: Service) -> dict[str, Any]:
+        """The job as Nomad returns it (any job: a parameterized one too)."""
+        target = _target(service)
+        job = self._call(target, "read job", lambda c: c.job.get_job(target.job))
+        if not isinstance(job, dict):
+            raise NomadError(f"Nomad answered something that is not job {target.job!r}.")
+        return job
+
+    def _call(
+        self,
+        target: NomadTarget,
+        action: str,
+        call: Callable[[Any], T],
+        refusals: tuple[str, ...] = (),
+    ) -> T:
         try:
             return call(self.client(target))
         except nomad_errors.BaseNomadException as exc:
+            text = _text(exc)
+            if any(refusal in text for refusal in refusals):
+                log.warning("nomad %s %s: refused: %s", action, target.job, text)
+                error = NomadError(f"Nomad refused to {action.split(' ')[0]}: {text}")
+                raise self._located(error, action) from None
             raise self._located(self._translate(exc, target, action), action) from None
         except requests.RequestException as exc:
             log.warning("nomad %s %s: unavailable: %s", action, target.job, type(exc).__name__)
@@ -324,6 +583,82 @@ class NomadRollouts:
             return NomadError()
         log.warning("nomad %s %s: unavailable (%s): %s", action, target.job, status, text)
         return NomadUnavailable()
+
+
+def release_outcome(job: dict[str, Any], allocs: list[Any]) -> ReleaseRun:
+    """A dead dispatched job: complete when its last allocations completed, else why not."""
+    latest = [a for a in allocs if isinstance(a, dict) and not a.get("NextAllocation")]
+    done = [
+        a for a in latest if a.get("ClientStatus") == "complete" and a.get("DesiredStatus") == "run"
+    ]
+    if latest and len(done) == len(latest) and not job.get("Stop"):
+        return ReleaseRun("complete", exit_code=0, allocation=str(latest[-1].get("ID")))
+    if not latest:
+        reason = "stopped" if job.get("Stop") else "no allocation was placed"
+        return ReleaseRun("failed", message=f"the job ended with {reason}")
+    failed = next((a for a in latest if a not in done), latest[-1])
+    exit_code, message = None, failed.get("ClientDescription") or failed.get("ClientStatus")
+    tasks = failed.get("TaskStates") or {}
+    for state in tasks.values():
+        events = [e for e in state.get("Events") or [] if isinstance(e, dict)]
+        if not events or (not state.get("Failed") and len(tasks) > 1):
+            continue  # with several tasks, the one that failed tells why
+        terminated = [e for e in events if e.get("Type") == "Terminated"]
+        if terminated:
+            last = terminated[-1]
+            code = str((last.get("Details") or {}).get("exit_code", last.get("ExitCode")))
+            exit_code = int(code) if code.lstrip("-").isdigit() else None
+        texts = [_event_text(e) for e in (terminated[-1:] + events[-1:])]
+        message = "; ".join(dict.fromkeys(t for t in texts if t))
+        break
+    if job.get("Stop"):
+        message = f"stopped ({message})" if message else "stopped"
+    return ReleaseRun(
+        "failed", exit_code=exit_code, message=message, allocation=str(failed.get("ID"))
+    )
+
+
+def _canary_groups(job: dict[str, Any]) -> list[str]:
+    """The groups of a job whose update block (the job's merged in) places canaries."""
+    job_update = job.get("Update") or {}
+    found = []
+    for group in job.get("TaskGroups") or []:
+        update = group.get("Update") or {}
+        canary = (
+            update.get("Canary") if update.get("Canary") is not None else job_update.get("Canary")
+        )
+        if int(canary or 0) > 0:
+            found.append(str(group.get("Name")))
+    return found
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    return str(event.get("DisplayMessage") or event.get("Message") or event.get("Type") or "")
+
+
+def alloc_address(alloc: dict[str, Any], label: str | None) -> tuple[str | None, int | None]:
+    """(address, port) of an allocation's port ``label`` (None: its first port)."""
+    resources = alloc.get("AllocatedResources") or {}
+    shared = resources.get("Shared") or {}
+    for port in shared.get("Ports") or []:
+        if label is None or port.get("Label") == label:
+            host = port.get("HostIP") or _network_ip(shared)
+            return host, int(port["Value"]) if port.get("Value") else None
+    networks = list(shared.get("Networks") or [])
+    for task in (resources.get("Tasks") or {}).values():
+        networks += (task or {}).get("Networks") or []  # Nomad before 1.0 kept them per task
+    for network in networks:
+        for port in (network.get("DynamicPorts") or []) + (network.get("ReservedPorts") or []):
+            if label is None or port.get("Label") == label:
+                return network.get("IP") or None, int(port["Value"]) if port.get("Value") else None
+    return None, None
+
+
+def _network_ip(shared: dict[str, Any]) -> str | None:
+    for network in shared.get("Networks") or []:
+        if network.get("IP"):
+            return str(network["IP"])
+    return None
 
 
 class _IndexConflict(Exception):

@@ -47,11 +47,43 @@ def ago(value: Any, now: datetime) -> str:
     return f"{days} day{'s' if days != 1 else ''} ago"
 
 
+#: How each stage of a staged rollout reads on the page.
+STAGE_TEXTS = {
+    "release_phase": "release phase",
+    "canary": "canary",
+    "analysis": "analysis",
+    "awaiting_promotion": "awaiting promotion",
+    "rolling": "rolling",
+    "reverting": "reverting",
+}
+
+
+def stage_text(rollout: dict[str, Any]) -> str:
+    """A staged rollout's stage, with what it waits for: "analysis: 3 rounds, 30/60 s"."""
+    stage = str(rollout.get("stage"))
+    text = STAGE_TEXTS.get(stage, stage)
+    jobs = rollout.get("jobs") or []
+    moving = next((j for j in jobs if j.get("state") != "successful"), None)
+    if len(jobs) > 1 and moving is not None and stage != "release_phase":
+        text += f" ({moving.get('job')}, job {jobs.index(moving) + 1} of {len(jobs)})"
+    analysis = rollout.get("analysis") or {}
+    if stage == "analysis" and analysis:
+        text += f": {analysis.get('rounds') or 0} round(s) of checks passed"
+    elif stage in ("canary", "rolling") and moving and moving.get("desired") is not None:
+        text += f": {moving.get('healthy') or 0}/{moving['desired']} healthy"
+    elif stage == "release_phase":
+        child = (rollout.get("release") or {}).get("child")
+        text += f": {child}" if child else ": dispatching"
+    return text
+
+
 def rollout_text(rollout: dict[str, Any] | None) -> str:
     """The rollout state, with Nomad's counts while a deployment runs."""
     if not rollout:
         return NONE
     state = str(rollout.get("state") or "unknown")
+    if rollout.get("stage") and state not in BAD_OUTCOMES | {"successful"}:
+        return stage_text(rollout)
     if state == "running" and rollout.get("desired") is not None:
         return (
             f"running: {rollout.get('healthy') or 0}/{rollout['desired']} healthy, "
@@ -96,7 +128,7 @@ def overview_row(
             "age": "",
             "frozen": "",
         },
-        "states": {"rollout": "", "last": "", "frozen": "", "running": ""},
+        "states": {"rollout": "", "last": "", "frozen": "", "running": "", "stage": ""},
     }
     if status is None:
         row["fields"]["rollout"] = f"unavailable ({error})" if error else NONE
@@ -115,6 +147,7 @@ def overview_row(
     if gate:  # a deploy waits for approvals or a window (noman.gates)
         fields["rollout"] = waiting_text(gate)
         states["rollout"] = str(gate.get("state") or "")
+    states["stage"] = str((rollout or {}).get("stage") or "")
     history = status.get("history") or []
     if history:
         last = history[0]

@@ -26,7 +26,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from noman import errors
+from noman import errors, promotion
 from noman.config import Service, Settings
 from noman.deploy import Deployer
 from noman.errors import ConfigError, NomanError
@@ -48,6 +48,8 @@ ACTIONS = {
     "rollback": "Roll back",
     "freeze": "Freeze",
     "unfreeze": "Unfreeze",
+    "promote": "Promote",
+    "abort": "Abort",
 }
 # The page polls this often while a rollout runs, and this often otherwise.
 POLL_ACTIVE_MS = 4000
@@ -185,6 +187,12 @@ def act(name: str, action: str) -> BaseResponse | tuple[str, int]:
             fields["requested_tag"] = tag
             outcome = operations.rollback(service, tag, sender=SENDER, request_id=uuid.uuid4().hex)
             message = f"Rolling back {service.name} to {outcome.tag}."
+        elif action in ("promote", "abort"):
+            gate: promotion.Action = "promote" if action == "promote" else "abort"
+            asked = promotion.request(
+                operations, service, gate, by=SENDER, request_id=uuid.uuid4().hex
+            )
+            message = f"{ACTIONS[action]} of {service.name} {asked['tag']} requested."
         else:
             operations.set_frozen(service, action == "freeze", sender=SENDER)
             message = f"{service.name} is {'frozen' if action == 'freeze' else 'unfrozen'}."
@@ -211,6 +219,8 @@ def _render_service(service: Service, error: NomanError | None = None) -> str:
         active=present.is_active(status),
         poll=_poll_settings(),
         reload_when_done=True,
+        can_promote=(status.get("rollout") or {}).get("stage") == "awaiting_promotion",
+        can_abort=present.is_active(status) and service.strategy == "rolling",
     )
 
 

@@ -16,6 +16,28 @@ HTTP, either with plain ``requests`` or through python-nomad:
   carries the resource's ``X-Nomad-Index`` (the job's or deployment's ``ModifyIndex``, the
   deployments table's index for a job's deployments) and waits until it passes N; waiting
   queries wake when an outcome comes due, without a timer thread (no jitter, unlike Nomad);
+* canary deployments: a register that replaces a version of a job whose (job or group)
+  ``update`` has ``Canary > 0`` places that many canary allocations, with
+  ``DesiredCanaries``, ``PlacedCanaries`` and "Deployment is running but requires manual
+  promotion" (or "... pending automatic promotion" when every canary group auto-promotes);
+  the canaries turn healthy (``HealthyAllocs``) or unhealthy as scripted
+  (:meth:`FakeNomad.script_canaries`); ``/v1/deployment/promote/<id>`` (refused with Nomad's
+  multierror text while canaries are unhealthy) starts the scripted outcome's timer, and
+  ``/v1/deployment/fail/<id>`` fails it ("Deployment marked as failed") with the same
+  automatic revert as a failed deployment;
+* allocations with addresses and ports (``AllocatedResources.Shared.Ports`` and
+  ``.Networks``, ``NetworkStatus``), listed by ``/v1/job/<id>/allocations`` and
+  ``/v1/deployment/allocations/<id>`` and read by ``/v1/allocation/<id>``; each port label of
+  the group's network gets a host port, or the address a test gives with
+  :meth:`FakeNomad.set_ports` (a stand-in server of its own);
+* parameterized batch jobs and ``/v1/job/<id>/dispatch``: a child job
+  ``<id>/dispatch-<unix>-<8 hex>`` with the dispatch ``Meta`` merged in, checked against
+  ``MetaRequired``/``MetaOptional`` like Nomad; an ``IdempotencyToken`` (the
+  ``?idempotency_token=`` parameter or the body field) that names a child not yet garbage
+  collected returns that child instead of a new one; the child's allocations run, then
+  complete or fail with Nomad's task events (exit code, "Not Restarting") as scripted
+  (:meth:`FakeNomad.script_dispatches`), and the child job turns ``dead``;
+* ``/v1/job/<id>/revert`` with ``EnforcePriorVersion``, with Nomad's texts;
 * ACL tokens (``X-Nomad-Token`` or ``Authorization: Bearer``) and fault injection (failed
   answers, at once or slowly; answers held back after the register was applied; hung
   requests; refused connections).
@@ -50,10 +72,13 @@ from tests.fakes._server import (
 
 __all__ = [
     "DEPLOYMENT_OUTCOMES",
+    "DISPATCH_OUTCOMES",
     "SERVER_FIELDS",
     "FakeClock",
     "FakeNomad",
     "main",
+    "sample_canary_job",
+    "sample_parameterized_job",
     "sample_service_job",
 ]
 
@@ -79,6 +104,14 @@ SERVER_FIELDS: frozenset[str] = frozenset(
 
 #: Outcomes accepted by :meth:`FakeNomad.script_deployments`.
 DEPLOYMENT_OUTCOMES: tuple[str, ...] = ("successful", "failed", "cancelled", "stall", "deadline")
+#: Outcomes accepted by :meth:`FakeNomad.script_dispatches`.
+DISPATCH_OUTCOMES: tuple[str, ...] = ("complete", "failed", "stall")
+#: Nomad's DispatchLaunchSuffix: a child job is ``<parent>/dispatch-<unix time>-<8 hex>``.
+DISPATCH_SUFFIX = "/dispatch-"
+FAKE_NODE_ID = "f7a4b1c2-0000-4000-8000-000000000001"
+#: Where allocations listen unless a test gives an address (FakeNomad.set_ports).
+HOST_IP = "127.0.0.1"
+FIRST_HOST_PORT = 21000
 
 DEFAULT_NAMESPACE = "default"
 LEADER_ADDRESS = "127.0.0.1:4647"
@@ -100,6 +133,8 @@ _ACTIVE_DEPLOYMENT_STATES = frozenset(
 # Sub-resources of /v1/job/<id>/...; anything else after /v1/job/ is a job ID, as in Nomad's
 # own router (job IDs may contain slashes).
 _JOB_SUBRESOURCES = (
+    "dispatch",
+    "summary",
     "versions",
     "deployment",
     "deployments",
@@ -188,6 +223,64 @@ def sample_service_job(
     }
 
 
+def sample_canary_job(
+    job_id: str = "web",
+    image: str = "stut/stut.dev:release-20230101000000",
+    count: int = 2,
+    canary: int = 1,
+    auto_promote: bool = False,
+) -> JSON:
+    """:func:`sample_service_job` whose group update places ``canary`` canaries first."""
+    job = sample_service_job(job_id, image=image, count=count)
+    for update in (job["Update"], job["TaskGroups"][0]["Update"]):
+        update.update(Canary=canary, AutoPromote=auto_promote)
+    return job
+
+
+def sample_parameterized_job(
+    job_id: str = "migrate",
+    image: str = "stut/stut.dev:${NOMAD_META_NOMAN_IMAGE_TAG}",
+    meta_required: tuple[str, ...] = ("NOMAN_IMAGE_TAG",),
+    meta_optional: tuple[str, ...] = (),
+) -> JSON:
+    """A parameterized batch job (a release phase: one task, no restarts, no reschedules)."""
+    return {
+        "ID": job_id,
+        "Name": job_id,
+        "Region": "global",
+        "Type": "batch",
+        "Priority": 50,
+        "Datacenters": ["dc1"],
+        "ParameterizedJob": {
+            "Payload": "forbidden",
+            "MetaRequired": list(meta_required),
+            "MetaOptional": list(meta_optional),
+        },
+        "Meta": {"owner": job_id},
+        "TaskGroups": [
+            {
+                "Name": job_id,
+                "Count": 1,
+                "RestartPolicy": {
+                    "Attempts": 0,
+                    "Interval": 86400 * SECOND_NS,
+                    "Delay": 15 * SECOND_NS,
+                    "Mode": "fail",
+                },
+                "ReschedulePolicy": {"Attempts": 0, "Unlimited": False},
+                "Tasks": [
+                    {
+                        "Name": job_id,
+                        "Driver": "docker",
+                        "Config": {"image": image, "command": "/app/migrate"},
+                        "Resources": {"CPU": 100, "MemoryMB": 128},
+                    }
+                ],
+            }
+        ],
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # Internal records
 
@@ -214,11 +307,27 @@ class _Deployment:
     created: float  # the fake's clock (FakeNomad.now()) at (logical) creation
     outcome: str
     after: float
+    # With canaries, the scripted outcome's timer starts only once they are promoted.
+    needs_promotion: bool = False
+    promoted_at: float | None = None
 
     @property
     def due(self) -> float | None:
         """Monotonic time at which the scripted outcome applies; None means never (stall)."""
-        return None if self.outcome == "stall" else self.created + self.after
+        if self.outcome == "stall":
+            return None
+        if self.needs_promotion:
+            return None if self.promoted_at is None else self.promoted_at + self.after
+        return self.created + self.after
+
+
+@dataclass
+class _Event:
+    """Something scripted to happen to allocations at ``due`` (the fake's clock)."""
+
+    due: float
+    order: int
+    apply: Callable[[float], None]
 
 
 class _HTTPError(Exception):
@@ -254,6 +363,43 @@ def _spec(job: JSON) -> JSON:
 
 def _rfc3339(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _update_field(job_update: JSON, group_update: JSON, name: str) -> Any:
+    """One field of a group's effective update block: its own, else the job's."""
+    value = group_update.get(name)
+    return job_update.get(name) if value is None else value
+
+
+def _task_event(kind: str, wall: float, display: str) -> JSON:
+    """A TaskEvent as the API shows it (DisplayMessage filled in by the HTTP layer)."""
+    return {
+        "Type": kind,
+        "Time": int(wall * SECOND_NS),
+        "DisplayMessage": display,
+        "Details": {},
+        "Message": "",
+        "FailsTask": False,
+        "RestartReason": "",
+        "ExitCode": 0,
+        "Signal": 0,
+    }
+
+
+def _exit_text(code: int, message: str) -> str:
+    """TaskTerminated's display message, as Nomad's PopulateEventDisplayMessage words it."""
+    parts = [f"Exit Code: {code}"]
+    if message:
+        parts.append(f"Exit Message: {json.dumps(message)}")
+    return ", ".join(parts)
+
+
+def _alloc_stub(alloc: JSON, resources: bool = False) -> JSON:
+    """The AllocListStub of an allocation (its resources only when asked for)."""
+    stub = {k: copy.deepcopy(v) for k, v in alloc.items() if k not in ("Job", "NetworkStatus")}
+    if not resources:
+        stub.pop("AllocatedResources")
+    return stub
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,6 +484,22 @@ class FakeNomad(FakeServer):
         self._wall_offset = time.time() - self.now()
         #: Every register body received over HTTP, accepted or not (faults included), in order.
         self.registrations: list[dict[str, Any]] = []
+        #: Every dispatch request received over HTTP: (job ID, query, body), faults included.
+        self.dispatches: list[tuple[str, dict[str, list[str]], Any]] = []
+        #: Deployments promoted and failed over HTTP, with the fake's clock when it happened.
+        self.promotions: list[tuple[str, float]] = []
+        self.failures: list[tuple[str, float]] = []
+        #: Jobs reverted over HTTP: (job ID, version reverted to).
+        self.reverts: list[tuple[str, int]] = []
+        self._allocs: dict[str, JSON] = {}
+        self._events: list[_Event] = []
+        self._event_order = 0
+        # (seconds until canaries turn healthy, or None for never; healthy or unhealthy)
+        self._canaries: tuple[float | None, bool] = (0.0, True)
+        # (outcome, seconds, exit code, exit message) of dispatched jobs
+        self._dispatch: tuple[str, float, int, str] = ("complete", 0.0, 1, "")
+        self._ports: dict[str, dict[str, tuple[str, int]]] = {}
+        self._next_port = FIRST_HOST_PORT
 
     # ---- test-side state access ------------------------------------------------------------
 
@@ -368,6 +530,81 @@ class FakeNomad(FakeServer):
             raise ValueError("after must be >= 0")
         with self._lock:
             self._outcome, self._after = outcome, float(after)
+
+    def script_canaries(self, healthy_after: float | None = 0.0, healthy: bool = True) -> None:
+        """Script the canaries of deployments created from now on.
+
+        They turn healthy (or, with ``healthy=False``, unhealthy: the deployment then fails
+        like Nomad's watcher fails it, "Failed due to unhealthy allocations", with its
+        automatic revert) ``healthy_after`` seconds after they were placed; None: never.
+        Healthy canaries wait for a promotion, unless every canary group has
+        ``AutoPromote``: the fake then promotes at once, as Nomad's watcher does.
+        """
+        if healthy_after is not None and healthy_after < 0:
+            raise ValueError("healthy_after must be >= 0")
+        with self._lock:
+            self._canaries = (healthy_after, healthy)
+
+    def script_dispatches(
+        self, outcome: str = "complete", after: float = 0.0, exit_code: int = 1, message: str = ""
+    ) -> None:
+        """Script how the allocations of jobs dispatched from now on end.
+
+        "complete": exit code 0; "failed": ``exit_code`` and ``message`` in the task's
+        "Terminated" event, then "Not Restarting" (the sample job allows no restarts);
+        "stall": they keep running. The outcome comes ``after`` seconds after the dispatch.
+        """
+        if outcome not in DISPATCH_OUTCOMES:
+            raise ValueError(f"outcome must be one of {DISPATCH_OUTCOMES}, not {outcome!r}")
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        with self._lock:
+            self._dispatch = (outcome, float(after), exit_code, message)
+
+    def set_ports(self, job_id: str, ports: dict[str, tuple[str, int]]) -> None:
+        """Give allocations of ``job_id`` placed from now on these (host IP, port) by label."""
+        with self._lock:
+            self._ports[job_id] = dict(ports)
+
+    def children(self, parent_id: str, namespace: str = DEFAULT_NAMESPACE) -> list[JSON]:
+        """Deep copies of the jobs dispatched from ``parent_id``, oldest first."""
+        with self._lock:
+            self._refresh()
+            found = [
+                versions[-1]
+                for (ns, _), versions in self._jobs.items()
+                if ns == namespace and versions[-1].get("ParentID") == parent_id
+            ]
+            return copy.deepcopy(sorted(found, key=lambda j: j["CreateIndex"]))
+
+    def allocations(self, job_id: str, namespace: str = DEFAULT_NAMESPACE) -> list[JSON]:
+        """Deep copies of the job's allocations (full form), oldest first."""
+        with self._lock:
+            self._refresh()
+            return [
+                copy.deepcopy(a)
+                for a in self._allocs.values()
+                if a["JobID"] == job_id and a["Namespace"] == namespace
+            ]
+
+    def finish_dispatch(
+        self, job_id: str, outcome: str = "complete", exit_code: int = 1, message: str = ""
+    ) -> None:
+        """End the running allocations of dispatched job ``job_id`` now, and wake waiters."""
+        if outcome not in ("complete", "failed"):
+            raise ValueError('outcome must be "complete" or "failed"')
+        with self._lock:
+            self._refresh()
+            allocs = [
+                a
+                for a in self._allocs.values()
+                if a["JobID"] == job_id and a["ClientStatus"] in ("pending", "running")
+            ]
+            if not allocs:
+                raise ValueError(f"job {job_id!r} has no running allocation")
+            for alloc in allocs:
+                self._end_alloc(alloc["ID"], outcome, exit_code, message, self.now())
+            self._cond.notify_all()
 
     def add_job(self, job: JSON, namespace: str = DEFAULT_NAMESPACE) -> JSON:
         """Store ``job`` as version 0 without HTTP, as an already running, stable job.
@@ -480,6 +717,10 @@ class FakeNomad(FakeServer):
         indexes = [v["ModifyIndex"] for versions in self._jobs.values() for v in versions]
         return max(indexes, default=1)
 
+    def _allocs_index(self) -> int:
+        """The index of the allocations table."""
+        return max((a["ModifyIndex"] for a in self._allocs.values()), default=1)
+
     def _deployments_index(self) -> int:
         """The index of the deployments table: the newest change to any deployment."""
         return max((d.data["ModifyIndex"] for d in self._deployments.values()), default=1)
@@ -534,16 +775,17 @@ class FakeNomad(FakeServer):
         }
         versions.append(stored)
         if deploy and (stored.get("Type") or "service") == "service" and stored.get("TaskGroups"):
-            self._create_deployment(stored, now)
+            self._create_deployment(stored, now, replaces=previous is not None)
         return stored
 
-    def _create_deployment(self, job: JSON, now: float) -> None:
+    def _create_deployment(self, job: JSON, now: float, replaces: bool = False) -> None:
         index = self._next_index()
         for older in self._job_deployments(job["Namespace"], job["ID"]):
             if older.data["Status"] in _ACTIVE_DEPLOYMENT_STATES:
                 self._set_status(
                     older, "cancelled", "Cancelled due to newer version of job", index, now
                 )
+                self._stop_allocs(older.data["ID"], now)
         job_update = job.get("Update") or {}
         groups: JSON = {}
         for group in job["TaskGroups"]:
@@ -556,19 +798,32 @@ class FakeNomad(FakeServer):
                 or job_update.get("ProgressDeadline")
                 or DEFAULT_PROGRESS_DEADLINE_NS
             )
+            # Nomad merges the job's update block into each group's, field by field; a
+            # job's first version gets no canaries (there is nothing to compare them with).
+            canary = int(_update_field(job_update, group_update, "Canary") or 0) if replaces else 0
             groups[group["Name"]] = {
                 "AutoRevert": bool(auto_revert),
-                "AutoPromote": bool(group_update.get("AutoPromote")),
+                "AutoPromote": bool(_update_field(job_update, group_update, "AutoPromote")),
                 "ProgressDeadline": deadline,
                 "RequireProgressBy": _rfc3339(self._wall(now) + deadline / SECOND_NS),
                 "Promoted": False,
                 "PlacedCanaries": None,
-                "DesiredCanaries": 0,
+                "DesiredCanaries": canary,
                 "DesiredTotal": int(group.get("Count", 1)),
                 "PlacedAllocs": 0,
                 "HealthyAllocs": 0,
                 "UnhealthyAllocs": 0,
             }
+        canary_groups = [g for g in groups.values() if g["DesiredCanaries"] > 0]
+        description = "Deployment is running"
+        if canary_groups:
+            # Nomad's scheduler words it so when the deployment is created (reconcile.go).
+            auto = all(g["AutoPromote"] for g in canary_groups)
+            description = (
+                "Deployment is running pending automatic promotion"
+                if auto
+                else "Deployment is running but requires manual promotion"
+            )
         wall_ns = int(self._wall(now) * SECOND_NS)
         data: JSON = {
             "ID": str(uuid.uuid4()),
@@ -581,14 +836,32 @@ class FakeNomad(FakeServer):
             "IsMultiregion": False,
             "TaskGroups": groups,
             "Status": "running",
-            "StatusDescription": "Deployment is running",
+            "StatusDescription": description,
             "EvalPriority": job.get("Priority", 50),
             "CreateIndex": index,
             "ModifyIndex": index,
             "CreateTime": wall_ns,
             "ModifyTime": wall_ns,
         }
-        self._deployments[data["ID"]] = _Deployment(data, now, self._outcome, self._after)
+        deployment = _Deployment(
+            data, now, self._outcome, self._after, needs_promotion=bool(canary_groups)
+        )
+        self._deployments[data["ID"]] = deployment
+        for group in job["TaskGroups"]:
+            state = groups[group["Name"]]
+            if state["DesiredCanaries"] > 0:
+                placed = [
+                    self._place_alloc(job, group, i, now, deployment=data["ID"], canary=True)
+                    for i in range(state["DesiredCanaries"])
+                ]
+                state.update(PlacedCanaries=placed, PlacedAllocs=len(placed))
+        if canary_groups:
+            healthy_after, healthy = self._canaries
+            if healthy_after is not None:
+                self._schedule(
+                    now + healthy_after,
+                    lambda at, d=deployment, ok=healthy: self._canaries_checked(d, ok, at),
+                )
 
     def _set_status(
         self, deployment: _Deployment, status: str, description: str, index: int, now: float
@@ -607,13 +880,19 @@ class FakeNomad(FakeServer):
 
     def _next_due(self) -> float | None:
         return min(
-            (
+            [
                 due
                 for d in self._deployments.values()
                 if d.data["Status"] == "running" and (due := d.due) is not None
-            ),
+            ]
+            + [event.due for event in self._events],
             default=None,
         )
+
+    def _schedule(self, due: float, apply: Callable[[float], None]) -> None:
+        """Have ``apply(at)`` run once the fake's clock reaches ``due``."""
+        self._event_order += 1
+        self._events.append(_Event(due, self._event_order, apply))
 
     def _apply_due(self) -> bool:
         """Apply every scripted deployment outcome whose time has come, in time order.
@@ -632,17 +911,27 @@ class FakeNomad(FakeServer):
                 for d in self._deployments.values()
                 if d.data["Status"] == "running" and d.due is not None and d.due <= now
             ]
-            if not due:
+            events = [e for e in self._events if e.due <= now]
+            first = min(due, key=lambda d: d.due or 0.0, default=None)
+            event = min(events, key=lambda e: (e.due, e.order), default=None)
+            if first is None and event is None:
                 return changed
-            self._finish(min(due, key=lambda d: d.created + d.after))
+            if event is not None and (first is None or event.due <= (first.due or 0.0)):
+                self._events.remove(event)
+                event.apply(event.due)
+            elif first is not None:
+                self._finish(first, at=first.due)
             changed = True
 
     def _finish(
         self, deployment: _Deployment, outcome: str | None = None, at: float | None = None
-    ) -> None:
-        """Apply ``outcome`` (default: the scripted one) at logical time ``at``."""
+    ) -> int | None:
+        """Apply ``outcome`` (default: the scripted one) at logical time ``at``.
+
+        Returns the version an automatic revert registered, if one did.
+        """
         if at is None:
-            at = deployment.created + deployment.after
+            at = deployment.due if deployment.due is not None else self.now()
         outcome = outcome or deployment.outcome
         index = self._next_index()
         data = deployment.data
@@ -661,23 +950,27 @@ class FakeNomad(FakeServer):
                     version.update(Stable=True, ModifyIndex=index)
         elif outcome == "cancelled":
             self._set_status(deployment, "cancelled", "Cancelled by user", index, at)
-        else:  # failed
+        else:  # failed, deadline, or "user" (PUT /v1/deployment/fail/<id>)
             for group in groups:
+                if outcome == "user" or (group["DesiredCanaries"] and not group["Promoted"]):
+                    continue  # the counts stay what they were (canaries judged already)
                 # MaxParallel=1 style: the first replacement came up unhealthy (or, past the
                 # progress deadline, never healthy).
                 unhealthy = 0 if outcome == "deadline" else 1
                 group.update(PlacedAllocs=1, HealthyAllocs=0, UnhealthyAllocs=unhealthy)
-            description = (
-                "Failed due to progress deadline"
-                if outcome == "deadline"
-                else "Failed due to unhealthy allocations"
-            )
+            description = {
+                "deadline": "Failed due to progress deadline",
+                "user": "Deployment marked as failed",
+            }.get(outcome, "Failed due to unhealthy allocations")
             revert_to: JSON | None = None
             if any(group["AutoRevert"] for group in groups):
                 description, revert_to = self._auto_revert_target(data, description)
             self._set_status(deployment, "failed", description, index, at)
+            self._stop_allocs(data["ID"], at)
             if revert_to is not None:
                 self._store_version(data["Namespace"], revert_to, at, deploy=True)
+                return revert_to["Version"]  # type: ignore[no-any-return]
+        return None
 
     def _auto_revert_target(self, data: JSON, description: str) -> tuple[str, JSON | None]:
         """Nomad's deployment watcher rollback decision: (description, job to register)."""
@@ -695,6 +988,365 @@ class FakeNomad(FakeServer):
             )
         return f"{description} - rolling back to job version {stable['Version']}", stable
 
+    # ---- allocations (callers hold self._lock) ----------------------------------------------
+
+    def _host_port(self, job_id: str, label: str) -> tuple[str, int]:
+        given = self._ports.get(job_id, {}).get(label)
+        if given is not None:
+            return given
+        self._next_port += 1
+        return HOST_IP, self._next_port
+
+    def _place_alloc(
+        self,
+        job: JSON,
+        group: JSON,
+        index: int,
+        now: float,
+        deployment: str | None = None,
+        canary: bool = False,
+    ) -> str:
+        """Place one allocation of ``group`` (running; a dispatched job's: pending); its ID."""
+        alloc_index = self._next_index()
+        wall_ns = int(self._wall(now) * SECOND_NS)
+        networks, ports = [], []
+        for network in group.get("Networks") or []:
+            dynamic = []
+            for port in (network.get("DynamicPorts") or []) + (network.get("ReservedPorts") or []):
+                host, value = self._host_port(job["ID"], port["Label"])
+                to = int(port.get("To") or 0)
+                dynamic.append(
+                    {"Label": port["Label"], "Value": value, "To": to, "HostNetwork": "default"}
+                )
+                ports.append({"Label": port["Label"], "Value": value, "To": to, "HostIP": host})
+            networks.append(
+                {
+                    "Mode": network.get("Mode") or "host",
+                    "IP": ports[0]["HostIP"] if ports else HOST_IP,
+                    "DynamicPorts": dynamic,
+                    "ReservedPorts": None,
+                }
+            )
+        wall = self._wall(now)
+        events = [_task_event("Received", wall, "Task received by client")]
+        dispatched = bool(job.get("Dispatched"))
+        if not dispatched:
+            events.append(_task_event("Started", wall, "Task started by client"))
+        alloc: JSON = {
+            "ID": str(uuid.uuid4()),
+            "EvalID": str(uuid.uuid4()),
+            "Name": f"{job['ID']}.{group['Name']}[{index}]",
+            "Namespace": job["Namespace"],
+            "NodeID": FAKE_NODE_ID,
+            "NodeName": "fake-node",
+            "JobID": job["ID"],
+            "JobType": job.get("Type") or "service",
+            "JobVersion": job["Version"],
+            "Job": copy.deepcopy(job),
+            "TaskGroup": group["Name"],
+            "AllocatedResources": {
+                "Tasks": {t["Name"]: {"Networks": None} for t in group.get("Tasks") or []},
+                "Shared": {"DiskMB": 300, "Networks": networks, "Ports": ports},
+            },
+            "NetworkStatus": {
+                "InterfaceName": "eth0" if networks else "",
+                "Address": f"172.26.64.{len(self._allocs) % 250 + 2}" if networks else "",
+                "DNS": None,
+            },
+            "DesiredStatus": "run",
+            "DesiredDescription": "",
+            "ClientStatus": "pending" if dispatched else "running",
+            "ClientDescription": "" if dispatched else "Tasks are running",
+            "TaskStates": {
+                t["Name"]: {
+                    "State": "pending" if dispatched else "running",
+                    "Failed": False,
+                    "Restarts": 0,
+                    "StartedAt": None if dispatched else _rfc3339(self._wall(now)),
+                    "FinishedAt": None,
+                    "Events": copy.deepcopy(events),
+                }
+                for t in group.get("Tasks") or []
+            },
+            "DeploymentID": deployment or "",
+            "DeploymentStatus": (
+                {"Healthy": None, "Canary": canary, "Timestamp": None, "ModifyIndex": alloc_index}
+                if deployment
+                else None
+            ),
+            "FollowupEvalID": "",
+            "NextAllocation": "",
+            "RescheduleTracker": None,
+            "PreemptedAllocations": None,
+            "PreemptedByAllocation": "",
+            "CreateIndex": alloc_index,
+            "ModifyIndex": alloc_index,
+            "CreateTime": wall_ns,
+            "ModifyTime": wall_ns,
+        }
+        self._allocs[alloc["ID"]] = alloc
+        return str(alloc["ID"])
+
+    def _touch_alloc(self, alloc: JSON, at: float) -> None:
+        alloc["ModifyIndex"] = self._next_index()
+        alloc["ModifyTime"] = int(self._wall(at) * SECOND_NS)
+        if alloc.get("DeploymentStatus"):
+            alloc["DeploymentStatus"]["ModifyIndex"] = alloc["ModifyIndex"]
+
+    def _canaries_checked(self, deployment: _Deployment, healthy: bool, at: float) -> None:
+        """The canaries' health checks settled: healthy (then maybe auto-promoted) or not."""
+        data = deployment.data
+        if data["Status"] != "running":
+            return
+        for group in data["TaskGroups"].values():
+            canaries = group.get("PlacedCanaries") or []
+            for alloc_id in canaries:
+                alloc = self._allocs[alloc_id]
+                alloc["DeploymentStatus"].update(
+                    Healthy=healthy, Timestamp=_rfc3339(self._wall(at))
+                )
+                self._touch_alloc(alloc, at)
+            key = "HealthyAllocs" if healthy else "UnhealthyAllocs"
+            group[key] = len(canaries)
+        if not healthy:
+            self._finish(deployment, "failed", at)
+            return
+        data["ModifyIndex"] = self._next_index()
+        groups = [g for g in data["TaskGroups"].values() if g["DesiredCanaries"]]
+        if all(g["AutoPromote"] for g in groups):
+            self._promote(deployment, at)
+
+    def _promote(self, deployment: _Deployment, at: float) -> None:
+        data = deployment.data
+        for group in data["TaskGroups"].values():
+            group["Promoted"] = True
+            deadline = group["ProgressDeadline"]
+            group["RequireProgressBy"] = _rfc3339(self._wall(at) + deadline / SECOND_NS)
+        deployment.promoted_at = at
+        self._set_status(deployment, "running", "Deployment is running", self._next_index(), at)
+
+    def _stop_allocs(self, deployment_id: str, at: float) -> None:
+        """The canaries of a deployment that failed stop (Nomad replaces them on revert)."""
+        for alloc in self._allocs.values():
+            if alloc["DeploymentID"] == deployment_id and alloc["ClientStatus"] == "running":
+                alloc.update(
+                    DesiredStatus="stop",
+                    DesiredDescription="alloc not needed due to job update",
+                    ClientStatus="complete",
+                    ClientDescription="All tasks have completed",
+                )
+                for state in alloc["TaskStates"].values():
+                    state.update(State="dead", FinishedAt=_rfc3339(self._wall(at)))
+                self._touch_alloc(alloc, at)
+
+    def _start_alloc(self, alloc_id: str, at: float) -> None:
+        alloc = self._allocs[alloc_id]
+        if alloc["ClientStatus"] != "pending":
+            return
+        alloc.update(ClientStatus="running", ClientDescription="Tasks are running")
+        for state in alloc["TaskStates"].values():
+            state.update(State="running", StartedAt=_rfc3339(self._wall(at)))
+            state["Events"].append(_task_event("Started", self._wall(at), "Task started by client"))
+        self._touch_alloc(alloc, at)
+        self._update_job_status(alloc["Namespace"], alloc["JobID"], at)
+
+    def _end_alloc(
+        self, alloc_id: str, outcome: str, exit_code: int, message: str, at: float
+    ) -> None:
+        """A dispatched job's allocation ends: complete (exit 0) or failed, with its events."""
+        alloc = self._allocs[alloc_id]
+        if alloc["ClientStatus"] not in ("pending", "running"):
+            return
+        self._start_alloc(alloc_id, at)
+        failed = outcome == "failed"
+        code = exit_code if failed else 0
+        for state in alloc["TaskStates"].values():
+            terminated = _task_event("Terminated", self._wall(at), _exit_text(code, message))
+            terminated.update(
+                ExitCode=code,
+                Message=message,
+                Details={"exit_code": str(code), "signal": "0", "oom_killed": "false"},
+            )
+            state["Events"].append(terminated)
+            if failed:
+                # The sample release job allows no restarts (restart.attempts = 0, mode fail).
+                stop = _task_event("Not Restarting", self._wall(at), "Policy allows no restarts")
+                stop.update(FailsTask=True, RestartReason="Policy allows no restarts")
+                state["Events"].append(stop)
+            state.update(State="dead", Failed=failed, FinishedAt=_rfc3339(self._wall(at)))
+        alloc.update(
+            ClientStatus="failed" if failed else "complete",
+            ClientDescription="Failed tasks" if failed else "All tasks have completed",
+        )
+        self._touch_alloc(alloc, at)
+        self._update_job_status(alloc["Namespace"], alloc["JobID"], at)
+
+    def _update_job_status(self, namespace: str, job_id: str, at: float) -> None:
+        """A job's Status follows its allocations: pending, running, then dead."""
+        job = self._current(namespace, job_id)
+        if job is None:
+            return
+        statuses = [
+            a["ClientStatus"]
+            for a in self._allocs.values()
+            if a["JobID"] == job_id and a["Namespace"] == namespace
+        ]
+        if any(s == "running" for s in statuses):
+            status = "running"
+        elif not statuses or any(s == "pending" for s in statuses):
+            status = "pending"
+        else:
+            status = "dead"
+        if job["Status"] != status:
+            job.update(Status=status, ModifyIndex=self._next_index())
+
+    def _dispatch_job(
+        self, parent_id: str, namespace: str, query: dict[str, list[str]], payload: Any
+    ) -> _Reply:
+        """Nomad's Job.Dispatch: checks, the idempotency token, then the child job."""
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise _HTTPError(400, "Request body must be a JSON object")
+        if payload.get("JobID") and payload["JobID"] != parent_id:
+            raise _HTTPError(400, "Job ID does not match")
+        parent = self._current(namespace, parent_id)
+        if parent is None:
+            raise _HTTPError(500, "parameterized job not found")
+        params = parent.get("ParameterizedJob")
+        if not params:
+            raise _HTTPError(500, f'Specified job "{parent_id}" is not a parameterized job')
+        if parent.get("Stop"):
+            raise _HTTPError(500, f'Specified job "{parent_id}" is stopped')
+        meta = payload.get("Meta") or {}
+        if not isinstance(meta, dict):
+            raise _HTTPError(400, "Meta must be an object of strings")
+        if params.get("Payload") == "required" and not payload.get("Payload"):
+            raise _HTTPError(500, "Payload is not provided but required by parameterized job")
+        if params.get("Payload") == "forbidden" and payload.get("Payload"):
+            raise _HTTPError(500, "Payload provided but forbidden by parameterized job")
+        allowed = set(params.get("MetaRequired") or []) | set(params.get("MetaOptional") or [])
+        unpermitted = sorted(k for k in meta if k not in allowed)
+        if unpermitted:
+            raise _HTTPError(
+                500,
+                f"Dispatch request included unpermitted metadata keys: [{' '.join(unpermitted)}]",
+            )
+        missing = sorted(k for k in params.get("MetaRequired") or [] if k not in meta)
+        if missing:
+            raise _HTTPError(
+                500, f"Dispatch did not provide required meta keys: [{' '.join(missing)}]"
+            )
+        # parseWriteRequest: the query parameter (what Nomad's Go client sends) overrides the
+        # body's field. Go matches JSON keys case-insensitively, but "idempotency_token" (what
+        # python-nomad 2.1's dispatch_job sends in the body) is another name: ignored.
+        token = (query.get("idempotency_token") or [""])[0] or payload.get("IdempotencyToken") or ""
+        if token:
+            for (ns, _), versions in self._jobs.items():
+                child = versions[-1]
+                same_parent = ns == namespace and child.get("ParentID") == parent_id
+                if same_parent and child.get("DispatchIdempotencyToken") == token:
+                    return self._json(
+                        {
+                            "DispatchedJobID": child["ID"],
+                            "EvalID": "",
+                            "EvalCreateIndex": 0,
+                            "JobCreateIndex": child["CreateIndex"],
+                            "Index": child["ModifyIndex"],
+                        },
+                        index=child["ModifyIndex"],
+                    )
+        now = self.now()
+        child_id = f"{parent_id}{DISPATCH_SUFFIX}{int(self._wall(now))}-{uuid.uuid4().hex[:8]}"
+        spec = {k: copy.deepcopy(v) for k, v in parent.items() if k not in SERVER_FIELDS}
+        spec.update(
+            ID=child_id,
+            Name=child_id,
+            ParentID=parent_id,
+            Dispatched=True,
+            DispatchIdempotencyToken=token,
+            Meta={**(parent.get("Meta") or {}), **meta},
+        )
+        spec.pop("ParameterizedJob", None)
+        child = self._store_version(namespace, spec, now, deploy=False)
+        child.update(ParameterizedJob=None, Status="pending", Stable=False)
+        outcome, after, exit_code, message = self._dispatch
+        for group in child.get("TaskGroups") or []:
+            for i in range(int(group.get("Count", 1))):
+                alloc_id = self._place_alloc(child, group, i, now)
+                self._schedule(now, lambda at, a=alloc_id: self._start_alloc(a, at))
+                if outcome != "stall":
+                    self._schedule(
+                        now + after,
+                        lambda at, a=alloc_id: self._end_alloc(a, outcome, exit_code, message, at),
+                    )
+        eval_id = str(uuid.uuid4())
+        return self._json(
+            {
+                "DispatchedJobID": child_id,
+                "EvalID": eval_id,
+                "EvalCreateIndex": child["CreateIndex"],
+                "JobCreateIndex": child["CreateIndex"],
+                "Index": child["CreateIndex"],
+            },
+            index=child["CreateIndex"],
+        )
+
+    def _deployment_update(self, action: str, deployment_id: str, payload: Any) -> _Reply:
+        """PUT /v1/deployment/promote|fail/<id>: Nomad's checks and texts, then the change."""
+        if action == "promote":
+            # The HTTP layer decodes the body first (fail takes the ID from the path only).
+            if not isinstance(payload, dict) or not payload.get("DeploymentID"):
+                raise _HTTPError(400, "DeploymentID must be specified")
+            if payload["DeploymentID"] != deployment_id:
+                raise _HTTPError(400, "Deployment ID does not match")
+        found = self._deployments.get(deployment_id)
+        if found is None:
+            raise _HTTPError(500, "deployment not found")
+        if found.data["Status"] not in _ACTIVE_DEPLOYMENT_STATES:
+            raise _HTTPError(500, f"can't {action} terminal deployment")
+        now = self.now()
+        reverted: int | None = None
+        if action == "promote":
+            groups = payload.get("Groups") or []
+            problems = []
+            for name, group in sorted(found.data["TaskGroups"].items()):
+                if not payload.get("All") and name not in groups:
+                    continue
+                need = group["DesiredCanaries"]
+                healthy = sum(
+                    1
+                    for alloc_id in group.get("PlacedCanaries") or []
+                    if self._allocs[alloc_id]["DeploymentStatus"].get("Healthy") is True
+                    and self._allocs[alloc_id]["ClientStatus"] == "running"
+                )
+                if need and healthy < need:
+                    problems.append(f'Task group "{name}" has {healthy}/{need} healthy allocations')
+            if problems:
+                # hashicorp/go-multierror's format, as Nomad returns it.
+                listed = "".join(f"\t* {p}\n" for p in problems)
+                count = (
+                    "1 error occurred" if len(problems) == 1 else f"{len(problems)} errors occurred"
+                )
+                raise _HTTPError(500, f"{count}:\n{listed}\n")
+            self._promote(found, now)
+            self.promotions.append((deployment_id, now))
+        else:
+            reverted = self._finish(found, "user", now)
+            self.failures.append((deployment_id, now))
+        self._cond.notify_all()
+        index = found.data["ModifyIndex"]
+        return self._json(
+            {
+                "EvalID": str(uuid.uuid4()),
+                "EvalCreateIndex": index,
+                "DeploymentModifyIndex": index,
+                "RevertedJobVersion": reverted,
+                "Index": index,
+            },
+            index=index,
+        )
+
     # ---- HTTP request handling ---------------------------------------------------------------
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> _Reply:
@@ -711,6 +1363,11 @@ class FakeNomad(FakeServer):
                     payload = json.loads(body)
                 except ValueError as exc:
                     decode_error = f"Failed to decode request body: {exc}"
+            if method in ("POST", "PUT") and path.startswith("/v1/job/"):
+                job_id, sub = _split_job_path(path)
+                if sub == "dispatch":
+                    recorded = payload if decode_error is None else body.decode("utf-8", "replace")
+                    self.dispatches.append((job_id, copy.deepcopy(query), copy.deepcopy(recorded)))
             if method in ("POST", "PUT") and self._is_register_path(path):
                 if decode_error is not None or not isinstance(payload, dict):
                     self.registrations.append({"_raw": body.decode("utf-8", "replace")})
@@ -808,8 +1465,12 @@ class FakeNomad(FakeServer):
 
             return self._blocking(query, listed)
         if path.startswith("/v1/deployment/"):
-            self._require(method, "GET")
             rest = path[len("/v1/deployment/") :]
+            for action in ("promote", "fail"):
+                if rest.startswith(f"{action}/"):
+                    self._require(method, "POST", "PUT")
+                    return self._deployment_update(action, rest[len(action) + 1 :], payload)
+            self._require(method, "GET")
             allocations = rest.startswith("allocations/")
             deployment_id = rest.removeprefix("allocations/")
 
@@ -817,10 +1478,27 @@ class FakeNomad(FakeServer):
                 deployment = self._deployments.get(deployment_id)
                 if deployment is None or deployment.data["Namespace"] != namespace:
                     return self._deployments_index(), _HTTPError(404, "deployment not found")
-                data = [] if allocations else copy.deepcopy(deployment.data)
-                return deployment.data["ModifyIndex"], data
+                if allocations:
+                    found = [
+                        _alloc_stub(a)
+                        for a in self._allocs.values()
+                        if a["DeploymentID"] == deployment_id
+                    ]
+                    return self._allocs_index(), found
+                return deployment.data["ModifyIndex"], copy.deepcopy(deployment.data)
 
             return self._blocking(query, one)
+        if path.startswith("/v1/allocation/"):
+            self._require(method, "GET")
+            alloc_id = path[len("/v1/allocation/") :]
+
+            def alloc() -> tuple[int, Any]:
+                found = self._allocs.get(alloc_id)
+                if found is None or found["Namespace"] != namespace:
+                    return self._allocs_index(), _HTTPError(404, "alloc not found")
+                return found["ModifyIndex"], copy.deepcopy(found)
+
+            return self._blocking(query, alloc)
         raise _HTTPError(404, "404 page not found")
 
     @staticmethod
@@ -852,7 +1530,50 @@ class FakeNomad(FakeServer):
         if sub == "revert":
             self._require(method, "POST", "PUT")
             return self._revert(job_id, namespace, payload)
+        if sub == "dispatch":
+            self._require(method, "POST", "PUT")
+            return self._dispatch_job(job_id, namespace, query, payload)
         self._require(method, "GET")
+        if sub == "allocations":
+
+            def allocations() -> tuple[int, Any]:
+                resources = (query.get("resources") or [""])[0] == "true"
+                found = [
+                    _alloc_stub(a, resources)
+                    for a in self._allocs.values()
+                    if a["JobID"] == job_id and a["Namespace"] == namespace
+                ]
+                return self._allocs_index(), found
+
+            return self._blocking(query, allocations)
+        if sub == "summary":
+
+            def summary() -> tuple[int, Any]:
+                current = self._current(namespace, job_id)
+                if current is None:
+                    return self._jobs_index(), _HTTPError(404, "job not found")
+                counts: dict[str, JSON] = {}
+                for group in current.get("TaskGroups") or []:
+                    counts[group["Name"]] = dict.fromkeys(
+                        ("Queued", "Complete", "Failed", "Running", "Starting", "Lost", "Unknown"),
+                        0,
+                    )
+                key = {"pending": "Starting", "running": "Running", "complete": "Complete"}
+                for a in self._allocs.values():
+                    if a["JobID"] == job_id and a["Namespace"] == namespace:
+                        group_counts = counts.setdefault(a["TaskGroup"], {})
+                        name = key.get(a["ClientStatus"], "Failed")
+                        group_counts[name] = group_counts.get(name, 0) + 1
+                return self._allocs_index(), {
+                    "JobID": job_id,
+                    "Namespace": namespace,
+                    "Summary": counts,
+                    "Children": {"Pending": 0, "Running": 0, "Dead": 0},
+                    "CreateIndex": current["CreateIndex"],
+                    "ModifyIndex": current["ModifyIndex"],
+                }
+
+            return self._blocking(query, summary)
         if sub == "versions":
 
             def versions() -> tuple[int, Any]:
@@ -887,7 +1608,7 @@ class FakeNomad(FakeServer):
 
         if sub in ("deployment", "deployments"):
             return self._blocking(query, deployments)
-        return self._json([])  # allocations / evaluations: the fake schedules nothing
+        return self._json([])  # evaluations: the fake keeps none
 
     def _blocking(
         self, query: dict[str, list[str]], answer: Callable[[], tuple[int, Any]]
@@ -974,15 +1695,20 @@ class FakeNomad(FakeServer):
         )
 
     def _revert(self, job_id: str, namespace: str, payload: Any) -> _Reply:
+        # The HTTP layer's checks (jobRevert), then Job.Revert's, with their texts.
         if not isinstance(payload, dict):
             raise _HTTPError(400, "Request body must be a JSON object")
+        if not payload.get("JobID"):
+            raise _HTTPError(400, "JobID must be specified")
+        if payload["JobID"] != job_id:
+            raise _HTTPError(400, "Job ID does not match")
         current = self._current(namespace, job_id)
         if current is None:
             raise _HTTPError(500, f'job "{job_id}" not found')
         prior = payload.get("EnforcePriorVersion")
         if prior is not None and current["Version"] != prior:
             raise _HTTPError(
-                500, f"current job has version {current['Version']}; enforcing version {prior}"
+                500, f"Current job has version {current['Version']}; enforcing version {prior}"
             )
         version = payload.get("JobVersion")
         if version == current["Version"]:
@@ -992,6 +1718,7 @@ class FakeNomad(FakeServer):
             raise _HTTPError(
                 500, f'job "{job_id}" in namespace "{namespace}" at version {version} not found'
             )
+        self.reverts.append((job_id, int(version)))
         return self._register_reply(namespace, target)
 
     def _job_stubs(self, namespace: str, query: dict[str, list[str]]) -> list[JSON]:
@@ -1021,7 +1748,11 @@ class FakeNomad(FakeServer):
                         "Meta",
                     )
                 }
-                | {"ParentID": "", "StatusDescription": "", "Periodic": False}
+                | {
+                    "ParentID": job.get("ParentID") or "",
+                    "StatusDescription": "",
+                    "Periodic": False,
+                }
             )
         return stubs
 

@@ -10,6 +10,7 @@
   var live = document.getElementById("live");
 
   function apply(data) {
+    var stageChanged = false;
     data.services.forEach(function (row) {
       var holders = document.querySelectorAll('[data-service="' + CSS.escape(row.name) + '"]');
       holders.forEach(function (holder) {
@@ -19,11 +20,19 @@
           var target = el.querySelector("code") || el;
           if (target.textContent !== row.fields[name]) { target.textContent = row.fields[name]; }
           if (name in row.states) { el.setAttribute("data-state", row.states[name]); }
+          if (el.hasAttribute("data-stage") && el.getAttribute("data-stage") !== row.states.stage) {
+            // A new stage brings its own facts and actions (promote, abort).
+            stageChanged = true;
+          }
         });
       });
     });
     var wasActive = body.getAttribute("data-active") === "true";
     body.setAttribute("data-active", data.active ? "true" : "false");
+    if (stageChanged && body.hasAttribute("data-reload-when-done")) {
+      window.location.reload();
+      return;
+    }
     if (wasActive && !data.active && body.hasAttribute("data-reload-when-done")) {
       // The service page's history gains the finished rollout's outcome.
       window.location.reload();
