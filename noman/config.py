@@ -81,6 +81,8 @@ _T = "notify.targets"
 _O = "operators"
 _W = "windows"
 _SPAN = (str, int, float)
+#: A service's own sub-tables, read apart from its keys.
+_SUBTABLES = frozenset({"nomad", "release_phase", "canary"})
 SCHEMA: tuple[Key, ...] = (
     _k("server", "max_body_bytes", (int,), 65536, "Largest accepted request body, in bytes."),
     _k("server", "log_level", (str,), "info", "debug, info, warning or error."),
@@ -306,7 +308,7 @@ def parse_duration(text: str) -> float:
         ValueError: when ``text`` is not one.
     """
     if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f"not a duration: {text!r}")
+        raise ValueError(f'{text!r} is not a duration like "90m", "1h30m" or "2d"')
     return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
@@ -1049,7 +1051,7 @@ class _Parser:
     def hook_proofs(self, name: str, raw: dict[str, Any]) -> HookProofs:
         """The service's proofs besides its URL secret (``raw`` was checked by ``service``)."""
         table = f"services.{_toml_key(name)}"
-        v = self.table({k: value for k, value in raw.items() if k != "nomad"}, table, _S)
+        v = self.table({k: value for k, value in raw.items() if k not in _SUBTABLES}, table, _S)
         header = v["auth_header"]
         if not _HEADER_NAME_RE.match(header):
             raise self.fail(table, "auth_header", "must be an HTTP header name")
@@ -1250,7 +1252,7 @@ class _Parser:
     ) -> Controls:
         """What ``service`` asks before a deploy lands (``raw`` was checked by ``service``)."""
         table = f"services.{_toml_key(service.name)}"
-        v = self.table({k: value for k, value in raw.items() if k != "nomad"}, table, _S)
+        v = self.table({k: value for k, value in raw.items() if k not in _SUBTABLES}, table, _S)
         approvals = v["approvals"]
         if approvals < 0:
             raise self.fail(table, "approvals", "must not be negative")
