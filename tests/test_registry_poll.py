@@ -876,7 +876,7 @@ def test_credentials_and_tokens_never_reach_logs_errors_or_metrics(
     registry.add_repository("acme/other", ["1.0"], private=True)
     registry.add_user("ci", PASSWORD, ["acme/secret"])
     path = docker_config(tmp_path, {registry.registry_host: auth_entry("ci", PASSWORD)})
-    client = RegistryClient(DockerCredentials(path), clock=clock, timeout=2)
+    client = RegistryClient(DockerCredentials(path), clock=clock, timeout=10)
     good = make_service("creds-good", registry.image("acme/secret"))
     refused = make_service("creds-refused", registry.image("acme/other"))
     deploys = DeployPath()
