@@ -55,6 +55,22 @@ def many_services(consul: ConsulHandle, count: int, extra: str = "") -> tuple[Se
     return offline(parse_settings(text, source="test.toml", environ={})), secret
 
 
+def reporting_rolling(
+    consul: ConsulHandle, nomad: FakeNomad, secret: str, receiver: Receiver, rollout: str = ""
+) -> Settings:
+    """Service "web" rolling on ``nomad``, reporting successes and failures to ``receiver``."""
+    return make_settings(
+        consul,
+        secret,
+        strategy="rolling",
+        extra=rolling_extra(
+            nomad,
+            f'{rollout}[notify]\non = ["success", "failure"]\nbackoff = 0.01\n'
+            f'[[notify.targets]]\nurl = "{receiver.url}/n"\n',
+        ),
+    )
+
+
 def measured(consul: ConsulHandle, action: Any) -> tuple[int, int]:
     """Requests answered and body bytes moved while ``action`` runs."""
     fake = consul.require_fake()
@@ -237,17 +253,7 @@ def test_a_consul_error_after_the_commit_is_a_202_and_no_failure_report(
     fake = consul.require_fake()
     nomad.script_deployments("successful")
     with Receiver() as receiver:
-        settings = make_settings(
-            consul,
-            secret,
-            strategy="rolling",
-            extra=rolling_extra(
-                nomad,
-                "answer_within = 0.5\n"
-                f'[notify]\non = ["success", "failure"]\nbackoff = 0.01\n'
-                f'[[notify.targets]]\nurl = "{receiver.url}/n"\n',
-            ),
-        )
+        settings = reporting_rolling(consul, nomad, secret, receiver, "answer_within = 0.5\n")
         app = create_app(settings)
         parts = components(app)
         real = parts.store.transact
@@ -280,16 +286,7 @@ def test_a_superseded_rollout_is_reported_with_its_own_callback(
 ) -> None:
     nomad.script_deployments("stall")
     with Receiver() as receiver:
-        settings = make_settings(
-            consul,
-            secret,
-            strategy="rolling",
-            extra=rolling_extra(
-                nomad,
-                f'[notify]\non = ["success", "failure"]\nbackoff = 0.01\n'
-                f'[[notify.targets]]\nurl = "{receiver.url}/n"\n',
-            ),
-        )
+        settings = reporting_rolling(consul, nomad, secret, receiver)
         settings = dataclasses.replace(
             settings, callback_hosts=("127.0.0.1",), callback_allow_http=True
         )
@@ -355,16 +352,7 @@ def test_a_late_write_answer_landed_is_a_success(
     fake = consul.require_fake()
     nomad.script_deployments("successful")
     with Receiver() as receiver:
-        settings = make_settings(
-            consul,
-            secret,
-            strategy="rolling",
-            extra=rolling_extra(
-                nomad,
-                f'[notify]\non = ["success", "failure"]\nbackoff = 0.01\n'
-                f'[[notify.targets]]\nurl = "{receiver.url}/n"\n',
-            ),
-        )
+        settings = reporting_rolling(consul, nomad, secret, receiver)
         hooked, leading = create_app(settings), create_app(settings)
         components(leading).reconciler.start()
         try:
