@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from msgspec import structs
+
 from noman.errors import (
     ConsulUnavailable,
     Frozen,
@@ -341,7 +343,7 @@ class Deployer:
         """Freeze or unfreeze ``service`` (kept in its desired state); returns its status."""
         for _ in range(self.cas_retries):
             view = self.view(service)
-            new = replace_desired(view.desired, frozen=frozen, write_id=new_write_id())
+            new = structs.replace(view.desired, frozen=frozen, write_id=new_write_id())
             ops = [
                 Write(self.keys.desired(service.name), encode(new), view.desired_entry.modify_index)
             ]
@@ -730,10 +732,3 @@ class Deployer:
         if not rollout.force and orders_before(service, tag, state.tag):
             return "stale"
         return self.orchestrator.register(service, state, tag)
-
-
-def replace_desired(desired: Desired, **changes: Any) -> Desired:
-    """``desired`` with ``changes`` (a typed copy)."""
-    import msgspec
-
-    return msgspec.structs.replace(desired, **changes)

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from msgspec import structs
+
 from noman.config import Settings
 from noman.courier import Courier
 from noman.deploy import STALE_JOB, Deployer, Orchestrator, ServiceView, check_release, iso
@@ -449,7 +451,9 @@ class Reconciler:
             description=f"{key} found in {service.key}, set outside Noman",
             write_id=new_write_id(),
         )
-        new = _replace(desired, tag=key, seq=attempt.seq, attempt=attempt, write_id=entry.write_id)
+        new = structs.replace(
+            desired, tag=key, seq=attempt.seq, attempt=attempt, write_id=entry.write_id
+        )
         ops = [
             Write(service.key, key, view.key.modify_index),
             Write(self.keys.desired(service.name), encode(new), view.desired_entry.modify_index),
@@ -753,7 +757,7 @@ class Reconciler:
             description=f"{rollout.tag} failed, running {running}",
             write_id=new_write_id(),
         )
-        new = _replace(desired, tag=running, seq=seq, write_id=entry.write_id)
+        new = structs.replace(desired, tag=running, seq=seq, write_id=entry.write_id)
         ops = [
             Write(service.key, running, view.key.modify_index),
             Write(self.keys.desired(service.name), encode(new), view.desired_entry.modify_index),
@@ -763,9 +767,3 @@ class Reconciler:
             old = self.keys.history(service.name, seq - self.deployer.history_size)
             ops.append(Write(old, "", 0, "delete"))
         return ops
-
-
-def _replace(value: Any, **changes: Any) -> Any:
-    import msgspec
-
-    return msgspec.structs.replace(value, **changes)

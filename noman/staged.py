@@ -27,6 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
+from msgspec import structs
 
 from noman.analysis import Analyst
 from noman.deploy import STALE_JOB, iso
@@ -170,7 +171,7 @@ class StagedRollouts:
             )
         else:
             new = rollout.moved("running", iso(now), stage="rolling", jobs=job_steps(service))
-        new = _replace(new, stage_since=now)
+        new = structs.replace(new, stage_since=now)
         written = self._write(service, new, index)
         return None if written is None else (new, written)
 
@@ -207,12 +208,14 @@ class StagedRollouts:
             # Refused (not a parameterized job, a meta key it does not allow): asking
             # again cannot help, and no job of the service has moved.
             ending = Ending("failed", "release_phase_failed", f"{exc.message}.")
-            self._decide(service, rollout, index, ending, release=_replace(release, state="failed"))
+            self._decide(
+                service, rollout, index, ending, release=structs.replace(release, state="failed")
+            )
             return None
         new = rollout.moved(
             "running",
             iso(now),
-            release=_replace(release, child=child, state="running"),
+            release=structs.replace(release, child=child, state="running"),
             reason=None,
             description=f"Release phase: {child} runs {rollout.tag}.",
         )
@@ -236,7 +239,7 @@ class StagedRollouts:
                 rollout,
                 index,
                 Ending("failed", "release_phase_failed", text),
-                release=_replace(release, state="timed_out"),
+                release=structs.replace(release, state="timed_out"),
             )
             return
         key = (service.name, release.child)
@@ -246,12 +249,14 @@ class StagedRollouts:
         if run.status == "running":
             return
         now = self.r.clock()
-        done = _replace(release, state=run.status, exit_code=run.exit_code, message=run.message)
+        done = structs.replace(
+            release, state=run.status, exit_code=run.exit_code, message=run.message
+        )
         if run.status == "complete":
             new = rollout.moved(
                 "running", iso(now), stage="rolling", release=done, description=None
             )
-            new = _replace(new, stage_since=now)
+            new = structs.replace(new, stage_since=now)
             text = f"release phase: {release.child} complete"
             if self._write(service, new, index, [("release_phase_complete", text)]) is not None:
                 self._wake(service, rollout.seq, now)  # register the first job at once
@@ -290,7 +295,7 @@ class StagedRollouts:
             rollout, i, state="registered", version=registered.version, previous=previous
         )
         new = rollout.moved("running", iso(now), stage="rolling", jobs=jobs, reason=None)
-        new = _replace(new, stage_since=now)
+        new = structs.replace(new, stage_since=now)
         log.info(
             "reconciler: %s %s: job %s registered as version %s",
             service.name,
@@ -363,7 +368,7 @@ class StagedRollouts:
         )
         if rollout.stage in ("analysis", "awaiting_promotion"):
             if jobs != rollout.jobs:
-                self._write(service, _replace(rollout, jobs=jobs), index)
+                self._write(service, structs.replace(rollout, jobs=jobs), index)
             return
         events: list[tuple[str, str]] = []
         stage, analysis = "rolling", None
@@ -381,7 +386,7 @@ class StagedRollouts:
             return
         new = rollout.moved("running", iso(now), stage=stage, jobs=jobs, reason=None)
         if stage != rollout.stage:
-            new = _replace(new, stage_since=now, analysis=analysis or rollout.analysis)
+            new = structs.replace(new, stage_since=now, analysis=analysis or rollout.analysis)
         if self._write(service, new, index, events) is not None and stage == "analysis":
             self._wake(service, rollout.seq, now)
 
@@ -401,13 +406,13 @@ class StagedRollouts:
         now = self.r.clock()
         if i + 1 < len(jobs):
             new = rollout.moved("running", iso(now), stage="rolling", jobs=jobs)
-            new = _replace(new, stage_since=now)
+            new = structs.replace(new, stage_since=now)
             text = f"job {jobs[i].job} version {jobs[i].version} successful; next {jobs[i + 1].job}"
             written = self._write(service, new, index, [(event("job_successful", new, i), text)])
             if written is not None:
                 self._wake(service, rollout.seq, now)
             return
-        self._succeed(service, _replace(rollout, jobs=jobs), index, found)
+        self._succeed(service, structs.replace(rollout, jobs=jobs), index, found)
 
     def _analyse(self, service: Service, rollout: RolloutState, index: int, now: float) -> None:
         """A round of checks when one is due; then the next round, or the verdict."""
@@ -434,7 +439,7 @@ class StagedRollouts:
         measured = self.analyst.round(
             plan, service.name, rollout.tag, analysis.job, analysis.deployment_id, canaries
         )
-        done = _replace(analysis, rounds=analysis.rounds + 1, last=tuple(measured))
+        done = structs.replace(analysis, rounds=analysis.rounds + 1, last=tuple(measured))
         failed = next((m for m in measured if not m.ok), None)
         if failed is not None:
             text = f"Analysis failed: {measured_text(failed)}."
@@ -442,22 +447,22 @@ class StagedRollouts:
             self._decide(service, rollout, index, ending, analysis=done)
             return
         if not analysis_done(done, plan, now):
-            done = _replace(done, next_at=next_round(analysis, plan, now))
-            if self._write(service, _replace(rollout, analysis=done), index) is not None:
+            done = structs.replace(done, next_at=next_round(analysis, plan, now))
+            if self._write(service, structs.replace(rollout, analysis=done), index) is not None:
                 self._wake(service, rollout.seq, done.next_at)
             return
         passed = "; ".join(measured_text(m) for m in measured) or (
             f"canaries healthy for {plan.bake:g}s"
         )
-        done = _replace(done, passed_at=now)
+        done = structs.replace(done, passed_at=now)
         events = [(event("analysis_passed", rollout, i), f"analysis passed: {passed}")]
         if plan.promote == "manual":
             new = rollout.moved("running", iso(now), stage="awaiting_promotion", analysis=done)
             how = f"POST /hooks/<secret>/promote, `noman promote {service.name}` or the page"
             events.append((event("awaiting_promotion", rollout, i), f"awaiting promotion: {how}"))
-            self._write(service, _replace(new, stage_since=now), index, events)
+            self._write(service, structs.replace(new, stage_since=now), index, events)
             return
-        self._promote(service, _replace(rollout, analysis=done), index, "noman", events)
+        self._promote(service, structs.replace(rollout, analysis=done), index, "noman", events)
 
     def _await(
         self, service: Service, rollout: RolloutState, index: int, gate: Gate | None, now: float
@@ -500,7 +505,7 @@ class StagedRollouts:
             return
         now = self.r.clock()
         new = rollout.moved("running", iso(now), stage="rolling", promoted_by=by)
-        new = _replace(new, stage_since=now)
+        new = structs.replace(new, stage_since=now)
         who = "after the analysis" if by == "noman" else f"by {by}"
         events = [*events, (event("promoted", rollout, i), f"promoted {who}: {analysis.job}")]
         history = {"promoted_by": by} if by != "noman" else None
@@ -533,7 +538,7 @@ class StagedRollouts:
             description=ending.description,
             **changes,
         )
-        new = _replace(new, stage_since=now, ending=ending.state)
+        new = structs.replace(new, stage_since=now, ending=ending.state)
         log.info("reconciler: %s %s: %s", service.name, rollout.tag, ending.description)
         written = self._write(service, new, index)
         if written is None:
@@ -559,27 +564,27 @@ class StagedRollouts:
             now_running = self.nomad.read(job)
             if now_running.tag != rollout.tag:
                 note = f"runs {now_running.tag} (version {now_running.version})"
-                jobs[i] = _replace(step, state=_put_back(step), description=note)
+                jobs[i] = structs.replace(step, state=_put_back(step), description=note)
                 continue
             previous = step.previous
             if previous is None:
                 previous = self._previous_version(job, rollout.tag, now_running.version)
             if previous is None:
-                jobs[i] = _replace(step, description="no earlier version to go back to")
+                jobs[i] = structs.replace(step, description="no earlier version to go back to")
                 continue
             try:
                 self.nomad.revert(job, previous, prior=now_running.version)
             except NomadError as exc:
-                jobs[i] = _replace(step, description=f"not reverted: {exc.message}")
+                jobs[i] = structs.replace(step, description=f"not reverted: {exc.message}")
                 continue
             log.info("reconciler: %s: job %s reverted to %s", service.name, step.job, previous)
-            jobs[i] = _replace(
+            jobs[i] = structs.replace(
                 step, state=_put_back(step), description=f"reverted to version {previous}"
             )
         first = self.nomad.read(for_job(service, rollout.jobs[0].job)) if rollout.jobs else None
         running = first.tag if first is not None and first.tag != rollout.tag else None
         state = rollout.ending or "failed"
-        ended = _replace(rollout, jobs=tuple(jobs), stage=None, ending=None)
+        ended = structs.replace(rollout, jobs=tuple(jobs), stage=None, ending=None)
         description = rollout.description or state
         if running is not None:
             description += f" Running {running}."
@@ -617,10 +622,10 @@ class StagedRollouts:
         description = f"Successful: {done}."
         if found and found.get("description"):
             description = f"{description[:-1]} ({found['description']})."
-        ended = _replace(rollout, stage=None)
+        ended = structs.replace(rollout, stage=None)
         last = rollout.jobs[-1] if rollout.jobs else None
         if last is not None:
-            ended = _replace(ended, version=last.version, deployment_id=last.deployment_id)
+            ended = structs.replace(ended, version=last.version, deployment_id=last.deployment_id)
         self.r._finish(service, ended, index, "successful", description, deployment=found)
         self._forget(service)
 
@@ -648,7 +653,7 @@ class StagedRollouts:
         i = current(new)
         if i is not None and new.jobs[i].version is not None:
             step = new.jobs[i]
-            new = _replace(
+            new = structs.replace(
                 new,
                 version=step.version,
                 deployment_id=step.deployment_id,
@@ -701,7 +706,7 @@ class StagedRollouts:
             notified=notified,
         )
         if rollout.stage != "reverting":
-            new = _replace(new, description=error.message)
+            new = structs.replace(new, description=error.message)
         try:
             self._write(service, new, index, events)
         except NomanError as exc:
@@ -723,10 +728,6 @@ class StagedRollouts:
         self._index = {k: v for k, v in self._index.items() if k[0] != service.name}
         self._backoff.pop(service.name, None)
         self._looked.pop(service.name, None)
-
-
-def _replace(value: Any, **changes: Any) -> Any:
-    return msgspec.structs.replace(value, **changes)
 
 
 def _put_back(step: JobStep) -> str:
