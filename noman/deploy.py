@@ -448,7 +448,9 @@ class Deployer:
             written = self._commit(service, ops, change)
             if written is not None:
                 self._remember(service, ops, written)
-                log.info(
+                # DEBUG: the caller's own line says it (the hook line, the CLI's answer,
+                # the rollback line), and a line per deploy is the relay's whole log cost.
+                log.debug(
                     "service %s: desired tag %s (%s)",
                     service.name,
                     release.tag,

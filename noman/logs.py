@@ -35,6 +35,12 @@ from gunicorn import glogging
 from noman import edge
 
 REDACTED = "<redacted>"
+#: The hook lines' logger: one line per hook request, its outcome and fields.
+HOOK_LOG = logging.getLogger("noman.hooks")
+# Where a hook line waits for its request's access line (see GunicornLogger.access).
+_HOOK_LINE_KEY = "noman.hook_line"
+# Set in a gunicorn process whose logger is GunicornLogger: hook lines are deferred.
+_access_writes_hook_lines = False
 # Everything after a hook-like segment ('/hooks/', '/hook/', '/webhooks/'),
 # except the route templates that layer 1 writes on purpose.
 _HOOK_PATH = re.compile(r"(/(?:web)?hooks?)(/[^\s?#\"'\\]*)", re.IGNORECASE)
@@ -173,6 +179,26 @@ def configure(level: str = "info") -> None:
     logger.propagate = False
 
 
+def write_hook_line(line: dict[str, Any]) -> None:
+    """Log one hook request's line: INFO, or WARNING when it answered 5xx."""
+    level = logging.WARNING if line.get("status", 0) >= 500 else logging.INFO
+    HOOK_LOG.log(level, "hook %s", line.get("outcome"), extra={"fields": line})
+
+
+def defer_hook_line(environ: dict[str, Any], line: dict[str, Any]) -> bool:
+    """Leave ``line`` for the request's access line to write; False when nothing would.
+
+    Under the shipped gunicorn configuration each hook request is logged once:
+    its hook line, with the access line's fields added, written when gunicorn
+    logs the access, instead of two lines per request (the profile of a worker
+    under rejected requests spent a quarter of its time on the two).
+    """
+    if not _access_writes_hook_lines or "gunicorn.socket" not in environ:
+        return False
+    environ[_HOOK_LINE_KEY] = line
+    return True
+
+
 def protect_gunicorn_logs() -> None:
     """Add RedactingFilter to every handler of gunicorn's loggers (idempotent)."""
     for name in ("gunicorn.error", "gunicorn.access"):
@@ -222,11 +248,27 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
 
     def setup(self, cfg: Any) -> None:
         """Set up as gunicorn does, then filter every error and access handler."""
+        global _access_writes_hook_lines
         super().setup(cfg)
+        _access_writes_hook_lines = True
         for log in (self.error_log, self.access_log):
             log.addFilter(RedactingFilter())
             for handler in log.handlers:
                 handler.addFilter(RedactingFilter())
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: timedelta) -> None:
+        """The access line; for a hook request, its hook line with the access fields instead."""
+        line = (environ or {}).pop(_HOOK_LINE_KEY, None)
+        if line is None:
+            super().access(resp, req, environ, request_time)
+            return
+        sent = getattr(resp, "sent", None)
+        line["route"] = edge.route_of(environ)
+        line["method"] = edge.method_of(environ)
+        line["remote"] = environ.get("REMOTE_ADDR", "-")
+        line["bytes"] = sent
+        line["user_agent"] = str(environ.get("HTTP_USER_AGENT", "-"))[:200]
+        write_hook_line(line)
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: timedelta) -> dict[str, Any]:
         """The access log's fields, with the route template in place of the path.

@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
-from noman import auth, edge, errors, metrics, promotion
+from noman import auth, edge, errors, logs, metrics, promotion
 from noman.config import Service
 from noman.errors import NomanError
 from noman.ratelimit import FailureLimiter
@@ -31,8 +31,10 @@ from noman.senders import parse_json, read_release
 from noman.senders.common import RETRYING_SENDERS
 from noman.wiring import components
 
+#: A view's answer: body and status, and headers when there are any.
+Answer = tuple[Response, int] | tuple[Response, int, dict[str, str]]
+
 bp = Blueprint("noman", __name__)
-log = logging.getLogger("noman.hooks")
 
 _HTTP_ERRORS: dict[int, type[NomanError]] = {
     400: errors.BadRequest,
@@ -46,13 +48,13 @@ _HTTP_ERRORS: dict[int, type[NomanError]] = {
 
 # No automatic OPTIONS answers: hook routes take POST and nothing else.
 @bp.post("/hooks/<secret>", provide_automatic_options=False)
-def hook(secret: str) -> tuple[Response, int]:
+def hook(secret: str) -> Answer:
     """Deploy the pushed tag to the service this secret belongs to."""
     return _handle_hook(secret)
 
 
 @bp.post("/hooks", provide_automatic_options=False)
-def hook_bearer() -> tuple[Response, int]:
+def hook_bearer() -> Answer:
     """The same, with the secret in ``Authorization: Bearer`` (out of access logs)."""
     # None: read the header inside, so that a missing one gets its hook line too.
     return _handle_hook(None)
@@ -152,7 +154,7 @@ def _rollback(secret: str) -> tuple[Response, int]:
     outcome = components(current_app).deployer.rollback(
         service, tag, sender="api", request_id=_request_id()
     )
-    log.info(
+    logs.HOOK_LOG.info(
         "rollback",
         extra={"fields": {"service": service.name, "tag": outcome.tag, "outcome": "rollback"}},
     )
@@ -202,7 +204,7 @@ def readyz() -> tuple[Response, int]:
     return jsonify({"status": "ready", "store": store}), 200
 
 
-def _handle_hook(secret: str | None) -> tuple[Response, int]:
+def _handle_hook(secret: str | None) -> Answer:
     started = time.monotonic()
     fields: dict[str, Any] = {"service": None, "tag": None}
     service: Service | None = None
@@ -239,7 +241,9 @@ def _handle_hook(secret: str | None) -> tuple[Response, int]:
         _log_hook(fields, error.code, error.status, started, error.message)
         if service is not None:
             components(current_app).reporter.failed(service, release, error)
-        raise
+        if error is not exc:
+            raise  # the unexpected-error handler logs its traceback
+        return _error_answer(error)
     result = "deployed" if outcome.changed else "unchanged"
     if outcome.status == 202:
         result = "pending"
@@ -271,8 +275,9 @@ def _log_hook(
     line = {**fields, "outcome": outcome, "status": status, "duration_ms": duration_ms}
     if reason:
         line["reason"] = reason
-    level = logging.WARNING if status >= 500 else logging.INFO
-    log.log(level, "hook %s", outcome, extra={"fields": line})
+    if logs.defer_hook_line(request.environ, line):
+        return  # written once, as this request's access line (noman.logs.GunicornLogger)
+    logs.write_hook_line(line)
 
 
 def _service_for(secret: str) -> Service:
@@ -330,10 +335,7 @@ def _read_json_body() -> bytes:
 def register_error_handlers(app: Flask) -> None:
     """Route every error, ours and Flask's, through one JSON converter."""
 
-    @app.errorhandler(NomanError)
-    def noman_error(exc: NomanError) -> tuple[Response, int, dict[str, str]]:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
-        return jsonify(exc.body()), exc.status, headers
+    app.register_error_handler(NomanError, _error_answer)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
@@ -355,6 +357,12 @@ def register_error_handlers(app: Flask) -> None:
             "unexpected error in %s %s", request.method, edge.current_route(), exc_info=exc
         )
         return jsonify(errors.NomanError().body()), 500
+
+
+def _error_answer(exc: NomanError) -> tuple[Response, int, dict[str, str]]:
+    """Noman's JSON error answer: its code, message and status, and Retry-After if any."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+    return jsonify(exc.body()), exc.status, headers
 
 
 def _code_for(exc: HTTPException) -> str:
