@@ -34,6 +34,10 @@ from gunicorn import glogging
 
 from noman import edge
 
+# No line Noman or gunicorn writes names its caller's file, function or line: the
+# logging HOWTO's "Optimization" switch saves a stack walk per line (one per request).
+logging._srcfile = None
+
 REDACTED = "<redacted>"
 #: The hook lines' logger: one line per hook request, its outcome and fields.
 HOOK_LOG = logging.getLogger("noman.hooks")

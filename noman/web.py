@@ -13,6 +13,7 @@ error shape.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -362,7 +363,10 @@ def register_error_handlers(app: Flask) -> None:
 def _error_answer(exc: NomanError) -> tuple[Response, int, dict[str, str]]:
     """Noman's JSON error answer: its code, message and status, and Retry-After if any."""
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
-    return jsonify(exc.body()), exc.status, headers
+    # What jsonify writes (sorted keys, compact, ASCII, a final newline), without its
+    # provider's lookups: rejections are the hook's most frequent answer under attack.
+    body = json.dumps(exc.body(), separators=(",", ":"), sort_keys=True) + "\n"
+    return Response(body, mimetype="application/json"), exc.status, headers
 
 
 def _code_for(exc: HTTPException) -> str:
