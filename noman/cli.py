@@ -75,8 +75,11 @@ exit codes: 0 success, 1 an error (its code is printed), 2 a configuration error
 """
 
 
+CONFIG_HELP = "TOML file (default: $NOMAN_CONFIG_TOML, else $NOMAN_CONFIG, else ./noman.toml)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    config_help = "TOML file (default: $NOMAN_CONFIG_TOML, else $NOMAN_CONFIG, else ./noman.toml)"
+    """The ``noman`` command line: the top-level options, then each group of subcommands."""
     parser = argparse.ArgumentParser(
         prog="noman",
         description=DESCRIPTION,
@@ -84,13 +87,26 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"noman {__version__}")
-    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--config", help=CONFIG_HELP)
     # --config is accepted after the command too (`noman deploy web TAG --config x`);
     # SUPPRESS keeps a value given before the command.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _server_commands(commands, common)
+    _secret_commands(commands)
+    _deploy_commands(commands, common)
+    _service_commands(commands, common)
+    _operator_commands(commands, common)
+    _healthcheck_command(commands)
+    return parser
 
+
+def _server_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """serve and check: run the server, and see that its configuration works."""
     serve = commands.add_parser("serve", help="run the server under gunicorn", parents=[common])
     serve.add_argument("--dev", action="store_true", help="embedded store and a demo service")
     serve.add_argument(
@@ -107,6 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_check)
 
+
+def _healthcheck_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """healthcheck: the image's HEALTHCHECK, with no configuration needed."""
+    health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")
+    health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
+    health.set_defaults(run=_healthcheck)
+
+
+def _secret_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """secret new: a hook secret, the status page's admin token or an operator's token."""
     secret = commands.add_parser("secret", help="manage hook secrets")
     secret_commands = secret.add_subparsers(required=True, metavar="ACTION")
     new = secret_commands.add_parser("new", help="print a fresh secret and its config line")
@@ -115,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("--operator", metavar="NAME", help="a named operator's token")
     new.set_defaults(run=_secret_new)
 
+
+def _deploy_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """deploy and rollback: write a tag through the hook's policy."""
     deploy = commands.add_parser(
         "deploy", help="deploy a tag, with the hook's policy", parents=[common]
     )
@@ -141,6 +173,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", dest="tag", help="the tag to go back to")
     rollback.set_defaults(run=_rollback)
 
+
+def _service_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """freeze, unfreeze, promote, abort and status: act on a service, or look at it."""
     for name, frozen in (("freeze", True), ("unfreeze", False)):
         action = "refuse" if frozen else "accept"
         cmd = commands.add_parser(name, help=f"{action} deploys of a service", parents=[common])
@@ -162,13 +200,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("service", nargs="?", help="only this service")
     status.set_defaults(run=_status)
-
-    _operator_commands(commands, common)
-
-    health = commands.add_parser("healthcheck", help="exit 0 if the local server is alive")
-    health.add_argument("--url", help="default: /healthz on $NOMAN_BIND's port")
-    health.set_defaults(run=_healthcheck)
-    return parser
 
 
 def _seconds(text: str) -> float:
