@@ -202,6 +202,11 @@ def _service_commands(
     status.set_defaults(run=_status)
 
 
+def _print_json(answer: Any) -> None:
+    """One JSON answer on one line of stdout: every command prints alike, ready for jq."""
+    print(json.dumps(answer))
+
+
 def _seconds(text: str) -> float:
     """A positive number of seconds (argparse turns the error into a usage line, exit 2)."""
     try:
@@ -430,7 +435,7 @@ def _deploy(args: argparse.Namespace) -> int:
         outcome = parts.deployer.deploy(service, release)  # its retry reason is shown below
     if args.wait and outcome.waiting is not None:
         # Approvals or a deploy window hold it (noman.gates): nothing rolls out yet.
-        print(json.dumps(outcome.as_dict(), indent=2))
+        _print_json(outcome.as_dict())
         state = str(outcome.waiting["state"]).replace("_", " ")
         print(
             f"noman: {service.name} {outcome.tag}: {state}; nothing rolls out until then "
@@ -459,7 +464,7 @@ def _answer(
 ) -> int:
     """Print the result; with ``wait``, follow the rollout to its end first."""
     if not wait:
-        print(json.dumps(result, indent=2))
+        _print_json(result)
         return 0
     if timeout is None:
         timeout = parts.settings.nomad.watch_timeout + 60
@@ -472,10 +477,10 @@ def _answer(
     finally:
         parts.reconciler.stop()  # gives the leader lock back, if this command held it
     if service.strategy != "rolling":
-        print(json.dumps(result, indent=2))
+        _print_json(result)
         return 0
     result["rollout"] = rollout.public() if rollout is not None else None
-    print(json.dumps(result, indent=2))
+    _print_json(result)
     if rollout is not None and rollout.state == "successful":
         return 0
     what = f"{service.name} {result['tag']}"
@@ -613,7 +618,7 @@ def _set_frozen(args: argparse.Namespace) -> int:
 
     parts = build(_settings(args))
     service = parts.settings.service(args.service)
-    print(json.dumps(parts.deployer.set_frozen(service, args.frozen, sender="cli")))
+    _print_json(parts.deployer.set_frozen(service, args.frozen, sender="cli"))
     return 0
 
 
@@ -623,7 +628,7 @@ def _gate(args: argparse.Namespace) -> int:
 
     parts = build(_settings(args))
     service = parts.settings.service(args.service)
-    print(json.dumps(promotion.request(parts.deployer, service, args.action, by="cli")))
+    _print_json(promotion.request(parts.deployer, service, args.action, by="cli"))
     return 0
 
 
@@ -642,7 +647,7 @@ def _status(args: argparse.Namespace) -> int:
         except NomanError as exc:
             failed += 1
             line = {"service": service.name, "error": exc.code, "message": _message(exc)}
-        print(json.dumps(line))
+        _print_json(line)
     return 1 if failed else 0
 
 
@@ -709,7 +714,7 @@ def _operate(args: argparse.Namespace) -> int:
     else:
         action = gates.deploy_now(service, operator.name, args.tag, sender="cli")
     parts.courier.wait(parts.settings.notify.timeout * parts.settings.notify.retries + 5)
-    print(json.dumps(action.body, indent=2))
+    _print_json(action.body)
     return 0
 
 
@@ -729,7 +734,7 @@ def _report(args: argparse.Namespace) -> int:
     )
     data = measured.as_dict()
     if args.json:
-        print(json.dumps(data, indent=2))
+        _print_json(data)
         return 0
     print(dora.table(data))
     return 0

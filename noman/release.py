@@ -107,11 +107,10 @@ class Outcome:
         if self.waiting is not None:
             body["rollout"] = dict(self.waiting)
         if self.rollout is not None:
-            body["deployment"] = {
-                "job": self.rollout.job,
-                "version": self.rollout.version,
-                "eval_id": self.rollout.eval_id,
-            }
+            body["deployment"] = {"job": self.rollout.job, "version": self.rollout.version}
+            # A job that already ran the tag was not registered again: no evaluation.
+            if self.rollout.eval_id:
+                body["deployment"]["eval_id"] = self.rollout.eval_id
         return body
 
 

@@ -182,6 +182,48 @@ def test_deploy_wait_of_a_restart_service_sends_its_report(
     assert consul.record().reports == ()
 
 
+# -- the JSON answers ----------------------------------------------------------------------
+
+
+def test_every_json_answer_of_the_cli_is_one_line(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (
+        ["deploy", "web", NEW],
+        ["freeze", "web"],
+        ["unfreeze", "web"],
+        ["rollback", "web", "--to", OLD],
+        ["status"],
+        ["status", "web"],
+        ["report", "--json"],
+    ):
+        assert main(["--config", str(config), *command]) == 0, command
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and out.endswith("\n"), (command, out)
+        assert isinstance(json.loads(out), dict), command
+
+
+@pytest.mark.parametrize("through", ["cli", "http"])
+def test_a_deploy_of_the_tag_the_job_runs_shows_no_empty_eval_id(
+    through: str, config: Path, nomad: FakeNomad, capsys: pytest.CaptureFixture[str], secret: str
+) -> None:
+    from noman import create_app
+
+    # The job already runs OLD: nothing is registered, so there is no evaluation to name.
+    job = nomad.job("web")
+    assert job is not None
+    if through == "cli":
+        assert main(["--config", str(config), "deploy", "web", OLD]) == 0
+        answer = json.loads(capsys.readouterr().out)
+    else:
+        app = create_app(parse_settings(config.read_text(), source="t", environ={}))
+        response = app.test_client().post(f"/hooks/{secret}", json={"tag": OLD})
+        assert response.status_code == 200, response.json
+        answer = response.json
+    assert answer["changed"] is True
+    assert answer["deployment"] == {"job": "web", "version": job["Version"]}
+
+
 # -- check ---------------------------------------------------------------------------------
 
 
