@@ -373,6 +373,13 @@ def _check_service(parts: Components, service: Service) -> int:
                 f"{name}: warning: key and job disagree: the key says {key.value}, "
                 f"job {service.nomad.job} runs {job.tag or '(none)'} ({state})"
             )
+        elif key.value is None and job.tag:
+            # A template that reads the key waits for it: new allocations would not start.
+            print(
+                f"{name}: warning: {service.key} is not set, but job {service.nomad.job} runs "
+                f"{job.tag}: a template that reads the key holds new allocations until it is "
+                f"set; write the running tag with `noman deploy {name} {job.tag}`"
+            )
         for warning in parts.nomad.check(service):
             print(f"{name}: warning: {warning}")
     if isinstance(parts.store, ConsulStore):

@@ -255,6 +255,26 @@ def test_check_agreeing_key_and_job_say_nothing_of_disagreement(
     assert "disagree" not in capsys.readouterr().out
 
 
+def test_check_warns_when_the_key_is_unset_while_the_job_runs_a_tag(
+    config: Path, consul: ConsulHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = consul.key("IMAGE_TAG")
+    assert consul.get(key) == (None, 0)  # the job runs OLD; nobody wrote the key yet
+    assert main(["--config", str(config), "check"]) == 0  # a warning, not a failure
+    out = capsys.readouterr().out
+    assert f"web: {key} = (not set) [rolling]" in out
+    assert (
+        f"web: warning: {key} is not set, but job web runs {OLD}: a template that reads "
+        f"the key holds new allocations until it is set; write the running tag with "
+        f"`noman deploy web {OLD}`"
+    ) in out
+    # The command it names clears the warning.
+    assert main(["--config", str(config), "deploy", "web", OLD]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "check"]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_check_names_a_key_the_token_may_not_write(
     config: Path,
     consul: ConsulHandle,
