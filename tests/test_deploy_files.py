@@ -75,6 +75,45 @@ def test_noman_job_runs_two_checked_hardened_instances() -> None:
     assert [unquote(c) for c in config["cap_drop"]] == ["all"]
 
 
+SERVICE_JOBS = sorted(
+    p.name
+    for p in NOMAD.glob("*.hcl")
+    if any(
+        unquote(body.get("type")) == "service"
+        for job in blocks(load(p.name), "job")
+        for body in job.values()
+    )
+)
+
+
+@pytest.mark.parametrize("name", SERVICE_JOBS)
+def test_every_service_job_checks_health_itself(name: str) -> None:
+    """Each group's health is its own HTTP check, never an image's HEALTHCHECK.
+
+    An image built in OCI format (podman's default) carries no HEALTHCHECK at all,
+    and Nomad's deployments read only the job's checks (``health_check = "checks"``).
+    """
+    job = load(name)
+    for update in blocks(job, "update"):  # the restart example has none: nothing rolls
+        assert unquote(update["health_check"]) == "checks"
+    for group in blocks(job, "group"):
+        for group_name, body in group.items():
+            checks = list(blocks(list(blocks(body, "service")), "check"))
+            assert checks, f"{name}: group {group_name} has no check of its own"
+            for check in checks:
+                assert unquote(check["type"]) == "http", (name, check)
+                assert unquote(check["path"]).startswith("/"), (name, check)
+                assert unquote(check["interval"]) and unquote(check["timeout"]), (name, check)
+
+
+def test_noman_job_checks_its_own_health_endpoints_on_its_port() -> None:
+    job = load("noman.nomad.hcl")
+    [service] = list(blocks(job, "service"))
+    assert unquote(service["port"]) == "http"
+    checks = {unquote(c["path"]): unquote(c["type"]) for c in blocks(service, "check")}
+    assert checks == {"/healthz": "http", "/readyz": "http"}
+
+
 def test_noman_job_config_template_is_a_valid_noman_toml() -> None:
     text = (NOMAD / "noman.nomad.hcl").read_text()
     start = text.index("<<-EOT", text.index('destination = "local/noman.toml"')) + len("<<-EOT")

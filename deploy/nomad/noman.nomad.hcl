@@ -83,6 +83,11 @@ job "noman" {
       # ]
       # or Fabio: tags = ["urlprefix-deploy.example.com/hooks"]
 
+      # The job's own checks, over HTTP on the service's port: Nomad's
+      # deployments and Consul's routing never depend on the image's
+      # HEALTHCHECK, which an image built in OCI format (podman's and
+      # buildah's default without --format docker) does not even carry.
+      #
       # Liveness: /healthz answers as long as the process does. Only this
       # check restarts an instance (after a grace period for start-up).
       check {
