@@ -142,3 +142,44 @@ def test_every_subcommand_of_the_parser_is_in_the_readme() -> None:
     assert set(commands.choices) >= {"serve", "deploy", "rollback", "freeze"}
     for name in commands.choices:
         assert f"`noman {name}" in section, f"README's noman command list lacks {name}"
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown`` (code blocks skipped)."""
+    found: set[str] = set()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            found.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return found
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *DOCS], ids=lambda p: p.name)
+def test_every_link_between_the_readme_and_docs_resolves(page: Path) -> None:
+    text = page.read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if link.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        assert target.exists(), f"{page.name}: {link} names no file"
+        if anchor:
+            assert anchor in anchors(target.read_text()), f"{page.name}: {link} names no heading"
+
+
+def test_the_figures_live_in_docs_linked_from_the_readme() -> None:
+    assert {p.name for p in DOCS} >= {"benchmarks.md"}
+    for page in DOCS:
+        assert f"](docs/{page.name}" in README, f"README.md does not link to docs/{page.name}"
+    # Before "Calling the hook", the README is what a user does: no benchmark tables.
+    start = README.split("## Calling the hook", 1)[0]
+    assert "| system | deploy/s" not in start and "## Figures" not in start
+    assert "| system | deploy/s" in (ROOT / "docs" / "benchmarks.md").read_text()
