@@ -175,8 +175,8 @@ def test_every_link_between_the_readme_and_docs_resolves(page: Path) -> None:
             assert anchor in anchors(target.read_text()), f"{page.name}: {link} names no heading"
 
 
-def test_the_figures_live_in_docs_linked_from_the_readme() -> None:
-    assert {p.name for p in DOCS} >= {"benchmarks.md"}
+def test_the_figures_and_the_state_layout_live_in_docs_linked_from_the_readme() -> None:
+    assert {p.name for p in DOCS} >= {"benchmarks.md", "state.md"}
     for page in DOCS:
         assert f"](docs/{page.name}" in README, f"README.md does not link to docs/{page.name}"
     # Before "Calling the hook", the README is what a user does: no benchmark tables.
