@@ -183,3 +183,13 @@ def test_the_figures_and_the_state_layout_live_in_docs_linked_from_the_readme() 
     start = README.split("## Calling the hook", 1)[0]
     assert "| system | deploy/s" not in start and "## Figures" not in start
     assert "| system | deploy/s" in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_the_readme_builds_the_image_keeping_its_healthcheck_as_the_smoke_test_does() -> None:
+    section = README.split("### The container image", 1)[1].split("\n### ", 1)[0]
+    # podman and buildah default to OCI, which drops the HEALTHCHECK.
+    assert "podman build --format docker " in section
+    assert "buildah bud --format docker " in section
+    assert "docker build " in section
+    assert "buildah bud --format docker " in (ROOT / "scripts" / "container-smoke").read_text()
+    assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()
