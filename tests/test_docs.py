@@ -193,3 +193,18 @@ def test_the_readme_builds_the_image_keeping_its_healthcheck_as_the_smoke_test_d
     assert "docker build " in section
     assert "buildah bud --format docker " in (ROOT / "scripts" / "container-smoke").read_text()
     assert "HEALTHCHECK" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_readme_says_how_to_run_noman_outside_dev_mode() -> None:
+    import sys
+
+    section = README.split("### Running `noman` outside dev mode", 1)[1].split("\n## ", 1)[0]
+    for command in (".venv/bin/noman serve", ".venv/bin/noman check", ".venv/bin/noman secret"):
+        assert command in section, command
+    # It comes right after the two commands, before anything that needs it.
+    assert README.index("### Running `noman` outside dev mode") < README.index("## Configuration")
+    # The path is where the scripts install the console script: this suite runs from it.
+    assert 'noman = "noman.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    venv = Path(sys.executable).parent
+    if venv.parent.name == ".venv":
+        assert (venv / "noman").exists()
