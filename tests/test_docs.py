@@ -208,3 +208,24 @@ def test_the_readme_says_how_to_run_noman_outside_dev_mode() -> None:
     venv = Path(sys.executable).parent
     if venv.parent.name == ".venv":
         assert (venv / "noman").exists()
+
+
+def test_the_contents_list_every_section_in_the_order_a_user_needs_them() -> None:
+    fenced = False
+    headings = []
+    for line in README.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## ") and line != "## Contents":
+            headings.append(line[3:])
+    contents = README.split("## Contents", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\d+\. \[(.+?)\]\(#", contents, re.MULTILINE) == headings
+    # Try it, configure it, reach Consul, run it, then point the senders at it.
+    assert headings[:5] == [
+        "Two commands",
+        "Configuration",
+        "Pointing it at a real Consul",
+        "Running in production",
+        "Calling the hook",
+    ]
+    assert headings[-1] == "Development"
