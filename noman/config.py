@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from noman.errors import ConfigError, UnknownService
-
-# Re-exported: these lived here before noman.model existed.
-from noman.model import DEFAULT_TAG_PATTERN as DEFAULT_TAG_PATTERN
-from noman.model import CanaryCheck, CanaryPlan, ReleasePhase
-from noman.model import NomadTarget as NomadTarget
-from noman.model import Service as Service
+from noman.model import (
+    DEFAULT_TAG_PATTERN,
+    CanaryCheck,
+    CanaryPlan,
+    NomadTarget,
+    ReleasePhase,
+    Service,
+)
 from noman.operators import NO_CONTROLS, Controls, Operator
 from noman.ordering import order_kind
 from noman.registries.auth import default_docker_config, read_docker_config

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from noman.config import (
-    DEFAULT_TAG_PATTERN,
     SCHEMA,
     ConfigError,
     Key,
@@ -19,6 +18,7 @@ from noman.config import (
     parse_duration,
     parse_settings,
 )
+from noman.model import DEFAULT_TAG_PATTERN
 
 HASH = hashlib.sha256(b"a-very-long-random-secret-value-1").hexdigest()
 HASH2 = hashlib.sha256(b"a-very-long-random-secret-value-2").hexdigest()

@@ -17,9 +17,9 @@ import requests
 import requests_mock
 
 from noman import create_app
-from noman.config import NomadSettings, Service, Settings
+from noman.config import NomadSettings, Settings
 from noman.errors import UpstreamError
-from noman.model import NomadTarget
+from noman.model import NomadTarget, Service
 from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from noman.config import Service
 from noman.errors import InvalidPayload
+from noman.model import Service
 from noman.release import Ignored, Release, shown
 from noman.senders.common import (
     JSON,
