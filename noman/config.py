@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from noman.durations import STAGE, parse_duration
 from noman.errors import ConfigError, UnknownService
 from noman.model import (
     DEFAULT_TAG_PATTERN,
@@ -52,10 +53,6 @@ _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # RFC 9110's token: the characters an HTTP field name may use.
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _BIND_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5}$")
-# "30s", "5m", "1h30m", "1.5h": Go's duration units from hours down to seconds.
-_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[wdhms])+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
-_DURATION_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 MIN_POLL_INTERVAL = 1.0
 
 
@@ -301,17 +298,6 @@ class NotifySettings:
     timeout: float = _default("notify", "timeout")
     # serve --dev: reports are logged, never sent (demo payloads carry real URLs).
     dry_run: bool = _default("notify", "dry_run")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``"30s"``, ``"5m"``, ``"1h30m"``, ``"1.5h"`` or ``"2d"``.
-
-    Raises:
-        ValueError: when ``text`` is not one.
-    """
-    if not _DURATION_RE.fullmatch(text):
-        raise ValueError(f'{text!r} is not a duration like "90m", "1h30m" or "2d"')
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 @dataclass(frozen=True)
@@ -957,9 +943,14 @@ class _Parser:
 
     def span(self, table: str, name: str, value: Any, occurrence: int = 0) -> float:
         """Seconds from a number of seconds or a duration text ("90s", "15m", "1h30m")."""
-        seconds = value if isinstance(value, int | float) else span_seconds(str(value))
-        if seconds is None:
-            raise self.fail(table, name, 'must be a duration like "30s", "15m" or "1h"', occurrence)
+        try:
+            seconds = (
+                value if isinstance(value, int | float) else parse_duration(value.strip(), STAGE)
+            )
+        except ValueError:
+            raise self.fail(
+                table, name, 'must be a duration like "30s", "15m" or "1h"', occurrence
+            ) from None
         if seconds <= 0:
             raise self.fail(table, name, "must be greater than 0", occurrence)
         return float(seconds)
@@ -1375,19 +1366,6 @@ class _Parser:
             meta_key=v["meta_key"],
             tasks=tuple(tasks),
         )
-
-
-_SPAN_RE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
-_SPAN_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_SPAN_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def span_seconds(text: str) -> float | None:
-    """Seconds in ``"500ms"``, ``"90s"``, ``"15m"``, ``"1h30m"``; None when not a duration."""
-    text = text.strip()
-    if not _SPAN_RE.fullmatch(text):
-        return None
-    return sum(float(n) * _SPAN_UNITS[unit] for n, unit in _SPAN_PART.findall(text))
 
 
 def _toml_key(name: str) -> str:

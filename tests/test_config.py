@@ -15,9 +15,9 @@ from noman.config import (
     config_path,
     hash_secret,
     load_settings,
-    parse_duration,
     parse_settings,
 )
+from noman.durations import STAGE, parse_duration
 from noman.model import DEFAULT_TAG_PATTERN
 
 HASH = hashlib.sha256(b"a-very-long-random-secret-value-1").hexdigest()
@@ -426,3 +426,32 @@ def test_the_canary_plan_defaults_are_the_schema_defaults() -> None:
     service = parse_settings(text, environ={}).service("stut-dev")
     assert service.release_phase == ReleasePhase("m")
     assert service.canary == CanaryPlan(checks=(CanaryCheck("http", name="GET /"),))
+
+
+@pytest.mark.parametrize(
+    ("text", "units", "seconds"),
+    [
+        ("1h30m", None, 5400.0),
+        ("2d", None, 172800.0),
+        ("0s", None, 0.0),
+        ("500ms", STAGE, 0.5),
+        ("1m30s", STAGE, 90.0),
+    ],
+)
+def test_one_duration_parser_reads_each_callers_units(
+    text: str, units: tuple[str, ...] | None, seconds: float
+) -> None:
+    assert (parse_duration(text) if units is None else parse_duration(text, units)) == seconds
+
+
+@pytest.mark.parametrize(("text", "units"), [("2d", STAGE), ("500ms", None), ("1 h", None)])
+def test_a_unit_a_caller_does_not_take_is_refused(text: str, units: tuple[str, ...] | None) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text) if units is None else parse_duration(text, units)
+
+
+def test_a_stage_duration_in_days_names_the_key() -> None:
+    text = GOOD + 'strategy = "rolling"\n[services.stut-dev.nomad]\njob = "web"\n'
+    text += '[services.stut-dev.canary]\nbake = "1d"\n'
+    with pytest.raises(ConfigError, match=r"\[services.stut-dev.canary\] bake: must be a duration"):
+        parse_settings(text, environ={})
