@@ -573,6 +573,12 @@ class _Parser:
             raise self.fail(table, name, "must be greater than 0")
         return value
 
+    def missing(self, name: str) -> str:
+        """Why the environment variable ``name`` gives no secret: unset, or set but empty."""
+        if name not in self.env:
+            return f"environment {name} is not set"
+        return f"environment {name} is set but empty"
+
     def env_bool(self, name: str) -> bool | None:
         raw = self.env.get(name)
         if raw is None or raw == "":
@@ -837,7 +843,7 @@ class _Parser:
             if t["secret_env"] is not None:
                 secret = self.env.get(t["secret_env"], "")
                 if not secret:
-                    raise fail("secret_env", f"environment {t['secret_env']} is not set")
+                    raise fail("secret_env", self.missing(t["secret_env"]))
                 hmac_key = secret.encode("utf-8")
             on = default_on
             if t["on"] is not None:
@@ -1071,7 +1077,7 @@ class _Parser:
             raise self.fail(table, name, "must be an environment variable name")
         keys = tuple(self.env.get(variable, "").split())
         if not keys:
-            raise self.fail(table, name, f"environment {variable} is not set")
+            raise self.fail(table, name, self.missing(variable))
         if any(len(key) < MIN_SECRET_CHARS for key in keys):
             raise self.fail(table, name, f"environment {variable} holds a key that is too short")
         return keys
@@ -1115,11 +1121,15 @@ class _Parser:
                 raise self.fail(table, env_key, "must be an environment variable name", occurrence)
             secret = self.env.get(name, "")
             if len(secret) < MIN_SECRET_CHARS:
-                problem = "is not set" if not secret else f"holds a {noun} that is too short"
+                problem = (
+                    self.missing(name)
+                    if not secret
+                    else f"environment {name} holds a {noun} that is too short"
+                )
                 raise self.fail(
                     table,
                     env_key,
-                    f"environment {name} {problem} (need at least {MIN_SECRET_CHARS} "
+                    f"{problem} (need at least {MIN_SECRET_CHARS} "
                     f"random characters; `{command}` makes one)",
                     occurrence,
                 )

@@ -455,3 +455,29 @@ def test_a_stage_duration_in_days_names_the_key() -> None:
     text += '[services.stut-dev.canary]\nbake = "1d"\n'
     with pytest.raises(ConfigError, match=r"\[services.stut-dev.canary\] bake: must be a duration"):
         parse_settings(text, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            service_with('secret_env = "HOOK"', drop="secret_sha256"),
+            r"line 10: \[services.stut-dev\] secret_env: environment HOOK is set but empty \(need",
+        ),
+        (
+            service_with('github_secret_env = "HOOK"'),
+            r"\[services.stut-dev\] github_secret_env: environment HOOK is set but empty$",
+        ),
+        (
+            GOOD + '[[notify.targets]]\nurl = "https://example.com/"\nsecret_env = "HOOK"\n',
+            r"\[notify.targets\] secret_env: environment HOOK is set but empty$",
+        ),
+    ],
+)
+def test_a_secret_variable_set_but_empty_is_told_apart_from_an_unset_one(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        parse_settings(text, environ={"HOOK": ""})
+    with pytest.raises(ConfigError, match="environment HOOK is not set"):
+        parse_settings(text, environ={})
