@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from noman.config import (
     SCHEMA,
+    TABLES,
     ConfigError,
     Key,
     Settings,
@@ -362,7 +364,7 @@ DURATIONS = {("poll", "interval")}
     ids=lambda k: f"{k.table}.{k.name}",
 )
 def test_every_settings_default_is_the_schema_default(key: Key) -> None:
-    """One source of truth: the settings classes take their defaults from SCHEMA."""
+    """One source of truth: the settings classes take their defaults from the declaration."""
     defaults = Settings(services=())
     if key.table in TOP_LEVEL:
         value = getattr(defaults, TOP_LEVEL[key.table] + key.name)
@@ -481,3 +483,17 @@ def test_a_secret_variable_set_but_empty_is_told_apart_from_an_unset_one(
         parse_settings(text, environ={"HOOK": ""})
     with pytest.raises(ConfigError, match="environment HOOK is not set"):
         parse_settings(text, environ={})
+
+
+@pytest.mark.parametrize(("table", "name"), [("consul", "cert"), ("nomad", "tls_server_name")])
+def test_a_setting_only_the_environment_gives_is_not_a_key(table: str, name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[{table}\] {name}: unknown key"):
+        parse_settings(GOOD.replace("[consul]", f'[{table}]\n{name} = "x"'), environ={})
+
+
+def test_every_declared_field_is_a_documented_key_but_what_the_environment_gives() -> None:
+    for table, declared in TABLES.items():
+        documented = {k.name for k in SCHEMA if k.table == table and k.help}
+        fields = {f.name for f in msgspec.structs.fields(declared)}
+        from_environment = {"cert", "tls_server_name"} if table in ("consul", "nomad") else set()
+        assert fields - documented == from_environment, table
