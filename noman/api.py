@@ -18,8 +18,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from noman import auth, dora, errors
-from noman.config import Service, hash_secret
+from noman.config import hash_secret
 from noman.errors import ConfigError
+from noman.model import Service
 from noman.operators import Operator, find_operator
 from noman.ratelimit import FailureLimiter
 from noman.senders import parse_json

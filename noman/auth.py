@@ -7,7 +7,8 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
-from noman.config import Service, hash_secret
+from noman.config import hash_secret
+from noman.model import Service
 
 SECRET_BYTES = 32  # 256 bits; the floor is 128
 

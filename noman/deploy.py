@@ -386,6 +386,13 @@ class Deployer:
         request_id: str | None,
         kind: Literal["deploy", "rollback"],
     ) -> Outcome:
+        """Decide and write one deploy or rollback, retrying on a check-and-set conflict.
+
+        Long because the retry loop holds the whole decision on one view: each pass
+        reads (or reuses this process's last write), refuses or answers early (frozen, a
+        duplicate delivery, a gate, nothing to write) and commits on the same indexes;
+        split up, the view would travel through every piece.
+        """
         check_release(service, release)
         cached = self._cached(service)
         for _ in range(self.cas_retries):

@@ -224,7 +224,12 @@ class Gates:
         delivery_id: str | None,
         decision: Decision,
     ) -> tuple[DeployChange, list[Write]]:
-        """The transaction that records ``attempt`` as waiting (no tag key write)."""
+        """The transaction that records ``attempt`` as waiting (no tag key write).
+
+        Long because it lists every write of one transaction (the tag key's guard, the
+        desired state, the history entry and its pruning, superseded proposals, the
+        timer, the outbox): read together, they say what lands at once.
+        """
         name, seq = service.name, attempt.seq
         write_id = new_write_id()
         gate = Gate(
@@ -405,6 +410,10 @@ class Gates:
         """Record ``gate``'s new approvals or override; land it when nothing holds it.
 
         None when the desired state changed meanwhile (the caller reads again).
+
+        Long because landing, staying held and moving the timer to a window's opening
+        are three outcomes of one view, and the transaction that records the last two is
+        listed whole.
         """
         name = service.name
         lands = gate.approved and (

@@ -3,8 +3,7 @@
 Plain frozen data and pure functions: nothing here talks to Consul, Nomad
 or Flask, and nothing here imports another Noman module but ``ordering``
 and the sender-facing values of ``release``; the state kept in the store is
-``noman.state``. ``noman.config`` re-exports
-``Service`` and ``NomadTarget`` so older imports keep working.
+``noman.state``. Import ``Service`` and its parts from here.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ import requests
 
 from noman import dora, metrics
 from noman.auth import sign
-from noman.config import NotifyTarget, Service, Settings
+from noman.config import NotifyTarget, Settings
 from noman.errors import NomanError
+from noman.model import Service
 from noman.release import Outcome, Release
 from noman.state import Report
 

@@ -25,16 +25,24 @@ import logging
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from noman.config import Service
+from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["number", "version"]
 # A release's place in its service's order; tuples of one kind compare correctly.
 OrderKey = tuple[int, ...]
+
+
+class Ordered(Protocol):
+    """What ``warn_unordered`` reads of a service (``noman.model.Service`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tag_pattern(self) -> re.Pattern[str]: ...
+
 
 _DIGITS = frozenset(range(ord("0"), ord("9") + 1))
 _VERSION_CHARS = _DIGITS | {ord("."), ord("v"), ord("V")}
@@ -91,7 +99,7 @@ def newest(pattern: re.Pattern[str], tags: Iterable[str]) -> str | None:
     return max(keyed)[1] if keyed else None
 
 
-def warn_unordered(services: Iterable[Service]) -> None:
+def warn_unordered(services: Iterable[Ordered]) -> None:
     """Log, once per start, each service whose ``tag_pattern`` gives its tags no order."""
     for service in services:
         if order_kind(service.tag_pattern) is None:

@@ -37,6 +37,9 @@ def request(
 
     ``promote`` needs a rollout waiting in ``awaiting_promotion``
     (``NothingToPromote``); ``abort`` any rollout in progress (``NothingToAbort``).
+
+    Long because the check-and-set loop keeps each refusal (and why) beside the transaction
+    it guards, on the same view.
     """
     refused = NothingToPromote() if action == "promote" else NothingToAbort()
     if service.strategy != "rolling":

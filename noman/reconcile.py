@@ -235,6 +235,10 @@ class Reconciler:
 
         ``wait`` bounds the Nomad blocking query of an active deployment. Without the
         background threads (tests, ``noman deploy --wait``) it also delivers the outbox.
+
+        Long because it is the pass itself, in order: lead, gather the work (pending
+        keys, due timers, the periodic resync), step each service, follow the active
+        deployments.
         """
         self.leader = self.lock.hold()
         if not self.leader:
@@ -696,6 +700,9 @@ class Reconciler:
         With ``running`` (Nomad reverted to that tag), the tag key and the desired
         state are set back to it in the same transaction, so Consul tells the truth.
         ``history`` adds fields to the history entry (who aborted, the reason).
+
+        Long because the history entry, the report and the revert writes go into one
+        transaction and are built side by side.
         """
         name = service.name
         entry_key = self.keys.history(name, rollout.seq)

@@ -328,7 +328,12 @@ class StagedRollouts:
         i: int,
         found: dict[str, Any] | None,
     ) -> None:
-        """Record what Nomad says of job ``i``'s deployment: progress, a stage, an ending."""
+        """Record what Nomad says of job ``i``'s deployment: progress, a stage, an ending.
+
+        Long because each status Nomad can report (no deployment, successful, failed or
+        cancelled, late, running with or without canaries) maps to one recorded move,
+        and the cases read best side by side.
+        """
         step = rollout.jobs[i]
         now = self.r.clock()
         late = now - (rollout.stage_since or now) > self.r.settings.nomad.watch_timeout
@@ -551,7 +556,11 @@ class StagedRollouts:
         return new, written
 
     def _revert(self, service: Service, rollout: RolloutState, index: int) -> None:
-        """Fail what still deploys, put moved jobs back, then end with the key set back."""
+        """Fail what still deploys, put moved jobs back, then end with the key set back.
+
+        Long because each job is failed, checked and reverted in reverse order with its
+        own outcome noted, and the end is recorded only once all of them are.
+        """
         jobs = list(rollout.jobs)
         for i in reversed(range(len(jobs))):
             step = jobs[i]

@@ -435,7 +435,11 @@ def deploy_change(
     delivery_id: str | None,
     report_success: bool,
 ) -> DeployChange:
-    """The state after ``attempt`` was accepted (restart: done; rolling: pending)."""
+    """The state after ``attempt`` was accepted (restart: done; rolling: pending).
+
+    Long only because the three values one accepted attempt writes (history entry, report,
+    desired state) spell out every field.
+    """
     rolling = service.strategy == "rolling"
     write_id = new_write_id()
     found = "found by polling, " if attempt.sender == "poll" else ""
@@ -531,6 +535,11 @@ def migrate_legacy(service: Service, key: str, raw: str) -> Migration:
 
 
 def _migration(service: Service, data: dict[str, Any]) -> Migration:
+    """Noman 0.x's decoded record ``data`` as desired state, history, rollout and reports.
+
+    Long because every old field is read defensively, one by one: a record written by any
+    older version must migrate.
+    """
     old_history = [h for h in data.get("history") or [] if isinstance(h, dict)]
     kept = old_history[:MIGRATED_HISTORY]
     seq = len(old_history)

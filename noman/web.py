@@ -24,8 +24,8 @@ from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
 from noman import auth, edge, errors, logs, metrics, promotion
-from noman.config import Service
 from noman.errors import NomanError
+from noman.model import Service
 from noman.ratelimit import FailureLimiter
 from noman.release import Ignored, Release
 from noman.senders import parse_json, read_release

@@ -24,7 +24,6 @@ A duration is elapsed time, so a 2 h window across a change lasts 2 hours.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -39,7 +38,6 @@ __all__ = [
     "describe",
     "next_allowed",
     "parse_cron",
-    "parse_duration",
     "parse_timezone",
 ]
 
@@ -59,26 +57,9 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+)([smhdw])")
 
 
 # -- parsing ---------------------------------------------------------------------------------
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``"90m"``, ``"1h30m"``, ``"24h"``, ``"2d"`` (s, m, h, d, w); ValueError else."""
-    compact = text.strip().lower()
-    pos, total = 0, 0
-    while pos < len(compact):
-        part = _DURATION.match(compact, pos)
-        if part is None:
-            raise ValueError(f'{text!r} is not a duration like "90m", "1h30m" or "2d"')
-        total += int(part.group(1)) * _UNITS[part.group(2)]
-        pos = part.end()
-    if total <= 0:
-        raise ValueError(f"{text!r} is not a positive duration")
-    return float(total)
 
 
 def parse_timezone(name: str) -> ZoneInfo:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from noman.config import (
-    DEFAULT_TAG_PATTERN,
     SCHEMA,
+    TABLES,
     ConfigError,
     Key,
     Settings,
     config_path,
     hash_secret,
     load_settings,
-    parse_duration,
     parse_settings,
 )
+from noman.durations import STAGE, parse_duration
+from noman.model import DEFAULT_TAG_PATTERN
 
 HASH = hashlib.sha256(b"a-very-long-random-secret-value-1").hexdigest()
 HASH2 = hashlib.sha256(b"a-very-long-random-secret-value-2").hexdigest()
@@ -362,7 +364,7 @@ DURATIONS = {("poll", "interval")}
     ids=lambda k: f"{k.table}.{k.name}",
 )
 def test_every_settings_default_is_the_schema_default(key: Key) -> None:
-    """One source of truth: the settings classes take their defaults from SCHEMA."""
+    """One source of truth: the settings classes take their defaults from the declaration."""
     defaults = Settings(services=())
     if key.table in TOP_LEVEL:
         value = getattr(defaults, TOP_LEVEL[key.table] + key.name)
@@ -426,3 +428,72 @@ def test_the_canary_plan_defaults_are_the_schema_defaults() -> None:
     service = parse_settings(text, environ={}).service("stut-dev")
     assert service.release_phase == ReleasePhase("m")
     assert service.canary == CanaryPlan(checks=(CanaryCheck("http", name="GET /"),))
+
+
+@pytest.mark.parametrize(
+    ("text", "units", "seconds"),
+    [
+        ("1h30m", None, 5400.0),
+        ("2d", None, 172800.0),
+        ("0s", None, 0.0),
+        ("500ms", STAGE, 0.5),
+        ("1m30s", STAGE, 90.0),
+    ],
+)
+def test_one_duration_parser_reads_each_callers_units(
+    text: str, units: tuple[str, ...] | None, seconds: float
+) -> None:
+    assert (parse_duration(text) if units is None else parse_duration(text, units)) == seconds
+
+
+@pytest.mark.parametrize(("text", "units"), [("2d", STAGE), ("500ms", None), ("1 h", None)])
+def test_a_unit_a_caller_does_not_take_is_refused(text: str, units: tuple[str, ...] | None) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text) if units is None else parse_duration(text, units)
+
+
+def test_a_stage_duration_in_days_names_the_key() -> None:
+    text = GOOD + 'strategy = "rolling"\n[services.stut-dev.nomad]\njob = "web"\n'
+    text += '[services.stut-dev.canary]\nbake = "1d"\n'
+    with pytest.raises(ConfigError, match=r"\[services.stut-dev.canary\] bake: must be a duration"):
+        parse_settings(text, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            service_with('secret_env = "HOOK"', drop="secret_sha256"),
+            r"line 10: \[services.stut-dev\] secret_env: environment HOOK is set but empty \(need",
+        ),
+        (
+            service_with('github_secret_env = "HOOK"'),
+            r"\[services.stut-dev\] github_secret_env: environment HOOK is set but empty$",
+        ),
+        (
+            GOOD + '[[notify.targets]]\nurl = "https://example.com/"\nsecret_env = "HOOK"\n',
+            r"\[notify.targets\] secret_env: environment HOOK is set but empty$",
+        ),
+    ],
+)
+def test_a_secret_variable_set_but_empty_is_told_apart_from_an_unset_one(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        parse_settings(text, environ={"HOOK": ""})
+    with pytest.raises(ConfigError, match="environment HOOK is not set"):
+        parse_settings(text, environ={})
+
+
+@pytest.mark.parametrize(("table", "name"), [("consul", "cert"), ("nomad", "tls_server_name")])
+def test_a_setting_only_the_environment_gives_is_not_a_key(table: str, name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[{table}\] {name}: unknown key"):
+        parse_settings(GOOD.replace("[consul]", f'[{table}]\n{name} = "x"'), environ={})
+
+
+def test_every_declared_field_is_a_documented_key_but_what_the_environment_gives() -> None:
+    for table, declared in TABLES.items():
+        documented = {k.name for k in SCHEMA if k.table == table and k.help}
+        fields = {f.name for f in msgspec.structs.fields(declared)}
+        from_environment = {"cert", "tls_server_name"} if table in ("consul", "nomad") else set()
+        assert fields - documented == from_environment, table

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from noman.config import Service
 from noman.deploy import Deployer, JobState, check_release, needs_write
 from noman.errors import (
     InvalidTag,
@@ -17,6 +16,7 @@ from noman.errors import (
     StaleTag,
     WriteConflict,
 )
+from noman.model import Service
 from noman.ordering import order_key
 from noman.release import Release, Rollout
 from noman.stores import Entry, Write

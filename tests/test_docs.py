@@ -23,6 +23,39 @@ def test_every_config_key_is_documented(key: object) -> None:
     assert name in README, f"README.md lacks a row for {name}"
 
 
+def readme_defaults() -> dict[str, str]:
+    """``{"table.key": default cell}`` from the README's settings tables."""
+    rows = re.findall(r"^\| `([a-z_.<>]+)` \| ([^|]*) \|", README, re.MULTILINE)
+    return {name: cell.strip() for name, cell in rows}
+
+
+def toml_text(value: object) -> str:
+    """A declared default as the README writes it: TOML, with — for none."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(toml_text(item) for item in value) + "]"
+    return str(value)
+
+
+@pytest.mark.parametrize("key", SCHEMA, ids=[f"{k.table}.{k.name}" for k in SCHEMA])
+def test_every_documented_default_is_the_declared_one(key: object) -> None:
+    name = f"{key.table}.{key.name}"  # type: ignore[attr-defined]
+    cell = readme_defaults().get(name)
+    if cell is None:  # a row that documents two keys at once (`secret_sha256` / ...)
+        return
+    expected = toml_text(key.default)  # type: ignore[attr-defined]
+    assert cell == expected or (expected == "—" and cell == "none"), (name, cell, expected)
+
+
+def test_the_readme_defaults_are_found() -> None:
+    assert readme_defaults()["server.max_body_bytes"] == "65536"
+
+
 @pytest.mark.parametrize("variable", [name for name, _ in ENVIRONMENT])
 def test_every_environment_variable_is_documented(variable: str) -> None:
     assert f"`{variable}`" in README

@@ -13,7 +13,8 @@ from prometheus_client import REGISTRY
 
 from noman import create_app, dora
 from noman.cli import main
-from noman.config import DEFAULT_TAG_PATTERN, Service, parse_settings
+from noman.config import parse_settings
+from noman.model import DEFAULT_TAG_PATTERN, Service
 from noman.state import HistoryEntry, Keys, encode
 from noman.wiring import components
 from tests.conftest import ConsulHandle, make_settings

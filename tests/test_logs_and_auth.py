@@ -10,8 +10,9 @@ import logging
 import pytest
 
 from noman import auth
-from noman.config import Service, hash_secret
+from noman.config import hash_secret
 from noman.logs import JsonFormatter, RedactingFilter, redact
+from noman.model import Service
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from noman.config import SCHEMA, parse_settings
+from noman.durations import parse_duration
 from noman.errors import ConfigError
 from noman.operators import NO_CONTROLS, Controls, Operator, find_operator, operator_named
-from noman.windows import parse_duration
 
 HOOK = "h" * 43
 ALICE = "a" * 43

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from noman import create_app
-from noman.config import Service
 from noman.deploy import needs_write
 from noman.errors import StaleTag
+from noman.model import Service
 from noman.ordering import is_older, newest, order_key, order_kind
 from noman.release import Release
 from tests.conftest import ConsulHandle, make_settings

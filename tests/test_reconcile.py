@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from noman import create_app
@@ -322,7 +323,7 @@ def test_a_key_set_by_hand_is_rolled_only_forward(
     """Found by the leader's full pass (every rollout.resync seconds), not by a wake."""
     settings = settings_for(consul, nomad, secret)
     settings = dataclasses.replace(
-        settings, rollout=dataclasses.replace(settings.rollout, resync=0.05)
+        settings, rollout=msgspec.structs.replace(settings.rollout, resync=0.05)
     )
     app = create_app(settings)
     reconciler = components(app).reconciler

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from noman import create_app
-from noman.config import Service
 from noman.errors import AmbiguousTags
+from noman.model import Service
 from noman.release import Ignored
 from noman.senders.registries import pick_tag
 from tests.conftest import ConsulHandle, make_settings

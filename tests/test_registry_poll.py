@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from noman.config import ConfigError, PollSettings, parse_duration, parse_settings
+from noman.config import ConfigError, PollSettings, parse_settings
+from noman.durations import parse_duration
 from noman.errors import (
     ConsulUnavailable,
     Frozen,

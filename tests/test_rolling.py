@@ -12,14 +12,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 import requests
 import requests_mock
 
 from noman import create_app
-from noman.config import NomadSettings, Service, Settings
+from noman.config import NomadSettings, Settings
 from noman.errors import UpstreamError
-from noman.model import NomadTarget
+from noman.model import NomadTarget, Service
 from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
@@ -329,7 +330,7 @@ def test_a_stalled_deployment_times_out(
     nomad.script_deployments("stall")
     settings = rolling_settings(consul, nomad, secret)
     settings = dataclasses.replace(
-        settings, nomad=dataclasses.replace(settings.nomad, watch_timeout=0.3)
+        settings, nomad=msgspec.structs.replace(settings.nomad, watch_timeout=0.3)
     )
     app = create_app(settings)
     assert hook(app, secret, {"tag": NEW}).status_code == 200

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import msgspec
 import pytest
 
 from noman import create_app
@@ -491,7 +492,7 @@ def test_a_slow_receiver_costs_the_leader_nothing(consul: ConsulHandle, secret: 
             ),
         )
         settings = dataclasses.replace(
-            settings, consul=dataclasses.replace(settings.consul, session_ttl=10)
+            settings, consul=msgspec.structs.replace(settings.consul, session_ttl=10)
         )
         one, two = create_app(settings), create_app(settings)
         first, second = components(one).reconciler, components(two).reconciler

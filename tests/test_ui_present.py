@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from noman.config import Service
+from noman.model import Service
 from noman.ui import present
 
 NOW = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)

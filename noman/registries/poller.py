@@ -367,7 +367,11 @@ class Poller:
     # -- deciding -----------------------------------------------------------------------------
 
     def _settle(self, listed: _Listed) -> None:
-        """Decide, deploy, record, log and save one service's poll; never raises."""
+        """Decide, deploy, record, log and save one service's poll; never raises.
+
+        Long because the poll's state is built by successive replaces from one result
+        (skipped, listed, deployed, failed) and saved once.
+        """
         service = listed.service
         with self._lock:
             previous = self._states[service.name]

@@ -37,8 +37,9 @@ import json
 import math
 from typing import Any
 
-from noman.config import HookProofs, Service
+from noman.config import HookProofs
 from noman.errors import InvalidJSON, InvalidPayload
+from noman.model import Service
 from noman.release import Ignored, Release
 from noman.senders import (
     acr,

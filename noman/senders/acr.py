@@ -23,7 +23,7 @@ it is (a 2xx is all ACR's ping checks).
 
 from __future__ import annotations
 
-from noman.config import Service
+from noman.model import Service
 from noman.release import Ignored, Release, shown
 from noman.senders.common import (
     JSON,

@@ -26,9 +26,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from noman.auth import secrets_match
-from noman.config import HookProofs, Service, hash_secret
+from noman.config import HookProofs, hash_secret
 from noman.errors import AmbiguousTags, InvalidPayload, InvalidSignature, RepositoryMismatch
 from noman.imageref import names_image, same_image
+from noman.model import Service
 from noman.ordering import newest
 from noman.release import Ignored, Release, shown, tag_accepted
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from noman.config import Service
 from noman.errors import InvalidPayload
+from noman.model import Service
 from noman.release import Ignored, Release, shown
 from noman.senders.common import (
     JSON,
@@ -72,7 +72,12 @@ def looks_like(payload: JSON) -> bool:
 
 
 def parse(payload: JSON, service: Service | None, headers: Headers) -> Release | Ignored:
-    """The release an envelope announces for ``service``, or why it announces none."""
+    """The release an envelope announces for ``service``, or why it announces none.
+
+    Long because it is one pass over the envelope's events, sorting each into tagged pushes,
+    other actions on this repository and other repositories, then answering from the three
+    in order of precedence.
+    """
     service = require_service(service, "registry notification")
     events = payload.get("events")
     if not isinstance(events, list) or not events:

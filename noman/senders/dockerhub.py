@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from noman.config import Service
 from noman.errors import InvalidPayload
+from noman.model import Service
 from noman.release import Ignored, Release
 from noman.senders.common import (
     Headers,

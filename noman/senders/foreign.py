@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NoReturn
 
-from noman.config import Service
 from noman.errors import InvalidPayload
+from noman.model import Service
 from noman.release import shown
 from noman.senders.common import JSON, Headers, Sender
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from noman.config import HookProofs, Service
+from noman.config import HookProofs
 from noman.errors import InvalidSignature
+from noman.model import Service
 from noman.release import Ignored, Release, shown
 from noman.senders.common import (
     JSON,

@@ -25,8 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 from noman.auth import secrets_match, sign
-from noman.config import HookProofs, Service
+from noman.config import HookProofs
 from noman.errors import InvalidPayload, InvalidSignature
+from noman.model import Service
 from noman.release import Ignored, Release, shown
 from noman.senders.common import Headers, Sender, check_repository
 

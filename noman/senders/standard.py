@@ -18,8 +18,9 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from noman.config import HookProofs, Service
+from noman.config import HookProofs
 from noman.errors import InvalidSignature, InvalidTag
+from noman.model import Service
 from noman.release import Ignored, Release
 from noman.senders.common import Headers, Sender
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from noman.config import Service
+from noman.model import Service
 
 # Rollout states that Noman is still carrying to an end.
 ACTIVE_STATES = frozenset({"pending", "registered", "running"})

@@ -27,9 +27,10 @@ from flask import (
 from werkzeug.wrappers import Response as BaseResponse
 
 from noman import errors, promotion
-from noman.config import Service, Settings
+from noman.config import Settings
 from noman.deploy import Deployer
 from noman.errors import ConfigError, NomanError
+from noman.model import Service
 from noman.ratelimit import FailureLimiter
 from noman.ui import present
 from noman.ui.session import csrf_ok, csrf_token, log_in, logged_in, token_matches
