@@ -34,6 +34,7 @@ Codes are an API: callers branch on them, so they never change meaning.
         ├── ConsulUnavailable           503 consul_unavailable  (retryable)
         ├── ConsulForbidden             502 consul_forbidden
         ├── ConsulError                 502 consul_error
+        ├── ConsulWrongAddress          502 consul_wrong_address  (what answers is not Consul)
         ├── NomadUnavailable            503 nomad_unavailable   (retryable)
         ├── NomadForbidden              502 nomad_forbidden
         ├── NomadJobNotFound            502 nomad_job_not_found
@@ -51,6 +52,12 @@ Nomad's codes reach a hook caller only as the ``reason`` of a 202: by then the
 deploy is durable and the reconciler retries. ``NotRolling`` is no longer raised
 (``/deployment`` is an alias of ``status``); the class and code stay so callers that
 import or branch on them keep working.
+
+Consul's client maps its library's failures in one table and one context manager
+(``ConsulStore._mapped``), as ``RegistryClient._mapped`` does for the registries, attaches
+the address once, and words a read's failure apart from a write's when it builds the
+error. ``ConsulWrongAddress`` says what answers instead (Nomad at Consul's address, a web
+page, HTTPS where the address says http://): retrying cannot help until it is fixed.
 
 The ``Registry*`` errors come from polling a container registry (``noman.registries``):
 the leader's poller records their code per service; no hook request ever ends with one.
@@ -338,6 +345,15 @@ class ConsulError(UpstreamError):
     status = 502
     code = "consul_error"
     default_message = "Consul rejected the request; nothing was written."
+
+
+class ConsulWrongAddress(UpstreamError):
+    """What answers at Consul's address is not Consul's HTTP API; the message says what it is."""
+
+    status = 502
+    code = "consul_wrong_address"
+    permanent = True
+    default_message = "What answers at the Consul address is not Consul's HTTP API."
 
 
 class NomadUnavailable(UpstreamError):
