@@ -39,6 +39,7 @@ Codes are an API: callers branch on them, so they never change meaning.
         ├── NomadForbidden              502 nomad_forbidden
         ├── NomadJobNotFound            502 nomad_job_not_found
         ├── NomadError                  502 nomad_error
+        ├── NomadWrongAddress           502 nomad_wrong_address   (what answers is not Nomad)
         └── RegistryError               502 registry_error      (an answer Noman does not expect)
             ├── RegistryUnavailable     503 registry_unavailable     (retryable)
             ├── RegistryRateLimited     503 registry_rate_limited    (retryable after retry_after)
@@ -53,11 +54,11 @@ deploy is durable and the reconciler retries. ``NotRolling`` is no longer raised
 (``/deployment`` is an alias of ``status``); the class and code stay so callers that
 import or branch on them keep working.
 
-Consul's client maps its library's failures in one table and one context manager
-(``ConsulStore._mapped``), as ``RegistryClient._mapped`` does for the registries, attaches
+Each client maps its library's failures in one table and one context manager
+(``ConsulStore._mapped``, ``NomadRollouts._mapped``, ``RegistryClient._mapped``), attaches
 the address once, and words a read's failure apart from a write's when it builds the
-error. ``ConsulWrongAddress`` says what answers instead (Nomad at Consul's address, a web
-page, HTTPS where the address says http://): retrying cannot help until it is fixed.
+error. The ``*WrongAddress`` errors say what answers instead (Nomad at Consul's address, a
+web page, HTTPS where the address says http://): retrying cannot help until it is fixed.
 
 The ``Registry*`` errors come from polling a container registry (``noman.registries``):
 the leader's poller records their code per service; no hook request ever ends with one.
@@ -389,6 +390,15 @@ class NomadError(UpstreamError):
     status = 502
     code = "nomad_error"
     default_message = "Nomad rejected the new job version; the deploy was not started."
+
+
+class NomadWrongAddress(UpstreamError):
+    """What answers at Nomad's address is not Nomad's HTTP API; the message says what it is."""
+
+    status = 502
+    code = "nomad_wrong_address"
+    permanent = True
+    default_message = "What answers at the Nomad address is not Nomad's HTTP API."
 
 
 class RegistryError(UpstreamError):

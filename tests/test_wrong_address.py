@@ -24,12 +24,14 @@ import trustme
 
 from noman import create_app
 from noman.cli import main
-from noman.config import ConsulSettings
-from noman.errors import ConsulWrongAddress
+from noman.config import ConsulSettings, NomadSettings
+from noman.errors import ConsulWrongAddress, NomadWrongAddress
+from noman.model import JobState, NomadTarget, Service
+from noman.rollouts.nomad import NomadRollouts
 from noman.stores.consul import ConsulStore
 from tests.conftest import ConsulHandle, make_settings, settings_toml
 from tests.fakes.consul import FakeConsul
-from tests.fakes.nomad import FakeNomad
+from tests.fakes.nomad import FakeNomad, sample_service_job
 
 #: (status, headers, body) for a method and path.
 Route = Callable[[str, str], tuple[int, dict[str, str], bytes]]
@@ -281,3 +283,70 @@ def test_a_hook_gets_the_json_error_without_the_address(served: Any, secret: str
     assert set(answer.json) == {"error", "message"}
     assert nomad.url.split("//", 1)[1] not in answer.get_data(as_text=True)
     assert secret not in answer.get_data(as_text=True)
+
+
+# -- Nomad's address -----------------------------------------------------------------------
+
+WEB = Service("web", "a/b", "k", (b"",), strategy="rolling", nomad=NomadTarget("web"))
+
+
+def rollouts(address: str) -> NomadRollouts:
+    return NomadRollouts(NomadSettings(address=address, timeout=2))
+
+
+@pytest.mark.parametrize("call", ["read", "follow", "register"])
+def test_consul_at_nomads_address_is_named(call: str) -> None:
+    with FakeConsul() as consul:
+        nomad = rollouts(consul.url)
+        with pytest.raises(NomadWrongAddress) as wrong:
+            if call == "read":
+                nomad.read(WEB)
+            elif call == "follow":
+                nomad.follow(WEB, 2, None, 0, 0)
+            else:
+                nomad.register(WEB, JobState("release-1", sample_service_job("web"), 7), "r-2")
+    assert wrong.value.message.startswith("The Nomad address answers like Consul, not Nomad")
+    assert "NOMAD_ADDR" in wrong.value.message
+    assert wrong.value.address == consul.url
+    assert wrong.value.code == "nomad_wrong_address" and wrong.value.status == 502
+    # Only a register puts a deploy at stake.
+    assert ("the deploy was not started" in wrong.value.message) is (call == "register")
+
+
+def test_a_web_page_at_nomads_address_is_named(served: Any) -> None:
+    page = served(Stub(web_page))
+    with pytest.raises(NomadWrongAddress, match="it sent an HTML page"):
+        rollouts(page.url).read(WEB)
+
+
+def test_http_to_nomads_tls_port_says_use_https(served: Any) -> None:
+    port = served(RawServer(go_tls_port))
+    with pytest.raises(NomadWrongAddress) as wrong:
+        rollouts(port.url).read(WEB)
+    assert wrong.value.message == "The Nomad address speaks HTTPS; write the address with https://."
+
+
+def test_nomad_itself_is_not_taken_for_something_else() -> None:
+    with FakeNomad() as fake:
+        fake.add_job(sample_service_job("web"))
+        assert rollouts(fake.url).read(WEB).modify_index > 0
+        with pytest.raises(Exception) as missing:
+            rollouts(fake.url).read(Service("x", "a/b", "k", (b"",), nomad=NomadTarget("x")))
+        assert getattr(missing.value, "code", None) == "nomad_job_not_found"
+
+
+def test_check_names_consul_at_nomads_address_in_one_line(
+    tmp_path: Path, secret: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeConsul() as consul:
+        handle = ConsulHandle(consul.url, None, consul)
+        extra = f'[services.web.nomad]\njob = "web"\n[nomad]\naddress = "{consul.url}"\n'
+        path = tmp_path / "noman.toml"
+        path.write_text(settings_toml(handle, secret, strategy="rolling", extra=extra))
+        assert main(["--config", str(path), "check"]) == 1
+    out, err = capsys.readouterr()
+    assert (
+        "web: FAILED: nomad_wrong_address: The Nomad address answers like Consul, not Nomad: "
+        f"point nomad.address (NOMAD_ADDR) at Nomad's HTTP API. (at {consul.url})"
+    ) in out.splitlines()
+    assert "Traceback" not in out + err
