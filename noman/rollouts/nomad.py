@@ -600,7 +600,7 @@ class NomadRollouts:
         settings = self.settings
         where = transport.scheme_problem(settings.address, exc, timeout=settings.timeout)
         if where is not None:
-            log.error("nomad %s %s: the address %s", action, target.job, where)
+            log.error("nomad %s %s: %s %s", action, target.job, self.settings.address, where)
             return self._error(NomadWrongAddress, action, where=where)
         said = transport.problem(exc, settings.timeout)
         log.warning("nomad %s %s: unavailable: %s", action, target.job, said)
@@ -614,7 +614,7 @@ class NomadRollouts:
         text = answer.text.strip()[:300]
         where = self._what_answers(answer, unusable.foreign)
         if where is not None:
-            log.error("nomad %s %s: the address %s", action, target.job, where)
+            log.error("nomad %s %s: %s %s", action, target.job, self.settings.address, where)
             return self._error(NomadWrongAddress, action, where=where)
         if unusable.foreign:
             return self._error(NomadError, action, message=_NOT_JSON)
@@ -640,7 +640,7 @@ class NomadRollouts:
             page = body[:100].lstrip().lower().startswith(("<!doctype", "<html"))
             found = "an HTML page" if page else "an answer that is not JSON"
             where = f"does not answer like Nomad: it sent {found}"
-        log.error("nomad %s %s: the address %s", action, target.job, where)
+        log.error("nomad %s %s: %s %s", action, target.job, self.settings.address, where)
         return self._error(NomadWrongAddress, action, where=where)
 
     def _what_answers(self, answer: requests.Response, foreign: bool) -> str | None:

@@ -231,6 +231,7 @@ class ConsulStore:
             ):
                 # Nomad has /v1/status/leader too, answered alike (Consul before 1.9 adds
                 # no header of its own there either): ask what only Nomad has.
+                log.error("consul status: %s %s", self.settings.address, _NOMAD_HERE)
                 raise self._error(ConsulWrongAddress, "status", where=_NOMAD_HERE)
         if not leader:
             raise self._error(ConsulUnavailable, "status", message="Consul has no leader.")
@@ -344,7 +345,7 @@ class ConsulStore:
         settings = self.settings
         where = transport.scheme_problem(settings.address, exc, timeout=settings.timeout)
         if where is not None:
-            log.error("consul %s %s: the address %s", action, what, where)
+            log.error("consul %s %s: %s %s", action, what, self.settings.address, where)
             return self._error(ConsulWrongAddress, action, where=where)
         said = transport.problem(exc, settings.timeout)
         log.warning("consul %s %s: %s: %s", action, what, settings.address, said)
@@ -360,7 +361,7 @@ class ConsulStore:
         text = answer.text.strip()[:300]
         where = self._what_answers(answer, unusable.foreign)
         if where is not None:
-            log.error("consul %s %s: the address %s", action, what, where)
+            log.error("consul %s %s: %s %s", action, what, self.settings.address, where)
             return self._error(ConsulWrongAddress, action, where=where)
         kind = _STATUS_ERRORS.get(status)
         if status == 409:  # a transaction Consul refused: its errors say why
