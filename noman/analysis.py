@@ -12,15 +12,18 @@ Two kinds of check (``[[services.<name>.canary.checks]]``):
 A round never raises: Prometheus or a canary failing to answer (refused, an
 error envelope, no answer within the check's ``timeout``) is a failed
 measurement that says why, because Noman never promotes what it could not
-measure. HTTP is plain ``requests`` without environment proxies, like every
-other client of Noman's (``noman.transport``).
+measure. Their failures are mapped in one place (``_asked``, with the wire's
+words from ``noman.transport.problem``) and one reader of Prometheus's answer
+(``_query_values``). HTTP is plain ``requests`` without environment proxies,
+like every other client of Noman's (``noman.transport``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -66,28 +69,16 @@ class Analyst:
     def prometheus(self, check: CanaryCheck, query: str) -> Measurement:
         """Ask Prometheus ``query`` and judge every series against the check's bounds."""
         try:
-            answer = self.session.get(
-                f"{check.url}/api/v1/query",
-                params={"query": query, "timeout": f"{check.timeout:g}s"},
-                timeout=check.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            return self._failed(check, f"Prometheus did not answer ({type(exc).__name__})")
-        try:
-            body = answer.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or body.get("status") != "success":
-            error = body.get("error") if isinstance(body, dict) else None
-            kind = body.get("errorType") if isinstance(body, dict) else None
-            why = f"{kind}: {error}" if error else f"HTTP {answer.status_code}"
-            return self._failed(check, f"Prometheus refused the query ({why})"[:300])
-        try:
-            values = _values(body.get("data"))
-        except (TypeError, ValueError, KeyError, IndexError):
-            return self._failed(check, "Prometheus answered something that is not a result")
-        return judge(check, values, self.clock())
+            with _asked("Prometheus", check.timeout):
+                answer = self.session.get(
+                    f"{check.url}/api/v1/query",
+                    params={"query": query, "timeout": f"{check.timeout:g}s"},
+                    timeout=check.timeout,
+                    allow_redirects=False,
+                )
+            return judge(check, _query_values(answer), self.clock())
+        except _Unmeasured as unmeasured:
+            return self._failed(check, str(unmeasured))
 
     def http(self, check: CanaryCheck, canaries: list[Canary]) -> Measurement:
         """GET the path of every canary; the first one that answers wrong fails the check."""
@@ -101,11 +92,12 @@ class Analyst:
                 label = f"port {check.port!r}" if check.port else "a port"
                 return self._failed(check, f"allocation {canary.allocation[:8]} has no {label}")
             try:
-                answer = self.session.get(
-                    f"http://{where}{check.path}", timeout=check.timeout, allow_redirects=False
-                )
-            except requests.RequestException as exc:
-                return self._failed(check, f"{where} did not answer ({type(exc).__name__})")
+                with _asked(where, check.timeout):
+                    answer = self.session.get(
+                        f"http://{where}{check.path}", timeout=check.timeout, allow_redirects=False
+                    )
+            except _Unmeasured as unmeasured:
+                return self._failed(check, str(unmeasured))
             status = answer.status_code
             good = status in check.expect if check.expect else 200 <= status < 300
             if not good:
@@ -116,6 +108,39 @@ class Analyst:
     def _failed(self, check: CanaryCheck, why: str) -> Measurement:
         log.warning("analysis: %s: %s", check.name, why)
         return Measurement(check.name, False, None, threshold_text(check), why, self.clock())
+
+
+class _Unmeasured(Exception):
+    """A check that could not measure; its text is the measurement's detail."""
+
+
+@contextlib.contextmanager
+def _asked(who: str, timeout: float) -> Iterator[None]:
+    """requests' failures become ``_Unmeasured("<who>: <what went wrong>")``, here only.
+
+    Never chained: a check's URL may carry credentials.
+    """
+    try:
+        yield
+    except requests.RequestException as exc:
+        raise _Unmeasured(f"{who}: {transport.problem(exc, timeout)}") from None
+
+
+def _query_values(answer: requests.Response) -> list[float]:
+    """The values of an instant query's answer; ``_Unmeasured`` when it holds none."""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else None
+        kind = body.get("errorType") if isinstance(body, dict) else None
+        why = f"{kind}: {error}" if error else f"HTTP {answer.status_code}"
+        raise _Unmeasured(f"Prometheus refused the query ({why})"[:300])
+    try:
+        return _values(body.get("data"))
+    except (TypeError, ValueError, KeyError, IndexError):
+        raise _Unmeasured("Prometheus answered something that is not a result") from None
 
 
 def _values(data: Any) -> list[float]:

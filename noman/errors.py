@@ -34,10 +34,12 @@ Codes are an API: callers branch on them, so they never change meaning.
         ├── ConsulUnavailable           503 consul_unavailable  (retryable)
         ├── ConsulForbidden             502 consul_forbidden
         ├── ConsulError                 502 consul_error
+        ├── ConsulWrongAddress          502 consul_wrong_address  (what answers is not Consul)
         ├── NomadUnavailable            503 nomad_unavailable   (retryable)
         ├── NomadForbidden              502 nomad_forbidden
         ├── NomadJobNotFound            502 nomad_job_not_found
         ├── NomadError                  502 nomad_error
+        ├── NomadWrongAddress           502 nomad_wrong_address   (what answers is not Nomad)
         └── RegistryError               502 registry_error      (an answer Noman does not expect)
             ├── RegistryUnavailable     503 registry_unavailable     (retryable)
             ├── RegistryRateLimited     503 registry_rate_limited    (retryable after retry_after)
@@ -51,6 +53,12 @@ Nomad's codes reach a hook caller only as the ``reason`` of a 202: by then the
 deploy is durable and the reconciler retries. ``NotRolling`` is no longer raised
 (``/deployment`` is an alias of ``status``); the class and code stay so callers that
 import or branch on them keep working.
+
+Each client maps its library's failures in one table and one context manager
+(``ConsulStore._mapped``, ``NomadRollouts._mapped``, ``RegistryClient._mapped``), attaches
+the address once, and words a read's failure apart from a write's when it builds the
+error. The ``*WrongAddress`` errors say what answers instead (Nomad at Consul's address, a
+web page, HTTPS where the address says http://): retrying cannot help until it is fixed.
 
 The ``Registry*`` errors come from polling a container registry (``noman.registries``):
 the leader's poller records their code per service; no hook request ever ends with one.
@@ -340,6 +348,15 @@ class ConsulError(UpstreamError):
     default_message = "Consul rejected the request; nothing was written."
 
 
+class ConsulWrongAddress(UpstreamError):
+    """What answers at Consul's address is not Consul's HTTP API; the message says what it is."""
+
+    status = 502
+    code = "consul_wrong_address"
+    permanent = True
+    default_message = "What answers at the Consul address is not Consul's HTTP API."
+
+
 class NomadUnavailable(UpstreamError):
     """Nomad is unreachable, timing out or answering 5xx."""
 
@@ -373,6 +390,15 @@ class NomadError(UpstreamError):
     status = 502
     code = "nomad_error"
     default_message = "Nomad rejected the new job version; the deploy was not started."
+
+
+class NomadWrongAddress(UpstreamError):
+    """What answers at Nomad's address is not Nomad's HTTP API; the message says what it is."""
+
+    status = 502
+    code = "nomad_wrong_address"
+    permanent = True
+    default_message = "What answers at the Nomad address is not Nomad's HTTP API."
 
 
 class RegistryError(UpstreamError):

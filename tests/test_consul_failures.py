@@ -156,7 +156,8 @@ def mocked(secret: str) -> Any:
         ({"status_code": 502, "text": "<html>Bad gateway</html>"}, 503, "consul_unavailable"),
         ({"status_code": 429, "text": "rate limit exceeded"}, 502, "consul_error"),
         ({"status_code": 400, "text": "Bad request"}, 502, "consul_error"),
-        ({"status_code": 200, "text": "<html>not consul</html>"}, 503, "consul_unavailable"),
+        # A web page where Consul should be: no retry helps, the address is wrong.
+        ({"status_code": 200, "text": "<html>not consul</html>"}, 502, "consul_wrong_address"),
         ({"exc": requests.exceptions.ConnectTimeout}, 503, "consul_unavailable"),
         ({"exc": requests.exceptions.ReadTimeout}, 503, "consul_unavailable"),
         ({"exc": requests.exceptions.ConnectionError}, 503, "consul_unavailable"),

@@ -5,7 +5,8 @@
 same registry only, no page twice, at most ``max_pages``), authenticating with Docker's
 token flow (``noman.registries.auth``). Every failure leaves as one of the
 ``Registry*`` errors of ``noman.errors``, mapped in one place (``_mapped`` and its
-tables), as httpx maps httpcore's exceptions:
+tables, the wire's words from ``noman.transport.problem``), as httpx maps httpcore's
+exceptions:
 
     connection refused, DNS, TLS, timeouts, 5xx     RegistryUnavailable     (temporary)
     429 (Retry-After in seconds or an HTTP date)    RegistryRateLimited     (temporary)
@@ -36,10 +37,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from noman import __version__
+from noman import __version__, transport
 from noman.errors import (
     RegistryError,
     RegistryInvalidAnswer,
@@ -454,19 +454,9 @@ class RegistryClient:
         except RegistryError:
             raise
         except requests.RequestException as exc:
-            raise RegistryUnavailable(f"{ref.host}: {self._transport_problem(exc)}") from None
-
-    def _transport_problem(self, exc: requests.RequestException) -> str:
-        """What went wrong on the wire, in words; never the exception's own text (URLs)."""
-        reason = exc.args[0] if exc.args else None
-        if isinstance(exc, requests.Timeout) or isinstance(
-            reason, urllib3.exceptions.ReadTimeoutError
-        ):
-            return f"no answer within {self.timeout:g}s"
-        for kind, words in _TRANSPORT_PROBLEMS:
-            if isinstance(exc, kind):
-                return words
-        return f"request failed ({type(exc).__name__})"
+            # Not chained: an environment proxy's URL, credentials included, may be in it.
+            problem = transport.problem(exc, self.timeout)
+            raise RegistryUnavailable(f"{ref.host}: {problem}") from None
 
     def _status_error(
         self, ref: ImageReference, answer: _Answer, what: str = "the registry"
@@ -500,16 +490,6 @@ class RegistryClient:
             return proxies
 
 
-# Checked in order: the first class that matches names the problem.
-_TRANSPORT_PROBLEMS: tuple[tuple[type[requests.RequestException], str], ...] = (
-    (requests.exceptions.SSLError, "TLS handshake or certificate failed"),
-    (requests.exceptions.ProxyError, "the proxy refused or failed"),
-    (requests.exceptions.ConnectionError, "cannot connect (refused, reset or unknown host)"),
-    (requests.exceptions.ChunkedEncodingError, "the answer was cut off"),
-    (requests.exceptions.ContentDecodingError, "the answer could not be decoded"),
-    (requests.exceptions.TooManyRedirects, "too many redirects"),
-    (requests.exceptions.InvalidURL, "the URL is not valid"),
-)
 # Statuses below 500 other than 401 and 429 (answered above).
 _STATUS_ERRORS: dict[int, type[RegistryError]] = {
     401: RegistryUnauthorized,

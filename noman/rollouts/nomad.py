@@ -15,16 +15,23 @@ found with their addresses (``canaries``) and promoted or failed (``promote``,
 ``revert`` (``EnforcePriorVersion``). Nomad's refusals of those (a terminal
 deployment, unhealthy canaries, a job changed since) are ``NomadError`` with
 Nomad's text; only an outage is ``NomadUnavailable``.
+
+Every failure, from python-nomad or the raw blocking reads, is mapped in one place:
+``_mapped`` looks it up in ``_STATUS_ERRORS`` and words it from ``_WORDS`` (only a
+register's words say the deploy was not started), with Nomad's address attached once.
+An address where something else answers (Consul, a web page, TLS on one side only) is
+``NomadWrongAddress``, saying what answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,6 +46,7 @@ from noman.errors import (
     NomadForbidden,
     NomadJobNotFound,
     NomadUnavailable,
+    NomadWrongAddress,
     UpstreamError,
 )
 from noman.model import JobState, NomadTarget, Service
@@ -67,6 +75,41 @@ REFUSALS = (
     "deployment not found",
     "not found",
 )
+
+
+#: Nomad's failing statuses that are not ``NomadError`` (other 4xx but 408 and 429) or
+#: ``NomadUnavailable`` (5xx, 408, 429 and anything else).
+_STATUS_ERRORS: dict[int, type[UpstreamError]] = {
+    401: NomadForbidden,
+    403: NomadForbidden,
+    404: NomadJobNotFound,
+}
+#: The words of each error: (after any other call, after a register, which starts a deploy).
+_WORDS: dict[type[UpstreamError], tuple[str, str]] = {
+    NomadUnavailable: (
+        "Nomad is unavailable. Retry later.",
+        "Nomad is unavailable; the deploy was not started. Retry later.",
+    ),
+    NomadForbidden: (
+        "Nomad refused Noman's token.",
+        "Nomad refused Noman's token; the deploy was not started.",
+    ),
+    NomadError: (
+        "Nomad rejected the request.",
+        "Nomad rejected the new job version; the deploy was not started.",
+    ),
+    NomadWrongAddress: (
+        "The Nomad address {where}.",
+        "The Nomad address {where}; the deploy was not started.",
+    ),
+}
+_UNCONFIGURED = (
+    "Nomad refused the request and Noman has no token configured (NOMAD_TOKEN or nomad.token)"
+)
+_CONSUL_HERE = (
+    "answers like Consul, not Nomad: point nomad.address (NOMAD_ADDR) at Nomad's HTTP API"
+)
+_NOT_JSON = "Nomad answered with something that is not JSON."
 
 
 @dataclass(frozen=True)
@@ -239,10 +282,8 @@ class NomadRollouts:
         means ours was superseded); then the deployment itself, by ID.
         """
         target = _target(service)
-        try:
+        with self._mapped(target, "watch"):
             return self._follow(target, version, deployment_id, index, wait)
-        except UpstreamError as exc:
-            raise self._located(exc, "watch") from None
 
     def _follow(
         self, target: NomadTarget, version: int, deployment_id: str | None, index: int, wait: float
@@ -289,27 +330,22 @@ class NomadRollouts:
             params.update(index=str(index), wait=f"{max(wait, 0.001):g}s")
             timeout += wait * 1.1
         headers = {"X-Nomad-Token": self.settings.token} if self.settings.token else {}
-        try:
-            answer = self._session.get(
-                f"{self.settings.address}/v1/{path}",
-                params=params,
-                headers=headers,
-                timeout=timeout,
-                verify=self.settings.verify,
-                cert=self.settings.cert,
-            )
-        except requests.RequestException as exc:
-            log.warning("nomad watch %s: unavailable: %s", target.job, type(exc).__name__)
-            raise NomadUnavailable() from None
+        answer = self._session.get(
+            f"{self.settings.address}/v1/{path}",
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            verify=self.settings.verify,
+            cert=self.settings.cert,
+        )
         if answer.status_code != 200:
-            text = answer.text.strip()[:300]
-            missing = f"Nomad has no {path!r}."  # a deployment's id, not only the job, may be gone
-            raise self._by_status(answer.status_code, text, target, "watch", missing)
+            # A deployment's id, not only the job, may be gone.
+            raise _Unusable(answer, missing=f"Nomad has no {path!r}.")
         try:
             data = answer.json()
             new_index = int(answer.headers.get("X-Nomad-Index", "0"))
         except ValueError:
-            raise NomadError("Nomad answered with something that is not JSON.") from None
+            raise _Unusable(answer, foreign=True) from None
         return data, new_index
 
     # -- stages: release phase, canaries, reverts ------------------------------------------
@@ -355,15 +391,13 @@ class NomadRollouts:
     ) -> tuple[ReleaseRun, int]:
         """Where dispatched job ``child`` stands, blocking up to ``wait`` s for a change."""
         target = _target(for_job(service, child))
-        try:
+        with self._mapped(target, "watch"):
             job, new_index = self._blocking(target, f"job/{child}", index, wait)
             if not isinstance(job, dict):
                 raise NomadError(f"Nomad answered something that is not job {child!r}.")
             if job.get("Status") != "dead":
                 return ReleaseRun("running"), new_index
             allocs, _ = self._blocking(target, f"job/{child}/allocations", 0, 0)
-        except UpstreamError as exc:
-            raise self._located(exc, "watch") from None
         return release_outcome(job, allocs if isinstance(allocs, list) else []), new_index
 
     def deployment(self, service: Service, deployment_id: str) -> dict[str, Any] | None:
@@ -511,78 +545,150 @@ class NomadRollouts:
         call: Callable[[Any], T],
         refusals: tuple[str, ...] = (),
     ) -> T:
-        try:
+        """``call`` with the target's python-nomad client, its failures mapped."""
+        with self._mapped(target, action, refusals):
             return call(self.client(target))
+
+    # -- the one mapping of Nomad's failures ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def _mapped(
+        self, target: NomadTarget, action: str, refusals: tuple[str, ...] = ()
+    ) -> Iterator[None]:
+        """Every failure of the calls inside becomes a NomanError: the one place that maps them.
+
+        ``action`` is what the caller does (``register job``, ``watch``...): only a
+        register puts a deploy at stake, so only its words say the deploy was not started.
+        ``refusals`` are Nomad's texts (answered as 500, like an outage) that say the request
+        is wrong or came too late. An UpstreamError raised inside gets the address too.
+        """
+        try:
+            yield
+        except _IndexConflict:
+            raise
+        except UpstreamError as error:
+            error.address = error.address or self.settings.address
+            raise
         except nomad_errors.BaseNomadException as exc:
             text = _text(exc)
+            # Matched on the text: the status of this error differs between versions.
+            if INDEX_CONFLICT in text:
+                raise _IndexConflict() from None
             if any(refusal in text for refusal in refusals):
                 log.warning("nomad %s %s: refused: %s", action, target.job, text)
-                error = NomadError(f"Nomad refused to {action.split(' ')[0]}: {text}")
-                raise self._located(error, action) from None
-            raise self._located(self._translate(exc, target, action), action) from None
+                refused = f"Nomad refused to {action.split(' ')[0]}: {text}"
+                raise self._error(NomadError, action, message=refused) from exc
+            answer = exc.nomad_resp
+            if isinstance(answer, requests.RequestException):
+                raise self._transport_error(answer, target, action) from exc
+            if isinstance(answer, requests.Response):
+                raise self._answer_error(_Unusable(answer), target, action) from exc
+            raise self._error(NomadUnavailable, action) from exc
+        except _Unusable as unusable:
+            raise self._answer_error(unusable, target, action) from None
+        except requests.exceptions.JSONDecodeError as exc:
+            # python-nomad's .json() of a 200 that is not JSON: not Nomad's way.
+            raise self._not_json(target, action, exc.doc) from exc
         except requests.RequestException as exc:
-            log.warning("nomad %s %s: unavailable: %s", action, target.job, type(exc).__name__)
-            raise self._located(NomadUnavailable(), action) from None
-        except ValueError:
-            error = NomadError("Nomad answered with something that is not JSON.")
-            raise self._located(error, action) from None
+            raise self._transport_error(exc, target, action) from exc
+        except ValueError as exc:  # a body python-nomad could not decode
+            raise self._error(NomadError, action, message=_NOT_JSON) from exc
 
-    def _located(self, error: Exception, action: str) -> Exception:
-        """``error`` with Nomad's address; a read's message says nothing of a deploy."""
-        if isinstance(error, UpstreamError):
-            error.address = self.settings.address
-            if not action.startswith("register"):
-                # Reads serve check, status and the watch too: no deploy was at stake there.
-                error.message = error.message.replace("; the deploy was not started", "")
-                error.args = (error.message,)
-        return error
+    def _transport_error(
+        self, exc: requests.RequestException, target: NomadTarget, action: str
+    ) -> UpstreamError:
+        settings = self.settings
+        where = transport.scheme_problem(settings.address, exc, timeout=settings.timeout)
+        if where is not None:
+            log.error("nomad %s %s: %s %s", action, target.job, self.settings.address, where)
+            return self._error(NomadWrongAddress, action, where=where)
+        said = transport.problem(exc, settings.timeout)
+        log.warning("nomad %s %s: unavailable: %s", action, target.job, said)
+        return self._error(NomadUnavailable, action)
 
-    def _translate(
-        self, exc: nomad_errors.BaseNomadException, target: NomadTarget, action: str
-    ) -> Exception:
-        """The NomanError for what python-nomad raised (or the index conflict)."""
-        text = _text(exc)
-        # Matched on the text: the status of this error differs between versions.
-        if INDEX_CONFLICT in text:
-            return _IndexConflict()
-        if isinstance(exc, nomad_errors.URLNotAuthorizedNomadException):
-            status: object = 403
-        elif isinstance(exc, nomad_errors.URLNotFoundNomadException):
-            status = 404
-        else:
-            status = getattr(exc.nomad_resp, "status_code", None)
-        if isinstance(exc.nomad_resp, requests.Timeout):
-            log.warning("nomad %s %s: no answer in %ss", action, target.job, self.settings.timeout)
-            return NomadUnavailable()
-        return self._by_status(status if isinstance(status, int) else None, text, target, action)
-
-    def _by_status(
-        self,
-        status: int | None,
-        text: str,
-        target: NomadTarget,
-        action: str,
-        missing: str | None = None,
-    ) -> Exception:
+    def _answer_error(self, unusable: _Unusable, target: NomadTarget, action: str) -> UpstreamError:
         """The NomanError for a Nomad answer that is not a success: one mapping for the
         calls through python-nomad and the raw blocking reads alike."""
-        if status == 403:
-            if not self.settings.token:
-                log.error("nomad %s %s: no token configured: %s", action, target.job, text)
-                return NomadForbidden(
-                    "Nomad refused the request and Noman has no token configured "
-                    "(NOMAD_TOKEN or nomad.token); the deploy was not started."
-                )
-            log.error("nomad %s %s: token refused: %s", action, target.job, text)
-            return NomadForbidden()
-        if status == 404:
-            where = f" in namespace {target.namespace!r}" if target.namespace else ""
-            return NomadJobNotFound(missing or f"Nomad job {target.job!r} was not found{where}.")
-        if status is not None and 400 <= status < 500 and status not in (408, 429):
+        answer = unusable.answer
+        status = answer.status_code
+        text = answer.text.strip()[:300]
+        where = self._what_answers(answer, unusable.foreign)
+        if where is not None:
+            log.error("nomad %s %s: %s %s", action, target.job, self.settings.address, where)
+            return self._error(NomadWrongAddress, action, where=where)
+        if unusable.foreign:
+            return self._error(NomadError, action, message=_NOT_JSON)
+        kind = _STATUS_ERRORS.get(status)
+        if kind is NomadForbidden:
+            refused = "no token configured" if not self.settings.token else "token refused"
+            log.error("nomad %s %s: %s: %s", action, target.job, refused, text)
+            return self._error(NomadForbidden, action)
+        if kind is NomadJobNotFound:
+            where_ns = f" in namespace {target.namespace!r}" if target.namespace else ""
+            missing = unusable.missing or f"Nomad job {target.job!r} was not found{where_ns}."
+            return self._error(NomadJobNotFound, action, message=missing)
+        if 400 <= status < 500 and status not in (408, 429):
             log.error("nomad %s %s: rejected (%s): %s", action, target.job, status, text)
-            return NomadError()
+            return self._error(NomadError, action)
         log.warning("nomad %s %s: unavailable (%s): %s", action, target.job, status, text)
-        return NomadUnavailable()
+        return self._error(NomadUnavailable, action)
+
+    def _not_json(self, target: NomadTarget, action: str, body: str) -> UpstreamError:
+        if self._consul_answers():
+            where = _CONSUL_HERE
+        else:
+            page = body[:100].lstrip().lower().startswith(("<!doctype", "<html"))
+            found = "an HTML page" if page else "an answer that is not JSON"
+            where = f"does not answer like Nomad: it sent {found}"
+        log.error("nomad %s %s: %s %s", action, target.job, self.settings.address, where)
+        return self._error(NomadWrongAddress, action, where=where)
+
+    def _what_answers(self, answer: requests.Response, foreign: bool) -> str | None:
+        """What answers at the address instead of Nomad, judged from an unusable answer."""
+        where = transport.scheme_problem(self.settings.address, answer=answer)
+        if where is not None or transport.marked(answer, "nomad"):
+            return where
+        if transport.marked(answer, "consul"):
+            return _CONSUL_HERE
+        if answer.status_code >= 500 or answer.status_code in (401, 403):
+            return None  # a proxy's outage page, or a refusal: Nomad's words for those
+        html = transport.described(answer).startswith("an HTML")
+        if not (foreign or html or answer.status_code == 404):
+            return None
+        if self._consul_answers():
+            return _CONSUL_HERE
+        if foreign or html:
+            return f"does not answer like Nomad: it sent {transport.described(answer)}"
+        return None
+
+    def _consul_answers(self) -> bool:
+        settings = self.settings
+        return transport.identify(
+            self._session,
+            settings.address,
+            "consul",
+            settings.timeout,
+            verify=settings.verify,
+            cert=settings.cert,
+        )
+
+    def _error(
+        self,
+        kind: type[UpstreamError],
+        action: str,
+        where: str = "",
+        message: str | None = None,
+    ) -> UpstreamError:
+        """``kind`` worded for a register or any other call, with Nomad's address: the one place."""
+        deploy = action.startswith("register")
+        if message is None and kind is NomadForbidden and not self.settings.token:
+            # Not the same fix as a refused token: there is none to fix.
+            message = _UNCONFIGURED + ("; the deploy was not started." if deploy else ".")
+        if message is None and kind in _WORDS:
+            message = _WORDS[kind][deploy].format(where=where)
+        error = kind(message)
+        error.address = self.settings.address
+        return error
 
 
 def release_outcome(job: dict[str, Any], allocs: list[Any]) -> ReleaseRun:
@@ -663,6 +769,20 @@ def _network_ip(shared: dict[str, Any]) -> str | None:
 
 class _IndexConflict(Exception):
     """The job changed between our read and our register."""
+
+
+class _Unusable(Exception):
+    """An answer that is not a success; ``_mapped`` turns it into a NomanError.
+
+    ``missing`` words a 404; ``foreign`` marks an answer Nomad never gives (a body that is
+    not JSON): something else may answer at the address.
+    """
+
+    def __init__(self, answer: requests.Response, missing: str = "", foreign: bool = False):
+        super().__init__(answer.status_code)
+        self.answer = answer
+        self.missing = missing
+        self.foreign = foreign
 
 
 def _target(service: Service) -> NomadTarget:

@@ -1,48 +1,98 @@
-"""Tags in Consul KV, through py-consul, with every failure mapped to a NomanError.
+"""Tags in Consul KV over Consul's HTTP API, with every failure mapped to a NomanError.
 
-Network trouble and 5xx answers become ``ConsulUnavailable`` (503, retry);
-a refused token becomes ``ConsulForbidden`` (502, the operator must act).
-Nothing here ever retries a write blindly: a timed-out transaction raises
-``OutcomeUnknown`` and the caller re-reads to learn what happened. The
-reconciler's leader lock is a Consul session lock.
+Every request goes through ``_request`` inside ``_mapped``, the one place where a
+failure becomes a NomanError (as httpx's ``map_httpcore_exceptions``): requests'
+exceptions and the answers a call cannot use are looked up in ``_STATUS_ERRORS`` and
+worded by ``_WORDS``, a read's words apart from a write's, with this Consul's address
+attached once. Network trouble and 5xx answers become ``ConsulUnavailable`` (503,
+retry); a refused token becomes ``ConsulForbidden`` (502, the operator must act); an
+address where something else answers (Nomad, a web page, TLS on one side only) becomes
+``ConsulWrongAddress``, saying what answered. Nothing here ever retries a write
+blindly: a timed-out transaction raises ``OutcomeUnknown`` and the caller re-reads to
+learn what happened. The reconciler's leader lock is a Consul session lock.
+
+py-consul builds the HTTP session (address, TLS, token); the calls are plain requests
+so that every answer, its headers included, reaches the mapping.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import Container, Iterator, Sequence
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 import consul
 import requests
-from consul.exceptions import (
-    ACLDisabled,
-    ACLPermissionDenied,
-    BadRequest,
-    ClientError,
-    ConsulException,
-    NotFound,
-)
 
 from noman import transport
 from noman.config import ConsulSettings
-from noman.errors import ConsulError, ConsulForbidden, ConsulUnavailable, UpstreamError
+from noman.errors import (
+    ConsulError,
+    ConsulForbidden,
+    ConsulUnavailable,
+    ConsulWrongAddress,
+    UpstreamError,
+)
 from noman.stores import Entry, LeaderLock, OutcomeUnknown, Snapshot, Write
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-E = TypeVar("E", bound=UpstreamError)
 
 #: Calls that change Consul: only their failures may say "nothing was written"; a
 #: read-only command (check, status) that fails wrote nothing by nature, and must not
 #: suggest that a write was attempted.
-WRITES = frozenset({"write", "delete", "txn", "PUT", "DELETE"})
+WRITES = frozenset({"write", "delete", "txn"})
+ANY_STATUS = range(100, 600)
+#: Consul's failing statuses that are not ``ConsulError`` (other 4xx) or
+#: ``ConsulUnavailable`` (5xx and anything else).
+_STATUS_ERRORS: dict[int, type[UpstreamError]] = {401: ConsulForbidden, 403: ConsulForbidden}
+#: The words of each error: (after a read, after a write). ``{detail}`` says what
+#: happened when it is known; ``{where}`` is what answers at a wrong address.
+_WORDS: dict[type[UpstreamError], tuple[str, str]] = {
+    ConsulUnavailable: (
+        "Consul is unavailable{detail}; retry later.",
+        "Consul is unavailable{detail}; nothing was written. Retry later.",
+    ),
+    ConsulForbidden: (
+        "Consul refused Noman's token; the operator must fix its policy.",
+        "Consul refused Noman's token; nothing was written. The operator must fix it.",
+    ),
+    ConsulError: (
+        "Consul rejected the request{detail}.",
+        "Consul rejected the request{detail}; nothing was written.",
+    ),
+    ConsulWrongAddress: (
+        "The Consul address {where}.",
+        "The Consul address {where}; nothing was written.",
+    ),
+}
+_UNCONFIGURED = (
+    "Consul refused the request and Noman has no token configured "
+    "(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token)"
+)
+_NOMAD_HERE = (
+    "answers like Nomad, not Consul: point consul.address (CONSUL_HTTP_ADDR) at Consul's HTTP API"
+)
+
+
+class _Unusable(Exception):
+    """An answer of the wrong status or shape; ``_mapped`` turns it into a NomanError.
+
+    ``foreign`` marks an answer Consul never gives (a key read without X-Consul-Index,
+    a body that is not JSON): something else may answer at the address.
+    """
+
+    def __init__(self, answer: requests.Response, detail: str = "", foreign: bool = False):
+        super().__init__(answer.status_code)
+        self.answer = answer
+        self.detail = detail
+        self.foreign = foreign
 
 
 class ConsulStore:
@@ -62,44 +112,41 @@ class ConsulStore:
             cert=settings.cert,
             connections_timeout=settings.timeout,
         )
+        self.session: requests.Session = self.client.http.session
         # Consul is reached directly: no HTTP(S)_PROXY, and no per-call scan of
         # the environment for one (about a millisecond per request).
-        transport.configure(self.client.http.session, settings.tls_server_name)
+        transport.configure(self.session, settings.tls_server_name)
         if settings.token:
-            # py-consul leaves the token off some calls (txn); a session-wide
-            # header makes every request carry it.
-            self.client.http.session.headers["X-Consul-Token"] = settings.token
+            self.session.headers["X-Consul-Token"] = settings.token
 
     def read(self, key: str) -> Entry:
         """The key's value and ModifyIndex (None and 0 when missing)."""
-        _, data = self._call(
-            "read", key, lambda: self.client.kv.get(key, dc=self.settings.datacenter)
-        )
-        if data is None:
-            return Entry(None, 0)
-        raw = data.get("Value")
-        value = raw.decode("utf-8", errors="replace") if raw is not None else ""
-        return Entry(value, int(data["ModifyIndex"]))
+        with self._mapped("read", key):
+            answer = self._request("GET", f"kv/{quote(key, safe='/:')}", ok=(200, 404))
+            _require_index(answer)
+            items = _json(answer) if answer.status_code == 200 else None
+            if not items:
+                return Entry(None, 0)
+            try:
+                item = items[0]
+                raw = item.get("Value")
+                value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
+                return Entry(value, int(item["ModifyIndex"]))
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                raise _Unusable(answer, "an answer that is not Consul's", foreign=True) from None
 
     def write(self, key: str, value: str, index: int) -> bool:
         """PUT with ``?cas=index``; False when someone else wrote first."""
-        return bool(
-            self._call(
-                "write",
-                key,
-                lambda: self.client.kv.put(key, value, cas=index, dc=self.settings.datacenter),
-            )
-        )
+        with self._mapped("write", key):
+            path = f"kv/{quote(key, safe='/:')}"
+            answer = self._request("PUT", path, params={"cas": str(index)}, data=value.encode())
+            return _json(answer) is True
 
     def delete(self, key: str, index: int) -> bool:
         """DELETE with ``?cas=index``."""
-        return bool(
-            self._call(
-                "delete",
-                key,
-                lambda: self.client.kv.delete(key, cas=index, dc=self.settings.datacenter),
-            )
-        )
+        with self._mapped("delete", key):
+            path = f"kv/{quote(key, safe='/:')}"
+            return _json(self._request("DELETE", path, params={"cas": str(index)})) is True
 
     def read_many(self, keys: Sequence[str]) -> list[Entry]:
         """One read-only ``/v1/txn`` of ``get-tree`` operations, one per key.
@@ -108,23 +155,17 @@ class ConsulStore:
         the key's own name returns it (and any key it prefixes, which is dropped).
         """
         ops = [{"KV": {"Verb": "get-tree", "Key": key}} for key in keys]
-        what = ",".join(keys)
-        try:
-            answer = self._http("PUT", "txn", json=ops)
-        except requests.Timeout:
-            raise self._fail(ConsulUnavailable, "read", "no answer in time") from None
-        if answer.status_code != 200:
-            self._raise_txn(answer, "read", what)
         found: dict[str, Entry] = {}
-        try:
-            for result in answer.json().get("Results") or []:
-                item = result["KV"]
-                raw = item.get("Value")
-                value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
-                found[item["Key"]] = Entry(value, int(item["ModifyIndex"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("consul txn read %s: an answer that is not Consul's", what)
-            raise self._fail(ConsulUnavailable, "read", "an answer that is not Consul's") from None
+        with self._mapped("read", ",".join(keys)):
+            answer = self._request("PUT", "txn", json=ops)
+            try:
+                for result in _json(answer).get("Results") or []:
+                    item = result["KV"]
+                    raw = item.get("Value")
+                    value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
+                    found[item["Key"]] = Entry(value, int(item["ModifyIndex"]))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise _Unusable(answer, "an answer that is not Consul's", foreign=True) from None
         return [found.get(key, Entry(None, 0)) for key in keys]
 
     def transact(self, writes: Sequence[Write]) -> dict[str, int] | None:
@@ -137,41 +178,19 @@ class ConsulStore:
             if w.verb in ("cas", "delete-cas"):
                 op["Index"] = w.cas
             ops.append({"KV": op})
-        what = ",".join(w.key for w in writes)
+        with self._mapped("txn", ",".join(w.key for w in writes)):
+            answer = self._request("PUT", "txn", json=ops, ok=(200, 409))
+            if answer.status_code == 409:
+                if _stale(answer):
+                    return None
+                raise _Unusable(answer)
+        written = {w.key: 0 for w in writes if w.verb in ("cas", "set")}
         try:
-            answer = self._http("PUT", "txn", json=ops)
-        except requests.Timeout:
-            log.warning("consul txn %s: no answer within %ss", what, self.settings.timeout)
-            raise OutcomeUnknown() from None
-        if answer.status_code == 200:
-            written = {w.key: 0 for w in writes if w.verb in ("cas", "set")}
-            try:
-                for result in answer.json()["Results"] or []:
-                    written[str(result["KV"]["Key"])] = int(result["KV"]["ModifyIndex"])
-            except (ValueError, KeyError, TypeError):
-                pass  # applied; the indexes are simply unknown (0)
-            return written
-        if answer.status_code == 409 and self._stale(answer):
-            return None
-        self._raise_txn(answer, "txn", what)
-        return None  # pragma: no cover (_raise_txn always raises)
-
-    @staticmethod
-    def _stale(answer: requests.Response) -> bool:
-        """A 409 whose every error is a failed check-and-set (someone wrote first)."""
-        problems = _txn_problems(answer)
-        return bool(problems) and all(
-            "index is stale" in p or "doesn't exist" in p for p in problems
-        )
-
-    def _raise_txn(self, answer: requests.Response, action: str, what: str) -> None:
-        if answer.status_code == 409:
-            problems = _txn_problems(answer)
-            if any("Permission denied" in p or "ACL not found" in p for p in problems):
-                raise self._forbidden(action, what, problems[0][:300])
-            log.error("consul txn %s: rejected: %s", what, "; ".join(problems)[:300])
-            raise self._fail(ConsulError, action)
-        self._raise_for(answer, action, what)
+            for result in answer.json()["Results"] or []:
+                written[str(result["KV"]["Key"])] = int(result["KV"]["ModifyIndex"])
+        except (ValueError, KeyError, TypeError):
+            pass  # applied; the indexes are simply unknown (0)
+        return written
 
     def list(self, prefix: str, index: int = 0, wait: float = 0.0) -> Snapshot:
         """``GET /v1/kv/<prefix>?recurse``, blocking on ``index`` up to ``wait`` seconds."""
@@ -181,103 +200,41 @@ class ConsulStore:
             params.update(index=str(index), wait=f"{wait:g}s")
             # Consul adds up to wait/16 of jitter to a blocking read.
             timeout += wait * 1.1
-        try:
-            answer = self._http("GET", f"kv/{prefix}", params=params, timeout=timeout)
-        except requests.Timeout:
-            raise self._fail(ConsulUnavailable, "list", "no answer in time") from None
-        new_index = _index(answer)
-        if answer.status_code == 404:
-            return Snapshot(new_index, {})
-        if answer.status_code != 200:
-            self._raise_for(answer, "list", prefix)
-        entries: dict[str, Entry] = {}
-        for item in answer.json() or []:
-            raw = item.get("Value")
-            value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
-            entries[item["Key"]] = Entry(value, int(item["ModifyIndex"]))
+        with self._mapped("list", prefix):
+            answer = self._request("GET", f"kv/{prefix}", params, timeout=timeout, ok=(200, 404))
+            new_index = _require_index(answer)
+            if answer.status_code == 404:
+                return Snapshot(new_index, {})
+            entries: dict[str, Entry] = {}
+            try:
+                for item in _json(answer) or []:
+                    raw = item.get("Value")
+                    value = base64.b64decode(raw).decode("utf-8", errors="replace") if raw else ""
+                    entries[item["Key"]] = Entry(value, int(item["ModifyIndex"]))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise _Unusable(answer, "an answer that is not Consul's", foreign=True) from None
         return Snapshot(new_index, entries)
 
     def leader_lock(self, key: str, ttl: float, lock_delay: float) -> LeaderLock:
         """A Consul session lock on ``key``."""
         return ConsulLock(self, key, ttl, lock_delay)
 
-    def _http(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, str] | None = None,
-        json: Any = None,
-        data: bytes | None = None,
-        timeout: float | None = None,
-    ) -> requests.Response:
-        """A raw call to Consul's HTTP API (for what py-consul does not cover well)."""
-        query = dict(params or {})
-        if self.settings.datacenter:
-            query["dc"] = self.settings.datacenter
-        try:
-            answer: requests.Response = self.client.http.session.request(
-                method,
-                f"{self.settings.address}/v1/{path}",
-                params=query,
-                json=json,
-                data=data,
-                timeout=timeout or self.settings.timeout,
-                verify=self.settings.verify,
-            )
-            return answer
-        except requests.Timeout:
-            raise
-        except requests.RequestException as exc:
-            log.warning("consul %s %s: unreachable: %s", method, path, type(exc).__name__)
-            error = self._fail(ConsulUnavailable, method, f"unreachable: {type(exc).__name__}")
-            raise error from None
-
-    def _raise_for(self, answer: requests.Response, action: str, key: str) -> None:
-        text = answer.text.strip()[:300]
-        if answer.status_code in (401, 403):
-            raise self._forbidden(action, key, text)
-        if 400 <= answer.status_code < 500:
-            log.error("consul %s %s: rejected (%s): %s", action, key, answer.status_code, text)
-            raise self._fail(ConsulError, action)
-        log.warning("consul %s %s: server error (%s): %s", action, key, answer.status_code, text)
-        raise self._fail(ConsulUnavailable, action, f"answered {answer.status_code}")
-
-    def _forbidden(self, action: str, key: str, text: str) -> ConsulForbidden:
-        """Consul refused the request: one mapping for py-consul's calls and the raw ones."""
-        if not self.settings.token:
-            # Not the same fix as a refused token: there is none to fix.
-            log.error("consul %s %s: no token configured: %s", action, key, text)
-            written = "; nothing was written." if action in WRITES else "."
-            refused = ConsulForbidden(
-                "Consul refused the request and Noman has no token configured "
-                f"(CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or consul.token){written}"
-            )
-            refused.address = self.settings.address
-            return refused
-        log.error("consul %s %s: token refused: %s", action, key, text)
-        return self._fail(ConsulForbidden, action)
-
-    def _fail(self, kind: type[E], action: str, detail: str = "") -> E:
-        """``kind`` with this Consul's address; "nothing was written" only after a write."""
-        if action in WRITES:
-            error = kind()  # the default messages are about writes
-        else:
-            text = {
-                ConsulUnavailable: "Consul is unavailable{detail}; retry later.",
-                ConsulForbidden: "Consul refused Noman's token; the operator must fix its policy.",
-                ConsulError: "Consul rejected the request{detail}.",
-            }.get(kind, "Consul failed{detail}.")
-            error = kind(text.format(detail=f" ({detail})" if detail else ""))
-        error.address = self.settings.address
-        return error
-
     def check_ready(self) -> str:
         """Ready when Consul answers with a known leader."""
-        leader = self._call("status", "leader", self.client.status.leader)
+        with self._mapped("status", "leader"):
+            answer = self._request("GET", "status/leader")
+            leader = _json(answer)
+            if not isinstance(leader, str):
+                raise _Unusable(answer, "an answer that is not Consul's", foreign=True)
+            if not transport.marked(answer, "consul") and (
+                transport.marked(answer, "nomad") or self._nomad_answers()
+            ):
+                # Nomad has /v1/status/leader too, answered alike (Consul before 1.9 adds
+                # no header of its own there either): ask what only Nomad has.
+                log.error("consul status: %s %s", self.settings.address, _NOMAD_HERE)
+                raise self._error(ConsulWrongAddress, "status", where=_NOMAD_HERE)
         if not leader:
-            error = ConsulUnavailable("Consul has no leader.")
-            error.address = self.settings.address
-            raise error
+            raise self._error(ConsulUnavailable, "status", message="Consul has no leader.")
         return f"consul {self.settings.address} (leader {leader})"
 
     def probe_writes(self, keys: Sequence[str]) -> dict[str, str]:
@@ -309,16 +266,12 @@ class ConsulStore:
                     }
                 }
             )
-        try:
-            answer = self._http("PUT", "txn", json=ops)
-        except requests.Timeout:
-            raise self._fail(ConsulUnavailable, "probe", "no answer in time") from None
-        if answer.status_code == 200:
-            # Cannot happen with Consul's semantics; say so rather than claim a proof.
-            log.error("consul write probe %s: the guard passed", ",".join(keys))
-            raise self._fail(ConsulError, "probe", "the write probe's guard passed")
-        if answer.status_code != 409:
-            self._raise_for(answer, "probe", ",".join(keys))
+        with self._mapped("probe", ",".join(keys)):
+            answer = self._request("PUT", "txn", json=ops, ok=(200, 409))
+            if answer.status_code == 200:
+                # Cannot happen with Consul's semantics; say so rather than claim a proof.
+                log.error("consul write probe %s: the guard passed", ",".join(keys))
+                raise _Unusable(answer, "the write probe's guard passed")
         try:
             errors = answer.json().get("Errors") or []
         except (ValueError, AttributeError):
@@ -334,30 +287,151 @@ class ConsulStore:
                 refused.setdefault(key, what[:300])
         return refused
 
-    def _call(self, action: str, key: str, call: Callable[[], T]) -> T:
-        where = self.settings.address
-        written = "; nothing was written." if action in WRITES else "."
+    def call(self, method: str, path: str, **request: Any) -> requests.Response:
+        """A call whose every answer is returned (the leader lock reads statuses itself)."""
+        with self._mapped("lock", path):
+            return self._request(method, path, ok=ANY_STATUS, **request)
+
+    # -- the one way to Consul, and the one mapping of its failures ----------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        data: bytes | None = None,
+        timeout: float | None = None,
+        ok: Container[int] = (200,),
+    ) -> requests.Response:
+        """One call to Consul's HTTP API; an answer whose status is not in ``ok`` is unusable.
+
+        Call it inside ``_mapped``: requests' exceptions and ``_Unusable`` leave from here.
+        """
+        query = dict(params or {})
+        if self.settings.datacenter:
+            query["dc"] = self.settings.datacenter
+        answer = self.session.request(
+            method,
+            f"{self.settings.address}/v1/{path}",
+            params=query,
+            json=json,
+            data=data,
+            timeout=timeout or self.settings.timeout,
+            verify=self.settings.verify,
+            cert=self.settings.cert,
+        )
+        if answer.status_code not in ok:
+            raise _Unusable(answer)
+        return answer
+
+    @contextlib.contextmanager
+    def _mapped(self, action: str, what: str) -> Iterator[None]:
+        """Every failure of the calls inside becomes a NomanError: the one place that maps them.
+
+        ``action`` is what the caller does (``read``, ``list``, ``txn``...): a write's
+        words say nothing was written; ``what`` names the keys for the log.
+        """
         try:
-            return call()
-        except requests.Timeout:
-            log.warning("consul %s %s: no answer within %ss", action, key, self.settings.timeout)
-            error = ConsulUnavailable(
-                f"Consul did not answer within {self.settings.timeout:g}s{written}"
-            )
-            error.address = where
-            raise error from None
+            yield
+        except _Unusable as unusable:
+            raise self._answer_error(unusable, action, what) from None
         except requests.RequestException as exc:
-            log.warning("consul %s %s: %s unreachable: %s", action, key, where, type(exc).__name__)
-            raise self._fail(ConsulUnavailable, action, "unreachable") from None
-        except (ACLPermissionDenied, ACLDisabled) as exc:
-            raise self._forbidden(action, key, _first_line(exc)) from None
-        except (BadRequest, ClientError, NotFound) as exc:
-            log.error("consul %s %s: rejected: %s", action, key, _first_line(exc))
-            raise self._fail(ConsulError, action) from None
-        except ConsulException as exc:
-            # 5xx, or a body that is not Consul's JSON: both pass with time.
-            log.warning("consul %s %s: server error: %s", action, key, _first_line(exc))
-            raise self._fail(ConsulUnavailable, action, "server error") from None
+            raise self._transport_error(exc, action, what) from exc
+
+    def _transport_error(
+        self, exc: requests.RequestException, action: str, what: str
+    ) -> UpstreamError:
+        settings = self.settings
+        where = transport.scheme_problem(settings.address, exc, timeout=settings.timeout)
+        if where is not None:
+            log.error("consul %s %s: %s %s", action, what, self.settings.address, where)
+            return self._error(ConsulWrongAddress, action, where=where)
+        said = transport.problem(exc, settings.timeout)
+        log.warning("consul %s %s: %s: %s", action, what, settings.address, said)
+        if isinstance(exc, requests.Timeout):
+            if action == "txn":
+                return self._error(OutcomeUnknown, action)  # it may have landed: re-read
+            return self._error(ConsulUnavailable, action, f"no answer within {settings.timeout:g}s")
+        return self._error(ConsulUnavailable, action, "unreachable")
+
+    def _answer_error(self, unusable: _Unusable, action: str, what: str) -> UpstreamError:
+        answer = unusable.answer
+        status = answer.status_code
+        text = answer.text.strip()[:300]
+        where = self._what_answers(answer, unusable.foreign)
+        if where is not None:
+            log.error("consul %s %s: %s %s", action, what, self.settings.address, where)
+            return self._error(ConsulWrongAddress, action, where=where)
+        kind = _STATUS_ERRORS.get(status)
+        if status == 409:  # a transaction Consul refused: its errors say why
+            problems = _txn_problems(answer)
+            text = "; ".join(problems)[:300]
+            denied = any("Permission denied" in p or "ACL not found" in p for p in problems)
+            kind = ConsulForbidden if denied else ConsulError
+        if kind is ConsulForbidden:
+            refused = "no token configured" if not self.settings.token else "token refused"
+            log.error("consul %s %s: %s: %s", action, what, refused, text)
+            return self._error(ConsulForbidden, action)
+        if unusable.detail and 200 <= status < 300:
+            log.warning("consul %s %s: %s", action, what, unusable.detail)
+            kind = ConsulError if action == "probe" else ConsulUnavailable
+            return self._error(kind, action, unusable.detail)
+        if 400 <= status < 500:
+            log.error("consul %s %s: rejected (%s): %s", action, what, status, text)
+            return self._error(ConsulError, action)
+        log.warning("consul %s %s: server error (%s): %s", action, what, status, text)
+        return self._error(ConsulUnavailable, action, f"answered {status}")
+
+    def _what_answers(self, answer: requests.Response, foreign: bool) -> str | None:
+        """What answers at the address instead of Consul, judged from an unusable answer."""
+        settings = self.settings
+        where = transport.scheme_problem(settings.address, answer=answer)
+        if where is not None or transport.marked(answer, "consul"):
+            return where
+        if transport.marked(answer, "nomad"):
+            return _NOMAD_HERE
+        html = transport.described(answer).startswith("an HTML")
+        if answer.status_code >= 500 or answer.status_code in (401, 403, 409):
+            return None  # a proxy's outage page, or a refusal: Consul's words for those
+        if not (foreign or html or answer.status_code == 404):
+            return None
+        if self._nomad_answers():
+            return _NOMAD_HERE
+        if foreign or html:
+            return f"does not answer like Consul: it sent {transport.described(answer)}"
+        return None
+
+    def _nomad_answers(self) -> bool:
+        settings = self.settings
+        return transport.identify(
+            self.session,
+            settings.address,
+            "nomad",
+            settings.timeout,
+            verify=settings.verify,
+            cert=settings.cert,
+        )
+
+    def _error(
+        self,
+        kind: type[UpstreamError],
+        action: str,
+        detail: str = "",
+        where: str = "",
+        message: str | None = None,
+    ) -> UpstreamError:
+        """``kind`` worded for a read or a write, with this Consul's address: the one place."""
+        wrote = action in WRITES
+        if message is None and kind is ConsulForbidden and not self.settings.token:
+            # Not the same fix as a refused token: there is none to fix.
+            message = _UNCONFIGURED + ("; nothing was written." if wrote else ".")
+        if message is None and kind in _WORDS:
+            words = _WORDS[kind][wrote]
+            message = words.format(detail=f" ({detail})" if detail else "", where=where)
+        error = kind(message)
+        error.address = self.settings.address
+        return error
 
 
 class ConsulLock:
@@ -398,10 +472,10 @@ class ConsulLock:
         """
         params = {"index": str(self._watch_index or 1), "wait": f"{max(wait, 0.1):g}s"}
         try:
-            answer = self.store._http(
+            answer = self.store.call(
                 "GET", f"kv/{self.key}", params=params, timeout=self.store.settings.timeout + wait
             )
-        except (ConsulUnavailable, requests.Timeout):
+        except UpstreamError:
             time.sleep(min(wait, 1.0))
             return
         self._watch_index = _index(answer)
@@ -424,10 +498,10 @@ class ConsulLock:
                 return False
             if self._held:
                 return True
-            answer = self.store._http(
+            answer = self.store.call(
                 "PUT", f"kv/{self.key}", params={"acquire": self.session}, data=self._name.encode()
             )
-        except (ConsulUnavailable, requests.Timeout):
+        except UpstreamError:
             return False
         if answer.status_code == 500 and "session" in answer.text.lower():
             self.session = None  # invalidated under us: start a new one next time
@@ -451,9 +525,9 @@ class ConsulLock:
         if session is None:
             return
         try:
-            self.store._http("PUT", f"kv/{self.key}", params={"release": session})
-            self.store._http("PUT", f"session/destroy/{session}")
-        except (ConsulUnavailable, requests.Timeout):
+            self.store.call("PUT", f"kv/{self.key}", params={"release": session})
+            self.store.call("PUT", f"session/destroy/{session}")
+        except UpstreamError:
             log.warning("leader lock: could not release; it expires with its session")
 
     def _create(self) -> None:
@@ -463,7 +537,7 @@ class ConsulLock:
             "LockDelay": f"{self.lock_delay:g}s",
             "Behavior": "release",
         }
-        answer = self.store._http("PUT", "session/create", json=body)
+        answer = self.store.call("PUT", "session/create", json=body)
         if answer.status_code != 200:
             log.warning("leader lock: session create answered %s", answer.status_code)
             return
@@ -471,7 +545,7 @@ class ConsulLock:
         self._renewed = time.monotonic()
 
     def _renew(self) -> None:
-        answer = self.store._http("PUT", f"session/renew/{self.session}")
+        answer = self.store.call("PUT", f"session/renew/{self.session}")
         if answer.status_code == 404:
             log.warning("leader lock: session expired; competing again")
             self.session = None
@@ -482,6 +556,12 @@ class ConsulLock:
             self._renewed = time.monotonic()
 
 
+def _stale(answer: requests.Response) -> bool:
+    """A 409 whose every error is a failed check-and-set (someone wrote first)."""
+    problems = _txn_problems(answer)
+    return bool(problems) and all("index is stale" in p or "doesn't exist" in p for p in problems)
+
+
 def _txn_problems(answer: requests.Response) -> list[str]:
     try:
         return [str(e.get("What", "")) for e in answer.json().get("Errors") or []]
@@ -489,12 +569,23 @@ def _txn_problems(answer: requests.Response) -> list[str]:
         return []
 
 
+def _json(answer: requests.Response) -> Any:
+    """The answer's JSON; unusable (and perhaps not Consul's) when it is not JSON."""
+    try:
+        return answer.json()
+    except ValueError:
+        raise _Unusable(answer, "an answer that is not Consul's", foreign=True) from None
+
+
+def _require_index(answer: requests.Response) -> int:
+    """The X-Consul-Index of a key read, which Consul sends with every one (found or not)."""
+    if "X-Consul-Index" not in answer.headers:
+        raise _Unusable(answer, "a key read without X-Consul-Index", foreign=True)
+    return _index(answer)
+
+
 def _index(answer: requests.Response) -> int:
     try:
         return int(answer.headers.get("X-Consul-Index", "0"))
     except ValueError:
         return 0
-
-
-def _first_line(exc: Any) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__

@@ -16,7 +16,8 @@ checked against Consul's own sources where they are stricter or more precise:
   :class:`FakeClock` (``FakeConsul(clock=...)``, :meth:`FakeConsul.advance`), and
   :meth:`FakeConsul.expire_session` invalidates a session at once. An unrenewed session dies
   exactly at ``TTL * session_ttl_multiplier`` (default 1; real Consul may wait up to 2 TTLs);
-* ``/v1/status/leader``; the router's 301 for ``//`` paths; newer Consul's key validation;
+* ``/v1/status/leader``, ``/v1/catalog/datacenters`` (no token needed); the router's 301 for
+  ``//`` paths; newer Consul's key validation;
 * one datacenter (``datacenter``, default "dc1"): another ``?dc=`` is 500 "No path to
   datacenter"; :meth:`FakeConsul.set_leader` takes the leader away (500 "No cluster leader");
 * ACLs with default-deny: one all-powerful token, requests without a token act as the anonymous
@@ -917,6 +918,10 @@ class FakeConsul(FakeServer):
             return self._txn(req)
         if path.startswith("/v1/session/"):
             return self._session(req, path.removeprefix("/v1/session/"))
+        if path == "/v1/catalog/datacenters":  # no ACL, as in Consul
+            if req.method != "GET":
+                return _text(405, f"method {req.method} not allowed", {"Allow": "GET"})
+            return _json([self.datacenter])
         if path in ("/v1/status/leader", "/v1/status/peers"):
             if req.method != "GET":
                 return _text(405, f"method {req.method} not allowed", {"Allow": "GET"})

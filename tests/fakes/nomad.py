@@ -38,6 +38,7 @@ HTTP, either with plain ``requests`` or through python-nomad:
   complete or fail with Nomad's task events (exit code, "Not Restarting") as scripted
   (:meth:`FakeNomad.script_dispatches`), and the child job turns ``dead``;
 * ``/v1/job/<id>/revert`` with ``EnforcePriorVersion``, with Nomad's texts;
+* ``/v1/status/leader`` and ``/v1/regions`` (``["global"]``), readable without a token;
 * ACL tokens (``X-Nomad-Token`` or ``Authorization: Bearer``) and fault injection (failed
   answers, at once or slowly; answers held back after the register was applied; hung
   requests; refused connections).
@@ -1403,8 +1404,8 @@ class FakeNomad(FakeServer):
         return path.startswith("/v1/job/") and _split_job_path(path)[1] == ""
 
     def _check_acl(self, path: str, headers: dict[str, str]) -> None:
-        # Nomad lets anyone read /v1/status/*; everything else needs a token with a policy.
-        if self.acl_token is None or path.startswith("/v1/status/"):
+        # Nomad lets anyone read /v1/status/* and /v1/regions; the rest needs a token's policy.
+        if self.acl_token is None or path.startswith("/v1/status/") or path == "/v1/regions":
             return
         token = headers.get("X-Nomad-Token", "")
         if not token:
@@ -1437,6 +1438,9 @@ class FakeNomad(FakeServer):
         if path == "/v1/status/peers":
             self._require(method, "GET")
             return self._json([LEADER_ADDRESS])
+        if path == "/v1/regions":  # no ACL, as in Nomad
+            self._require(method, "GET")
+            return self._json(["global"])
         if path == "/v1/agent/self":
             self._require(method, "GET")
             return self._json(self._agent_self())
