@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import requests
+from flask import Flask
 
 from noman import create_app
 from noman.config import Settings, parse_settings
@@ -291,6 +293,35 @@ def app(settings: Settings) -> Iterator[Any]:
 def client(app: Any) -> Any:
     """A Flask test client."""
     return app.test_client()
+
+
+def post_hook(
+    to: Any,
+    secret: str,
+    tag: str | None = None,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> Any:
+    """POST to ``/hooks/<secret>`` of ``to`` (an app or its test client), as a sender does.
+
+    The body is ``{"tag": tag, **fields}``, or ``body`` itself: bytes and text go as they
+    are, anything else as JSON. ``headers`` replace the JSON content type when given.
+    """
+    client = to.test_client() if isinstance(to, Flask) else to
+    if body is None:
+        body = {"tag": tag, **fields}
+    if isinstance(body, bytes | str):
+        data = body
+    elif headers is None:
+        return client.post(f"/hooks/{secret}", json=body)
+    else:
+        data = json.dumps(body)
+    json_type = {"Content-Type": "application/json"}
+    return client.post(
+        f"/hooks/{secret}", data=data, headers=json_type if headers is None else headers
+    )
 
 
 #: The tag the ``nomad`` fixture's job "web" runs before a rolling test deploys.

@@ -18,7 +18,7 @@ from noman import create_app
 from noman.config import Settings
 from noman.model import JobState, Service
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, rolling_extra
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, post_hook, rolling_extra
 from tests.fakes._server import FakeClock
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad
@@ -47,10 +47,6 @@ def settings_for(
     return settings
 
 
-def hook(app: Any, secret: str, tag: str, **extra: Any) -> Any:
-    return app.test_client().post(f"/hooks/{secret}", json={"tag": tag, **extra})
-
-
 def converged(consul: ConsulHandle, nomad: FakeNomad, tag: str) -> None:
     """Quiescence: key = job tag = ``tag``, and the record says so."""
     assert consul.get(consul.key("IMAGE_TAG"))[0] == tag
@@ -65,7 +61,7 @@ def test_failed_deployment_reverted_by_nomad_sets_the_key_back(
     nomad.script_deployments("failed")
     with Receiver() as receiver:
         app = create_app(settings_for(consul, nomad, secret, f"{receiver.url}/n"))
-        assert hook(app, secret, NEW).status_code == 200
+        assert post_hook(app, secret, NEW).status_code == 200
         reconciler = components(app).reconciler
         assert reconciler.settle(10)
         # Nomad's auto-revert runs OLD again; Consul says so too, and history tells why.
@@ -84,7 +80,7 @@ def test_failed_deployment_reverted_by_nomad_sets_the_key_back(
         assert len(nomad.registrations) == registrations
         # Pushing the failed tag again retries it on purpose.
         nomad.script_deployments("successful")
-        assert hook(app, secret, NEW, force=True).status_code == 200
+        assert post_hook(app, secret, NEW, force=True).status_code == 200
         assert reconciler.settle(10)
         converged(consul, nomad, NEW)
 
@@ -97,13 +93,13 @@ def test_failed_tag_pushed_again_is_retried(
     nomad.script_deployments("failed")
     app = create_app(settings_for(consul, nomad, secret))
     reconciler = components(app).reconciler
-    assert hook(app, secret, NEW).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     assert reconciler.settle(10)
     assert consul.record().rollout.state == "failed"  # type: ignore[union-attr]
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
     nomad.script_deployments("successful")
     nomad.change_job("web", lambda job: job["Meta"].update(NOMAN_IMAGE_TAG=OLD))
-    again = hook(app, secret, NEW)
+    again = post_hook(app, secret, NEW)
     assert (again.status_code, again.json["changed"]) == (200, True)  # the record changed
     assert reconciler.settle(10)
     converged(consul, nomad, NEW)
@@ -115,7 +111,7 @@ def test_a_refusal_is_retried_slowly_and_notified_once(
     with Receiver() as receiver:
         app = create_app(settings_for(consul, nomad, secret, f"{receiver.url}/n"))
         nomad.fail_always(403, "Permission denied")
-        answer = hook(app, secret, NEW)
+        answer = post_hook(app, secret, NEW)
         assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_forbidden"}
         reconciler = components(app).reconciler
         reconciler.settle(1)
@@ -144,7 +140,7 @@ def test_two_close_deploys_while_nomad_fails_converge_on_the_newest(
 
     def fire(tag: str) -> None:
         barrier.wait()
-        answers[tag] = hook(app, secret, tag).status_code
+        answers[tag] = post_hook(app, secret, tag).status_code
 
     threads = [threading.Thread(target=fire, args=(tag,)) for tag in (NEW, NEWER)]
     for thread in threads:
@@ -173,7 +169,7 @@ def test_nomad_applied_the_registration_but_the_answer_was_lost(
         return state
 
     rollouts.read = read_then_slow_down  # type: ignore[method-assign]
-    answer = hook(app, secret, NEW)
+    answer = post_hook(app, secret, NEW)
     rollouts.read = real_read  # type: ignore[method-assign]
     assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_unavailable"}
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
@@ -197,7 +193,7 @@ def test_consul_stored_the_write_but_the_answer_was_lost(
         return real_transact(writes)
 
     store.transact = transact_answered_late  # type: ignore[method-assign]
-    answer = hook(app, secret, NEW)
+    answer = post_hook(app, secret, NEW)
     store.transact = real_transact  # type: ignore[method-assign]
     assert answer.status_code == 200  # re-read once: the caller hears what happened
     assert answer.json["changed"] is True
@@ -211,7 +207,7 @@ def test_nomad_down_then_back_lands_without_a_new_webhook(
 ) -> None:
     app = create_app(settings_for(consul, nomad, secret))
     nomad.refuse_connections()
-    assert hook(app, secret, NEW).status_code == 202
+    assert post_hook(app, secret, NEW).status_code == 202
     reconciler = components(app).reconciler
     reconciler.settle(1)
     assert consul.record().rollout.attempts >= 2  # type: ignore[union-attr]
@@ -244,7 +240,7 @@ def test_failover_the_other_instance_finishes_and_reports(
         leader.run_once()
         follower.run_once()
         assert (leader.leader, follower.leader) == (True, False)
-        assert hook(first, secret, NEW).status_code == 200
+        assert post_hook(first, secret, NEW).status_code == 200
         leader.run_once(wait=0.1)
         rollout = consul.record().rollout
         assert rollout is not None and rollout.state == "running"
@@ -278,7 +274,7 @@ def test_failover_mid_deployment_noman_deploying_itself(
         old_instance, new_instance = two_instances(consul, nomad, secret, f"{receiver.url}/n")
         old = components(old_instance).reconciler
         old.run_once()
-        assert hook(old_instance, secret, NEW).status_code == 200
+        assert post_hook(old_instance, secret, NEW).status_code == 200
         # The old allocation is stopped (kill -9): its session dies with it.
         fake = consul.require_fake()
         assert fake.expire_session(str(getattr(old.lock, "session", "")))
@@ -306,7 +302,7 @@ def test_the_background_thread_reports_and_stops_cleanly(
         reconciler.idle_wait = 0.3
         reconciler.start()
         try:
-            assert hook(app, secret, NEW).status_code == 200
+            assert post_hook(app, secret, NEW).status_code == 200
             note = receiver.wait_for(1, timeout=10)[0].json()
             assert note["event_id"] == "web:1:successful"
         finally:
@@ -364,7 +360,7 @@ def test_forcing_the_tag_the_job_already_runs_ends_at_once(
     """The job's stable version already runs the tag: no deployment to wait for."""
     app = create_app(settings_for(consul, nomad, secret))
     consul.put(consul.key("IMAGE_TAG"), NEW)
-    answer = hook(app, secret, OLD, force=True)
+    answer = post_hook(app, secret, OLD, force=True)
     assert answer.status_code == 200
     assert components(app).reconciler.settle(5)
     rollout = consul.record().rollout
@@ -422,7 +418,7 @@ def test_the_hook_answers_the_version_the_reconciler_registered_first(
         return result
 
     monkeypatch.setattr(parts.store, "transact", transact_then_lead)
-    answer = hook(app, secret, NEW)
+    answer = post_hook(app, secret, NEW)
     parts.reconciler.stop()
     assert answer.status_code == 200, answer.json
     assert answer.json["deployment"]["version"] == 1

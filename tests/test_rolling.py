@@ -24,7 +24,7 @@ from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, post_hook
 from tests.fakes import nomad as fake_nomad
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver
@@ -61,10 +61,6 @@ def rolling_settings(
     )
 
 
-def hook(app: Any, secret: str, body: dict[str, Any]) -> Any:
-    return app.test_client().post(f"/hooks/{secret}", json=body)
-
-
 def test_meta_update_changes_exactly_one_field(
     consul: ConsulHandle, nomad: FakeNomad, secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,7 +75,7 @@ def test_meta_update_changes_exactly_one_field(
     app = create_app(rolling_settings(consul, nomad, secret))
     before = nomad.job("web")
     assert before is not None
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     assert answer.status_code == 200, answer.json
     after = nomad.job("web")
     assert after is not None
@@ -106,7 +102,7 @@ def test_image_update_changes_only_the_image_tag(
     app = create_app(rolling_settings(consul, nomad, secret, update="image"))
     before = nomad.job("web")
     assert before is not None
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     after = nomad.job("web")
     assert after is not None
     expected = json.loads(json.dumps(spec(before)))
@@ -144,7 +140,7 @@ def test_concurrent_job_change_is_retried_not_overwritten(
         return original_register(service, state, tag)
 
     rollouts.register = register_after_operator_change  # type: ignore[method-assign]
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     assert answer.status_code == 200
     job = nomad.job("web")
     assert job is not None
@@ -186,7 +182,7 @@ def test_nomad_failures_leave_a_durable_pending_deploy(
         nomad.refuse_connections()
     elif fault == "bad_request":
         nomad.fail_always(400, "Job must be specified")
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     nomad.heal()
     if fault == "refused":
         nomad.resume()
@@ -214,7 +210,7 @@ def test_a_job_running_a_newer_tag_cancels_the_rollout(
         "web", lambda job: job["Meta"].update(NOMAN_IMAGE_TAG="release-20250101000000")
     )
     app = create_app(rolling_settings(consul, nomad, secret))
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     assert answer.status_code == 202
     assert answer.json["rollout"] == {"state": "cancelled", "reason": "stale_tag"}
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == "release-20250101000000"  # type: ignore[index]
@@ -238,7 +234,7 @@ def test_status_follows_the_rollout(consul: ConsulHandle, nomad: FakeNomad, secr
         "rollout": None,
         "history": [],
     }
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     reconciler = components(app).reconciler
     reconciler.run_once(wait=0.2)
     state = client.get(f"/hooks/{secret}/status").json
@@ -332,7 +328,7 @@ def test_a_stalled_deployment_times_out(
         settings, nomad=dataclasses.replace(settings.nomad, watch_timeout=0.3)
     )
     app = create_app(settings)
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     assert components(app).reconciler.settle(5)
     rollout = consul.record().rollout
     assert rollout is not None
@@ -345,7 +341,7 @@ def test_follow_blocks_on_its_own_deployment_by_id(
 ) -> None:
     nomad.script_deployments("stall")
     app = create_app(rolling_settings(consul, nomad, secret))
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     rollouts = components(app).nomad
     assert rollouts is not None
     service = components(app).settings.services[0]
@@ -369,7 +365,7 @@ def test_follow_reports_a_superseded_rollout_as_cancelled(
 ) -> None:
     nomad.script_deployments("stall")
     app = create_app(rolling_settings(consul, nomad, secret))
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     nomad.change_job("web", lambda job: job["Meta"].update(owner="ops"))
     rollouts = components(app).nomad
     assert rollouts is not None
@@ -419,7 +415,7 @@ def test_index_conflict_is_recognised_by_its_text_whatever_the_status(
         done = {"ID": "d-5", "JobID": "web", "JobVersion": 5, "Status": "successful"}
         mock.get(f"{MOCK_NOMAD}/v1/job/web/deployment", json=done)
         app = create_app(mocked_nomad_settings(consul, secret))
-        answer = hook(app, secret, {"tag": NEW})
+        answer = post_hook(app, secret, NEW)
         assert answer.status_code == 200, answer.json
         assert answer.json["deployment"] == {"job": "web", "version": 5, "eval_id": "e-2"}
         assert register.call_count == 2
@@ -442,7 +438,7 @@ def test_nomad_register_error_shapes(
     with requests_mock.Mocker(real_http=True) as mock:
         mock.get(f"{MOCK_NOMAD}/v1/job/web", json=mocked_job())
         mock.post(f"{MOCK_NOMAD}/v1/job/web", **response)
-        answer = hook(create_app(mocked_nomad_settings(consul, secret)), secret, {"tag": NEW})
+        answer = post_hook(create_app(mocked_nomad_settings(consul, secret)), secret, NEW)
     assert answer.status_code == 202
     assert answer.json["rollout"] == {"state": "pending", "reason": code}
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
