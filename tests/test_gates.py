@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,12 +86,6 @@ def key(consul: ConsulHandle) -> str | None:
 def outbox(consul: ConsulHandle) -> list[dict[str, Any]]:
     folder = f"{Keys(consul.state_prefix).outbox_folder}web/"
     return [json.loads(v) for _, v in sorted(consul.tree(folder).items())]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as found:
-        yield found
 
 
 # -- approvals -------------------------------------------------------------------------------

@@ -225,12 +225,6 @@ class Hook:
         return bool(settled) and not self.receiver.received
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
-
-
 class Lines(logging.Handler):
     """Collects the structured fields of each hook log line."""
 
