@@ -15,7 +15,7 @@ from noman.config import ConsulSettings
 from noman.errors import ConsulForbidden
 from noman.stores import Write
 from noman.stores.consul import ConsulStore
-from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings, post_hook
+from tests.conftest import ConsulHandle, make_settings, post_hook
 from tests.fakes.consul import FakeConsul
 
 NEW_TAG = "release-20250101000000"
@@ -214,10 +214,6 @@ def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> N
     # Tag key, desired state, new history entry: each created only if still missing.
     assert all([op["KV"]["Verb"] for op in r.json()] == ["cas", "cas", "cas"] for r in puts)
     assert all(op["KV"]["Index"] == 0 for r in puts for op in r.json())
-
-
-def test_sample_tag_constant_is_a_valid_release() -> None:
-    assert SAMPLE_TAG.startswith("release-")
 
 
 def test_readyz_names_a_refused_token(secret: str) -> None:
