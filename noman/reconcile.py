@@ -293,32 +293,6 @@ class Reconciler:
             self.courier.deliver_all()
         return busy
 
-    def settle(self, timeout: float = 10.0, wait: float = 0.2) -> bool:
-        """Run passes until nothing is in flight (tests, scripts); True if it settled in time."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            busy = self.run_once(wait=wait)
-            if not self.leader:
-                time.sleep(min(wait, 0.1))  # another instance leads, or the lock is in delay
-            elif not busy and self._quiet():
-                return True
-            elif not busy:
-                time.sleep(min(wait, 0.05))
-        return False
-
-    def _quiet(self) -> bool:
-        """Nothing pending, no retry or hand-over waiting, no report waiting.
-
-        A deploy waiting for approvals or a window is not work in flight.
-        """
-        pending = self.store.list(self.keys.pending_folder).entries
-        busy = [
-            key
-            for key in pending
-            if key != self.keys.pending_marker and self.keys.parse_gate(key) is None
-        ]
-        return not busy and not self.store.list(self.keys.outbox_folder).entries
-
     def _note_unreadable(self, service: Service, exc: StateUnreadable) -> None:
         if service.name not in self._unreadable:
             self._unreadable.add(service.name)

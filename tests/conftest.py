@@ -26,6 +26,7 @@ from flask import Flask
 
 from noman import create_app
 from noman.config import Settings, parse_settings
+from noman.reconcile import Reconciler
 from noman.state import Desired, HistoryEntry, Keys, Report, RolloutState, decode, first_rollout
 from noman.wiring import components
 from tests.fakes.canary import CanaryApp
@@ -293,6 +294,29 @@ def app(settings: Settings) -> Iterator[Any]:
 def client(app: Any) -> Any:
     """A Flask test client."""
     return app.test_client()
+
+
+def settle(reconciler: Reconciler, timeout: float = 10.0, wait: float = 0.2) -> bool:
+    """Run the reconciler's passes until nothing is in flight; True if it settled in time.
+
+    Nothing in flight: no pending key but the marker and the gates' (a deploy waiting for
+    approvals or a window is not work), and no report in the outbox.
+    """
+    keys = reconciler.keys
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = reconciler.run_once(wait=wait)
+        if not reconciler.leader:
+            time.sleep(min(wait, 0.1))  # another instance leads, or the lock is in delay
+            continue
+        if busy:
+            continue
+        pending = reconciler.store.list(keys.pending_folder).entries
+        working = [k for k in pending if k != keys.pending_marker and keys.parse_gate(k) is None]
+        if not working and not reconciler.store.list(keys.outbox_folder).entries:
+            return True
+        time.sleep(min(wait, 0.05))
+    return False
 
 
 def post_hook(

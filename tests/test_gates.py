@@ -20,7 +20,14 @@ from noman import create_app
 from noman.config import Settings
 from noman.state import Keys
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, post_hook, rolling_extra
+from tests.conftest import (
+    RUNNING_TAG,
+    ConsulHandle,
+    make_settings,
+    post_hook,
+    rolling_extra,
+    settle,
+)
 from tests.fakes.nomad import FakeNomad
 from tests.fakes.receiver import Receiver
 
@@ -212,7 +219,7 @@ def test_a_proposal_expires_on_the_leaders_clock(
     assert (late.status_code, late.json["error"]) == (409, "not_current")
     states = [r.json()["state"] for r in receiver.wait_for(2)]
     assert states == ["awaiting_approval", "expired"]
-    assert parts.reconciler.settle(5)
+    assert settle(parts.reconciler, 5)
 
 
 def test_an_approval_after_its_expiry_but_before_the_leader_is_refused(
@@ -284,7 +291,7 @@ def test_an_approved_rolling_deploy_rolls_out_as_a_pushed_one_would(
     answer = operator(app, "approve", ALICE)
     assert answer.status_code == 200, answer.json
     assert answer.json["deployment"]["version"] >= 1  # registered inline, as a hook does
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == T1  # type: ignore[index]
     record = consul.record()
     assert record.rollout is not None and (record.rollout.tag, record.rollout.state) == (
@@ -474,10 +481,10 @@ def test_a_held_rolling_deploy_rolls_out_when_its_window_opens(
     app = app_for(settings, clock)
     parts = components(app)
     assert post_hook(app, secret, T1).json["rollout"]["state"] == "held"
-    assert parts.reconciler.settle(5)  # waiting for a window is not work in flight
+    assert settle(parts.reconciler, 5)  # waiting for a window is not work in flight
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == RUNNING_TAG  # type: ignore[index]
     clock.now = MONDAY_9
-    assert parts.reconciler.settle(10)
+    assert settle(parts.reconciler, 10)
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == T1  # type: ignore[index]
     record = consul.record()
     assert record.rollout is not None and record.rollout.state == "successful"

@@ -24,7 +24,7 @@ from noman.auth import sign
 from noman.config import Settings
 from noman.release import IGNORED_REASONS
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, settle
 from tests.fakes.receiver import Receiver
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -221,7 +221,7 @@ class Hook:
         """True when every report finished and none reached the receiver."""
         parts = components(self.app)
         # Success reports come from the reconciler's record transitions: let it act first.
-        settled = parts.reconciler.settle(10) and parts.reporter.wait(5)
+        settled = settle(parts.reconciler, 10) and parts.reporter.wait(5)
         return bool(settled) and not self.receiver.received
 
 
@@ -288,7 +288,7 @@ def test_the_harness_sees_notifications_and_callbacks(
     hook = Hook(consul, secret, receiver, Case("dockerhub", "dockerhub-push.json"))
     answer = hook.post(Case("dockerhub", "dockerhub-push.json"))
     assert answer.status_code == 200, answer.json
-    assert components(hook.app).reconciler.settle(10)
+    assert settle(components(hook.app).reconciler, 10)
     paths = sorted(r.path for r in receiver.wait_for(2))
     assert paths == ["/callback", "/notify"]
 

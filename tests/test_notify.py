@@ -15,7 +15,7 @@ from noman import create_app
 from noman.config import Settings
 from noman.notify import callback_allowed, sign
 from noman.wiring import components
-from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
+from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings, settle
 from tests.fakes.receiver import Receiver, closed_port
 
 KEY = "whsec-test-key"
@@ -42,7 +42,7 @@ def notify_settings(
 
 def deliver(app: Any) -> None:
     """Let the reconciler send the reports the deploys left in the records."""
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
 
 
 def test_github_style_signature_vector() -> None:

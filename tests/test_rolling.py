@@ -24,7 +24,7 @@ from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, post_hook
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, post_hook, settle
 from tests.fakes import nomad as fake_nomad
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver
@@ -196,7 +196,7 @@ def test_nomad_failures_leave_a_durable_pending_deploy(
     assert (rollout.state, rollout.reason, rollout.attempts) == ("pending", code, 1)
     # Once Nomad is back, the reconciler lands the same deploy: no new webhook.
     if fault != "missing":
-        assert components(app).reconciler.settle(10)
+        assert settle(components(app).reconciler, 10)
         assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
         assert consul.record().rollout.state == "successful"  # type: ignore[union-attr]
 
@@ -253,7 +253,7 @@ def test_status_follows_the_rollout(consul: ConsulHandle, nomad: FakeNomad, secr
     assert bearer.json == state
     assert client.get("/hooks/wrong/status").status_code == 404
     nomad.finish_deployment(rollout["deployment_id"], "successful")
-    assert reconciler.settle(5)
+    assert settle(reconciler, 5)
     done = client.get(f"/hooks/{secret}/status").json
     assert done["rollout"]["state"] == "successful"
     assert done["history"][0]["outcome"] == "successful"
@@ -306,7 +306,7 @@ def test_end_to_end_dockerhub_to_callback_and_notification(
         assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
         after = nomad.job("web")
         assert after["Version"] >= before["Version"] + 1  # type: ignore[index]
-        assert components(app).reconciler.settle(10)
+        assert settle(components(app).reconciler, 10)
         callback = dockerhub.wait_for(1)[0]
         assert callback.path == "/u/stut/stut.dev/hook/abc/"
         assert callback.json()["state"] == state
@@ -329,7 +329,7 @@ def test_a_stalled_deployment_times_out(
     )
     app = create_app(settings)
     assert post_hook(app, secret, NEW).status_code == 200
-    assert components(app).reconciler.settle(5)
+    assert settle(components(app).reconciler, 5)
     rollout = consul.record().rollout
     assert rollout is not None
     assert (rollout.state, rollout.version) == ("timed_out", 1)

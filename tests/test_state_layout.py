@@ -24,7 +24,14 @@ from noman.config import Settings, parse_settings
 from noman.release import Release
 from noman.state import Keys
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings, offline, rolling_extra, settings_toml
+from tests.conftest import (
+    ConsulHandle,
+    make_settings,
+    offline,
+    rolling_extra,
+    settings_toml,
+    settle,
+)
 from tests.fakes.nomad import FakeNomad
 from tests.fakes.receiver import Receiver
 
@@ -157,7 +164,7 @@ def test_two_deploys_of_one_tag_have_their_own_event_ids(consul: ConsulHandle, s
         assert client.post(f"/hooks/{secret}", json={"tag": T2}).status_code == 200
         assert client.post(f"/hooks/{secret}/rollback", json={"tag": T1}).status_code == 200
         reconciler = components(app).reconciler
-        assert reconciler.settle(5)
+        assert settle(reconciler, 5)
         notes = [n.json() for n in receiver.wait_for(3)]
         reconciler.stop()
     ids = [(n["tag"], n["event_id"]) for n in notes]
@@ -271,7 +278,7 @@ def test_a_consul_error_after_the_commit_is_a_202_and_no_failure_report(
         fake.heal()
         assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
         time.sleep(0.6)  # the hand-over time passes; the leader takes the rollout over
-        assert parts.reconciler.settle(10)
+        assert settle(parts.reconciler, 10)
         assert receiver.wait_for(1)
         time.sleep(0.2)  # a failure report, were there one, would have come too
         parts.reconciler.stop()
