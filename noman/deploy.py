@@ -163,7 +163,7 @@ class Deployer:
         answer_within: float = 5.0,
         history_size: int = 50,
         report_successes: bool = True,
-        finished: Callable[[Report], object] | None = None,
+        observe: Callable[[Report], object] | None = None,
         deliver: Callable[[list[tuple[str, Report]]], object] | None = None,
         clock: Callable[[], float] = time.time,
         poll_intervals: dict[str, float] | None = None,
@@ -176,9 +176,9 @@ class Deployer:
         self.answer_within = answer_within
         self.history_size = history_size
         # Without a notifier that wants successes, a restart deploy's report would be put
-        # in the outbox only to be dropped: ``finished`` logs and counts it instead.
+        # in the outbox only to be dropped: ``observe`` logs and counts it instead.
         self.report_successes = report_successes
-        self.finished = finished
+        self.observe = observe
         # Hands the reports this process just wrote to its courier (noman.courier).
         self.deliver = deliver
         self.clock = clock
@@ -616,9 +616,9 @@ class Deployer:
         if change.reports and self.deliver is not None:
             self.deliver([(self.keys.outbox(r), r) for r in change.reports])
         if not change.rolling:
-            if not change.reports and self.finished is not None:
+            if not change.reports and self.observe is not None:
                 description = change.entry.description
-                self.finished(
+                self.observe(
                     make_report(
                         service,
                         attempt.seq,

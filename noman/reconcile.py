@@ -52,9 +52,9 @@ from noman.state import (
     Keys,
     Report,
     RolloutState,
+    close_entry,
     decode,
     encode,
-    finished_entry,
     first_rollout,
     make_report,
     new_write_id,
@@ -372,7 +372,7 @@ class Reconciler:
             requested=entry.time,
             kind=entry.kind,
         )
-        ended = finished_entry(entry, rollout.state, description, iso(self.clock()))
+        ended = close_entry(entry, rollout.state, description, iso(self.clock()))
         written = self.store.transact(
             [
                 Write(key, encode(ended), found.modify_index),
@@ -455,7 +455,7 @@ class Reconciler:
             if entry is None or entry.outcome != "pending":
                 continue  # ended before it was superseded (or pruned): nothing to tell
             description = f"superseded by {attempt.tag} before it finished"
-            ended = finished_entry(entry, "cancelled", description, iso(self.clock()))
+            ended = close_entry(entry, "cancelled", description, iso(self.clock()))
             ops.append(Write(key, encode(ended), item.modify_index))
             report = make_report(
                 service,
@@ -504,7 +504,7 @@ class Reconciler:
             self._note_failure(service, rollout, index, exc)
             return None
         if registered == "stale":
-            self._finish(service, rollout, index, "cancelled", STALE_JOB, reason="stale_tag")
+            self._end_rollout(service, rollout, index, "cancelled", STALE_JOB, reason="stale_tag")
             return None
         if registered is None:
             return _Carried(service, rollout, index)  # the job changed in between: next pass
@@ -649,11 +649,11 @@ class Reconciler:
                 log.warning("reconciler: %s: job unreadable after failure: %s", service.name, exc)
         if running is not None:
             description += f"; {rollout.tag} failed, running {running}"
-        self._finish(
+        self._end_rollout(
             service, rollout, carried.index, state, description, deployment=found, running=running
         )
 
-    def _finish(
+    def _end_rollout(
         self,
         service: Service,
         rollout: RolloutState,
@@ -701,7 +701,7 @@ class Reconciler:
         )
         ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
         if entry is not None:
-            ended_entry = finished_entry(
+            ended_entry = close_entry(
                 entry, state, description, iso(self.clock()), **(history or {})
             )
             ops.append(Write(entry_key, encode(ended_entry), found.modify_index))

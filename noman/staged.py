@@ -591,7 +591,7 @@ class StagedRollouts:
         history: dict[str, Any] = {"reason": rollout.reason}
         if rollout.aborted_by:
             history["aborted_by"] = rollout.aborted_by
-        self.r._finish(
+        self.r._end_rollout(
             service,
             ended,
             index,
@@ -626,7 +626,7 @@ class StagedRollouts:
         last = rollout.jobs[-1] if rollout.jobs else None
         if last is not None:
             ended = structs.replace(ended, version=last.version, deployment_id=last.deployment_id)
-        self.r._finish(service, ended, index, "successful", description, deployment=found)
+        self.r._end_rollout(service, ended, index, "successful", description, deployment=found)
         self._forget(service)
 
     # -- plumbing ----------------------------------------------------------------------

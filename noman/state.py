@@ -482,7 +482,7 @@ def deploy_change(
     return DeployChange(new, entry, reports, rolling)
 
 
-def finished_entry(
+def close_entry(
     entry: HistoryEntry, outcome: str, description: str, ended: str = "", **changes: Any
 ) -> HistoryEntry:
     """``entry`` with its final outcome, reached at ``ended`` (the callback is spent by then)."""
