@@ -37,7 +37,7 @@ from noman.errors import (
     WriteConflict,
 )
 from noman.model import OCI_TAG, JobState, Service, orders_before, same_repository
-from noman.release import Outcome, Release, Rollout, shown
+from noman.release import Outcome, Release, Rollout, quote
 from noman.state import (
     Attempt,
     DeployChange,
@@ -105,13 +105,13 @@ def check_release(service: Service, release: Release) -> None:
     """Refuse a release this service must never run (bad tag, other repository)."""
     if release.repository is not None and not same_repository(service, release.repository):
         raise RepositoryMismatch(
-            f"Repository {shown(release.repository, 140)} is not the one this service deploys."
+            f"Repository {quote(release.repository, 140)} is not the one this service deploys."
         )
     if not OCI_TAG.fullmatch(release.tag):
-        raise InvalidTag(f"{shown(release.tag, 140)} is not a valid image tag.")
+        raise InvalidTag(f"{quote(release.tag, 140)} is not a valid image tag.")
     if not service.tag_pattern.fullmatch(release.tag):
         raise InvalidTag(
-            f"Tag {shown(release.tag, 140)} does not match this service's pattern "
+            f"Tag {quote(release.tag, 140)} does not match this service's pattern "
             f"{service.tag_pattern.pattern}."
         )
 

@@ -47,7 +47,7 @@ from noman.errors import (
     WriteConflict,
 )
 from noman.model import Service, orders_before
-from noman.release import Outcome, Release, shown
+from noman.release import Outcome, Release, quote
 from noman.state import (
     Attempt,
     DeployChange,
@@ -378,7 +378,7 @@ class Gates:
             raise NotCurrent(f"Nothing of {service.name} waits for approval or a deploy window.")
         if tag is not None and tag != gate.attempt.tag:
             raise NotCurrent(
-                f"{shown(tag, 140)} is not what waits; {gate.attempt.tag} does "
+                f"{quote(tag, 140)} is not what waits; {gate.attempt.tag} does "
                 f"({self.state_of(gate)})."
             )
         return gate

@@ -120,8 +120,8 @@ def tag_accepted(pattern: re.Pattern[str], tag: str) -> bool:
     return OCI_TAG.fullmatch(tag) is not None and pattern.fullmatch(tag) is not None
 
 
-def shown(text: str, limit: int = 60) -> str:
-    """Untrusted text echoed in a message: cut, and repr'd so control characters stay visible."""
+def quote(text: str, limit: int = 60) -> str:
+    """Quote untrusted text for a message: cut to ``limit``, repr'd so control characters show."""
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from noman.config import Service
 from noman.errors import InvalidPayload
-from noman.release import Ignored, Release, shown
+from noman.release import Ignored, Release, quote
 from noman.senders.common import (
     JSON,
     Headers,
@@ -125,7 +125,7 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
             NAME,
         )
     if mine:
-        actions = ", ".join(shown(a, 20) for a in dict.fromkeys(mine))
+        actions = ", ".join(quote(a, 20) for a in dict.fromkeys(mine))
         return Ignored(
             "not_a_push",
             f"This envelope's events for the service's repository ({actions}) push no tag; "
