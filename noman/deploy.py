@@ -596,14 +596,19 @@ class Deployer:
 
     def _unchanged(self, service: Service, release: Release, view: ServiceView) -> Outcome:
         rollout, attempt = view.rollout, view.desired.attempt
-        pending = None
+        reason = None
         if service.strategy == "rolling" and attempt is not None and attempt.tag == release.tag:
             if rollout is None or rollout.seq != attempt.seq:
-                pending = "pending"
+                reason = "pending"
             elif rollout.state == "pending":
-                pending = rollout.reason or "pending"
+                reason = rollout.reason or "pending"
         return Outcome(
-            service.name, service.key, release.tag, view.key.value, changed=False, pending=pending
+            service.name,
+            service.key,
+            release.tag,
+            view.key.value,
+            changed=False,
+            pending_reason=reason,
         )
 
     def after_commit(self, service: Service, attempt: Attempt, change: DeployChange) -> Outcome:
@@ -634,7 +639,7 @@ class Deployer:
             return outcome
         if service.staged:
             # A release phase, several jobs or canaries: the leader takes the first step.
-            return replace(outcome, pending="staged")
+            return replace(outcome, pending_reason="staged")
         try:
             return self._register_inline(service, attempt, outcome)
         except NomanError as exc:
@@ -642,7 +647,7 @@ class Deployer:
             log.warning(
                 "service %s: after the deploy of %s landed: %s", service.name, attempt.tag, exc.code
             )
-            return replace(outcome, pending=exc.code)
+            return replace(outcome, pending_reason=exc.code)
 
     # -- the rolling fast path -----------------------------------------------------------
 
@@ -654,7 +659,7 @@ class Deployer:
         check-and-set keep a late leader from doing it twice.
         """
         if self.orchestrator is None:
-            return replace(outcome, pending="nomad_not_configured")
+            return replace(outcome, pending_reason="nomad_not_configured")
         rollout_key = self.keys.rollout(service.name)
         rollout_index = self.store.read(rollout_key).modify_index
         rollout = first_rollout(attempt, iso(self.clock()))
@@ -679,7 +684,7 @@ class Deployer:
                     description=STALE_JOB,
                 )
                 self._record_inline(service, cancelled, rollout_index)
-                return replace(outcome, state="cancelled", pending="stale_tag")
+                return replace(outcome, state="cancelled", pending_reason="stale_tag")
             if registered is not None:
                 now = self.clock()
                 done = rollout.moved(
@@ -696,7 +701,7 @@ class Deployer:
             attempts=1,
         )
         self._record_inline(service, failed, rollout_index)
-        return replace(outcome, pending=error.code)
+        return replace(outcome, pending_reason=error.code)
 
     def _record_inline(self, service: Service, rollout: RolloutState, index: int) -> None:
         """Record the inline attempt's result, and wake the leader to carry it on."""
