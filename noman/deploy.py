@@ -386,6 +386,7 @@ class Deployer:
         request_id: str | None,
         kind: Literal["deploy", "rollback"],
     ) -> Outcome:
+        """Decide and write one deploy, deciding again on fresh values after a lost cas."""
         check_release(service, release)
         cached = self._cached(service)
         for _ in range(self.cas_retries):
@@ -397,75 +398,96 @@ class Deployer:
                     continue  # a refusal or a no-op is only ever decided on fresh values
             else:
                 view = self.view(service, with_rollout=service.strategy == "rolling")
-            desired = view.desired
-            if desired.frozen and kind == "deploy":
-                raise Frozen()
-            if release.delivery_id and release.delivery_id in desired.deliveries:
-                return Outcome(
-                    service.name,
-                    service.key,
-                    release.tag,
-                    view.key.value,
-                    changed=False,
-                    duplicate_delivery=True,
-                )
-            if self.gates is not None:
-                waiting = self.gates.before_write(service, release, kind, view)
-                if waiting is not None:
-                    return waiting
-            write = needs_write(service, view.key.value, release)
-            if not write and not self._retry_wanted(service, view, release):
-                return self._unchanged(service, release, view)
-            now = self.clock()
-            attempt = Attempt(
-                seq=desired.seq + 1,
-                tag=release.tag,
-                kind=kind,
-                sender=release.sender,
-                time=iso(now),
-                at=now,
-                previous=view.key.value,
-                request_id=request_id,
-                force=release.force or kind == "rollback",
-                callback_url=release.callback_url,
-            )
-            decision = self.gates.decide(service, kind, now) if self.gates else None
-            superseded: list[tuple[str, Report]] = []
-            if self.gates is not None and decision is not None:
-                change, ops = self.gates.propose(
-                    service, view, attempt, release.delivery_id, decision
-                )
-                ops += self._migration_ops(service, view, skip_seq=attempt.seq)
-            else:
-                change = deploy_change(
-                    service, desired, attempt, release.delivery_id, self.report_successes
-                )
-                ops = self._deploy_ops(service, view, change)
-                if self.gates is not None:
-                    # A waiting proposal this change replaces ends as superseded.
-                    extra, superseded = self.gates.supersede(service, view, change.entry)
-                    ops += extra
-            written = self._commit(service, ops, change)
-            if written is not None:
-                self._remember(service, ops, written)
-                log.info(
-                    "service %s: desired tag %s (%s)",
-                    service.name,
-                    release.tag,
-                    kind if decision is None else decision.state,
-                    extra={"fields": {"service": service.name, "tag": release.tag}},
-                )
-                if self.gates is not None and decision is not None:
-                    return self.gates.proposed(service, view, change)
-                if superseded and self.deliver is not None:
-                    self.deliver(superseded)
-                return self.after_commit(service, attempt, change)
+            outcome = self._answer_unwritten(service, release, kind, view)
+            if outcome is None:
+                outcome = self._write(service, release, request_id, kind, view)
+            if outcome is not None:
+                return outcome
             log.info(
                 "service %s: key or desired state changed while deploying %s; deciding again",
                 service.name,
                 release.tag,
             )
         raise WriteConflict()
+
+    def _answer_unwritten(
+        self, service: Service, release: Release, kind: str, view: ServiceView
+    ) -> Outcome | None:
+        """The answer when ``release`` writes nothing (a repeated delivery, a gate holds it,
+        its tag is already desired); raises ``Frozen``; None when it is to be written."""
+        desired = view.desired
+        if desired.frozen and kind == "deploy":
+            raise Frozen()
+        if release.delivery_id and release.delivery_id in desired.deliveries:
+            return Outcome(
+                service.name,
+                service.key,
+                release.tag,
+                view.key.value,
+                changed=False,
+                duplicate_delivery=True,
+            )
+        if self.gates is not None:
+            waiting = self.gates.before_write(service, release, kind, view)
+            if waiting is not None:
+                return waiting
+        write = needs_write(service, view.key.value, release)
+        if not write and not self._retry_wanted(service, view, release):
+            return self._unchanged(service, release, view)
+        return None
+
+    def _write(
+        self,
+        service: Service,
+        release: Release,
+        request_id: str | None,
+        kind: Literal["deploy", "rollback"],
+        view: ServiceView,
+    ) -> Outcome | None:
+        """Write ``release`` as the next attempt in one transaction; None if a cas lost."""
+        now = self.clock()
+        attempt = Attempt(
+            seq=view.desired.seq + 1,
+            tag=release.tag,
+            kind=kind,
+            sender=release.sender,
+            time=iso(now),
+            at=now,
+            previous=view.key.value,
+            request_id=request_id,
+            force=release.force or kind == "rollback",
+            callback_url=release.callback_url,
+        )
+        decision = self.gates.decide(service, kind, now) if self.gates else None
+        superseded: list[tuple[str, Report]] = []
+        if self.gates is not None and decision is not None:
+            change, ops = self.gates.propose(service, view, attempt, release.delivery_id, decision)
+            ops += self._migration_ops(service, view, skip_seq=attempt.seq)
+        else:
+            change = deploy_change(
+                service, view.desired, attempt, release.delivery_id, self.report_successes
+            )
+            ops = self._deploy_ops(service, view, change)
+            if self.gates is not None:
+                # A waiting proposal this change replaces ends as superseded.
+                extra, superseded = self.gates.supersede(service, view, change.entry)
+                ops += extra
+        written = self._commit(service, ops, change)
+        if written is None:
+            return None
+        self._remember(service, ops, written)
+        log.info(
+            "service %s: desired tag %s (%s)",
+            service.name,
+            release.tag,
+            kind if decision is None else decision.state,
+            extra={"fields": {"service": service.name, "tag": release.tag}},
+        )
+        if self.gates is not None and decision is not None:
+            return self.gates.proposed(service, view, change)
+        if superseded and self.deliver is not None:
+            self.deliver(superseded)
+        return self.after_commit(service, attempt, change)
 
     def _deploy_ops(self, service: Service, view: ServiceView, change: DeployChange) -> list[Write]:
         """The transaction of one deploy: tag key and desired state first (their indexes
