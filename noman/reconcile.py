@@ -243,30 +243,7 @@ class Reconciler:
             # Created once (check-and-set on "missing"): a no-op when it exists.
             self.store.transact([Write(self.keys.pending_marker, "", 0)])
             self._marked = True
-        pending, self._pending = self._pending, None
-        if pending is None:
-            snapshot = self.store.list(self.keys.pending_folder)
-            self._pending_index, pending = snapshot.watch_index, snapshot.entries
-        if self.gates is not None and self.gates.run(pending):
-            # A held deploy or an approval landed: its pending key is this pass's work.
-            snapshot = self.store.list(self.keys.pending_folder)
-            self._pending_index, pending = snapshot.watch_index, snapshot.entries
-        now = self.monotonic()
-        waiting: dict[str, dict[int, Entry]] = {}
-        for key, entry in pending.items():
-            found = self.keys.parse_pending(key)
-            if found is not None:
-                waiting.setdefault(found[0], {})[found[1]] = entry
-        names = set(waiting)
-        for name in [name for name, (_, due) in self._not_before.items() if due <= now]:
-            del self._not_before[name]
-            names.add(name)
-        views: dict[str, ServiceView] = {}
-        if now >= self._next_resync:
-            self._next_resync = now + self.settings.rollout.resync
-            rolling = [s for s in self.settings.services if s.strategy == "rolling"]
-            names |= {s.name for s in rolling}
-            views = self.deployer.views(rolling)
+        waiting, names, views = self._work()
         busy = False
         active: list[_Carried] = []
         for service in self.settings.services:
@@ -292,6 +269,36 @@ class Reconciler:
         if not self.running:
             self.courier.deliver_all()
         return busy
+
+    def _work(self) -> tuple[dict[str, dict[int, Entry]], set[str], dict[str, ServiceView]]:
+        """This pass's work: pending keys by service and seq, the names of the services to
+        step (pending, retry due, or every rolling one on a full pass) and a full pass's views.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        if self.gates is not None and self.gates.run(pending):
+            # A held deploy or an approval landed: its pending key is this pass's work.
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        now = self.monotonic()
+        waiting: dict[str, dict[int, Entry]] = {}
+        for key, entry in pending.items():
+            found = self.keys.parse_pending(key)
+            if found is not None:
+                waiting.setdefault(found[0], {})[found[1]] = entry
+        names = set(waiting)
+        for name in [name for name, (_, due) in self._not_before.items() if due <= now]:
+            del self._not_before[name]
+            names.add(name)
+        views: dict[str, ServiceView] = {}
+        if now >= self._next_resync:
+            self._next_resync = now + self.settings.rollout.resync
+            rolling = [s for s in self.settings.services if s.strategy == "rolling"]
+            names |= {s.name for s in rolling}
+            views = self.deployer.views(rolling)
+        return waiting, names, views
 
     def _note_unreadable(self, service: Service, exc: StateUnreadable) -> None:
         if service.name not in self._unreadable:
@@ -686,19 +693,7 @@ class Reconciler:
             deployment_id=(deployment or {}).get("id") or rollout.deployment_id,
             **counts,
         )
-        report = make_report(
-            service,
-            rollout.seq,
-            rollout.tag,
-            state,
-            description,
-            previous=entry.previous if entry else None,
-            deployment=deployment,
-            callback_url=entry.callback_url if entry else None,
-            at=self.clock(),
-            requested=entry.time if entry else "",
-            kind=entry.kind if entry else "deploy",
-        )
+        report = self._ending_report(service, rollout, state, description, entry, deployment)
         ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
         if entry is not None:
             ended_entry = close_entry(
@@ -711,6 +706,30 @@ class Reconciler:
             self._not_before.pop(name, None)
             log.info("reconciler: %s %s: %s", name, rollout.tag, state)
             self.courier.send_now([(self.keys.outbox(report), report)])
+
+    def _ending_report(
+        self,
+        service: Service,
+        rollout: RolloutState,
+        state: str,
+        description: str,
+        entry: HistoryEntry | None,
+        deployment: dict[str, Any] | None,
+    ) -> Report:
+        """The report of a rollout's end, told as its history ``entry`` asked for it."""
+        return make_report(
+            service,
+            rollout.seq,
+            rollout.tag,
+            state,
+            description,
+            previous=entry.previous if entry else None,
+            deployment=deployment,
+            callback_url=entry.callback_url if entry else None,
+            at=self.clock(),
+            requested=entry.time if entry else "",
+            kind=entry.kind if entry else "deploy",
+        )
 
     def _revert_ops(self, service: Service, rollout: RolloutState, running: str) -> list[Write]:
         """Set the tag key and desired state back to what Nomad reverted to, with history."""
