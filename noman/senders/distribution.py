@@ -117,6 +117,15 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
             repository=service.repository,
             delivery_id=delivery_id(NAME, chosen),
         )
+    return _untagged(service, mine, others)
+
+
+def _untagged(service: Service, mine: list[str], others: list[str]) -> Ignored:
+    """Why an envelope that pushes no tag of ``service`` is ignored.
+
+    ``mine`` holds the actions of the service's own events, ``others`` the other
+    repositories the envelope names.
+    """
     if "digest-only push" in mine:
         return Ignored(
             "digest_only",
