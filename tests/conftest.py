@@ -29,6 +29,7 @@ from noman.config import Settings, parse_settings
 from noman.reconcile import Reconciler
 from noman.state import Desired, HistoryEntry, Keys, Report, RolloutState, decode, first_rollout
 from noman.wiring import components
+from tests.fakes._server import FakeClock
 from tests.fakes.canary import CanaryApp
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad, sample_service_job
@@ -379,6 +380,12 @@ def bare_nomad() -> Iterator[FakeNomad]:
     """A fake Nomad without jobs: the staged tests add the ones they roll."""
     with FakeNomad() as fake:
         yield fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A manual clock for the fakes: time moves only when the test advances it."""
+    return FakeClock()
 
 
 @pytest.fixture

@@ -63,11 +63,6 @@ def fake() -> Iterator[FakeNomad]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def clocked(clock: FakeClock) -> Iterator[FakeNomad]:
     """A fake whose scripted deployment outcomes happen only when the test moves ``clock``."""
     with FakeNomad(clock=clock) as server:
