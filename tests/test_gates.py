@@ -456,7 +456,7 @@ def test_a_dockerhub_push_that_waits_is_called_back_once_it_ends(
             "push_data": {"tag": tag, "pushed_at": 1672734600, "pusher": "stut"},
             "repository": {"repo_name": "stut/stut.dev", "name": "stut.dev", "namespace": "stut"},
         }
-        return app.test_client().post(f"/hooks/{secret}", json=payload)
+        return post_hook(app, secret, body=payload)
 
     assert push(T1).status_code == 202
     assert parts.courier.wait(5) and parts.reporter.wait(5)

@@ -24,7 +24,7 @@ from noman.auth import sign
 from noman.config import Settings
 from noman.release import IGNORED_REASONS
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings, settle
+from tests.conftest import ConsulHandle, make_settings, post_hook, settle
 from tests.fakes.receiver import Receiver
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -439,7 +439,7 @@ def test_an_explicit_request_for_a_bad_tag_is_still_422(
     consul: ConsulHandle, secret: str, receiver: Receiver, tag: str
 ) -> None:
     hook = Hook(consul, secret, receiver, Case("dockerhub", "plain-redeploy.json"))
-    answer = hook.client.post(f"/hooks/{secret}", json={"tag": tag})
+    answer = post_hook(hook.client, secret, tag)
     assert answer.status_code == 422
     assert answer.json["error"] == "invalid_tag"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)

@@ -301,7 +301,7 @@ def test_end_to_end_dockerhub_to_callback_and_notification(
         payload["push_data"]["tag"] = NEW
         payload["callback_url"] = f"{dockerhub.url}/u/stut/stut.dev/hook/abc/"
         before = nomad.job("web")
-        answer = app.test_client().post(f"/hooks/{secret}", json=payload)
+        answer = post_hook(app, secret, body=payload)
         assert answer.status_code == 200
         assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
         after = nomad.job("web")
