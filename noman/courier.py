@@ -70,7 +70,7 @@ class Courier:
         self._remaining: dict[str, set[str]] = {}
         # Reports delivered lately: a listing taken before their delete must not send them
         # again (bounded; their keys never come back, each names one attempt and state).
-        self._finished: dict[str, None] = {}
+        self._delivered: dict[str, None] = {}
         self._lock = threading.Lock()
 
     @property
@@ -115,9 +115,9 @@ class Courier:
             if report is None:
                 continue
             with self._lock:
-                if key in self._remaining or key in self._finished:
+                if key in self._remaining or key in self._delivered:
                     continue  # a worker has it, or had it
-            self.reporter.finished(report)
+            self.reporter.observe(report)
             for destination in self.reporter.destinations(report):
                 self.reporter.send(destination, report)
             self._delete(key)
@@ -144,10 +144,10 @@ class Courier:
         """Start delivering ``report``; False when it is being delivered already."""
         destinations = self.reporter.destinations(report)
         with self._lock:
-            if key in self._remaining or key in self._finished:
+            if key in self._remaining or key in self._delivered:
                 return False
             self._remaining[key] = set(destinations)
-        self.reporter.finished(report)
+        self.reporter.observe(report)
         if not destinations:
             self._done(key, "")
         for destination in destinations:
@@ -195,9 +195,9 @@ class Courier:
         self._delete(key)
         with self._lock:
             self._remaining.pop(key, None)
-            self._finished[key] = None
-            while len(self._finished) > 1000:
-                self._finished.pop(next(iter(self._finished)))
+            self._delivered[key] = None
+            while len(self._delivered) > 1000:
+                self._delivered.pop(next(iter(self._delivered)))
 
     def _delete(self, key: str) -> None:
         # Outbox keys name one attempt and one state: nobody writes the same key again.

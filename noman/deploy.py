@@ -37,7 +37,7 @@ from noman.errors import (
     WriteConflict,
 )
 from noman.model import OCI_TAG, JobState, Service, orders_before, same_repository
-from noman.release import Outcome, Release, Rollout, shown
+from noman.release import Outcome, Release, Rollout, quote
 from noman.state import (
     Attempt,
     DeployChange,
@@ -105,13 +105,13 @@ def check_release(service: Service, release: Release) -> None:
     """Refuse a release this service must never run (bad tag, other repository)."""
     if release.repository is not None and not same_repository(service, release.repository):
         raise RepositoryMismatch(
-            f"Repository {shown(release.repository, 140)} is not the one this service deploys."
+            f"Repository {quote(release.repository, 140)} is not the one this service deploys."
         )
     if not OCI_TAG.fullmatch(release.tag):
-        raise InvalidTag(f"{shown(release.tag, 140)} is not a valid image tag.")
+        raise InvalidTag(f"{quote(release.tag, 140)} is not a valid image tag.")
     if not service.tag_pattern.fullmatch(release.tag):
         raise InvalidTag(
-            f"Tag {shown(release.tag, 140)} does not match this service's pattern "
+            f"Tag {quote(release.tag, 140)} does not match this service's pattern "
             f"{service.tag_pattern.pattern}."
         )
 
@@ -163,7 +163,7 @@ class Deployer:
         answer_within: float = 5.0,
         history_size: int = 50,
         report_successes: bool = True,
-        finished: Callable[[Report], object] | None = None,
+        observe: Callable[[Report], object] | None = None,
         deliver: Callable[[list[tuple[str, Report]]], object] | None = None,
         clock: Callable[[], float] = time.time,
         poll_intervals: dict[str, float] | None = None,
@@ -176,9 +176,9 @@ class Deployer:
         self.answer_within = answer_within
         self.history_size = history_size
         # Without a notifier that wants successes, a restart deploy's report would be put
-        # in the outbox only to be dropped: ``finished`` logs and counts it instead.
+        # in the outbox only to be dropped: ``observe`` logs and counts it instead.
         self.report_successes = report_successes
-        self.finished = finished
+        self.observe = observe
         # Hands the reports this process just wrote to its courier (noman.courier).
         self.deliver = deliver
         self.clock = clock
@@ -386,13 +386,7 @@ class Deployer:
         request_id: str | None,
         kind: Literal["deploy", "rollback"],
     ) -> Outcome:
-        """Decide and write one deploy or rollback, retrying on a check-and-set conflict.
-
-        Long because the retry loop holds the whole decision on one view: each pass
-        reads (or reuses this process's last write), refuses or answers early (frozen, a
-        duplicate delivery, a gate, nothing to write) and commits on the same indexes;
-        split up, the view would travel through every piece.
-        """
+        """Decide and write one deploy, deciding again on fresh values after a lost cas."""
         check_release(service, release)
         cached = self._cached(service)
         for _ in range(self.cas_retries):
@@ -404,77 +398,98 @@ class Deployer:
                     continue  # a refusal or a no-op is only ever decided on fresh values
             else:
                 view = self.view(service, with_rollout=service.strategy == "rolling")
-            desired = view.desired
-            if desired.frozen and kind == "deploy":
-                raise Frozen()
-            if release.delivery_id and release.delivery_id in desired.deliveries:
-                return Outcome(
-                    service.name,
-                    service.key,
-                    release.tag,
-                    view.key.value,
-                    changed=False,
-                    duplicate_delivery=True,
-                )
-            if self.gates is not None:
-                waiting = self.gates.before_write(service, release, kind, view)
-                if waiting is not None:
-                    return waiting
-            write = needs_write(service, view.key.value, release)
-            if not write and not self._retry_wanted(service, view, release):
-                return self._unchanged(service, release, view)
-            now = self.clock()
-            attempt = Attempt(
-                seq=desired.seq + 1,
-                tag=release.tag,
-                kind=kind,
-                sender=release.sender,
-                time=iso(now),
-                at=now,
-                previous=view.key.value,
-                request_id=request_id,
-                force=release.force or kind == "rollback",
-                callback_url=release.callback_url,
-            )
-            decision = self.gates.decide(service, kind, now) if self.gates else None
-            superseded: list[tuple[str, Report]] = []
-            if self.gates is not None and decision is not None:
-                change, ops = self.gates.propose(
-                    service, view, attempt, release.delivery_id, decision
-                )
-                ops += self._migration_ops(service, view, skip_seq=attempt.seq)
-            else:
-                change = deploy_change(
-                    service, desired, attempt, release.delivery_id, self.report_successes
-                )
-                ops = self._deploy_ops(service, view, change)
-                if self.gates is not None:
-                    # A waiting proposal this change replaces ends as superseded.
-                    extra, superseded = self.gates.supersede(service, view, change.entry)
-                    ops += extra
-            written = self._commit(service, ops, change)
-            if written is not None:
-                self._remember(service, ops, written)
-                # DEBUG: the caller's own line says it (the hook line, the CLI's answer,
-                # the rollback line), and a line per deploy is the relay's whole log cost.
-                log.debug(
-                    "service %s: desired tag %s (%s)",
-                    service.name,
-                    release.tag,
-                    kind if decision is None else decision.state,
-                    extra={"fields": {"service": service.name, "tag": release.tag}},
-                )
-                if self.gates is not None and decision is not None:
-                    return self.gates.proposed(service, view, change)
-                if superseded and self.deliver is not None:
-                    self.deliver(superseded)
-                return self.after_commit(service, attempt, change)
+            outcome = self._answer_unwritten(service, release, kind, view)
+            if outcome is None:
+                outcome = self._write(service, release, request_id, kind, view)
+            if outcome is not None:
+                return outcome
             log.info(
                 "service %s: key or desired state changed while deploying %s; deciding again",
                 service.name,
                 release.tag,
             )
         raise WriteConflict()
+
+    def _answer_unwritten(
+        self, service: Service, release: Release, kind: str, view: ServiceView
+    ) -> Outcome | None:
+        """The answer when ``release`` writes nothing (a repeated delivery, a gate holds it,
+        its tag is already desired); raises ``Frozen``; None when it is to be written."""
+        desired = view.desired
+        if desired.frozen and kind == "deploy":
+            raise Frozen()
+        if release.delivery_id and release.delivery_id in desired.deliveries:
+            return Outcome(
+                service.name,
+                service.key,
+                release.tag,
+                view.key.value,
+                changed=False,
+                duplicate_delivery=True,
+            )
+        if self.gates is not None:
+            waiting = self.gates.before_write(service, release, kind, view)
+            if waiting is not None:
+                return waiting
+        write = needs_write(service, view.key.value, release)
+        if not write and not self._retry_wanted(service, view, release):
+            return self._unchanged(service, release, view)
+        return None
+
+    def _write(
+        self,
+        service: Service,
+        release: Release,
+        request_id: str | None,
+        kind: Literal["deploy", "rollback"],
+        view: ServiceView,
+    ) -> Outcome | None:
+        """Write ``release`` as the next attempt in one transaction; None if a cas lost."""
+        now = self.clock()
+        attempt = Attempt(
+            seq=view.desired.seq + 1,
+            tag=release.tag,
+            kind=kind,
+            sender=release.sender,
+            time=iso(now),
+            at=now,
+            previous=view.key.value,
+            request_id=request_id,
+            force=release.force or kind == "rollback",
+            callback_url=release.callback_url,
+        )
+        decision = self.gates.decide(service, kind, now) if self.gates else None
+        superseded: list[tuple[str, Report]] = []
+        if self.gates is not None and decision is not None:
+            change, ops = self.gates.propose(service, view, attempt, release.delivery_id, decision)
+            ops += self._migration_ops(service, view, skip_seq=attempt.seq)
+        else:
+            change = deploy_change(
+                service, view.desired, attempt, release.delivery_id, self.report_successes
+            )
+            ops = self._deploy_ops(service, view, change)
+            if self.gates is not None:
+                # A waiting proposal this change replaces ends as superseded.
+                extra, superseded = self.gates.supersede(service, view, change.entry)
+                ops += extra
+        written = self._commit(service, ops, change)
+        if written is None:
+            return None
+        self._remember(service, ops, written)
+        # DEBUG: the caller's own line says it (the hook line, the CLI's answer, the
+        # rollback line), and a line per deploy is the relay's whole log cost.
+        log.debug(
+            "service %s: desired tag %s (%s)",
+            service.name,
+            release.tag,
+            kind if decision is None else decision.state,
+            extra={"fields": {"service": service.name, "tag": release.tag}},
+        )
+        if self.gates is not None and decision is not None:
+            return self.gates.proposed(service, view, change)
+        if superseded and self.deliver is not None:
+            self.deliver(superseded)
+        return self.after_commit(service, attempt, change)
 
     def _deploy_ops(self, service: Service, view: ServiceView, change: DeployChange) -> list[Write]:
         """The transaction of one deploy: tag key and desired state first (their indexes
@@ -605,14 +620,19 @@ class Deployer:
 
     def _unchanged(self, service: Service, release: Release, view: ServiceView) -> Outcome:
         rollout, attempt = view.rollout, view.desired.attempt
-        pending = None
+        reason = None
         if service.strategy == "rolling" and attempt is not None and attempt.tag == release.tag:
             if rollout is None or rollout.seq != attempt.seq:
-                pending = "pending"
+                reason = "pending"
             elif rollout.state == "pending":
-                pending = rollout.reason or "pending"
+                reason = rollout.reason or "pending"
         return Outcome(
-            service.name, service.key, release.tag, view.key.value, changed=False, pending=pending
+            service.name,
+            service.key,
+            release.tag,
+            view.key.value,
+            changed=False,
+            pending_reason=reason,
         )
 
     def after_commit(self, service: Service, attempt: Attempt, change: DeployChange) -> Outcome:
@@ -625,9 +645,9 @@ class Deployer:
         if change.reports and self.deliver is not None:
             self.deliver([(self.keys.outbox(r), r) for r in change.reports])
         if not change.rolling:
-            if not change.reports and self.finished is not None:
+            if not change.reports and self.observe is not None:
                 description = change.entry.description
-                self.finished(
+                self.observe(
                     make_report(
                         service,
                         attempt.seq,
@@ -643,7 +663,7 @@ class Deployer:
             return outcome
         if service.staged:
             # A release phase, several jobs or canaries: the leader takes the first step.
-            return replace(outcome, pending="staged")
+            return replace(outcome, pending_reason="staged")
         try:
             return self._register_inline(service, attempt, outcome)
         except NomanError as exc:
@@ -651,7 +671,7 @@ class Deployer:
             log.warning(
                 "service %s: after the deploy of %s landed: %s", service.name, attempt.tag, exc.code
             )
-            return replace(outcome, pending=exc.code)
+            return replace(outcome, pending_reason=exc.code)
 
     # -- the rolling fast path -----------------------------------------------------------
 
@@ -663,7 +683,7 @@ class Deployer:
         check-and-set keep a late leader from doing it twice.
         """
         if self.orchestrator is None:
-            return replace(outcome, pending="nomad_not_configured")
+            return replace(outcome, pending_reason="nomad_not_configured")
         rollout_key = self.keys.rollout(service.name)
         rollout_index = self.store.read(rollout_key).modify_index
         rollout = first_rollout(attempt, iso(self.clock()))
@@ -688,7 +708,7 @@ class Deployer:
                     description=STALE_JOB,
                 )
                 self._record_inline(service, cancelled, rollout_index)
-                return replace(outcome, state="cancelled", pending="stale_tag")
+                return replace(outcome, state="cancelled", pending_reason="stale_tag")
             if registered is not None:
                 now = self.clock()
                 done = rollout.moved(
@@ -705,7 +725,7 @@ class Deployer:
             attempts=1,
         )
         self._record_inline(service, failed, rollout_index)
-        return replace(outcome, pending=error.code)
+        return replace(outcome, pending_reason=error.code)
 
     def _record_inline(self, service: Service, rollout: RolloutState, index: int) -> None:
         """Record the inline attempt's result, and wake the leader to carry it on."""

@@ -21,7 +21,6 @@ Codes are an API: callers branch on them, so they never change meaning.
     ├── InvalidTag                      422 invalid_tag
     ├── AmbiguousTags                   422 ambiguous_tags
     ├── StaleTag                        409 stale_tag
-    ├── NotRolling                      409 not_rolling  (kept for callers; no longer raised)
     ├── NothingToRollBack               409 nothing_to_roll_back
     ├── NotCurrent                      409 not_current  (no such proposal or held deploy)
     ├── NothingToPromote                409 nothing_to_promote
@@ -50,9 +49,7 @@ Codes are an API: callers branch on them, so they never change meaning.
 An ``UpstreamError`` from Consul means nothing was written, except a write whose
 answer timed out and could not be re-read (the message says it may have landed).
 Nomad's codes reach a hook caller only as the ``reason`` of a 202: by then the
-deploy is durable and the reconciler retries. ``NotRolling`` is no longer raised
-(``/deployment`` is an alias of ``status``); the class and code stay so callers that
-import or branch on them keep working.
+deploy is durable and the reconciler retries.
 
 Each client maps its library's failures in one table and one context manager
 (``ConsulStore._mapped``, ``NomadRollouts._mapped``, ``RegistryClient._mapped``), attaches
@@ -224,14 +221,6 @@ class StaleTag(NomanError):
 
     status = 409
     code = "stale_tag"
-
-
-class NotRolling(NomanError):
-    """Deployment state of a restart service: no longer raised, kept for compatibility."""
-
-    status = 409
-    code = "not_rolling"
-    default_message = "This service uses the restart strategy; it has no Nomad deployment."
 
 
 class NothingToRollBack(NomanError):

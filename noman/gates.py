@@ -47,7 +47,7 @@ from noman.errors import (
     WriteConflict,
 )
 from noman.model import Service, orders_before
-from noman.release import Outcome, Release, shown
+from noman.release import Outcome, Release, quote
 from noman.state import (
     Attempt,
     DeployChange,
@@ -259,6 +259,20 @@ class Gates:
             requested=attempt.time,
             kind=attempt.kind,
         )
+        ops = self._proposal_writes(service, view, new, entry)
+        superseded, reports = self.supersede(service, view, entry, clear_timer=False)
+        due = decision.expires_at if decision.state == "awaiting_approval" else decision.until
+        ops += superseded
+        ops.append(self._timer(name, seq, due, attempt.at))
+        ops.append(Write(self.keys.outbox(report), encode(report), 0, "set"))
+        change = DeployChange(new, entry, (*(r for _, r in reports), report), False)
+        return change, ops
+
+    def _proposal_writes(
+        self, service: Service, view: ServiceView, new: Desired, entry: HistoryEntry
+    ) -> list[Write]:
+        """The tag key (unchanged), the waiting desired state, its history entry and pruning."""
+        name, seq = service.name, entry.seq
         ops: list[Write] = []
         if view.key.value is not None:
             # Same value, same index: nothing moves, and the decision was made on it.
@@ -271,13 +285,7 @@ class Gates:
             ops.append(
                 Write(self.keys.history(name, seq - self.deployer.history_size), "", 0, "delete")
             )
-        superseded, reports = self.supersede(service, view, entry, clear_timer=False)
-        due = decision.expires_at if decision.state == "awaiting_approval" else decision.until
-        ops += superseded
-        ops.append(self._timer(name, seq, due, attempt.at))
-        ops.append(Write(self.keys.outbox(report), encode(report), 0, "set"))
-        change = DeployChange(new, entry, (*(r for _, r in reports), report), False)
-        return change, ops
+        return ops
 
     def proposed(self, service: Service, view: ServiceView, change: DeployChange) -> Outcome:
         """The answer once a proposal landed (202), its reports handed to the courier."""
@@ -383,7 +391,7 @@ class Gates:
             raise NotCurrent(f"Nothing of {service.name} waits for approval or a deploy window.")
         if tag is not None and tag != gate.attempt.tag:
             raise NotCurrent(
-                f"{shown(tag, 140)} is not what waits; {gate.attempt.tag} does "
+                f"{quote(tag, 140)} is not what waits; {gate.attempt.tag} does "
                 f"({self.state_of(gate)})."
             )
         return gate
@@ -434,6 +442,13 @@ class Gates:
                 extra={"fields": {"service": name, "tag": gate.attempt.tag}},
             )
             return Action(outcome.as_dict(), outcome.status)
+        return self._hold(service, view, gate, now, note, sender)
+
+    def _hold(
+        self, service: Service, view: ServiceView, gate: Gate, now: float, note: str, sender: str
+    ) -> Action | None:
+        """Record ``gate`` still waiting (for approvals or a window); None as ``_advance``."""
+        name = service.name
         until = self._opens(service, now) if gate.approved else None
         state = self.state_of(gate)
         text = self._waiting_text(service, gate, until)

@@ -135,8 +135,8 @@ class Reporter:
         index = int(destination.removeprefix("target"))
         return self._notify(self.settings.notify.targets[index], notice)
 
-    def finished(self, report: Report) -> Notice:
-        """Log and count one finished deploy (the courier then sends it)."""
+    def observe(self, report: Report) -> Notice:
+        """Log and count one report, a stage's or a deploy's end (the courier then sends it)."""
         notice = _notice(report)
         if notice.stage:
             fields = {"service": notice.service, "tag": notice.tag, "stage": notice.state}

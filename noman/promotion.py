@@ -19,7 +19,7 @@ from noman.errors import ConsulUnavailable, NothingToAbort, NothingToPromote, Wr
 from noman.model import Service
 from noman.stages import Gate
 from noman.state import decode, encode
-from noman.stores import OutcomeUnknown, Write
+from noman.stores import OutcomeUnknown, Store, Write
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +75,7 @@ def request(
             Write(gate_key, encode(gate), found.modify_index),
             Write(pending_key, "gate", pending.modify_index),
         ]
-        try:
-            written = store.transact(ops)
-        except OutcomeUnknown:
-            again = decode(Gate, gate_key, store.read(gate_key).value)
-            if again != gate:
-                raise ConsulUnavailable(
-                    "Consul did not answer in time and a re-read shows nothing was written. "
-                    "Retry later."
-                ) from None
-            written = {}
-        if written is not None:
+        if _transact(store, ops, gate_key, gate):
             log.info(
                 "%s requested",
                 action,
@@ -93,6 +83,21 @@ def request(
             )
             return _answer(service, attempt.tag, gate, stage)
     raise WriteConflict()
+
+
+def _transact(store: Store, ops: list[Write], gate_key: str, gate: Gate) -> bool:
+    """Write the request; False when a check-and-set lost. A write whose answer timed out
+    counts when a re-read finds it; otherwise Consul is unavailable."""
+    try:
+        return store.transact(ops) is not None
+    except OutcomeUnknown:
+        again = decode(Gate, gate_key, store.read(gate_key).value)
+        if again != gate:
+            raise ConsulUnavailable(
+                "Consul did not answer in time and a re-read shows nothing was written. "
+                "Retry later."
+            ) from None
+        return True
 
 
 def _answer(service: Service, tag: str, gate: Gate, stage: str | None) -> dict[str, Any]:

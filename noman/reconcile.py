@@ -52,9 +52,9 @@ from noman.state import (
     Keys,
     Report,
     RolloutState,
+    close_entry,
     decode,
     encode,
-    finished_entry,
     first_rollout,
     make_report,
     new_write_id,
@@ -247,30 +247,7 @@ class Reconciler:
             # Created once (check-and-set on "missing"): a no-op when it exists.
             self.store.transact([Write(self.keys.pending_marker, "", 0)])
             self._marked = True
-        pending, self._pending = self._pending, None
-        if pending is None:
-            snapshot = self.store.list(self.keys.pending_folder)
-            self._pending_index, pending = snapshot.watch_index, snapshot.entries
-        if self.gates is not None and self.gates.run(pending):
-            # A held deploy or an approval landed: its pending key is this pass's work.
-            snapshot = self.store.list(self.keys.pending_folder)
-            self._pending_index, pending = snapshot.watch_index, snapshot.entries
-        now = self.monotonic()
-        waiting: dict[str, dict[int, Entry]] = {}
-        for key, entry in pending.items():
-            found = self.keys.parse_pending(key)
-            if found is not None:
-                waiting.setdefault(found[0], {})[found[1]] = entry
-        names = set(waiting)
-        for name in [name for name, (_, due) in self._not_before.items() if due <= now]:
-            del self._not_before[name]
-            names.add(name)
-        views: dict[str, ServiceView] = {}
-        if now >= self._next_resync:
-            self._next_resync = now + self.settings.rollout.resync
-            rolling = [s for s in self.settings.services if s.strategy == "rolling"]
-            names |= {s.name for s in rolling}
-            views = self.deployer.views(rolling)
+        waiting, names, views = self._work()
         busy = False
         active: list[_Carried] = []
         for service in self.settings.services:
@@ -297,31 +274,35 @@ class Reconciler:
             self.courier.deliver_all()
         return busy
 
-    def settle(self, timeout: float = 10.0, wait: float = 0.2) -> bool:
-        """Run passes until nothing is in flight (tests, scripts); True if it settled in time."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            busy = self.run_once(wait=wait)
-            if not self.leader:
-                time.sleep(min(wait, 0.1))  # another instance leads, or the lock is in delay
-            elif not busy and self._quiet():
-                return True
-            elif not busy:
-                time.sleep(min(wait, 0.05))
-        return False
-
-    def _quiet(self) -> bool:
-        """Nothing pending, no retry or hand-over waiting, no report waiting.
-
-        A deploy waiting for approvals or a window is not work in flight.
+    def _work(self) -> tuple[dict[str, dict[int, Entry]], set[str], dict[str, ServiceView]]:
+        """This pass's work: pending keys by service and seq, the names of the services to
+        step (pending, retry due, or every rolling one on a full pass) and a full pass's views.
         """
-        pending = self.store.list(self.keys.pending_folder).entries
-        busy = [
-            key
-            for key in pending
-            if key != self.keys.pending_marker and self.keys.parse_gate(key) is None
-        ]
-        return not busy and not self.store.list(self.keys.outbox_folder).entries
+        pending, self._pending = self._pending, None
+        if pending is None:
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        if self.gates is not None and self.gates.run(pending):
+            # A held deploy or an approval landed: its pending key is this pass's work.
+            snapshot = self.store.list(self.keys.pending_folder)
+            self._pending_index, pending = snapshot.watch_index, snapshot.entries
+        now = self.monotonic()
+        waiting: dict[str, dict[int, Entry]] = {}
+        for key, entry in pending.items():
+            found = self.keys.parse_pending(key)
+            if found is not None:
+                waiting.setdefault(found[0], {})[found[1]] = entry
+        names = set(waiting)
+        for name in [name for name, (_, due) in self._not_before.items() if due <= now]:
+            del self._not_before[name]
+            names.add(name)
+        views: dict[str, ServiceView] = {}
+        if now >= self._next_resync:
+            self._next_resync = now + self.settings.rollout.resync
+            rolling = [s for s in self.settings.services if s.strategy == "rolling"]
+            names |= {s.name for s in rolling}
+            views = self.deployer.views(rolling)
+        return waiting, names, views
 
     def _note_unreadable(self, service: Service, exc: StateUnreadable) -> None:
         if service.name not in self._unreadable:
@@ -402,7 +383,7 @@ class Reconciler:
             requested=entry.time,
             kind=entry.kind,
         )
-        ended = finished_entry(entry, rollout.state, description, iso(self.clock()))
+        ended = close_entry(entry, rollout.state, description, iso(self.clock()))
         written = self.store.transact(
             [
                 Write(key, encode(ended), found.modify_index),
@@ -485,7 +466,7 @@ class Reconciler:
             if entry is None or entry.outcome != "pending":
                 continue  # ended before it was superseded (or pruned): nothing to tell
             description = f"superseded by {attempt.tag} before it finished"
-            ended = finished_entry(entry, "cancelled", description, iso(self.clock()))
+            ended = close_entry(entry, "cancelled", description, iso(self.clock()))
             ops.append(Write(key, encode(ended), item.modify_index))
             report = make_report(
                 service,
@@ -534,7 +515,7 @@ class Reconciler:
             self._note_failure(service, rollout, index, exc)
             return None
         if registered == "stale":
-            self._finish(service, rollout, index, "cancelled", STALE_JOB, reason="stale_tag")
+            self._end_rollout(service, rollout, index, "cancelled", STALE_JOB, reason="stale_tag")
             return None
         if registered is None:
             return _Carried(service, rollout, index)  # the job changed in between: next pass
@@ -679,11 +660,11 @@ class Reconciler:
                 log.warning("reconciler: %s: job unreadable after failure: %s", service.name, exc)
         if running is not None:
             description += f"; {rollout.tag} failed, running {running}"
-        self._finish(
+        self._end_rollout(
             service, rollout, carried.index, state, description, deployment=found, running=running
         )
 
-    def _finish(
+    def _end_rollout(
         self,
         service: Service,
         rollout: RolloutState,
@@ -719,7 +700,31 @@ class Reconciler:
             deployment_id=(deployment or {}).get("id") or rollout.deployment_id,
             **counts,
         )
-        report = make_report(
+        report = self._ending_report(service, rollout, state, description, entry, deployment)
+        ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
+        if entry is not None:
+            ended_entry = close_entry(
+                entry, state, description, iso(self.clock()), **(history or {})
+            )
+            ops.append(Write(entry_key, encode(ended_entry), found.modify_index))
+        if running is not None:
+            ops += self._revert_ops(service, rollout, running)
+        if self._write_rollout(service, ended, index, ops) is not None:
+            self._not_before.pop(name, None)
+            log.info("reconciler: %s %s: %s", name, rollout.tag, state)
+            self.courier.send_now([(self.keys.outbox(report), report)])
+
+    def _ending_report(
+        self,
+        service: Service,
+        rollout: RolloutState,
+        state: str,
+        description: str,
+        entry: HistoryEntry | None,
+        deployment: dict[str, Any] | None,
+    ) -> Report:
+        """The report of a rollout's end, told as its history ``entry`` asked for it."""
+        return make_report(
             service,
             rollout.seq,
             rollout.tag,
@@ -732,18 +737,6 @@ class Reconciler:
             requested=entry.time if entry else "",
             kind=entry.kind if entry else "deploy",
         )
-        ops = [Write(self.keys.outbox(report), encode(report), 0, "set")]
-        if entry is not None:
-            ended_entry = finished_entry(
-                entry, state, description, iso(self.clock()), **(history or {})
-            )
-            ops.append(Write(entry_key, encode(ended_entry), found.modify_index))
-        if running is not None:
-            ops += self._revert_ops(service, rollout, running)
-        if self._write_rollout(service, ended, index, ops) is not None:
-            self._not_before.pop(name, None)
-            log.info("reconciler: %s %s: %s", name, rollout.tag, state)
-            self.courier.send_now([(self.keys.outbox(report), report)])
 
     def _revert_ops(self, service: Service, rollout: RolloutState, running: str) -> list[Write]:
         """Set the tag key and desired state back to what Nomad reverted to, with history."""

@@ -76,9 +76,9 @@ class Outcome:
     changed: bool
     rollout: Rollout | None = None
     duplicate_delivery: bool = False
-    # Set while Nomad has not accepted the job version yet: the reason code.
-    # The deploy is durable all the same; the reconciler carries it on.
-    pending: str | None = None
+    # Set while Nomad has not accepted the job version yet: why (a code such as
+    # "nomad_unavailable"). The deploy is durable all the same; the reconciler carries it on.
+    pending_reason: str | None = None
     # Rollout state when it is neither accepted nor pending (e.g. "cancelled").
     state: str | None = None
     # Set while the attempt waits for approvals or a deploy window (noman.gates): its
@@ -88,8 +88,8 @@ class Outcome:
     @property
     def status(self) -> int:
         """200 when done (or accepted by Nomad), 202 while the rollout is still pending."""
-        waits = self.pending is not None or self.state is not None or self.waiting is not None
-        return 202 if waits else 200
+        waiting = (self.pending_reason, self.state, self.waiting)
+        return 202 if any(part is not None for part in waiting) else 200
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON answer of a successful hook call."""
@@ -102,8 +102,8 @@ class Outcome:
         }
         if self.duplicate_delivery:
             body["duplicate_delivery"] = True
-        if self.pending is not None or self.state is not None:
-            body["rollout"] = {"state": self.state or "pending", "reason": self.pending}
+        if self.pending_reason is not None or self.state is not None:
+            body["rollout"] = {"state": self.state or "pending", "reason": self.pending_reason}
         if self.waiting is not None:
             body["rollout"] = dict(self.waiting)
         if self.rollout is not None:
@@ -119,8 +119,8 @@ def tag_accepted(pattern: re.Pattern[str], tag: str) -> bool:
     return OCI_TAG.fullmatch(tag) is not None and pattern.fullmatch(tag) is not None
 
 
-def shown(text: str, limit: int = 60) -> str:
-    """Untrusted text echoed in a message: cut, and repr'd so control characters stay visible."""
+def quote(text: str, limit: int = 60) -> str:
+    """Quote untrusted text for a message: cut to ``limit``, repr'd so control characters show."""
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 

@@ -346,12 +346,11 @@ class StagedRollouts:
                 self._time_out(service, rollout, index)
             return
         status = str(found.get("status"))
-        counts = {k: found.get(k) for k in ("placed", "healthy", "desired")}
-        canaries = (found.get("canaries") or {}).get("desired")
         if status == "successful":
             self._job_done(service, rollout, index, i, found)
             return
         if status in ("failed", "cancelled"):
+            counts = {k: found.get(k) for k in ("placed", "healthy", "desired")}
             text = f"Job {step.job}: Nomad deployment of version {step.version}: {status}"
             if found.get("description"):
                 text += f" ({found['description']})"
@@ -362,6 +361,21 @@ class StagedRollouts:
         if late and rollout.stage in FOLLOWED:
             self._time_out(service, rollout, index)
             return
+        self._progressed(service, rollout, index, i, found, now)
+
+    def _progressed(
+        self,
+        service: Service,
+        rollout: RolloutState,
+        index: int,
+        i: int,
+        found: dict[str, Any],
+        now: float,
+    ) -> None:
+        """Record job ``i``'s running deployment: its counts, and its canaries' stage."""
+        step = rollout.jobs[i]
+        counts = {k: found.get(k) for k in ("placed", "healthy", "desired")}
+        canaries = (found.get("canaries") or {}).get("desired")
         jobs = with_step(
             rollout,
             i,
@@ -600,7 +614,7 @@ class StagedRollouts:
         history: dict[str, Any] = {"reason": rollout.reason}
         if rollout.aborted_by:
             history["aborted_by"] = rollout.aborted_by
-        self.r._finish(
+        self.r._end_rollout(
             service,
             ended,
             index,
@@ -635,7 +649,7 @@ class StagedRollouts:
         last = rollout.jobs[-1] if rollout.jobs else None
         if last is not None:
             ended = structs.replace(ended, version=last.version, deployment_id=last.deployment_id)
-        self.r._finish(service, ended, index, "successful", description, deployment=found)
+        self.r._end_rollout(service, ended, index, "successful", description, deployment=found)
         self._forget(service)
 
     # -- plumbing ----------------------------------------------------------------------

@@ -486,7 +486,7 @@ def deploy_change(
     return DeployChange(new, entry, reports, rolling)
 
 
-def finished_entry(
+def close_entry(
     entry: HistoryEntry, outcome: str, description: str, ended: str = "", **changes: Any
 ) -> HistoryEntry:
     """``entry`` with its final outcome, reached at ``ended`` (the callback is spent by then)."""
@@ -535,44 +535,12 @@ def migrate_legacy(service: Service, key: str, raw: str) -> Migration:
 
 
 def _migration(service: Service, data: dict[str, Any]) -> Migration:
-    """Noman 0.x's decoded record ``data`` as desired state, history, rollout and reports.
-
-    Long because every old field is read defensively, one by one: a record written by any
-    older version must migrate.
-    """
+    """The 0.x record ``data`` as today's desired state, history, rollout and reports."""
     old_history = [h for h in data.get("history") or [] if isinstance(h, dict)]
-    kept = old_history[:MIGRATED_HISTORY]
     seq = len(old_history)
-    history = tuple(
-        HistoryEntry(
-            seq=seq - i,
-            tag=str(h["tag"]),
-            time=str(h.get("time") or ""),
-            sender=str(h.get("sender") or "unknown"),
-            kind="rollback" if h.get("kind") == "rollback" else "deploy",
-            outcome=str(h.get("outcome") or "unknown"),
-            previous=h.get("previous") if isinstance(h.get("previous"), str) else None,
-            request_id=h.get("request_id") if isinstance(h.get("request_id"), str) else None,
-            description=str(h.get("description") or ""),
-        )
-        for i, h in enumerate(kept)
-    )
-    rollout = None
+    history = _migrated_history(old_history[:MIGRATED_HISTORY], seq)
     old = data.get("rollout")
-    if isinstance(old, dict) and isinstance(old.get("tag"), str):
-        rollout = RolloutState(
-            seq=next((h.seq for h in history if h.tag == old["tag"]), seq),
-            tag=old["tag"],
-            state=str(old.get("state") or "pending"),
-            version=old.get("version") if isinstance(old.get("version"), int) else None,
-            deployment_id=old.get("deployment_id"),
-            reason=old.get("reason"),
-            description=old.get("description"),
-            attempts=int(old.get("attempts") or 0),
-            updated_at=str(old.get("updated_at") or ""),
-            force=old.get("force") is True,
-            registered_at=old.get("registered_at"),
-        )
+    rollout = _migrated_rollout(old, history, seq) if isinstance(old, dict) else None
     reports = tuple(
         make_report(
             service,
@@ -588,20 +556,9 @@ def _migration(service: Service, data: dict[str, Any]) -> Migration:
     )
     deliveries = data.get("deliveries")
     attempt = None
-    if rollout is not None and not rollout.terminal:
+    if rollout is not None and not rollout.terminal and isinstance(old, dict):
         # A rollout in flight: the leader carries it on from the migrated attempt.
-        origin = next((h for h in history if h.seq == rollout.seq), None)
-        attempt = Attempt(
-            seq=rollout.seq,
-            tag=rollout.tag,
-            kind=origin.kind if origin else "deploy",
-            sender=origin.sender if origin else "unknown",
-            time=origin.time if origin else rollout.updated_at,
-            at=0.0,
-            previous=origin.previous if origin else None,
-            force=rollout.force,
-            callback_url=old.get("callback_url") if isinstance(old, dict) else None,
-        )
+        attempt = _migrated_attempt(rollout, history, old.get("callback_url"))
     desired = Desired(
         tag=data["tag"] if isinstance(data.get("tag"), str) else None,
         frozen=data.get("frozen") is True,
@@ -615,3 +572,60 @@ def _migration(service: Service, data: dict[str, Any]) -> Migration:
         attempt=attempt,
     )
     return Migration(desired, history, rollout, reports)
+
+
+def _migrated_history(kept: list[dict[str, Any]], seq: int) -> tuple[HistoryEntry, ...]:
+    """The newest 0.x history entries, numbered down from ``seq``."""
+    return tuple(
+        HistoryEntry(
+            seq=seq - i,
+            tag=str(h["tag"]),
+            time=str(h.get("time") or ""),
+            sender=str(h.get("sender") or "unknown"),
+            kind="rollback" if h.get("kind") == "rollback" else "deploy",
+            outcome=str(h.get("outcome") or "unknown"),
+            previous=h.get("previous") if isinstance(h.get("previous"), str) else None,
+            request_id=h.get("request_id") if isinstance(h.get("request_id"), str) else None,
+            description=str(h.get("description") or ""),
+        )
+        for i, h in enumerate(kept)
+    )
+
+
+def _migrated_rollout(
+    old: dict[str, Any], history: tuple[HistoryEntry, ...], seq: int
+) -> RolloutState | None:
+    """A 0.x rollout as a rollout record, numbered as its history entry; None without a tag."""
+    if not isinstance(old.get("tag"), str):
+        return None
+    return RolloutState(
+        seq=next((h.seq for h in history if h.tag == old["tag"]), seq),
+        tag=old["tag"],
+        state=str(old.get("state") or "pending"),
+        version=old.get("version") if isinstance(old.get("version"), int) else None,
+        deployment_id=old.get("deployment_id"),
+        reason=old.get("reason"),
+        description=old.get("description"),
+        attempts=int(old.get("attempts") or 0),
+        updated_at=str(old.get("updated_at") or ""),
+        force=old.get("force") is True,
+        registered_at=old.get("registered_at"),
+    )
+
+
+def _migrated_attempt(
+    rollout: RolloutState, history: tuple[HistoryEntry, ...], callback_url: Any
+) -> Attempt:
+    """The attempt of a 0.x rollout still in flight, told by its history entry if kept."""
+    origin = next((h for h in history if h.seq == rollout.seq), None)
+    return Attempt(
+        seq=rollout.seq,
+        tag=rollout.tag,
+        kind=origin.kind if origin else "deploy",
+        sender=origin.sender if origin else "unknown",
+        time=origin.time if origin else rollout.updated_at,
+        at=0.0,
+        previous=origin.previous if origin else None,
+        force=rollout.force,
+        callback_url=callback_url,
+    )

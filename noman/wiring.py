@@ -57,7 +57,7 @@ def build(settings: Settings, store: Store | None = None) -> Components:
         answer_within=settings.rollout.answer_within,
         history_size=settings.rollout.history_size,
         report_successes=any("success" in t.on for t in settings.notify.targets),
-        finished=reporter.finished,
+        observe=reporter.observe,
         deliver=courier.send_now,
         poll_intervals=dict(settings.poll.intervals),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import socket
@@ -21,11 +22,14 @@ from typing import Any
 
 import pytest
 import requests
+from flask import Flask
 
 from noman import create_app
 from noman.config import Settings, parse_settings
+from noman.reconcile import Reconciler
 from noman.state import Desired, HistoryEntry, Keys, Report, RolloutState, decode, first_rollout
 from noman.wiring import components
+from tests.fakes._server import FakeClock
 from tests.fakes.canary import CanaryApp
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad, sample_service_job
@@ -293,6 +297,58 @@ def client(app: Any) -> Any:
     return app.test_client()
 
 
+def settle(reconciler: Reconciler, timeout: float = 10.0, wait: float = 0.2) -> bool:
+    """Run the reconciler's passes until nothing is in flight; True if it settled in time.
+
+    Nothing in flight: no pending key but the marker and the gates' (a deploy waiting for
+    approvals or a window is not work), and no report in the outbox.
+    """
+    keys = reconciler.keys
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = reconciler.run_once(wait=wait)
+        if not reconciler.leader:
+            time.sleep(min(wait, 0.1))  # another instance leads, or the lock is in delay
+            continue
+        if busy:
+            continue
+        pending = reconciler.store.list(keys.pending_folder).entries
+        working = [k for k in pending if k != keys.pending_marker and keys.parse_gate(k) is None]
+        if not working and not reconciler.store.list(keys.outbox_folder).entries:
+            return True
+        time.sleep(min(wait, 0.05))
+    return False
+
+
+def post_hook(
+    to: Any,
+    secret: str,
+    tag: str | None = None,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    **fields: Any,
+) -> Any:
+    """POST to ``/hooks/<secret>`` of ``to`` (an app or its test client), as a sender does.
+
+    The body is ``{"tag": tag, **fields}``, or ``body`` itself: bytes and text go as they
+    are, anything else as JSON. ``headers`` replace the JSON content type when given.
+    """
+    client = to.test_client() if isinstance(to, Flask) else to
+    if body is None:
+        body = {"tag": tag, **fields}
+    if isinstance(body, bytes | str):
+        data = body
+    elif headers is None:
+        return client.post(f"/hooks/{secret}", json=body)
+    else:
+        data = json.dumps(body)
+    json_type = {"Content-Type": "application/json"}
+    return client.post(
+        f"/hooks/{secret}", data=data, headers=json_type if headers is None else headers
+    )
+
+
 #: The tag the ``nomad`` fixture's job "web" runs before a rolling test deploys.
 RUNNING_TAG = "release-20230101000000"
 
@@ -324,6 +380,12 @@ def bare_nomad() -> Iterator[FakeNomad]:
     """A fake Nomad without jobs: the staged tests add the ones they roll."""
     with FakeNomad() as fake:
         yield fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A manual clock for the fakes: time moves only when the test advances it."""
+    return FakeClock()
 
 
 @pytest.fixture

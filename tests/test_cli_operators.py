@@ -12,7 +12,7 @@ import pytest
 from noman import create_app
 from noman.cli import main
 from noman.config import parse_settings
-from tests.conftest import ConsulHandle, settings_toml
+from tests.conftest import ConsulHandle, post_hook, settings_toml
 
 T1 = "release-20240101000000"
 T2 = "release-20240201000000"
@@ -67,7 +67,7 @@ def test_reject_and_deploy_now_and_an_unknown_operator(
     consul: ConsulHandle, secret: str, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     app = create_app(parse_settings(config.read_text(), source="t", environ={}))
-    assert app.test_client().post(f"/hooks/{secret}", json={"tag": T1}).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     code, _, err = run(capsys, "approve", "web", "--as", "mallory", "--config", str(config))
     assert code == 2
     assert "no operator named 'mallory' in [[operators]] (configured: alice, bob)" in err

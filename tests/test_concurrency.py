@@ -9,7 +9,7 @@ from typing import Any
 from noman import create_app
 from noman.config import Settings
 from noman.wiring import components
-from tests.conftest import ConsulHandle
+from tests.conftest import ConsulHandle, post_hook
 
 OLDER = "release-20240101000000"
 NEWER = "release-20240102000000"
@@ -33,7 +33,7 @@ def test_newer_tag_always_wins(settings: Settings, consul: ConsulHandle, secret:
         ) -> None:
             client: Any = app.test_client()
             barrier.wait()
-            results[tag] = client.post(f"/hooks/{secret}", json={"tag": tag}).status_code
+            results[tag] = post_hook(client, secret, tag).status_code
 
         threads = [threading.Thread(target=fire, args=(tag,)) for tag in tags]
         for thread in threads:

@@ -15,14 +15,10 @@ from noman.config import ConsulSettings
 from noman.errors import ConsulForbidden
 from noman.stores import Write
 from noman.stores.consul import ConsulStore
-from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, post_hook
 from tests.fakes.consul import FakeConsul
 
 NEW_TAG = "release-20250101000000"
-
-
-def hook(client: Any, secret: str, tag: str = NEW_TAG) -> Any:
-    return client.post(f"/hooks/{secret}", json={"tag": tag})
 
 
 def test_consul_500_is_503_with_retry_after_and_no_write(
@@ -30,7 +26,7 @@ def test_consul_500_is_503_with_retry_after_and_no_write(
 ) -> None:
     fake = consul.require_fake()
     fake.fail_always(500, "rpc error: No cluster leader")
-    answer = hook(client, secret)
+    answer = post_hook(client, secret, NEW_TAG)
     fake.heal()
     assert answer.status_code == 503
     assert answer.json["error"] == "consul_unavailable"
@@ -45,7 +41,7 @@ def test_consul_hanging_answers_503_within_the_timeout(
     fake = consul.require_fake()
     fake.hang(5)
     started = time.monotonic()
-    answer = hook(client, secret)
+    answer = post_hook(client, secret, NEW_TAG)
     elapsed = time.monotonic() - started
     fake.heal()
     assert answer.status_code == 503
@@ -60,7 +56,7 @@ def test_consul_hanging_answers_503_within_the_timeout(
 def test_consul_refusing_connections_is_503(client: Any, consul: ConsulHandle, secret: str) -> None:
     fake = consul.require_fake()
     fake.refuse_connections()
-    answer = hook(client, secret)
+    answer = post_hook(client, secret, NEW_TAG)
     fake.resume()
     assert answer.status_code == 503
     assert answer.json["error"] == "consul_unavailable"
@@ -72,11 +68,11 @@ def test_replay_after_recovery_lands_exactly_once(
 ) -> None:
     fake = consul.require_fake()
     fake.fail_always(500)
-    assert hook(client, secret).status_code == 503
+    assert post_hook(client, secret, NEW_TAG).status_code == 503
     fake.heal()
-    first = hook(client, secret)
+    first = post_hook(client, secret, NEW_TAG)
     _, index = consul.get(consul.key("IMAGE_TAG"))
-    second = hook(client, secret)
+    second = post_hook(client, secret, NEW_TAG)
     assert (first.status_code, first.json["changed"]) == (200, True)
     assert (second.status_code, second.json["changed"]) == (200, False)
     assert consul.get(consul.key("IMAGE_TAG")) == (NEW_TAG, index)
@@ -87,7 +83,7 @@ def test_consul_refusing_the_token_is_502(secret: str, token: str | None, status
     with FakeConsul(acl_token="the-right-token") as fake:
         handle = ConsulHandle(fake.url, token, fake)
         settings = make_settings(handle, secret)
-        answer = hook(create_app(settings).test_client(), secret)
+        answer = post_hook(create_app(settings), secret, NEW_TAG)
         assert answer.status_code == status
         assert answer.json["error"] == "consul_forbidden"
         assert "the-right-token" not in answer.get_data(as_text=True)
@@ -98,7 +94,7 @@ def test_the_right_token_deploys_under_acls(secret: str) -> None:
     with FakeConsul(acl_token="the-right-token") as fake:
         handle = ConsulHandle(fake.url, "the-right-token", fake)
         settings = make_settings(handle, secret)
-        assert hook(create_app(settings).test_client(), secret).status_code == 200
+        assert post_hook(create_app(settings), secret, NEW_TAG).status_code == 200
         assert fake.value(handle.key("IMAGE_TAG")) == NEW_TAG.encode()
 
 
@@ -106,7 +102,7 @@ def test_consul_token_from_the_environment(secret: str) -> None:
     with FakeConsul(acl_token="env-token") as fake:
         handle = ConsulHandle(fake.url, None, fake)
         settings = make_settings(handle, secret, environ={"CONSUL_HTTP_TOKEN": "env-token"})
-        assert hook(create_app(settings).test_client(), secret).status_code == 200
+        assert post_hook(create_app(settings), secret, NEW_TAG).status_code == 200
 
 
 MOCK_URL = "http://consul.invalid:8500"
@@ -169,7 +165,7 @@ def test_consul_error_shapes_on_read(
     mock, client = mocked
     mock.put(TXN, additional_matcher=is_read, **response)
     mock.put(TXN, additional_matcher=is_write, json={"Results": [], "Errors": None})
-    answer = hook(client, secret)
+    answer = post_hook(client, secret, NEW_TAG)
     assert answer.status_code == status
     assert answer.json["error"] == code
     assert not writes(mock)
@@ -197,7 +193,7 @@ def test_consul_error_shapes_on_write(
     mock.put(TXN, additional_matcher=is_write, **response)
     # After a timeout, the re-read of the entry the write would have created.
     mock.get(re.compile(r".*/history/\d+$"), status_code=404, headers={"X-Consul-Index": "7"})
-    answer = hook(client, secret)
+    answer = post_hook(client, secret, NEW_TAG)
     assert answer.status_code == status
     assert answer.json["error"] == code
     # One transaction, never a blind retry, never a compensating write.
@@ -210,7 +206,7 @@ def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> N
     mock.get(RECORD, status_code=404, headers={"X-Consul-Index": "7"})
     stale = {"OpIndex": 0, "What": 'failed to set key "configs/web/IMAGE_TAG", index is stale'}
     mock.put(TXN, additional_matcher=is_write, status_code=409, json={"Errors": [stale]})
-    answer = hook(client, secret)
+    answer = post_hook(client, secret, NEW_TAG)
     assert answer.status_code == 503
     assert answer.json["error"] == "write_conflict"
     assert "Retry-After" in answer.headers
@@ -219,10 +215,6 @@ def test_losing_every_cas_race_is_a_retryable_503(mocked: Any, secret: str) -> N
     # Tag key, desired state, new history entry: each created only if still missing.
     assert all([op["KV"]["Verb"] for op in r.json()] == ["cas", "cas", "cas"] for r in puts)
     assert all(op["KV"]["Index"] == 0 for r in puts for op in r.json())
-
-
-def test_sample_tag_constant_is_a_valid_release() -> None:
-    assert SAMPLE_TAG.startswith("release-")
 
 
 def test_readyz_names_a_refused_token(secret: str) -> None:

@@ -225,7 +225,7 @@ def test_the_same_tag_again_is_unchanged_and_still_pending() -> None:
     deployer = Deployer(store, jobs)
     deployer.deploy(ROLLING, release("release-20240101000000"))
     again = deployer.deploy(ROLLING, release("release-20240101000000"))
-    assert (again.changed, again.status, again.pending) == (False, 202, "nomad_unavailable")
+    assert (again.changed, again.status, again.pending_reason) == (False, 202, "nomad_unavailable")
 
 
 def test_rolling_same_tag_everywhere_is_a_no_op() -> None:

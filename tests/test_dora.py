@@ -17,7 +17,7 @@ from noman.config import parse_settings
 from noman.model import DEFAULT_TAG_PATTERN, Service
 from noman.state import HistoryEntry, Keys, encode
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, post_hook
 
 ALICE = "alice-" + "a" * 40
 DIGEST = hashlib.sha256(ALICE.encode()).hexdigest()
@@ -295,7 +295,7 @@ def test_prometheus_counts_outcomes_and_observes_lead_times(
     total = REGISTRY.get_sample_value("noman_lead_time_seconds_sum", labels) or 0.0
     outcome = {"service": "web", "outcome": "successful"}
     successes = REGISTRY.get_sample_value("noman_deploy_outcomes_total", outcome) or 0.0
-    assert app.test_client().post(f"/hooks/{secret}", json={"tag": tag}).status_code == 200
+    assert post_hook(app, secret, tag).status_code == 200
     assert parts.courier.wait(5)
     assert REGISTRY.get_sample_value("noman_lead_time_seconds_count", labels) == count + 1
     # Pushed at 09:29, built at 08:29 (the tag says): one hour.

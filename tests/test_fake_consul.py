@@ -42,11 +42,6 @@ def fake() -> Iterator[FakeConsul]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def clocked(clock: FakeClock) -> Iterator[FakeConsul]:
     """A fake whose session TTLs and lock-delays follow a manual clock."""
     with FakeConsul(clock=clock) as server:

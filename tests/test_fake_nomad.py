@@ -63,11 +63,6 @@ def fake() -> Iterator[FakeNomad]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def clocked(clock: FakeClock) -> Iterator[FakeNomad]:
     """A fake whose scripted deployment outcomes happen only when the test moves ``clock``."""
     with FakeNomad(clock=clock) as server:
@@ -146,36 +141,6 @@ def test_keep_alive_and_nodelay(fake: FakeNomad) -> None:
             assert not resp.will_close
     finally:
         conn.close()
-
-
-def test_sample_service_job_shape() -> None:
-    job = sample_service_job()
-    assert job["ID"] == "web" and job["Type"] == "service"
-    assert job["Datacenters"] == ["dc1"] and job["Meta"] == {"owner": "web"}
-    update = job["Update"]
-    assert update["MaxParallel"] == 1 and update["HealthCheck"] == "checks"
-    assert update["AutoRevert"] is True and update["Canary"] == 0
-    for key in ("Stagger", "MinHealthyTime", "HealthyDeadline", "ProgressDeadline"):
-        assert isinstance(update[key], int) and update[key] >= 1_000_000_000
-    group = job["TaskGroups"][0]
-    assert group["Name"] == "web" and group["Count"] == 2 and group["Update"] == update
-    task = group["Tasks"][0]
-    assert task["Driver"] == "docker"
-    assert task["Config"] == {"image": OLD_IMAGE, "ports": ["http"]}
-    assert task["Meta"] is None
-    assert task["Templates"] == [
-        {
-            "EmbeddedTmpl": 'IMAGE_TAG={{ key "configs/web/IMAGE_TAG" }}\n',
-            "DestPath": "local/env",
-            "Envvars": True,
-            "ChangeMode": "noop",
-        }
-    ]
-    other = sample_service_job("api", image="x:1", count=5)
-    assert other["TaskGroups"][0]["Count"] == 5
-    assert other["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "x:1"
-    assert FakeNomad.SERVER_FIELDS is SERVER_FIELDS
-    assert {"ID", "Version", "JobModifyIndex", "ModifyIndex", "SubmitTime"} <= SERVER_FIELDS
 
 
 # ---- reading jobs ---------------------------------------------------------------------------

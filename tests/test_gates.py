@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,14 @@ from noman import create_app
 from noman.config import Settings
 from noman.state import Keys
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, rolling_extra
+from tests.conftest import (
+    RUNNING_TAG,
+    ConsulHandle,
+    make_settings,
+    post_hook,
+    rolling_extra,
+    settle,
+)
 from tests.fakes.nomad import FakeNomad
 from tests.fakes.receiver import Receiver
 
@@ -71,10 +78,6 @@ def app_for(settings: Settings, clock: Callable[[], float] | None = None) -> Any
     return app
 
 
-def hook(app: Any, secret: str, tag: str, **body: Any) -> Any:
-    return app.test_client().post(f"/hooks/{secret}", json={"tag": tag, **body})
-
-
 def operator(app: Any, action: str, token: str, **body: Any) -> Any:
     client = app.test_client()
     headers = {"Authorization": f"Bearer {token}"}
@@ -92,12 +95,6 @@ def outbox(consul: ConsulHandle) -> list[dict[str, Any]]:
     return [json.loads(v) for _, v in sorted(consul.tree(folder).items())]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as found:
-        yield found
-
-
 # -- approvals -------------------------------------------------------------------------------
 
 
@@ -106,7 +103,7 @@ def test_a_gated_deploy_is_recorded_reported_and_its_key_left_alone(
 ) -> None:
     notify = f'[[notify.targets]]\nkind = "slack"\nurl = "{receiver.url}/slack"\n'
     app = app_for(settings_with(consul, secret, extra=notify, approvals=2))
-    answer = hook(app, secret, T1)
+    answer = post_hook(app, secret, T1)
     assert answer.status_code == 202, answer.json
     rollout = answer.json["rollout"]
     assert (rollout["state"], rollout["tag"]) == ("awaiting_approval", T1)
@@ -129,7 +126,7 @@ def test_two_distinct_approvals_are_needed_and_the_same_operator_counts_once(
     consul: ConsulHandle, secret: str
 ) -> None:
     app = app_for(settings_with(consul, secret, approvals=2))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     first = operator(app, "approve", ALICE, tag=T1)
     assert first.status_code == 202, first.json
     assert first.json["rollout"]["approvals"] == {"needed": 2, "by": ["alice"]}
@@ -153,7 +150,7 @@ def test_two_distinct_approvals_are_needed_and_the_same_operator_counts_once(
 
 def test_a_rejection_ends_it_and_is_reported(consul: ConsulHandle, secret: str) -> None:
     app = app_for(settings_with(consul, secret, approvals=1))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     wrong = operator(app, "reject", BOB, tag=T2)
     assert (wrong.status_code, wrong.json["error"]) == (409, "not_current")
     answer = operator(app, "reject", BOB, tag=T1, reason="not on a Friday")
@@ -169,10 +166,10 @@ def test_a_rejection_ends_it_and_is_reported(consul: ConsulHandle, secret: str) 
 
 def test_a_newer_push_supersedes_what_waits(consul: ConsulHandle, secret: str) -> None:
     app = app_for(settings_with(consul, secret, approvals=1))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     assert operator(app, "approve", ALICE, tag=T1).status_code == 200  # T1 lands
-    assert hook(app, secret, T2).status_code == 202
-    assert hook(app, secret, T3).status_code == 202
+    assert post_hook(app, secret, T2).status_code == 202
+    assert post_hook(app, secret, T3).status_code == 202
     history = consul.record().history
     assert [(h.tag, h.outcome) for h in history] == [
         (T3, "awaiting_approval"),
@@ -183,7 +180,7 @@ def test_a_newer_push_supersedes_what_waits(consul: ConsulHandle, secret: str) -
     stale = operator(app, "approve", ALICE, tag=T2)
     assert stale.status_code == 409 and T3 in stale.json["message"]
     # An older tag than what waits is refused like an older tag than the deployed one.
-    older = hook(app, secret, T2)
+    older = post_hook(app, secret, T2)
     assert (older.status_code, older.json["error"]) == (409, "stale_tag")
     assert operator(app, "approve", ALICE, tag=T3).status_code == 200
     assert key(consul) == T3
@@ -191,9 +188,9 @@ def test_a_newer_push_supersedes_what_waits(consul: ConsulHandle, secret: str) -
 
 def test_the_same_tag_pushed_again_keeps_its_approvals(consul: ConsulHandle, secret: str) -> None:
     app = app_for(settings_with(consul, secret, approvals=2))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     assert operator(app, "approve", ALICE).status_code == 202
-    again = hook(app, secret, T1)
+    again = post_hook(app, secret, T1)
     assert again.status_code == 202
     assert again.json["rollout"]["approvals"]["by"] == ["alice"]
     assert len(consul.record().history) == 1
@@ -207,7 +204,7 @@ def test_a_proposal_expires_on_the_leaders_clock(
     settings = settings_with(consul, secret, extra=notify, approvals=2, approval_ttl="2h")
     app = app_for(settings, clock)
     parts = components(app)
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     assert operator(app, "approve", ALICE).status_code == 202
     clock.now += 7199
     parts.reconciler.run_once()
@@ -222,7 +219,7 @@ def test_a_proposal_expires_on_the_leaders_clock(
     assert (late.status_code, late.json["error"]) == (409, "not_current")
     states = [r.json()["state"] for r in receiver.wait_for(2)]
     assert states == ["awaiting_approval", "expired"]
-    assert parts.reconciler.settle(5)
+    assert settle(parts.reconciler, 5)
 
 
 def test_an_approval_after_its_expiry_but_before_the_leader_is_refused(
@@ -230,7 +227,7 @@ def test_an_approval_after_its_expiry_but_before_the_leader_is_refused(
 ) -> None:
     clock = Clock(SATURDAY)
     app = app_for(settings_with(consul, secret, approvals=1, approval_ttl="1h"), clock)
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     clock.now += 3600
     answer = operator(app, "approve", ALICE)
     assert (answer.status_code, answer.json["error"]) == (409, "not_current")
@@ -243,7 +240,7 @@ def test_a_restart_between_proposal_and_approval_loses_nothing(
 ) -> None:
     settings = settings_with(consul, secret, approvals=2)
     first = app_for(settings)
-    assert hook(first, secret, T1).status_code == 202
+    assert post_hook(first, secret, T1).status_code == 202
     assert operator(first, "approve", ALICE).status_code == 202
     del first  # the process that took the hook and the first approval is gone
     second = app_for(settings)
@@ -258,9 +255,9 @@ def test_a_restart_between_proposal_and_approval_loses_nothing(
 def test_rollbacks_are_not_gated_unless_asked(consul: ConsulHandle, secret: str) -> None:
     app = app_for(settings_with(consul, secret, approvals=1))
     for tag in (T1, T2):
-        assert hook(app, secret, tag).status_code == 202
+        assert post_hook(app, secret, tag).status_code == 202
         assert operator(app, "approve", ALICE).status_code == 200
-    assert hook(app, secret, T3).status_code == 202  # waits
+    assert post_hook(app, secret, T3).status_code == 202  # waits
     back = app.test_client().post(f"/hooks/{secret}/rollback")
     assert back.status_code == 200 and back.json["tag"] == T1
     assert key(consul) == T1
@@ -273,7 +270,7 @@ def test_rollbacks_are_not_gated_unless_asked(consul: ConsulHandle, secret: str)
 
 def test_a_frozen_service_refuses_approvals(consul: ConsulHandle, secret: str) -> None:
     app = app_for(settings_with(consul, secret, approvals=1))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     assert app.test_client().post(f"/hooks/{secret}/freeze").status_code == 200
     answer = operator(app, "approve", ALICE)
     assert (answer.status_code, answer.json["error"]) == (423, "frozen")
@@ -289,12 +286,12 @@ def test_an_approved_rolling_deploy_rolls_out_as_a_pushed_one_would(
         consul, secret, service=rolling_extra(nomad), strategy="rolling", approvals=1
     )
     app = app_for(settings)
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == RUNNING_TAG  # type: ignore[index]
     answer = operator(app, "approve", ALICE)
     assert answer.status_code == 200, answer.json
     assert answer.json["deployment"]["version"] >= 1  # registered inline, as a hook does
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == T1  # type: ignore[index]
     record = consul.record()
     assert record.rollout is not None and (record.rollout.tag, record.rollout.state) == (
@@ -320,7 +317,7 @@ def test_a_hook_secret_never_authorises_an_operator_endpoint(
     consul: ConsulHandle, secret: str, method: str, path: str
 ) -> None:
     app = app_for(settings_with(consul, secret, approvals=1))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     before = consul.tree(consul.state_prefix), key(consul)
     client = app.test_client()
     cases = [
@@ -347,7 +344,7 @@ def test_without_operators_the_api_is_not_there(consul: ConsulHandle, secret: st
 
 def test_operator_bodies_are_checked(consul: ConsulHandle, secret: str) -> None:
     app = app_for(settings_with(consul, secret, approvals=1))
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     for body, code in (
         ({"tag": T1, "force": True}, "invalid_payload"),
         ({"tag": 5}, "invalid_payload"),
@@ -371,7 +368,7 @@ def test_a_held_deploy_is_applied_by_the_leader_when_its_window_opens(
     clock = Clock(SATURDAY)
     app = app_for(settings_with(consul, secret, service=WEEKDAYS), clock)
     parts = components(app)
-    answer = hook(app, secret, T1)
+    answer = post_hook(app, secret, T1)
     assert answer.status_code == 202, answer.json
     assert answer.json["rollout"] == {"state": "held", "tag": T1, "until": "2024-01-08T09:00:00Z"}
     assert key(consul) is None
@@ -389,14 +386,14 @@ def test_a_held_deploy_is_applied_by_the_leader_when_its_window_opens(
     entry = consul.record().history[0]
     assert (entry.outcome, entry.ended) == ("successful", "2024-01-08T09:00:00Z")
     assert "its deploy window opened" in entry.description
-    assert hook(app, secret, T2).status_code == 200  # inside the window: at once
+    assert post_hook(app, secret, T2).status_code == 200  # inside the window: at once
     assert key(consul) == T2
 
 
 def test_deploy_now_overrides_the_window_and_is_recorded(consul: ConsulHandle, secret: str) -> None:
     clock = Clock(SATURDAY)
     app = app_for(settings_with(consul, secret, service=WEEKDAYS), clock)
-    assert hook(app, secret, T1).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     answer = operator(app, "deploy-now", BOB, tag=T1)
     assert answer.status_code == 200, answer.json
     assert key(consul) == T1
@@ -412,7 +409,7 @@ def test_approved_during_a_freeze_window_it_is_held_then_lands(
     clock = Clock(SATURDAY)
     app = app_for(settings_with(consul, secret, service=WEEKDAYS, approvals=1), clock)
     parts = components(app)
-    assert hook(app, secret, T1).json["rollout"]["state"] == "awaiting_approval"
+    assert post_hook(app, secret, T1).json["rollout"]["state"] == "awaiting_approval"
     held = operator(app, "approve", ALICE)
     assert held.status_code == 202
     assert held.json["rollout"] == {"state": "held", "tag": T1, "until": "2024-01-08T09:00:00Z"}
@@ -427,9 +424,9 @@ def test_a_rollback_is_never_held_by_a_window(consul: ConsulHandle, secret: str)
     clock = Clock(MONDAY_9 + 60)
     app = app_for(settings_with(consul, secret, service=WEEKDAYS), clock)
     for tag in (T1, T2):
-        assert hook(app, secret, tag).status_code == 200
+        assert post_hook(app, secret, tag).status_code == 200
     clock.now = SATURDAY + 7 * 86400
-    assert hook(app, secret, T3).status_code == 202  # held
+    assert post_hook(app, secret, T3).status_code == 202  # held
     back = app.test_client().post(f"/hooks/{secret}/rollback")
     assert back.status_code == 200 and key(consul) == T1
 
@@ -438,7 +435,7 @@ def test_a_global_deny_window_holds_every_service(consul: ConsulHandle, secret: 
     freeze = '[[windows]]\nkind = "deny"\nschedule = "0 17 * * fri"\nduration = "64h"\n'
     clock = Clock(SATURDAY)
     app = app_for(settings_with(consul, secret, extra=freeze), clock)
-    answer = hook(app, secret, T1)
+    answer = post_hook(app, secret, T1)
     assert answer.json["rollout"] == {"state": "held", "tag": T1, "until": "2024-01-08T09:00:00Z"}
 
 
@@ -459,7 +456,7 @@ def test_a_dockerhub_push_that_waits_is_called_back_once_it_ends(
             "push_data": {"tag": tag, "pushed_at": 1672734600, "pusher": "stut"},
             "repository": {"repo_name": "stut/stut.dev", "name": "stut.dev", "namespace": "stut"},
         }
-        return app.test_client().post(f"/hooks/{secret}", json=payload)
+        return post_hook(app, secret, body=payload)
 
     assert push(T1).status_code == 202
     assert parts.courier.wait(5) and parts.reporter.wait(5)
@@ -483,11 +480,11 @@ def test_a_held_rolling_deploy_rolls_out_when_its_window_opens(
     )
     app = app_for(settings, clock)
     parts = components(app)
-    assert hook(app, secret, T1).json["rollout"]["state"] == "held"
-    assert parts.reconciler.settle(5)  # waiting for a window is not work in flight
+    assert post_hook(app, secret, T1).json["rollout"]["state"] == "held"
+    assert settle(parts.reconciler, 5)  # waiting for a window is not work in flight
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == RUNNING_TAG  # type: ignore[index]
     clock.now = MONDAY_9
-    assert parts.reconciler.settle(10)
+    assert settle(parts.reconciler, 10)
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == T1  # type: ignore[index]
     record = consul.record()
     assert record.rollout is not None and record.rollout.state == "successful"
@@ -503,7 +500,7 @@ def test_a_new_leader_carries_a_held_deploy_and_a_lost_timer_is_set_again(
     old_leader = components(first).reconciler
     old_leader.run_once()
     assert old_leader.leader
-    assert hook(first, secret, T1).json["rollout"]["state"] == "held"
+    assert post_hook(first, secret, T1).json["rollout"]["state"] == "held"
     old_leader.stop()  # the leader goes away while the deploy is held
     new_leader = components(second).reconciler
     consul.http.delete(f"{consul.url}/v1/kv/{Keys(consul.state_prefix).gate('web')}")
@@ -542,7 +539,7 @@ def test_a_proposal_and_each_approval_cost_what_a_deploy_costs(
     fake = consul.require_fake()
     app = app_for(settings_with(consul, secret, approvals=2))
     parts = components(app)
-    assert hook(app, secret, T1).status_code == 202  # the service's state exists from here
+    assert post_hook(app, secret, T1).status_code == 202  # the service's state exists from here
     assert parts.courier.wait(5)
 
     def requests_for(action: Callable[[], Any]) -> int:
@@ -553,7 +550,7 @@ def test_a_proposal_and_each_approval_cost_what_a_deploy_costs(
 
     # read txn + write txn + the deletes of its two delivered reports (T2 awaiting_approval,
     # T1 superseded)
-    assert requests_for(lambda: hook(app, secret, T2)) == 4
+    assert requests_for(lambda: post_hook(app, secret, T2)) == 4
     assert requests_for(lambda: operator(app, "approve", ALICE)) == 2  # read + write
     assert requests_for(lambda: operator(app, "approve", ALICE)) == 1  # counted once: a read
     assert requests_for(lambda: operator(app, "approve", BOB)) == 2  # read + the landing write

@@ -24,7 +24,7 @@ from noman.auth import sign
 from noman.config import Settings
 from noman.release import IGNORED_REASONS
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, post_hook, settle
 from tests.fakes.receiver import Receiver
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -221,14 +221,8 @@ class Hook:
         """True when every report finished and none reached the receiver."""
         parts = components(self.app)
         # Success reports come from the reconciler's record transitions: let it act first.
-        settled = parts.reconciler.settle(10) and parts.reporter.wait(5)
+        settled = settle(parts.reconciler, 10) and parts.reporter.wait(5)
         return bool(settled) and not self.receiver.received
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver
 
 
 class Lines(logging.Handler):
@@ -294,7 +288,7 @@ def test_the_harness_sees_notifications_and_callbacks(
     hook = Hook(consul, secret, receiver, Case("dockerhub", "dockerhub-push.json"))
     answer = hook.post(Case("dockerhub", "dockerhub-push.json"))
     assert answer.status_code == 200, answer.json
-    assert components(hook.app).reconciler.settle(10)
+    assert settle(components(hook.app).reconciler, 10)
     paths = sorted(r.path for r in receiver.wait_for(2))
     assert paths == ["/callback", "/notify"]
 
@@ -445,7 +439,7 @@ def test_an_explicit_request_for_a_bad_tag_is_still_422(
     consul: ConsulHandle, secret: str, receiver: Receiver, tag: str
 ) -> None:
     hook = Hook(consul, secret, receiver, Case("dockerhub", "plain-redeploy.json"))
-    answer = hook.client.post(f"/hooks/{secret}", json={"tag": tag})
+    answer = post_hook(hook.client, secret, tag)
     assert answer.status_code == 422
     assert answer.json["error"] == "invalid_tag"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)

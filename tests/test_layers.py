@@ -24,7 +24,7 @@ from noman.config import Settings
 from noman.errors import InvalidSignature
 from noman.logs import REDACTED, RedactingFilter, redact
 from noman.senders import standard
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, post_hook
 from tests.fakes.consul import FakeConsul
 from tests.support.crashing_app import CRASH_TAG
 from tests.test_gunicorn_logs import Gunicorn, raw, write_config
@@ -54,7 +54,7 @@ def test_the_pattern_must_match_the_whole_tag(
     consul: ConsulHandle, secret: str, pattern: str, tag: str
 ) -> None:
     client = create_app(make_settings(consul, secret, tag_pattern=pattern)).test_client()
-    answer = client.post(f"/hooks/{secret}", json={"tag": tag})
+    answer = post_hook(client, secret, tag)
     assert answer.status_code == 422, answer.json
     assert answer.json["error"] == "invalid_tag"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
@@ -65,7 +65,7 @@ def test_the_oci_grammar_holds_even_when_the_pattern_accepts_anything(
     consul: ConsulHandle, secret: str, tag: str
 ) -> None:
     client = create_app(make_settings(consul, secret, tag_pattern="(.+)")).test_client()
-    answer = client.post(f"/hooks/{secret}", json={"tag": tag})
+    answer = post_hook(client, secret, tag)
     assert answer.status_code == 422, answer.json
     assert answer.json["error"] == "invalid_tag"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
@@ -73,7 +73,7 @@ def test_the_oci_grammar_holds_even_when_the_pattern_accepts_anything(
 
 def test_permissive_patterns_still_deploy_good_tags(consul: ConsulHandle, secret: str) -> None:
     client = create_app(make_settings(consul, secret, tag_pattern="(.+)")).test_client()
-    assert client.post(f"/hooks/{secret}", json={"tag": "build-7"}).status_code == 200
+    assert post_hook(client, secret, "build-7").status_code == 200
 
 
 # -- the Content-Length pre-check -----------------------------------------------------------

@@ -12,34 +12,30 @@ from noman import __version__
 from noman.cli import main
 from noman.config import load, parse_settings
 from noman.errors import ConfigError
-from tests.conftest import SAMPLE_TAG
+from tests.conftest import SAMPLE_TAG, post_hook
 
 HASH = "ab" * 32
 OTHER = "cd" * 32
 SERVICE = f'repository = "a/b"\nkey = "k"\nsecret_sha256 = "{HASH}"\n'
 
 
-def post(client: Any, secret: str, body: dict[str, Any]) -> Any:
-    return client.post(f"/hooks/{secret}", json=body)
-
-
 def test_the_stale_tag_hint_names_both_ways_to_force(client: Any, secret: str) -> None:
-    assert post(client, secret, {"tag": "release-20240101000000"}).status_code == 200
-    answer = post(client, secret, {"tag": SAMPLE_TAG})
+    assert post_hook(client, secret, "release-20240101000000").status_code == 200
+    answer = post_hook(client, secret, SAMPLE_TAG)
     assert answer.json["error"] == "stale_tag"
     assert '"force": true' in answer.json["message"]
     assert "--force" in answer.json["message"]
 
 
 def test_the_tag_pattern_is_shown_as_written(client: Any, secret: str) -> None:
-    answer = post(client, secret, {"tag": "latest"})
+    answer = post_hook(client, secret, "latest")
     assert answer.json["error"] == "invalid_tag"
     assert r"^release-(\d{14})$" in answer.json["message"]
     assert r"\\d" not in answer.json["message"]
 
 
 def test_every_unknown_field_is_named(client: Any, secret: str) -> None:
-    answer = post(client, secret, {"tag": SAMPLE_TAG, **{f"f{i}": 1 for i in range(8)}})
+    answer = post_hook(client, secret, body={"tag": SAMPLE_TAG, **{f"f{i}": 1 for i in range(8)}})
     assert answer.json["error"] == "invalid_payload"
     assert all(f"'f{i}'" in answer.json["message"] for i in range(8))
 

@@ -15,7 +15,7 @@ from noman import create_app
 from noman.config import Settings
 from noman.notify import callback_allowed, sign
 from noman.wiring import components
-from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
+from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings, post_hook, settle
 from tests.fakes.receiver import Receiver, closed_port
 
 KEY = "whsec-test-key"
@@ -42,7 +42,7 @@ def notify_settings(
 
 def deliver(app: Any) -> None:
     """Let the reconciler send the reports the deploys left in the records."""
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
 
 
 def test_github_style_signature_vector() -> None:
@@ -55,9 +55,7 @@ def test_github_style_signature_vector() -> None:
 def test_success_is_notified_with_a_valid_signature(consul: ConsulHandle, secret: str) -> None:
     with Receiver() as receiver:
         app = create_app(notify_settings(consul, secret, f"{receiver.url}/n"))
-        assert (
-            app.test_client().post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG}).status_code == 200
-        )
+        assert post_hook(app, secret, SAMPLE_TAG).status_code == 200
         deliver(app)
         note = receiver.wait_for(1)[0]
         expected = "sha256=" + hmac.new(KEY.encode(), note.body, hashlib.sha256).hexdigest()
@@ -70,7 +68,7 @@ def test_success_is_notified_with_a_valid_signature(consul: ConsulHandle, secret
 def test_notifications_are_retried_with_backoff(consul: ConsulHandle, secret: str) -> None:
     with Receiver(statuses=[500, 503, 200]) as receiver:
         app = create_app(notify_settings(consul, secret, f"{receiver.url}/n"))
-        app.test_client().post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+        post_hook(app, secret, SAMPLE_TAG)
         deliver(app)
         notes = receiver.wait_for(3)
         assert len(notes) == 3
@@ -80,7 +78,7 @@ def test_notifications_are_retried_with_backoff(consul: ConsulHandle, secret: st
 def test_retries_are_bounded(consul: ConsulHandle, secret: str) -> None:
     with Receiver(statuses=[500] * 10) as receiver:
         app = create_app(notify_settings(consul, secret, f"{receiver.url}/n", retries=2))
-        app.test_client().post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+        post_hook(app, secret, SAMPLE_TAG)
         deliver(app)
         assert len(receiver.received) == 2
 
@@ -88,7 +86,7 @@ def test_retries_are_bounded(consul: ConsulHandle, secret: str) -> None:
 def test_client_errors_are_not_retried(consul: ConsulHandle, secret: str) -> None:
     with Receiver(statuses=[404, 404, 404]) as receiver:
         app = create_app(notify_settings(consul, secret, f"{receiver.url}/n"))
-        app.test_client().post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+        post_hook(app, secret, SAMPLE_TAG)
         deliver(app)
         assert len(receiver.received) == 1
 
@@ -97,14 +95,11 @@ def test_on_failure_only_skips_successes(consul: ConsulHandle, secret: str) -> N
     with Receiver() as receiver:
         app = create_app(notify_settings(consul, secret, f"{receiver.url}/n", on='["failure"]'))
         client = app.test_client()
-        client.post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+        post_hook(client, secret, SAMPLE_TAG)
         deliver(app)
         assert receiver.received == []
         consul.require_fake().fail_always(500)
-        assert (
-            client.post(f"/hooks/{secret}", json={"tag": "release-20990101000000"}).status_code
-            == 503
-        )
+        assert post_hook(client, secret, "release-20990101000000").status_code == 503
         note = receiver.wait_for(1)[0].json()
         assert note["status"] == "failure"
         assert "Consul" in note["description"]
@@ -113,7 +108,7 @@ def test_on_failure_only_skips_successes(consul: ConsulHandle, secret: str) -> N
 def test_slack_format(consul: ConsulHandle, secret: str) -> None:
     with Receiver() as receiver:
         app = create_app(notify_settings(consul, secret, f"{receiver.url}/s", kind="slack"))
-        app.test_client().post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+        post_hook(app, secret, SAMPLE_TAG)
         deliver(app)
         text = receiver.wait_for(1)[0].json()["text"]
         assert "web" in text and SAMPLE_TAG in text
@@ -125,7 +120,7 @@ def test_unreachable_notifier_never_fails_or_slows_the_deploy(
     url = f"http://127.0.0.1:{closed_port()}/n"
     app = create_app(notify_settings(consul, secret, url))
     started = time.monotonic()
-    answer = app.test_client().post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+    answer = post_hook(app, secret, SAMPLE_TAG)
     assert answer.status_code == 200
     assert time.monotonic() - started < 1.0  # reports are the reconciler's business
     deliver(app)
@@ -202,7 +197,7 @@ def test_refused_dockerhub_push_calls_back_error(consul: ConsulHandle, secret: s
         payload = dockerhub_payload(f"{receiver.url}/cb")
         # A push of `latest` is ignored (tests/test_ignored.py); another repository is refused.
         payload["repository"]["repo_name"] = "stut/other"
-        assert app.test_client().post(f"/hooks/{secret}", json=payload).status_code == 403
+        assert post_hook(app, secret, body=payload).status_code == 403
         body = receiver.wait_for(1)[0].json()
         assert body["state"] == "error"
         assert "stut/other" in body["description"]

@@ -17,7 +17,7 @@ import pytest
 from noman import create_app
 from noman.cli import main
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings, settings_toml
+from tests.conftest import ConsulHandle, make_settings, post_hook, settings_toml
 from tests.fakes.registry import FakeRegistry
 
 T1 = "release-20240101000000"
@@ -68,7 +68,7 @@ def test_a_webhook_then_a_poll_of_the_same_tag_is_one_deploy(
     app = create_app(poll_settings(consul, secret, registry))
     parts = components(app)
     client = app.test_client()
-    assert client.post(f"/hooks/{secret}", json={"tag": T1}).status_code == 200
+    assert post_hook(client, secret, T1).status_code == 200
     parts.reconciler.run_once()
     parts.polling.run_once()
     history = client.get(f"/hooks/{secret}/status").json["history"]
@@ -77,7 +77,7 @@ def test_a_webhook_then_a_poll_of_the_same_tag_is_one_deploy(
     registry.push("acme/web", T2)
     time.sleep(1.1)
     parts.polling.run_once()
-    answer = client.post(f"/hooks/{secret}", json={"tag": T2})
+    answer = post_hook(client, secret, T2)
     assert (answer.status_code, answer.json["changed"]) == (200, False)
     history = client.get(f"/hooks/{secret}/status").json["history"]
     assert [(h["tag"], h["sender"]) for h in history] == [(T2, "poll"), (T1, "plain")]
@@ -126,7 +126,7 @@ def test_a_private_repository_without_credentials_is_an_error_in_status_only(
     poll = client.get(f"/hooks/{secret}/status").json["poll"]
     assert poll["error"] == "registry_unauthorized"
     # Hooks are unaffected.
-    assert client.post(f"/hooks/{secret}", json={"tag": T2}).status_code == 200
+    assert post_hook(client, secret, T2).status_code == 200
     assert client.get("/readyz").status_code == 200
     parts.reconciler.stop()
 
@@ -146,7 +146,7 @@ def test_a_hanging_registry_never_slows_a_hook(
             time.sleep(0.02)
         assert registry.tag_list_requests("acme/web") >= 1  # the poller is stuck in it
         started = time.monotonic()
-        answer = app.test_client().post(f"/hooks/{secret}", json={"tag": T2})
+        answer = post_hook(app, secret, T2)
         assert answer.status_code == 200
         assert time.monotonic() - started < 1.0
     finally:

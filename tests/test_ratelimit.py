@@ -12,7 +12,7 @@ import requests
 from noman import create_app, ratelimit
 from noman.config import Settings
 from noman.ratelimit import FailureLimiter
-from tests.conftest import SAMPLE_TAG, ConsulHandle
+from tests.conftest import SAMPLE_TAG, ConsulHandle, post_hook
 from tests.fakes.consul import FakeConsul
 from tests.test_gunicorn_logs import Gunicorn, write_config
 
@@ -52,7 +52,7 @@ def test_over_the_limit_even_the_right_secret_waits(
     client = limited_app(settings, tmp_path).test_client()
     wrong = [client.post("/hooks/nope", json={"tag": SAMPLE_TAG}).status_code for _ in range(3)]
     assert wrong == [404, 404, 404]
-    answer = client.post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+    answer = post_hook(client, secret, SAMPLE_TAG)
     assert answer.status_code == 429
     assert answer.json["error"] == "too_many_failures"
     assert answer.headers["Retry-After"] == "20"  # 1_000_000 s is 40 s into its minute

@@ -1,7 +1,8 @@
 """The reconciler under faults: half deploys converge, failover loses nothing, no loops.
 
-Every scenario is driven step by step (``run_once``/``settle``) against the fake Consul and
-the fake Nomad, so it is bounded and deterministic; one test runs the background thread.
+Every scenario is driven step by step (``run_once``, conftest's ``settle``) against the
+fake Consul and the fake Nomad, so it is bounded and deterministic; one test runs the
+background thread.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from noman import create_app
 from noman.config import Settings
 from noman.model import JobState, Service
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, rolling_extra
+from tests.conftest import (
+    RUNNING_TAG,
+    ConsulHandle,
+    make_settings,
+    post_hook,
+    rolling_extra,
+    settle,
+)
 from tests.fakes._server import FakeClock
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad
@@ -48,10 +56,6 @@ def settings_for(
     return settings
 
 
-def hook(app: Any, secret: str, tag: str, **extra: Any) -> Any:
-    return app.test_client().post(f"/hooks/{secret}", json={"tag": tag, **extra})
-
-
 def converged(consul: ConsulHandle, nomad: FakeNomad, tag: str) -> None:
     """Quiescence: key = job tag = ``tag``, and the record says so."""
     assert consul.get(consul.key("IMAGE_TAG"))[0] == tag
@@ -66,9 +70,9 @@ def test_failed_deployment_reverted_by_nomad_sets_the_key_back(
     nomad.script_deployments("failed")
     with Receiver() as receiver:
         app = create_app(settings_for(consul, nomad, secret, f"{receiver.url}/n"))
-        assert hook(app, secret, NEW).status_code == 200
+        assert post_hook(app, secret, NEW).status_code == 200
         reconciler = components(app).reconciler
-        assert reconciler.settle(10)
+        assert settle(reconciler, 10)
         # Nomad's auto-revert runs OLD again; Consul says so too, and history tells why.
         assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == OLD  # type: ignore[index]
         assert consul.get(consul.key("IMAGE_TAG"))[0] == OLD
@@ -81,12 +85,12 @@ def test_failed_deployment_reverted_by_nomad_sets_the_key_back(
         assert (note["status"], note["event_id"]) == ("failure", "web:1:failed")
         # No retry loop: more passes register nothing.
         registrations = len(nomad.registrations)
-        assert reconciler.settle(2)
+        assert settle(reconciler, 2)
         assert len(nomad.registrations) == registrations
         # Pushing the failed tag again retries it on purpose.
         nomad.script_deployments("successful")
-        assert hook(app, secret, NEW, force=True).status_code == 200
-        assert reconciler.settle(10)
+        assert post_hook(app, secret, NEW, force=True).status_code == 200
+        assert settle(reconciler, 10)
         converged(consul, nomad, NEW)
 
 
@@ -98,15 +102,15 @@ def test_failed_tag_pushed_again_is_retried(
     nomad.script_deployments("failed")
     app = create_app(settings_for(consul, nomad, secret))
     reconciler = components(app).reconciler
-    assert hook(app, secret, NEW).status_code == 200
-    assert reconciler.settle(10)
+    assert post_hook(app, secret, NEW).status_code == 200
+    assert settle(reconciler, 10)
     assert consul.record().rollout.state == "failed"  # type: ignore[union-attr]
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
     nomad.script_deployments("successful")
     nomad.change_job("web", lambda job: job["Meta"].update(NOMAN_IMAGE_TAG=OLD))
-    again = hook(app, secret, NEW)
+    again = post_hook(app, secret, NEW)
     assert (again.status_code, again.json["changed"]) == (200, True)  # the record changed
-    assert reconciler.settle(10)
+    assert settle(reconciler, 10)
     converged(consul, nomad, NEW)
 
 
@@ -116,12 +120,12 @@ def test_a_refusal_is_retried_slowly_and_notified_once(
     with Receiver() as receiver:
         app = create_app(settings_for(consul, nomad, secret, f"{receiver.url}/n"))
         nomad.fail_always(403, "Permission denied")
-        answer = hook(app, secret, NEW)
+        answer = post_hook(app, secret, NEW)
         assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_forbidden"}
         reconciler = components(app).reconciler
-        reconciler.settle(1)
+        settle(reconciler, 1)
         threading.Event().wait(0.35)  # past refused_retry: one more attempt is due
-        reconciler.settle(1)
+        settle(reconciler, 1)
         rollout = consul.record().rollout
         assert rollout is not None
         assert (rollout.state, rollout.reason) == ("pending", "nomad_forbidden")
@@ -131,7 +135,7 @@ def test_a_refusal_is_retried_slowly_and_notified_once(
         assert len(receiver.received) == 1
         nomad.heal()
         threading.Event().wait(0.35)
-        assert reconciler.settle(10)
+        assert settle(reconciler, 10)
         converged(consul, nomad, NEW)
 
 
@@ -145,7 +149,7 @@ def test_two_close_deploys_while_nomad_fails_converge_on_the_newest(
 
     def fire(tag: str) -> None:
         barrier.wait()
-        answers[tag] = hook(app, secret, tag).status_code
+        answers[tag] = post_hook(app, secret, tag).status_code
 
     threads = [threading.Thread(target=fire, args=(tag,)) for tag in (NEW, NEWER)]
     for thread in threads:
@@ -156,7 +160,7 @@ def test_two_close_deploys_while_nomad_fails_converge_on_the_newest(
     assert answers[NEW] in (202, 409)  # pending, or refused as older than NEWER
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEWER
     nomad.heal()
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
     converged(consul, nomad, NEWER)
 
 
@@ -174,13 +178,13 @@ def test_nomad_applied_the_registration_but_the_answer_was_lost(
         return state
 
     rollouts.read = read_then_slow_down  # type: ignore[method-assign]
-    answer = hook(app, secret, NEW)
+    answer = post_hook(app, secret, NEW)
     rollouts.read = real_read  # type: ignore[method-assign]
     assert answer.json["rollout"] == {"state": "pending", "reason": "nomad_unavailable"}
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
     versions = len(nomad.versions("web"))
     nomad.heal()
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
     converged(consul, nomad, NEW)
     assert len(nomad.versions("web")) == versions  # adopted, not registered twice
 
@@ -198,12 +202,12 @@ def test_consul_stored_the_write_but_the_answer_was_lost(
         return real_transact(writes)
 
     store.transact = transact_answered_late  # type: ignore[method-assign]
-    answer = hook(app, secret, NEW)
+    answer = post_hook(app, secret, NEW)
     store.transact = real_transact  # type: ignore[method-assign]
     assert answer.status_code == 200  # re-read once: the caller hears what happened
     assert answer.json["changed"] is True
     consul.require_fake().heal()
-    assert components(app).reconciler.settle(10)
+    assert settle(components(app).reconciler, 10)
     converged(consul, nomad, NEW)
 
 
@@ -212,13 +216,13 @@ def test_nomad_down_then_back_lands_without_a_new_webhook(
 ) -> None:
     app = create_app(settings_for(consul, nomad, secret))
     nomad.refuse_connections()
-    assert hook(app, secret, NEW).status_code == 202
+    assert post_hook(app, secret, NEW).status_code == 202
     reconciler = components(app).reconciler
-    reconciler.settle(1)
+    settle(reconciler, 1)
     assert consul.record().rollout.attempts >= 2  # type: ignore[union-attr]
     nomad.resume()
     threading.Event().wait(0.25)  # past retry_max
-    assert reconciler.settle(10)
+    assert settle(reconciler, 10)
     converged(consul, nomad, NEW)
 
 
@@ -245,7 +249,7 @@ def test_failover_the_other_instance_finishes_and_reports(
         leader.run_once()
         follower.run_once()
         assert (leader.leader, follower.leader) == (True, False)
-        assert hook(first, secret, NEW).status_code == 200
+        assert post_hook(first, secret, NEW).status_code == 200
         leader.run_once(wait=0.1)
         rollout = consul.record().rollout
         assert rollout is not None and rollout.state == "running"
@@ -261,7 +265,7 @@ def test_failover_the_other_instance_finishes_and_reports(
         assert session and fake.expire_session(session)
         assert not follower.run_once()  # lock-delay still runs
         clock.advance(2)
-        assert follower.settle(5)
+        assert settle(follower, 5)
         assert follower.leader
         note = receiver.wait_for(1)[0].json()
         assert (note["status"], note["event_id"]) == ("success", "web:1:successful")
@@ -279,7 +283,7 @@ def test_failover_mid_deployment_noman_deploying_itself(
         old_instance, new_instance = two_instances(consul, nomad, secret, f"{receiver.url}/n")
         old = components(old_instance).reconciler
         old.run_once()
-        assert hook(old_instance, secret, NEW).status_code == 200
+        assert post_hook(old_instance, secret, NEW).status_code == 200
         # The old allocation is stopped (kill -9): its session dies with it.
         fake = consul.require_fake()
         assert fake.expire_session(str(getattr(old.lock, "session", "")))
@@ -290,7 +294,7 @@ def test_failover_mid_deployment_noman_deploying_itself(
         rollout = consul.record().rollout
         assert rollout is not None and rollout.state == "running"
         nomad.finish_deployment(str(rollout.deployment_id), "successful")
-        assert new.settle(5)
+        assert settle(new, 5)
         note = receiver.wait_for(1)[0].json()
         assert note["event_id"] == "web:1:successful"
         converged(consul, nomad, NEW)
@@ -307,7 +311,7 @@ def test_the_background_thread_reports_and_stops_cleanly(
         reconciler.idle_wait = 0.3
         reconciler.start()
         try:
-            assert hook(app, secret, NEW).status_code == 200
+            assert post_hook(app, secret, NEW).status_code == 200
             note = receiver.wait_for(1, timeout=10)[0].json()
             assert note["event_id"] == "web:1:successful"
         finally:
@@ -328,11 +332,11 @@ def test_a_key_set_by_hand_is_rolled_only_forward(
     app = create_app(settings)
     reconciler = components(app).reconciler
     consul.put(consul.key("IMAGE_TAG"), "release-20200101000000")  # older than the job
-    assert reconciler.settle(5)
+    assert settle(reconciler, 5)
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == OLD  # type: ignore[index]
     consul.put(consul.key("IMAGE_TAG"), NEW)
     time.sleep(0.1)  # until the next full pass is due
-    assert reconciler.settle(10)
+    assert settle(reconciler, 10)
     converged(consul, nomad, NEW)
     assert consul.record().history[0].sender == "consul"
 
@@ -365,9 +369,9 @@ def test_forcing_the_tag_the_job_already_runs_ends_at_once(
     """The job's stable version already runs the tag: no deployment to wait for."""
     app = create_app(settings_for(consul, nomad, secret))
     consul.put(consul.key("IMAGE_TAG"), NEW)
-    answer = hook(app, secret, OLD, force=True)
+    answer = post_hook(app, secret, OLD, force=True)
     assert answer.status_code == 200
-    assert components(app).reconciler.settle(5)
+    assert settle(components(app).reconciler, 5)
     rollout = consul.record().rollout
     assert rollout is not None
     assert (rollout.tag, rollout.state) == (OLD, "successful")
@@ -423,7 +427,7 @@ def test_the_hook_answers_the_version_the_reconciler_registered_first(
         return result
 
     monkeypatch.setattr(parts.store, "transact", transact_then_lead)
-    answer = hook(app, secret, NEW)
+    answer = post_hook(app, secret, NEW)
     parts.reconciler.stop()
     assert answer.status_code == 200, answer.json
     assert answer.json["deployment"]["version"] == 1

@@ -18,18 +18,12 @@ from noman.model import Service
 from noman.release import Release
 from noman.stores import OutcomeUnknown, Write
 from noman.stores.file import FileStore
-from tests.conftest import ConsulHandle, settings_toml
+from tests.conftest import ConsulHandle, post_hook, settings_toml
 
 T1 = "release-20240101000000"
 T2 = "release-20240201000000"
 T3 = "release-20240301000000"
 SERVICE = Service("web", "stut/stut.dev", "configs/web/IMAGE_TAG", (b"x" * 32,))
-
-
-def post(client: Any, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    return (
-        client.post(path, json=body, **kwargs) if body is not None else client.post(path, **kwargs)
-    )
 
 
 def test_history_is_newest_first_and_bounded() -> None:
@@ -112,14 +106,14 @@ def test_frozen_refuses_deploys_but_not_rollbacks() -> None:
 
 def test_http_rollback_freeze_status(consul: ConsulHandle, client: Any, secret: str) -> None:
     base = f"/hooks/{secret}"
-    assert post(client, f"{base}/rollback").status_code == 409
-    assert post(client, f"{base}/rollback").json["error"] == "nothing_to_roll_back"
+    assert client.post(f"{base}/rollback").status_code == 409
+    assert client.post(f"{base}/rollback").json["error"] == "nothing_to_roll_back"
     for tag in (T1, T2):
-        assert post(client, base, {"tag": tag}).status_code == 200
-    frozen = post(client, f"{base}/freeze")
+        assert client.post(base, json={"tag": tag}).status_code == 200
+    frozen = client.post(f"{base}/freeze")
     assert frozen.status_code == 200
     assert frozen.json["frozen"] is True
-    refused = post(client, base, {"tag": T3})
+    refused = client.post(base, json={"tag": T3})
     assert refused.status_code == 423
     assert refused.json == {
         "error": "frozen",
@@ -127,16 +121,16 @@ def test_http_rollback_freeze_status(consul: ConsulHandle, client: Any, secret: 
     }
     assert consul.get(consul.key("IMAGE_TAG"))[0] == T2
     # Rollback still works while frozen; an explicit tag too; a bad one is refused.
-    back = post(client, f"{base}/rollback", headers={"X-Request-Id": "req-42"})
+    back = client.post(f"{base}/rollback", headers={"X-Request-Id": "req-42"})
     assert (back.status_code, back.json["tag"], back.json["previous"]) == (200, T1, T2)
-    assert post(client, f"{base}/rollback", {"tag": "latest"}).status_code == 422
-    assert post(client, f"{base}/rollback", {"tag": 5}).status_code == 400
-    assert post(client, f"{base}/rollback", {"tga": T1}).json["error"] == "invalid_payload"
-    to = post(client, f"{base}/rollback", {"tag": T2})
+    assert client.post(f"{base}/rollback", json={"tag": "latest"}).status_code == 422
+    assert client.post(f"{base}/rollback", json={"tag": 5}).status_code == 400
+    assert client.post(f"{base}/rollback", json={"tga": T1}).json["error"] == "invalid_payload"
+    to = client.post(f"{base}/rollback", json={"tag": T2})
     assert (to.status_code, to.json["tag"]) == (200, T2)
     bearer = {"Authorization": f"Bearer {secret}"}
     assert client.post("/hooks/unfreeze", headers=bearer).json["frozen"] is False
-    assert post(client, base, {"tag": T3}).status_code == 200
+    assert client.post(base, json={"tag": T3}).status_code == 200
     status = client.get(f"{base}/status").json
     assert status["tag"] == T3
     assert [(h["tag"], h["kind"]) for h in status["history"]] == [
@@ -165,11 +159,11 @@ def test_the_service_folder_only_ever_holds_the_tag_key(
     ]
     bodies[1]["push_data"]["tag"] = T2
     for body in bodies:
-        assert post(client, base, body).status_code == 200
-    post(client, f"{base}/freeze")
-    post(client, f"{base}/rollback")
-    post(client, f"{base}/unfreeze")
-    post(client, base, {"tag": T3})
+        assert client.post(base, json=body).status_code == 200
+    client.post(f"{base}/freeze")
+    client.post(f"{base}/rollback")
+    client.post(f"{base}/unfreeze")
+    client.post(base, json={"tag": T3})
     assert consul.folder(consul.prefix) == [consul.key("IMAGE_TAG")]
     assert consul.record().tag == T3
 
@@ -181,7 +175,7 @@ def test_old_deliveries_keys_are_ignored_and_left_alone(
     old = consul.key("IMAGE_TAG.deliveries")
     consul.put(old, json.dumps({"github:d-1": 1700000000.0}))
     _, index = consul.get(old)
-    assert post(client, f"/hooks/{secret}", {"tag": T1}).status_code == 200
+    assert post_hook(client, secret, T1).status_code == 200
     assert consul.get(consul.key("IMAGE_TAG"))[0] == T1
     assert consul.get(old)[1] == index
 
@@ -238,9 +232,9 @@ def test_the_prefix_gets_its_slash() -> None:
 
 def test_records_survive_a_new_app(consul: ConsulHandle, settings: Any, secret: str) -> None:
     first = create_app(settings).test_client()
-    post(first, f"/hooks/{secret}", {"tag": T1})
-    post(first, f"/hooks/{secret}/freeze")
+    post_hook(first, secret, T1)
+    first.post(f"/hooks/{secret}/freeze")
     second = create_app(settings).test_client()
     assert second.get(f"/hooks/{secret}/status").json["frozen"] is True
-    assert post(second, f"/hooks/{secret}", {"tag": T2}).status_code == 423
+    assert post_hook(second, secret, T2).status_code == 423
     assert consul.record().frozen is True

@@ -14,7 +14,7 @@ from noman.errors import AmbiguousTags
 from noman.model import Service
 from noman.release import Ignored
 from noman.senders.registries import pick_tag
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, post_hook
 
 PAYLOADS = Path(__file__).parent / "payloads"
 TAG = "release-20230103082900"
@@ -25,21 +25,22 @@ def load(name: str) -> dict[str, Any]:
     return payload
 
 
-def hook(
+def post_payload(
     consul: ConsulHandle,
     secret: str,
     repository: str,
     payload: dict[str, Any],
     bearer: bool = False,
 ) -> Any:
+    """POST ``payload`` to an app for one service "web" that deploys ``repository``."""
     client = create_app(make_settings(consul, secret, repository=repository)).test_client()
     if bearer:  # Harbor sends its configured auth header verbatim
         return client.post("/hooks", json=payload, headers={"Authorization": f"Bearer {secret}"})
-    return client.post(f"/hooks/{secret}", json=payload)
+    return post_hook(client, secret, body=payload)
 
 
 def test_harbor_push_deploys_with_the_auth_header(consul: ConsulHandle, secret: str) -> None:
-    answer = hook(
+    answer = post_payload(
         consul,
         secret,
         "harbor.example.com/stut/stut.dev",
@@ -51,7 +52,7 @@ def test_harbor_push_deploys_with_the_auth_header(consul: ConsulHandle, secret: 
 
 
 def test_harbor_other_repository_is_refused(consul: ConsulHandle, secret: str) -> None:
-    answer = hook(
+    answer = post_payload(
         consul, secret, "harbor.example.com/stut/other", load("harbor-push-artifact.json")
     )
     assert answer.status_code == 403
@@ -61,14 +62,14 @@ def test_harbor_other_repository_is_refused(consul: ConsulHandle, secret: str) -
 def test_harbor_non_push_event_is_ignored(consul: ConsulHandle, secret: str) -> None:
     payload = load("harbor-push-artifact.json")
     payload["type"] = "SCANNING_COMPLETED"
-    answer = hook(consul, secret, "harbor.example.com/stut/stut.dev", payload)
+    answer = post_payload(consul, secret, "harbor.example.com/stut/stut.dev", payload)
     assert answer.status_code == 202
     assert answer.json["reason"] == "not_a_push"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
 
 
 def test_quay_push_deploys_the_newest_accepted_tag(consul: ConsulHandle, secret: str) -> None:
-    answer = hook(consul, secret, "quay.io/stut/stut.dev", load("quay-repo-push.json"))
+    answer = post_payload(consul, secret, "quay.io/stut/stut.dev", load("quay-repo-push.json"))
     assert answer.status_code == 200, answer.json
     assert answer.json["tag"] == TAG
     assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
@@ -77,7 +78,7 @@ def test_quay_push_deploys_the_newest_accepted_tag(consul: ConsulHandle, secret:
 def test_quay_push_of_only_unaccepted_tags_is_ignored(consul: ConsulHandle, secret: str) -> None:
     payload = load("quay-repo-push.json")
     payload["updated_tags"] = ["latest", "main"]
-    answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
+    answer = post_payload(consul, secret, "quay.io/stut/stut.dev", payload)
     assert answer.status_code == 202
     assert answer.json["reason"] == "tag_not_accepted"
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
@@ -103,7 +104,7 @@ def test_quay_push_of_only_unaccepted_tags_is_ignored(consul: ConsulHandle, secr
 def test_malformed_registry_payloads_are_400(
     consul: ConsulHandle, secret: str, payload: dict[str, Any]
 ) -> None:
-    answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
+    answer = post_payload(consul, secret, "quay.io/stut/stut.dev", payload)
     assert answer.status_code == 400
     assert answer.json["error"] == "invalid_payload"
 
@@ -158,7 +159,7 @@ def test_old_quay_updated_tags_object_is_read_by_its_keys(
     payload["updated_tags"] = {
         TAG: "b750fe79269d2ec9a3c593ef05b4332b1d1a02a62b4accb2c21d589ff2f5f2dc"
     }
-    answer = hook(consul, secret, "quay.io/stut/stut.dev", payload)
+    answer = post_payload(consul, secret, "quay.io/stut/stut.dev", payload)
     assert answer.status_code == 200, answer.json
     assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG
 
@@ -174,6 +175,6 @@ def test_harbor_resources_of_several_tags_deploy_the_newest(
         {**first, "tag": older, "resource_url": f"harbor.example.com/stut/stut.dev:{older}"},
         {**first, "tag": "latest", "resource_url": "harbor.example.com/stut/stut.dev:latest"},
     ]
-    answer = hook(consul, secret, "harbor.example.com/stut/stut.dev", payload)
+    answer = post_payload(consul, secret, "harbor.example.com/stut/stut.dev", payload)
     assert answer.status_code == 200, answer.json
     assert consul.get(consul.key("IMAGE_TAG"))[0] == TAG

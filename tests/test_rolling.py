@@ -25,7 +25,7 @@ from noman.notify import sign
 from noman.release import split_image
 from noman.rollouts.nomad import NomadRollouts
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, post_hook, settle
 from tests.fakes import nomad as fake_nomad
 from tests.fakes.nomad import SERVER_FIELDS, FakeNomad, sample_service_job
 from tests.fakes.receiver import Receiver
@@ -62,10 +62,6 @@ def rolling_settings(
     )
 
 
-def hook(app: Any, secret: str, body: dict[str, Any]) -> Any:
-    return app.test_client().post(f"/hooks/{secret}", json=body)
-
-
 def test_meta_update_changes_exactly_one_field(
     consul: ConsulHandle, nomad: FakeNomad, secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,7 +76,7 @@ def test_meta_update_changes_exactly_one_field(
     app = create_app(rolling_settings(consul, nomad, secret))
     before = nomad.job("web")
     assert before is not None
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     assert answer.status_code == 200, answer.json
     after = nomad.job("web")
     assert after is not None
@@ -107,7 +103,7 @@ def test_image_update_changes_only_the_image_tag(
     app = create_app(rolling_settings(consul, nomad, secret, update="image"))
     before = nomad.job("web")
     assert before is not None
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     after = nomad.job("web")
     assert after is not None
     expected = json.loads(json.dumps(spec(before)))
@@ -145,7 +141,7 @@ def test_concurrent_job_change_is_retried_not_overwritten(
         return original_register(service, state, tag)
 
     rollouts.register = register_after_operator_change  # type: ignore[method-assign]
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     assert answer.status_code == 200
     job = nomad.job("web")
     assert job is not None
@@ -187,7 +183,7 @@ def test_nomad_failures_leave_a_durable_pending_deploy(
         nomad.refuse_connections()
     elif fault == "bad_request":
         nomad.fail_always(400, "Job must be specified")
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     nomad.heal()
     if fault == "refused":
         nomad.resume()
@@ -201,7 +197,7 @@ def test_nomad_failures_leave_a_durable_pending_deploy(
     assert (rollout.state, rollout.reason, rollout.attempts) == ("pending", code, 1)
     # Once Nomad is back, the reconciler lands the same deploy: no new webhook.
     if fault != "missing":
-        assert components(app).reconciler.settle(10)
+        assert settle(components(app).reconciler, 10)
         assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == NEW  # type: ignore[index]
         assert consul.record().rollout.state == "successful"  # type: ignore[union-attr]
 
@@ -215,7 +211,7 @@ def test_a_job_running_a_newer_tag_cancels_the_rollout(
         "web", lambda job: job["Meta"].update(NOMAN_IMAGE_TAG="release-20250101000000")
     )
     app = create_app(rolling_settings(consul, nomad, secret))
-    answer = hook(app, secret, {"tag": NEW})
+    answer = post_hook(app, secret, NEW)
     assert answer.status_code == 202
     assert answer.json["rollout"] == {"state": "cancelled", "reason": "stale_tag"}
     assert nomad.job("web")["Meta"]["NOMAN_IMAGE_TAG"] == "release-20250101000000"  # type: ignore[index]
@@ -239,7 +235,7 @@ def test_status_follows_the_rollout(consul: ConsulHandle, nomad: FakeNomad, secr
         "rollout": None,
         "history": [],
     }
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     reconciler = components(app).reconciler
     reconciler.run_once(wait=0.2)
     state = client.get(f"/hooks/{secret}/status").json
@@ -258,7 +254,7 @@ def test_status_follows_the_rollout(consul: ConsulHandle, nomad: FakeNomad, secr
     assert bearer.json == state
     assert client.get("/hooks/wrong/status").status_code == 404
     nomad.finish_deployment(rollout["deployment_id"], "successful")
-    assert reconciler.settle(5)
+    assert settle(reconciler, 5)
     done = client.get(f"/hooks/{secret}/status").json
     assert done["rollout"]["state"] == "successful"
     assert done["history"][0]["outcome"] == "successful"
@@ -306,12 +302,12 @@ def test_end_to_end_dockerhub_to_callback_and_notification(
         payload["push_data"]["tag"] = NEW
         payload["callback_url"] = f"{dockerhub.url}/u/stut/stut.dev/hook/abc/"
         before = nomad.job("web")
-        answer = app.test_client().post(f"/hooks/{secret}", json=payload)
+        answer = post_hook(app, secret, body=payload)
         assert answer.status_code == 200
         assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
         after = nomad.job("web")
         assert after["Version"] >= before["Version"] + 1  # type: ignore[index]
-        assert components(app).reconciler.settle(10)
+        assert settle(components(app).reconciler, 10)
         callback = dockerhub.wait_for(1)[0]
         assert callback.path == "/u/stut/stut.dev/hook/abc/"
         assert callback.json()["state"] == state
@@ -333,8 +329,8 @@ def test_a_stalled_deployment_times_out(
         settings, nomad=msgspec.structs.replace(settings.nomad, watch_timeout=0.3)
     )
     app = create_app(settings)
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
-    assert components(app).reconciler.settle(5)
+    assert post_hook(app, secret, NEW).status_code == 200
+    assert settle(components(app).reconciler, 5)
     rollout = consul.record().rollout
     assert rollout is not None
     assert (rollout.state, rollout.version) == ("timed_out", 1)
@@ -346,7 +342,7 @@ def test_follow_blocks_on_its_own_deployment_by_id(
 ) -> None:
     nomad.script_deployments("stall")
     app = create_app(rolling_settings(consul, nomad, secret))
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     rollouts = components(app).nomad
     assert rollouts is not None
     service = components(app).settings.services[0]
@@ -370,7 +366,7 @@ def test_follow_reports_a_superseded_rollout_as_cancelled(
 ) -> None:
     nomad.script_deployments("stall")
     app = create_app(rolling_settings(consul, nomad, secret))
-    assert hook(app, secret, {"tag": NEW}).status_code == 200
+    assert post_hook(app, secret, NEW).status_code == 200
     nomad.change_job("web", lambda job: job["Meta"].update(owner="ops"))
     rollouts = components(app).nomad
     assert rollouts is not None
@@ -420,7 +416,7 @@ def test_index_conflict_is_recognised_by_its_text_whatever_the_status(
         done = {"ID": "d-5", "JobID": "web", "JobVersion": 5, "Status": "successful"}
         mock.get(f"{MOCK_NOMAD}/v1/job/web/deployment", json=done)
         app = create_app(mocked_nomad_settings(consul, secret))
-        answer = hook(app, secret, {"tag": NEW})
+        answer = post_hook(app, secret, NEW)
         assert answer.status_code == 200, answer.json
         assert answer.json["deployment"] == {"job": "web", "version": 5, "eval_id": "e-2"}
         assert register.call_count == 2
@@ -443,7 +439,7 @@ def test_nomad_register_error_shapes(
     with requests_mock.Mocker(real_http=True) as mock:
         mock.get(f"{MOCK_NOMAD}/v1/job/web", json=mocked_job())
         mock.post(f"{MOCK_NOMAD}/v1/job/web", **response)
-        answer = hook(create_app(mocked_nomad_settings(consul, secret)), secret, {"tag": NEW})
+        answer = post_hook(create_app(mocked_nomad_settings(consul, secret)), secret, NEW)
     assert answer.status_code == 202
     assert answer.json["rollout"] == {"state": "pending", "reason": code}
     assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW

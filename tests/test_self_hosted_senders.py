@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from noman import create_app
 from noman.release import IGNORED_REASONS
-from tests.conftest import ConsulHandle, make_settings, memory_client
+from tests.conftest import ConsulHandle, make_settings, memory_client, post_hook
 
 PAYLOADS = Path(__file__).parent / "payloads"
 TAG = "release-20230103082900"
@@ -577,7 +577,7 @@ def test_without_a_configured_proof_the_url_secret_is_the_proof(
     consul: ConsulHandle, secret: str, sample: str, repository: str
 ) -> None:
     app = create_app(make_settings(consul, secret, repository=repository))
-    answer = app.test_client().post(f"/hooks/{secret}", json=load(sample))
+    answer = post_hook(app, secret, body=load(sample))
     assert answer.status_code == 200, answer.json
     assert tag_of(consul) == TAG
 

@@ -19,7 +19,7 @@ import requests
 
 from noman import create_app
 from noman.wiring import components
-from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, settings_toml
+from tests.conftest import RUNNING_TAG, ConsulHandle, make_settings, settings_toml, settle
 from tests.fakes.canary import CanaryApp
 from tests.fakes.nomad import (
     FakeNomad,
@@ -145,7 +145,7 @@ class Stack:
     def finish(self) -> dict[str, Any]:
         """Drive the rollout to its end, then deliver what is left to deliver."""
         rollout = self.drive(lambda r: r["state"] in TERMINAL)
-        assert self.parts.reconciler.settle(10)
+        assert settle(self.parts.reconciler, 10)
         return rollout
 
     def stage(self, name: str) -> dict[str, Any]:

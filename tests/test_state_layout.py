@@ -25,7 +25,15 @@ from noman.config import Settings, parse_settings
 from noman.release import Release
 from noman.state import Keys
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings, offline, rolling_extra, settings_toml
+from tests.conftest import (
+    ConsulHandle,
+    make_settings,
+    offline,
+    post_hook,
+    rolling_extra,
+    settings_toml,
+    settle,
+)
 from tests.fakes.nomad import FakeNomad
 from tests.fakes.receiver import Receiver
 
@@ -127,10 +135,10 @@ def test_a_deploy_costs_the_same_with_more_services_and_more_history(
 def test_a_repeat_deploy_from_the_same_instance_is_one_round_trip(
     consul: ConsulHandle, client: Any, secret: str
 ) -> None:
-    assert client.post(f"/hooks/{secret}", json={"tag": T1}).status_code == 200
+    assert post_hook(client, secret, T1).status_code == 200
     requests, _ = measured(
         consul,
-        lambda: client.post(f"/hooks/{secret}", json={"tag": T2}),
+        lambda: post_hook(client, secret, T2),
     )
     assert requests == 1
     assert consul.get(consul.key("IMAGE_TAG"))[0] == T2
@@ -140,7 +148,7 @@ def test_history_is_pruned_by_the_hook_that_appends(consul: ConsulHandle, secret
     settings = make_settings(consul, secret, extra="[rollout]\nhistory_size = 3\n")
     client = create_app(settings).test_client()
     for i in range(8):
-        assert client.post(f"/hooks/{secret}", json={"tag": tag_of(i)}).status_code == 200
+        assert post_hook(client, secret, tag_of(i)).status_code == 200
     keys = sorted(consul.tree(Keys(consul.state_prefix).history_folder("web")))
     assert [k.rsplit("/", 1)[1] for k in keys] == ["0000000006", "0000000007", "0000000008"]
 
@@ -154,11 +162,11 @@ def test_two_deploys_of_one_tag_have_their_own_event_ids(consul: ConsulHandle, s
         )
         app = create_app(settings)
         client = app.test_client()
-        assert client.post(f"/hooks/{secret}", json={"tag": T1}).status_code == 200
-        assert client.post(f"/hooks/{secret}", json={"tag": T2}).status_code == 200
+        assert post_hook(client, secret, T1).status_code == 200
+        assert post_hook(client, secret, T2).status_code == 200
         assert client.post(f"/hooks/{secret}/rollback", json={"tag": T1}).status_code == 200
         reconciler = components(app).reconciler
-        assert reconciler.settle(5)
+        assert settle(reconciler, 5)
         notes = [n.json() for n in receiver.wait_for(3)]
         reconciler.stop()
     ids = [(n["tag"], n["event_id"]) for n in notes]
@@ -170,7 +178,7 @@ def test_damaged_state_of_a_frozen_service_is_an_error_never_a_deploy(
 ) -> None:
     settings = make_settings(consul, secret)
     client = create_app(settings).test_client()
-    assert client.post(f"/hooks/{secret}", json={"tag": T1}).status_code == 200
+    assert post_hook(client, secret, T1).status_code == 200
     assert client.post(f"/hooks/{secret}/freeze").status_code == 200
     desired = Keys(consul.state_prefix).desired("web")
     consul.put(desired, consul.get(desired)[0][:-7])  # cut short: no longer JSON
@@ -233,7 +241,7 @@ def test_a_record_of_the_previous_release_is_read_then_converted_on_the_first_wr
     )
     client = create_app(make_settings(consul, secret)).test_client()
     # Read as it is: frozen holds, history shows.
-    assert client.post(f"/hooks/{secret}", json={"tag": T3}).status_code == 423
+    assert post_hook(client, secret, T3).status_code == 423
     status = client.get(f"/hooks/{secret}/status").json
     assert status["frozen"] is True
     assert [h["tag"] for h in status["history"]] == [T2, T1]
@@ -241,7 +249,7 @@ def test_a_record_of_the_previous_release_is_read_then_converted_on_the_first_wr
     # The first write converts it, in the same transaction.
     assert client.post(f"/hooks/{secret}/unfreeze").json["frozen"] is False
     assert consul.get(legacy) == (None, 0)
-    assert client.post(f"/hooks/{secret}", json={"tag": T3}).status_code == 200
+    assert post_hook(client, secret, T3).status_code == 200
     state = consul.record()
     assert (state.tag, state.frozen, list(state.deliveries)) == (T3, False, ["github:d-1"])
     assert [(h.seq, h.tag) for h in state.history] == [(3, T3), (2, T2), (1, T1)]
@@ -266,13 +274,13 @@ def test_a_consul_error_after_the_commit_is_a_202_and_no_failure_report(
             return result
 
         monkeypatch.setattr(parts.store, "transact", commit_then_fail)
-        answer = app.test_client().post(f"/hooks/{secret}", json={"tag": NEW})
+        answer = post_hook(app, secret, NEW)
         assert answer.status_code == 202, answer.json
         assert answer.json["rollout"]["state"] == "pending"
         fake.heal()
         assert consul.get(consul.key("IMAGE_TAG"))[0] == NEW
         time.sleep(0.6)  # the hand-over time passes; the leader takes the rollout over
-        assert parts.reconciler.settle(10)
+        assert settle(parts.reconciler, 10)
         assert receiver.wait_for(1)
         time.sleep(0.2)  # a failure report, were there one, would have come too
         parts.reconciler.stop()
@@ -298,10 +306,10 @@ def test_a_superseded_rollout_is_reported_with_its_own_callback(
             "push_data": {"tag": NEW, "pushed_at": 1704067200, "pusher": "stut"},
             "repository": {"repo_name": "stut/stut.dev", "name": "stut.dev", "namespace": "stut"},
         }
-        assert client.post(f"/hooks/{secret}", json=push).status_code == 200
+        assert post_hook(client, secret, body=push).status_code == 200
         reconciler = components(app).reconciler
         reconciler.run_once(wait=0.1)
-        assert client.post(f"/hooks/{secret}", json={"tag": NEWER}).status_code == 200
+        assert post_hook(client, secret, NEWER).status_code == 200
         reconciler.run_once(wait=0.1)
         received = receiver.wait_for(2)
         reconciler.stop()
@@ -329,7 +337,7 @@ def test_one_registration_per_deploy_through_two_instances(
                 if i < 12
                 else f"release-2025{i - 11:02d}01000000"
             )
-            answer = apps[i % 2].test_client().post(f"/hooks/{secret}", json={"tag": tag})
+            answer = post_hook(apps[i % 2], secret, tag)
             assert answer.status_code == 200, answer.json
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -358,10 +366,10 @@ def test_a_late_write_answer_landed_is_a_success(
         components(leading).reconciler.start()
         try:
             client = hooked.test_client()
-            assert client.post(f"/hooks/{secret}", json={"tag": NEW}).status_code == 200
+            assert post_hook(client, secret, NEW).status_code == 200
             assert receiver.wait_for(1)  # NEW's rollout ended: nothing to supersede
             fake.answer_late(1.5, count=1)  # the next request is the write (indexes known)
-            answer = client.post(f"/hooks/{secret}", json={"tag": NEWER})
+            answer = post_hook(client, secret, NEWER)
             assert answer.status_code in (200, 202), answer.json
             assert consul.get(consul.key("IMAGE_TAG"))[0] == NEWER
             deadline = time.monotonic() + 10
@@ -426,7 +434,7 @@ def test_a_hanging_notify_target_never_holds_up_another_rollout(
             # api's report goes to both targets: the hanging one holds its own worker.
             assert client.post(f"/hooks/{api_secret}", json={"tag": T1}).status_code == 200
             assert receiver.wait_for(1, timeout=5)
-            assert client.post(f"/hooks/{secret}", json={"tag": NEW}).status_code == 200
+            assert post_hook(client, secret, NEW).status_code == 200
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 rollout = consul.record().rollout
@@ -505,7 +513,7 @@ def test_a_slow_receiver_costs_the_leader_nothing(consul: ConsulHandle, secret: 
             session = getattr(first.lock, "session", None)
             client = one.test_client()
             for i in range(4):
-                assert client.post(f"/hooks/{secret}", json={"tag": tag_of(i)}).status_code == 200
+                assert post_hook(client, secret, tag_of(i)).status_code == 200
             deadline = time.monotonic() + 20
             while len(slow.received) < 4 and time.monotonic() < deadline:
                 time.sleep(0.1)

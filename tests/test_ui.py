@@ -19,7 +19,7 @@ from noman.config import Settings, UISettings, parse_settings
 from noman.errors import ConfigError
 from noman.ratelimit import FailureLimiter
 from noman.ui import START_KEY_ENV, session_key
-from tests.conftest import SAMPLE_TAG, ConsulHandle, settings_toml
+from tests.conftest import SAMPLE_TAG, ConsulHandle, post_hook, settings_toml
 
 UI_PATHS = [
     ("GET", "/ui"),
@@ -255,7 +255,7 @@ def test_wrong_tokens_count_toward_the_hook_failure_limit(
     answer = log_in(client, token)
     assert answer.status_code == 429
     assert int(answer.headers["Retry-After"]) > 0
-    hook = client.post(f"/hooks/{secret}", json={"tag": SAMPLE_TAG})
+    hook = post_hook(client, secret, SAMPLE_TAG)
     assert hook.status_code == 429
     assert consul.get(consul.key("IMAGE_TAG"))[0] is None
     assert sum(line.startswith("ui login failed") for line in logs) == 2

@@ -14,7 +14,7 @@ from noman import create_app
 from noman.state import HistoryEntry, Keys, encode
 from noman.ui import charts
 from noman.wiring import components
-from tests.conftest import ConsulHandle, make_settings
+from tests.conftest import ConsulHandle, make_settings, post_hook
 from tests.test_ui import csrf_of, log_in
 
 T1 = "release-20240101000000"
@@ -55,7 +55,7 @@ def test_an_operator_logs_in_by_name_and_approves_from_the_page(
     consul: ConsulHandle, secret: str
 ) -> None:
     app = app_with(consul, secret, approvals=2)
-    assert app.test_client().post(f"/hooks/{secret}", json={"tag": T1}).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     alice = logged_in(app, ALICE)
     overview = alice.get("/ui").get_data(as_text=True)
     assert re.search(r'id="who"[^>]*>alice<', overview)
@@ -80,7 +80,7 @@ def test_an_operator_logs_in_by_name_and_approves_from_the_page(
 
 def test_the_admin_sees_what_waits_but_approves_nothing(consul: ConsulHandle, secret: str) -> None:
     app = app_with(consul, secret, approvals=1)
-    assert app.test_client().post(f"/hooks/{secret}", json={"tag": T1}).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     admin = logged_in(app, ADMIN)
     page = admin.get("/ui/services/web").get_data(as_text=True)
     assert re.search(r'id="who"[^>]*>admin<', page)
@@ -95,11 +95,11 @@ def test_a_stale_proposal_on_the_page_is_refused_not_approved(
 ) -> None:
     app = app_with(consul, secret, approvals=1)
     hooks = app.test_client()
-    assert hooks.post(f"/hooks/{secret}", json={"tag": T1}).status_code == 202
+    assert post_hook(hooks, secret, T1).status_code == 202
     alice = logged_in(app, ALICE)
     page = alice.get("/ui/services/web").get_data(as_text=True)
     newer = "release-20240201000000"
-    assert hooks.post(f"/hooks/{secret}", json={"tag": newer}).status_code == 202
+    assert post_hook(hooks, secret, newer).status_code == 202
     answer = alice.post(
         "/ui/services/web/gate/approve", data={"csrf_token": csrf_of(page), "tag": T1}
     )
@@ -112,7 +112,7 @@ def test_a_stale_proposal_on_the_page_is_refused_not_approved(
 
 def test_gate_forms_need_their_csrf_token_and_a_login(consul: ConsulHandle, secret: str) -> None:
     app = app_with(consul, secret, approvals=1)
-    assert app.test_client().post(f"/hooks/{secret}", json={"tag": T1}).status_code == 202
+    assert post_hook(app, secret, T1).status_code == 202
     stranger = app.test_client()
     assert stranger.post("/ui/services/web/gate/approve").status_code == 303
     alice = logged_in(app, ALICE)
@@ -140,7 +140,7 @@ def test_the_page_shows_the_windows_now_and_next(consul: ConsulHandle, secret: s
         )
     )
     components(app).deployer.clock = lambda: datetime(2024, 1, 6, 10, tzinfo=UTC).timestamp()
-    hold = app.test_client().post(f"/hooks/{secret}", json={"tag": T1})
+    hold = post_hook(app, secret, T1)
     assert hold.json["rollout"]["state"] == "held"
     alice = logged_in(app, ALICE)
     page = alice.get("/ui/services/web").get_data(as_text=True)

@@ -14,7 +14,7 @@ import pytest
 
 from noman import create_app
 from noman.config import Settings
-from tests.conftest import ConsulHandle
+from tests.conftest import ConsulHandle, post_hook
 from tests.test_ui import csrf_of, log_in, ui_settings
 
 V1 = "release-20240101000000"
@@ -36,10 +36,6 @@ def page(settings: Settings, token: str) -> Any:
     return client
 
 
-def hook(client: Any, secret: str, tag: str) -> Any:
-    return client.post(f"/hooks/{secret}", json={"tag": tag})
-
-
 def status(client: Any, secret: str) -> dict[str, Any]:
     answer = client.get(f"/hooks/{secret}/status")
     assert answer.status_code == 200, answer.json
@@ -54,7 +50,7 @@ def form_token(client: Any, path: str) -> str:
 def test_overview_shows_each_service_and_the_json_matches(
     page: Any, secret: str, token: str
 ) -> None:
-    assert hook(page, secret, V1).status_code == 200
+    assert post_hook(page, secret, V1).status_code == 200
     html = page.get("/ui").get_data(as_text=True)
     assert 'data-service="web"' in html
     assert f"<code>{V1}</code>" in html
@@ -71,7 +67,7 @@ def test_overview_shows_each_service_and_the_json_matches(
 
 def test_service_page_shows_the_history_newest_first(page: Any, secret: str) -> None:
     for tag in (V1, V2):
-        assert hook(page, secret, tag).status_code == 200
+        assert post_hook(page, secret, tag).status_code == 200
     html = page.get("/ui/services/web").get_data(as_text=True)
     timeline = html[html.index('<ol class="timeline">') :]
     assert timeline.index(V2) < timeline.index(V1)
@@ -81,7 +77,7 @@ def test_service_page_shows_the_history_newest_first(page: Any, secret: str) -> 
 
 def test_the_confirmation_step_changes_nothing(page: Any, secret: str) -> None:
     for tag in (V1, V2):
-        hook(page, secret, tag)
+        post_hook(page, secret, tag)
     before = status(page, secret)
     for action in ("rollback", "freeze"):
         answer = page.get(f"/ui/services/web/confirm?action={action}")
@@ -92,7 +88,7 @@ def test_the_confirmation_step_changes_nothing(page: Any, secret: str) -> None:
 
 def test_rollback_goes_through_the_deployer_as_the_api_does(page: Any, secret: str) -> None:
     for tag in (V1, V2):
-        hook(page, secret, tag)
+        post_hook(page, secret, tag)
     csrf = form_token(page, "/ui/services/web/confirm?action=rollback")
     answer = page.post("/ui/services/web/rollback", data={"csrf_token": csrf})
     assert answer.status_code == 303
@@ -106,7 +102,7 @@ def test_rollback_goes_through_the_deployer_as_the_api_does(page: Any, secret: s
 
 def test_rollback_to_a_tag_picked_from_the_history(page: Any, secret: str) -> None:
     for tag in (V1, V2, V3):
-        hook(page, secret, tag)
+        post_hook(page, secret, tag)
     html = page.get("/ui/services/web").get_data(as_text=True)
     assert f"action=rollback&amp;tag={V1}" in html
     confirm = page.get(f"/ui/services/web/confirm?action=rollback&tag={V1}")
@@ -118,14 +114,14 @@ def test_rollback_to_a_tag_picked_from_the_history(page: Any, secret: str) -> No
 
 
 def test_a_tag_not_in_the_history_cannot_be_confirmed(page: Any, secret: str) -> None:
-    hook(page, secret, V1)
+    post_hook(page, secret, V1)
     answer = page.get("/ui/services/web/confirm?action=rollback&tag=release-20990101000000")
     assert answer.status_code == 404
     assert answer.json["error"] == "not_found"
 
 
 def test_nothing_to_roll_back_is_shown_with_its_status(page: Any, secret: str) -> None:
-    hook(page, secret, V1)
+    post_hook(page, secret, V1)
     before = status(page, secret)
     csrf = form_token(page, "/ui/services/web")
     answer = page.post("/ui/services/web/rollback", data={"csrf_token": csrf})
@@ -135,23 +131,23 @@ def test_nothing_to_roll_back_is_shown_with_its_status(page: Any, secret: str) -
 
 
 def test_freeze_refuses_webhooks_with_423_until_unfrozen(page: Any, secret: str) -> None:
-    hook(page, secret, V1)
+    post_hook(page, secret, V1)
     csrf = form_token(page, "/ui/services/web")
     assert page.post("/ui/services/web/freeze", data={"csrf_token": csrf}).status_code == 303
     assert status(page, secret)["frozen"] is True
-    refused = hook(page, secret, V2)
+    refused = post_hook(page, secret, V2)
     assert refused.status_code == 423
     assert refused.json["error"] == "frozen"
     assert page.get("/ui/api/overview").json["services"][0]["fields"]["frozen"] == "frozen"
     html = page.get("/ui/services/web").get_data(as_text=True)
     assert 'id="unfreeze"' in html
     assert page.post("/ui/services/web/unfreeze", data={"csrf_token": csrf}).status_code == 303
-    assert hook(page, secret, V2).status_code == 200
+    assert post_hook(page, secret, V2).status_code == 200
 
 
 def test_an_action_without_csrf_writes_nothing(page: Any, secret: str) -> None:
     for tag in (V1, V2):
-        hook(page, secret, tag)
+        post_hook(page, secret, tag)
     before = status(page, secret)
     for action in ("rollback", "freeze"):
         assert page.post(f"/ui/services/web/{action}").status_code == 403

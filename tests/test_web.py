@@ -11,7 +11,7 @@ import pytest
 
 from noman import create_app
 from noman.wiring import components
-from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings
+from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings, post_hook
 
 PAYLOADS = Path(__file__).parent / "payloads"
 JSON = {"Content-Type": "application/json"}
@@ -24,13 +24,8 @@ def dockerhub(tag: str = SAMPLE_TAG, repo: str = "stut/stut.dev") -> dict[str, A
     return payload
 
 
-def post(client: Any, secret: str, body: Any, headers: dict[str, str] | None = None) -> Any:
-    data = body if isinstance(body, bytes | str) else json.dumps(body)
-    return client.post(f"/hooks/{secret}", data=data, headers=JSON if headers is None else headers)
-
-
 def test_dockerhub_push_writes_the_tag(client: Any, consul: ConsulHandle, secret: str) -> None:
-    answer = post(client, secret, dockerhub())
+    answer = post_hook(client, secret, body=dockerhub())
     assert answer.status_code == 200
     assert answer.json == {
         "service": "web",
@@ -47,7 +42,7 @@ def test_every_sample_dockerhub_payload_deploys(
     client: Any, consul: ConsulHandle, secret: str, name: str
 ) -> None:
     payload = json.loads((PAYLOADS / name).read_text())
-    answer = post(client, secret, payload)
+    answer = post_hook(client, secret, body=payload)
     assert answer.status_code == 200, answer.json
     assert consul.get(consul.key("IMAGE_TAG"))[0] == payload["push_data"]["tag"]
 
@@ -64,9 +59,9 @@ def test_plain_body_and_bearer_header(client: Any, consul: ConsulHandle, secret:
 
 
 def test_same_tag_again_is_a_no_op(client: Any, consul: ConsulHandle, secret: str) -> None:
-    assert post(client, secret, {"tag": SAMPLE_TAG}).status_code == 200
+    assert post_hook(client, secret, SAMPLE_TAG).status_code == 200
     _, index = consul.get(consul.key("IMAGE_TAG"))
-    again = post(client, secret, dockerhub())
+    again = post_hook(client, secret, body=dockerhub())
     assert again.status_code == 200
     assert again.json["changed"] is False
     assert again.json["previous"] == SAMPLE_TAG
@@ -76,15 +71,15 @@ def test_same_tag_again_is_a_no_op(client: Any, consul: ConsulHandle, secret: st
 def test_newer_tag_replaces_and_reports_previous(
     client: Any, consul: ConsulHandle, secret: str
 ) -> None:
-    post(client, secret, {"tag": SAMPLE_TAG})
-    answer = post(client, secret, {"tag": "release-20240101000000"})
+    post_hook(client, secret, SAMPLE_TAG)
+    answer = post_hook(client, secret, "release-20240101000000")
     assert answer.json["previous"] == SAMPLE_TAG
     assert consul.get(consul.key("IMAGE_TAG"))[0] == "release-20240101000000"
 
 
 def test_force_rolls_back(client: Any, consul: ConsulHandle, secret: str) -> None:
-    post(client, secret, {"tag": "release-20240101000000"})
-    answer = post(client, secret, {"tag": SAMPLE_TAG, "force": True})
+    post_hook(client, secret, "release-20240101000000")
+    answer = post_hook(client, secret, SAMPLE_TAG, force=True)
     assert answer.status_code == 200
     assert consul.get(consul.key("IMAGE_TAG"))[0] == SAMPLE_TAG
 
@@ -93,7 +88,7 @@ def test_a_hand_set_value_does_not_block_the_first_release(
     client: Any, consul: ConsulHandle, secret: str
 ) -> None:
     consul.put(consul.key("IMAGE_TAG"), "latest")
-    assert post(client, secret, {"tag": SAMPLE_TAG}).status_code == 200
+    assert post_hook(client, secret, SAMPLE_TAG).status_code == 200
     assert consul.get(consul.key("IMAGE_TAG"))[0] == SAMPLE_TAG
 
 
@@ -203,7 +198,7 @@ def test_rejections_answer_json_and_write_nothing(
         _, tag, repo = body.split(":")
         body = dockerhub(tag, repo)
     headers = request_kwargs.get("headers", JSON)
-    answer = post(client, request_kwargs.get("secret", secret), body, headers)
+    answer = post_hook(client, request_kwargs.get("secret", secret), body=body, headers=headers)
     assert answer.status_code == status
     assert answer.mimetype == "application/json"
     assert answer.json["error"] == code
@@ -213,8 +208,8 @@ def test_rejections_answer_json_and_write_nothing(
 
 
 def test_unknown_and_wrong_secrets_are_byte_identical(client: Any, secret: str) -> None:
-    wrong = post(client, secret[:-1] + ("A" if secret[-1] != "A" else "B"), {"tag": DEPLOYED})
-    unknown = post(client, "nothing-here", {"tag": DEPLOYED})
+    wrong = post_hook(client, secret[:-1] + ("A" if secret[-1] != "A" else "B"), DEPLOYED)
+    unknown = post_hook(client, "nothing-here", DEPLOYED)
     no_route = client.post("/no/such/route", json={})
     assert wrong.status_code == unknown.status_code == no_route.status_code == 404
     assert wrong.data == unknown.data == no_route.data
@@ -254,7 +249,7 @@ def test_bearer_route_needs_a_bearer_token(client: Any, authorization: str) -> N
 
 def test_wrong_bearer_token_is_the_same_404(client: Any, secret: str) -> None:
     answer = client.post("/hooks", json={"tag": DEPLOYED}, headers={"Authorization": "Bearer x"})
-    path = post(client, "x", {"tag": DEPLOYED})
+    path = post_hook(client, "x", DEPLOYED)
     assert answer.status_code == 404
     assert answer.data == path.data
 
@@ -282,11 +277,13 @@ def test_another_services_secret_cannot_deploy_its_repository(
     settings = make_settings(consul, secret, extra=extra)
     client = create_app(settings).test_client()
     # api's secret with web's repository: refused, nothing written anywhere.
-    answer = post(client, other_secret, dockerhub("release-20250101000000", "stut/stut.dev"))
+    answer = post_hook(
+        client, other_secret, body=dockerhub("release-20250101000000", "stut/stut.dev")
+    )
     assert answer.status_code == 403
     assert consul.get(consul.key("API_TAG")) == (None, 0)
     assert consul.get(consul.key("IMAGE_TAG")) == (None, 0)
-    assert post(client, other_secret, dockerhub(repo="stut/api")).status_code == 200
+    assert post_hook(client, other_secret, body=dockerhub(repo="stut/api")).status_code == 200
     assert consul.get(consul.key("API_TAG"))[0] == SAMPLE_TAG
 
 
@@ -331,8 +328,8 @@ def test_metrics_count_hooks_by_service_and_outcome(client: Any, secret: str) ->
         return 0.0
 
     deployed, stale = count("deployed", "web"), count("stale_tag", "web")
-    post(client, secret, {"tag": "release-20240101000000"})
-    post(client, secret, {"tag": "release-20230101000000"})
+    post_hook(client, secret, "release-20240101000000")
+    post_hook(client, secret, "release-20230101000000")
     assert count("deployed", "web") == deployed + 1
     assert count("stale_tag", "web") == stale + 1
     assert secret not in client.get("/metrics").get_data(as_text=True)
@@ -371,7 +368,7 @@ def test_an_unexpected_error_is_a_json_500_with_a_hook_line(
         raise RuntimeError(f"bug while handling {secret}")
 
     components(app).deployer.deploy = broken  # type: ignore[method-assign,assignment]
-    answer = post(client, secret, {"tag": DEPLOYED})
+    answer = post_hook(client, secret, DEPLOYED)
     assert answer.status_code == 500
     assert answer.json == {
         "error": "internal_error",

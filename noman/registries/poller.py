@@ -417,6 +417,10 @@ class Poller:
         with self._lock:
             self._states[service.name] = state
         self._log_change(service, state, error)
+        self._save_or_warn(service, state)
+
+    def _save_or_warn(self, service: Service, state: PollState) -> None:
+        """Save the poll's state; a failure is logged, never raised."""
         try:
             self._save(service, state)
         except Exception as exc:  # the next poll saves again; the state in memory is right

@@ -24,7 +24,7 @@ it is (a 2xx is all ACR's ping checks).
 from __future__ import annotations
 
 from noman.model import Service
-from noman.release import Ignored, Release, shown
+from noman.release import Ignored, Release, quote
 from noman.senders.common import (
     JSON,
     Headers,
@@ -66,7 +66,7 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
     if action != PUSH:
         return Ignored(
             "not_a_push",
-            f"Azure Container Registry action {shown(action, 40)} is not an image push; "
+            f"Azure Container Registry action {quote(action, 40)} is not an image push; "
             "nothing to deploy.",
             NAME,
         )

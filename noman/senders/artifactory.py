@@ -34,7 +34,7 @@ from noman.auth import secrets_match
 from noman.config import HookProofs, hash_secret
 from noman.errors import InvalidSignature
 from noman.model import Service
-from noman.release import Ignored, Release, shown
+from noman.release import Ignored, Release, quote
 from noman.senders.common import (
     JSON,
     Headers,
@@ -104,7 +104,7 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
     if (domain, kind) != (DOCKER, PUSHED):
         return Ignored(
             "not_a_push",
-            f"Artifactory event {shown(domain, 30)}/{shown(kind, 30)} is not a Docker tag push "
+            f"Artifactory event {quote(domain, 30)}/{quote(kind, 30)} is not a Docker tag push "
             "(docker/pushed); nothing to deploy.",
             NAME,
         )

@@ -31,7 +31,7 @@ from noman.errors import AmbiguousTags, InvalidPayload, InvalidSignature, Reposi
 from noman.imageref import names_image, same_image
 from noman.model import Service
 from noman.ordering import newest
-from noman.release import Ignored, Release, shown, tag_accepted
+from noman.release import Ignored, Release, quote, tag_accepted
 
 # Request headers with lower-case names (HTTP header names are case-insensitive).
 Headers = Mapping[str, str]
@@ -132,7 +132,7 @@ def check_repository(service: Service, repository: str | None) -> None:
     """RepositoryMismatch unless ``repository`` (when given) is the image the service deploys."""
     if repository is not None and not same_image(service.repository, repository):
         raise RepositoryMismatch(
-            f"Repository {shown(repository, 140)} is not the one this service deploys."
+            f"Repository {quote(repository, 140)} is not the one this service deploys."
         )
 
 
@@ -148,7 +148,7 @@ def other_repository(sender: str, label: str, name: str, service: Service) -> Ig
     """
     return Ignored(
         "other_repository",
-        f"This {label} event is for {shown(name, 140)}, not {shown(service.repository, 140)} "
+        f"This {label} event is for {quote(name, 140)}, not {quote(service.repository, 140)} "
         "(this registry sends every repository's events to every endpoint); nothing to deploy.",
         sender,
     )
@@ -186,7 +186,7 @@ def screen(service: Service, parsed: Release | Ignored) -> Release | Ignored:
         return parsed
     return Ignored(
         "tag_not_accepted",
-        f"Tag {shown(parsed.tag)} does not match this service's pattern "
+        f"Tag {quote(parsed.tag)} does not match this service's pattern "
         f"{service.tag_pattern.pattern}; nothing to deploy.",
         parsed.sender,
     )
@@ -203,7 +203,7 @@ def pick_tag(
     """
     accepted = list(dict.fromkeys(t for t in tags if tag_accepted(service.tag_pattern, t)))
     if not accepted:
-        names = ", ".join(shown(t, 40) for t in tags[:5])
+        names = ", ".join(quote(t, 40) for t in tags[:5])
         return Ignored(
             "tag_not_accepted",
             f"None of the pushed tags ({names}) matches this service's pattern "
@@ -216,7 +216,7 @@ def pick_tag(
     if best is None and latest_wins:
         return accepted[-1]
     if best is None:
-        names = ", ".join(shown(t, 40) for t in accepted[:10])
+        names = ", ".join(quote(t, 40) for t in accepted[:10])
         raise AmbiguousTags(
             f"This push carries several tags this service accepts ({names}) and its pattern "
             f"{service.tag_pattern.pattern} does not order them; tighten tag_pattern so "

@@ -35,7 +35,7 @@ from typing import Any
 
 from noman.errors import InvalidPayload
 from noman.model import Service
-from noman.release import Ignored, Release, shown
+from noman.release import Ignored, Release, quote
 from noman.senders.common import (
     JSON,
     Headers,
@@ -122,6 +122,15 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
             repository=service.repository,
             delivery_id=delivery_id(NAME, chosen),
         )
+    return _untagged(service, mine, others)
+
+
+def _untagged(service: Service, mine: list[str], others: list[str]) -> Ignored:
+    """Why an envelope that pushes no tag of ``service`` is ignored.
+
+    ``mine`` holds the actions of the service's own events, ``others`` the other
+    repositories the envelope names.
+    """
     if "digest-only push" in mine:
         return Ignored(
             "digest_only",
@@ -130,7 +139,7 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
             NAME,
         )
     if mine:
-        actions = ", ".join(shown(a, 20) for a in dict.fromkeys(mine))
+        actions = ", ".join(quote(a, 20) for a in dict.fromkeys(mine))
         return Ignored(
             "not_a_push",
             f"This envelope's events for the service's repository ({actions}) push no tag; "

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from noman.errors import InvalidPayload
 from noman.model import Service
-from noman.release import shown
+from noman.release import quote
 from noman.senders.common import JSON, Headers, Sender
 
 TAKEN = (
@@ -50,7 +50,7 @@ def _header(name: str) -> Callable[[Headers], bool]:
 
 
 def _event(header: str) -> Callable[[JSON, Headers], str]:
-    return lambda payload, headers: shown(headers.get(header, ""), 40)
+    return lambda payload, headers: quote(headers.get(header, ""), 40)
 
 
 FOREIGN_BY_HEADERS = (
@@ -126,8 +126,8 @@ def _is_cloudevent(payload: JSON) -> bool:
 def _eventbridge(payload: JSON, headers: Headers) -> str:
     source, kind = payload.get("source"), payload.get("detail-type")
     return (
-        f"an Amazon EventBridge event (source {shown(str(source), 40)}, "
-        f"detail-type {shown(str(kind), 40)})"
+        f"an Amazon EventBridge event (source {quote(str(source), 40)}, "
+        f"detail-type {quote(str(kind), 40)})"
     )
 
 
@@ -161,7 +161,7 @@ FOREIGN_BY_SHAPE = (
     Sender(
         "cloudevents",
         refusal(
-            lambda p, h: f"a CloudEvents event of type {shown(str(p.get('type')), 60)}",
+            lambda p, h: f"a CloudEvents event of type {quote(str(p.get('type')), 60)}",
             "Of CloudEvents, Noman takes Harbor's (type harbor.artifact.pushed).",
         ),
         shape=_is_cloudevent,

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from noman.config import HookProofs
 from noman.errors import InvalidSignature
 from noman.model import Service
-from noman.release import Ignored, Release, shown
+from noman.release import Ignored, Release, quote
 from noman.senders.common import (
     JSON,
     Headers,
@@ -96,17 +96,17 @@ def parse(payload: JSON, service: Service | None, headers: Headers) -> Release |
     sender = name(headers)
     event = headers.get("x-forgejo-event") or headers.get("x-gitea-event", "")
     if event != EVENT:
-        return _ignored("not_a_push", sender, f"event {shown(event, 40)} is not a package event.")
+        return _ignored("not_a_push", sender, f"event {quote(event, 40)} is not a package event.")
     action = payload.get("action")
     if action != CREATED:
         return _ignored(
-            "not_a_push", sender, f"package action {shown(str(action), 40)} is not a publish."
+            "not_a_push", sender, f"package action {quote(str(action), 40)} is not a publish."
         )
     package = obj(payload, "package", "package")
     kind = string(package, "type", "package.type")
     if kind.lower() != CONTAINER:
         return _ignored(
-            "not_a_container", sender, f"package type {shown(kind, 40)} is not a container image."
+            "not_a_container", sender, f"package type {quote(kind, 40)} is not a container image."
         )
     owner = string(obj(package, "owner", "package.owner"), "login", "package.owner.login")
     image = string(package, "name", "package.name")

@@ -28,7 +28,7 @@ from noman.auth import secrets_match, sign
 from noman.config import HookProofs
 from noman.errors import InvalidPayload, InvalidSignature
 from noman.model import Service
-from noman.release import Ignored, Release, shown
+from noman.release import Ignored, Release, quote
 from noman.senders.common import Headers, Sender, check_repository
 
 EVENTS = ("package", "registry_package")
@@ -68,11 +68,11 @@ def parse_package(
     """The release a verified ``package`` event announces, or why it announces none."""
     name = event(headers)
     if name not in EVENTS:
-        return _ignored("not_a_push", f"GitHub event {shown(name, 40)} is not a package event.")
+        return _ignored("not_a_push", f"GitHub event {quote(name, 40)} is not a package event.")
     action = payload.get("action")
     if action not in ACTIONS:
         return _ignored(
-            "not_a_push", f"GitHub package action {shown(str(action), 40)} is not a publish."
+            "not_a_push", f"GitHub package action {quote(str(action), 40)} is not a publish."
         )
     package = payload.get("package") or payload.get("registry_package")
     if not isinstance(package, dict):
@@ -82,7 +82,7 @@ def parse_package(
         raise InvalidPayload("package.package_type must be a non-empty string.")
     if kind.upper() != "CONTAINER":
         return _ignored(
-            "not_a_container", f"Package type {shown(kind, 40)} is not a container image."
+            "not_a_container", f"Package type {quote(kind, 40)} is not a container image."
         )
     namespace, repo = _namespace(package), package.get("name")
     if not isinstance(repo, str) or not repo:

@@ -32,7 +32,7 @@ from typing import Any
 
 from noman.errors import InvalidPayload
 from noman.model import Service
-from noman.release import Ignored, Release, shown, split_image
+from noman.release import Ignored, Release, quote, split_image
 from noman.senders.common import (
     Headers,
     Sender,
@@ -93,7 +93,7 @@ def _harbor_event(
     if kind != push:
         return Ignored(
             "not_a_push",
-            f"Harbor event {shown(str(kind), 40)} is not a push ({push}); nothing to deploy.",
+            f"Harbor event {quote(str(kind), 40)} is not a push ({push}); nothing to deploy.",
             "harbor",
         )
     return _harbor_push(data, service, where)

@@ -127,6 +127,27 @@ class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: access logs would flood test output."""
 
+    def send_reply(self, reply: Any) -> None:
+        """Send a fake's reply (``status``, ``content_type``, ``headers``, ``body``).
+
+        With ``reply.hang`` it waits that out and closes without an answer, so the client
+        sees a connection closed without a response (or its own read timeout first); with
+        ``reply.delay`` it waits that out before answering.
+        """
+        if reply.hang is not None:
+            reply.hang.wait()
+            self.close_connection = True
+            return
+        if reply.delay is not None:
+            reply.delay.wait()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
 
 @dataclass(frozen=True)
 class Hang:

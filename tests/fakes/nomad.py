@@ -428,22 +428,7 @@ class _Handler(QuietHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         headers = {name.title(): value for name, value in self.headers.items()}
-        reply = self.server.fake._handle(self.command, self.path, headers, body)
-        if reply.hang is not None:
-            reply.hang.wait()
-            # Returning without writing anything and closing makes the client see a
-            # connection closed without a response (or its own read timeout first).
-            self.close_connection = True
-            return
-        if reply.delay is not None:
-            reply.delay.wait()
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
+        self.send_reply(self.server.fake._handle(self.command, self.path, headers, body))
 
 
 # --------------------------------------------------------------------------------------------

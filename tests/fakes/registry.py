@@ -121,20 +121,7 @@ class _Handler(QuietHandler):
 
     def do_GET(self) -> None:
         headers = {name.title(): value for name, value in self.headers.items()}
-        reply = self.server.fake._handle(self.command, self.path, headers)
-        if reply.hang is not None:
-            reply.hang.wait()
-            self.close_connection = True
-            return
-        if reply.delay is not None:
-            reply.delay.wait()
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
+        self.send_reply(self.server.fake._handle(self.command, self.path, headers))
 
 
 class FakeRegistry(FakeServer):
