@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from noman import edge, logs, ordering
+from noman import logs, ordering, routes
 from noman.config import Settings, load
 from noman.ratelimit import FailureLimiter
 from noman.stores import Store
@@ -65,5 +65,5 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
     from noman import ui
 
     ui.init_app(app, settings)
-    edge.install(app)
+    routes.install(app)
     return app

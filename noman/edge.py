@@ -12,10 +12,9 @@ line or header, an over-long URI, too many header bytes, conflicting
 lengths, broken chunked encoding). ``NomanWorker.handle_error`` answers those
 with Noman's JSON error shape and a fixed message, never the request's text.
 
-Logs name the matched route's template (``/hooks/<secret>``) or the word
-``unmatched``, never the path the client sent: ``install`` records the
-template in the WSGI environ, where the access logger reads it. After a 400,
-408 or 413 the connection is closed, since its body may be partly unread.
+After a 408 or 413, or a body that could not be read whole, the app's
+``noman.routes`` hook sets ``DeadlineSocket.close_after``: the worker answers,
+then closes the connection, since its body may be partly unread.
 
 Background threads of a worker (the outcome reporter, a reconciler) become
 greenlets under gevent's monkey-patching: they must do their waiting on
@@ -31,24 +30,11 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import MutableMapping
 from datetime import datetime
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from flask import Flask
-
-ROUTE_KEY = "noman.route"
-UNMATCHED = "unmatched"
 DEFAULT_READ_TIMEOUT = 10.0
-# Answers after which the connection closes: the request's body may be partly unread. A
-# body that could not be read whole (cut off, broken chunks) sets CLOSE_CONNECTION; a 400
-# for a body read whole (invalid JSON, an unknown payload) keeps the connection open.
-CLOSE_AFTER = frozenset({408, 413})
-CLOSE_CONNECTION = "noman.close_connection"
-# Methods logged as sent; anything else is logged as OTHER (the method is client text).
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def read_timeout() -> float:
@@ -58,59 +44,6 @@ def read_timeout() -> float:
     except ValueError:
         return DEFAULT_READ_TIMEOUT
     return value if value > 0 else DEFAULT_READ_TIMEOUT
-
-
-def route_of(environ: MutableMapping[str, Any] | None) -> str:
-    """The route template this request matched, or ``unmatched``."""
-    route = (environ or {}).get(ROUTE_KEY)
-    return route if isinstance(route, str) else UNMATCHED
-
-
-def method_of(environ: MutableMapping[str, Any] | None) -> str:
-    """The request method, if it is a known one (else ``OTHER``, or ``-`` when unknown)."""
-    method = (environ or {}).get("REQUEST_METHOD")
-    if not method:
-        return "-"
-    return method if method in KNOWN_METHODS else "OTHER"
-
-
-def install(app: Flask) -> None:
-    """Record each request's route template in its environ, for every log line."""
-    from flask import Response, request
-
-    @app.after_request
-    def remember_route(response: Response) -> Response:
-        request.environ[ROUTE_KEY] = current_route()
-        sock = request.environ.get("gunicorn.socket")
-        closing = response.status_code in CLOSE_AFTER or request.environ.get(CLOSE_CONNECTION)
-        if closing and isinstance(sock, DeadlineSocket):
-            # The body was refused unread or half read: what follows on this
-            # connection is not a request. Answer, then close.
-            sock.close_after = True
-        return response
-
-
-def request_route() -> str | None:
-    """The route template of the request being handled; None outside a request."""
-    import sys
-
-    # Only once Flask is loaded (the gunicorn master logs without it).
-    if "flask" not in sys.modules:
-        return None
-    from flask import has_request_context
-
-    return current_route() if has_request_context() else None
-
-
-def current_route() -> str:
-    """The route template of the request being handled (``unmatched`` outside one)."""
-    # Flask is imported here, not at the top: the gunicorn master imports this
-    # module for the worker class, before the workers monkey-patch.
-    from flask import has_request_context, request
-
-    if not has_request_context() or request.url_rule is None:
-        return UNMATCHED
-    return request.url_rule.rule
 
 
 class ReadDeadline(TimeoutError):

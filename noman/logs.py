@@ -7,7 +7,7 @@ each enough on its own:
 
 1. No line is built from the raw path or query: the access log
    (``GunicornLogger.atoms``) and Noman's lines name the matched route's
-   template (``/hooks/<secret>``) or ``unmatched`` (see ``noman.edge``), and
+   template (``/hooks/<secret>``) or ``unmatched`` (see ``noman.routes``), and
    gunicorn's exception texts (which quote the request line) are logged as
    their class name only.
 2. Every handler Noman and gunicorn use gets ``RedactingFilter``, which
@@ -32,7 +32,7 @@ from urllib.parse import unquote
 
 from gunicorn import glogging
 
-from noman import edge
+from noman import routes
 
 # No line Noman or gunicorn writes names its caller's file, function or line: the
 # logging HOWTO's "Optimization" switch saves a stack walk per line (one per request).
@@ -144,7 +144,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        route = edge.request_route()
+        route = routes.request_route()
         if route is not None:
             entry["route"] = route
         entry.update(getattr(record, "fields", {}))
@@ -267,8 +267,8 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
             super().access(resp, req, environ, request_time)
             return
         sent = getattr(resp, "sent", None)
-        line["route"] = edge.route_of(environ)
-        line["method"] = edge.method_of(environ)
+        line["route"] = routes.route_of(environ)
+        line["method"] = routes.method_of(environ)
         line["remote"] = environ.get("REMOTE_ADDR", "-")
         line["bytes"] = sent
         line["user_agent"] = str(environ.get("HTTP_USER_AGENT", "-"))[:200]
@@ -282,7 +282,7 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
         """
         status = str(getattr(resp, "status", "-") or "-").split(None, 1)[0]
         environ = environ or {}
-        method, route = edge.method_of(environ), edge.route_of(environ)
+        method, route = routes.method_of(environ), routes.route_of(environ)
         protocol = str(environ.get("SERVER_PROTOCOL", "-"))[:16]
         sent = getattr(resp, "sent", None)
         micros = request_time.seconds * 1_000_000 + request_time.microseconds

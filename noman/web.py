@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
 
-from noman import auth, edge, errors, logs, metrics, promotion
+from noman import auth, errors, logs, metrics, promotion, routes
 from noman.errors import NomanError
 from noman.model import Service
 from noman.ratelimit import FailureLimiter
@@ -322,13 +322,13 @@ def _read_json_body() -> bytes:
     except Exception:
         # Broken chunked encoding, or the client went away mid-body (the
         # server's own exception types; their texts quote the request).
-        request.environ[edge.CLOSE_CONNECTION] = True
+        request.environ[routes.CLOSE_CONNECTION] = True
         raise errors.BadRequest("The body is malformed or cut off.") from None
     if len(body) > limit:
         raise too_large
     if request.content_length is not None and len(body) < request.content_length:
         # A client that half-closes early must not get a truncated body deployed.
-        request.environ[edge.CLOSE_CONNECTION] = True
+        request.environ[routes.CLOSE_CONNECTION] = True
         raise errors.BadRequest("The body is shorter than its Content-Length.")
     return body
 
@@ -355,7 +355,7 @@ def register_error_handlers(app: Flask) -> None:
     def unexpected(exc: Exception) -> tuple[Response, int]:
         # Logged by us, not by Flask: Flask's line would carry the request path.
         logging.getLogger("noman").error(
-            "unexpected error in %s %s", request.method, edge.current_route(), exc_info=exc
+            "unexpected error in %s %s", request.method, routes.current_route(), exc_info=exc
         )
         return jsonify(errors.NomanError().body()), 500
 
