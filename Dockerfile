@@ -36,7 +36,7 @@ COPY pyproject.toml README.md /src/
 COPY noman /src/noman
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/dist /src \
  && /opt/build/bin/pip --python /opt/venv/bin/python install --no-deps --no-index /tmp/dist/*.whl \
- && /opt/venv/bin/python -c "import noman, noman.gunicorn_conf"
+ && /opt/venv/bin/python -c "import noman, noman.server.config"
 
 # -------------------------------------------------------------- runtime stage
 FROM ${BASE} AS runtime

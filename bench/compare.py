@@ -5,7 +5,7 @@ Three systems relay "deploy tag T of service S" into a Consul key:
   noman    `noman serve` as shipped (its gunicorn configuration, a temporary noman.toml)
   relay    bench/minimal_relay.py, the least a correct relay does (constant-time secret
            lookup, repository and tag check, read, check-and-set write), under the SAME
-           gunicorn configuration as Noman (whatever noman/gunicorn_conf.py says today)
+           gunicorn configuration as Noman (whatever noman/server/config.py says today)
   webhook  adnanh/webhook (Debian package `webhook`) running `curl -X PUT` into Consul with
            the tag taken from the payload (`pass-arguments-to-command`), the way people
            wire it today; its trigger rule checks the token, the repository and the tag
@@ -850,7 +850,7 @@ def _gunicorn_config() -> str:
 
         return str(GUNICORN_CONFIG)
     except ImportError:
-        return "python:noman.gunicorn_conf"
+        return "python:noman.server.config"
 
 
 def _base_env(port: int) -> dict[str, str]:

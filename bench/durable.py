@@ -451,7 +451,7 @@ def measure_failover(deployment: float, multiplier: float = 1.0) -> Failover:
                 "-m",
                 "gunicorn",
                 "-c",
-                "python:noman.gunicorn_conf",
+                "python:noman.server.config",
                 "noman:create_app()",
             ],
             env=env,

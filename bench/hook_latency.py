@@ -84,7 +84,7 @@ def main() -> int:
                 "-m",
                 "gunicorn",
                 "-c",
-                "python:noman.gunicorn_conf",
+                "python:noman.server.config",
                 "noman:create_app()",
             ],
             env=env,

@@ -12,7 +12,7 @@ Nothing else: no forward-only ordering, no history, no logs of its own, no metri
 signatures. It runs under Noman's gunicorn configuration so that the comparison measures
 Noman's own work, not a different serving model:
 
-    RELAY_CONFIG=relay.json gunicorn -c python:noman.gunicorn_conf \\
+    RELAY_CONFIG=relay.json gunicorn -c python:noman.server.config \\
         --pythonpath bench 'minimal_relay:create_app()'
 
 ``relay.json``: ``{"consul": "http://127.0.0.1:8500", "services": [{"secret_sha256": ...,

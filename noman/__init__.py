@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `gunicorn -c python:noman.gunicorn_conf` can prepare the
+    # Lazy, so that `gunicorn -c python:noman.server.config` can prepare the
     # environment (the metrics directory) before the app's imports run.
     if name == "create_app":
         from noman.app import create_app

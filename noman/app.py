@@ -3,7 +3,7 @@
 The components (store, Nomad, deployer, reporter, reconciler) are built by
 ``wiring.build`` and stored once in ``app.extensions["noman"]``; nothing is
 created at import time. The reconciler's thread is started by the server
-(gunicorn's ``post_worker_init``, see ``gunicorn_conf``), not here, so an
+(gunicorn's ``post_worker_init``, see ``noman.server.config``), not here, so an
 app built for a test or a script never leaves a thread behind.
 """
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the commands import these lazily: `noman --help` stays fast
 
 DEV_SERVICE = "demo"
 DEFAULT_BIND = "127.0.0.1:8000"
-GUNICORN_CONFIG = "python:noman.gunicorn_conf"
+GUNICORN_CONFIG = "python:noman.server.config"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

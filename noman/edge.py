@@ -1,7 +1,7 @@
 """The raw edge: how connections are served before and around the Flask app.
 
 Noman runs under gunicorn's gevent worker (``NomanWorker``, set by
-``noman.gunicorn_conf``): every connection gets a greenlet, not one of a few
+``noman.server.config``): every connection gets a greenlet, not one of a few
 threads, so clients that trickle their headers or body cost a little memory
 and never delay a real webhook. On top of that each request has a read
 deadline (``NOMAN_READ_TIMEOUT`` seconds, default 10) for its headers and

@@ -2,7 +2,7 @@
 
 Labels are service names from the config and stable error codes, never a
 secret or anything a caller sent. Under gunicorn the workers write to
-``PROMETHEUS_MULTIPROC_DIR`` (set up by ``noman.gunicorn_conf``) and
+``PROMETHEUS_MULTIPROC_DIR`` (set up by ``noman.server.config``) and
 ``/metrics`` adds them up, whichever worker answers; with
 ``server.metrics_bind`` the gunicorn master serves the same text on a second,
 internal listener instead (``serve``).

@@ -2,7 +2,7 @@
 
 A fixed one-minute window per address, counted in a small SQLite file in
 this instance's private runtime directory (``NOMAN_RUNTIME_DIR``, which
-``noman.gunicorn_conf`` creates with mode 0700 under ``/dev/shm`` and shares
+``noman.server.config`` creates with mode 0700 under ``/dev/shm`` and shares
 with its workers), so the limit holds whichever worker answers and no other
 user can read or pre-create the file. Once an address has failed ``limit`` times in the
 current minute, every hook request from it is refused until the minute

@@ -1,6 +1,6 @@
 """What the gunicorn master does once it listens: say what it serves, start the extras.
 
-Called from ``noman.gunicorn_conf``'s ``when_ready`` hook, so it runs once per
+Called from ``noman.server.config``'s ``when_ready`` hook, so it runs once per
 server (not once per worker) and only after the listening socket is bound:
 the start log line, the internal metrics listener (``server.metrics_bind``)
 and, for ``noman serve --dev``, the banner with ready-to-paste commands.

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Gunicorn:
-    """gunicorn with noman.gunicorn_conf, logs captured to files."""
+    """gunicorn with noman.server.config, logs captured to files."""
 
     def __init__(
         self,
@@ -38,7 +38,7 @@ class Gunicorn:
         extra_env: dict[str, str] | None = None,
         scheme: str = "http",
         verify: str | bool = True,
-        conf: str = "python:noman.gunicorn_conf",
+        conf: str = "python:noman.server.config",
     ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"

@@ -270,7 +270,7 @@ def test_plain_gunicorn_stops_when_the_metrics_port_is_busy(
             "-m",
             "gunicorn",
             "-c",
-            "python:noman.gunicorn_conf",
+            "python:noman.server.config",
             "noman:create_app()",
         ],
         cwd=tmp_path,

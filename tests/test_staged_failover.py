@@ -55,7 +55,7 @@ class Instance:
         self.log = tmp / f"{name}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "python:noman.gunicorn_conf", APP],
+                [sys.executable, "-m", "gunicorn", "-c", "python:noman.server.config", APP],
                 cwd=tmp,
                 env=env,
                 stdout=out,

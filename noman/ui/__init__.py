@@ -18,7 +18,7 @@ from flask import Flask
 
 from noman.config import Settings, UISettings
 
-# Set by noman.gunicorn_conf in the master process, so that every worker of
+# Set by noman.server.config in the master process, so that every worker of
 # one start signs with the same random key when ui.session_key_env is unset.
 START_KEY_ENV = "NOMAN_UI_START_KEY"
 COOKIE_NAME = "noman_ui"

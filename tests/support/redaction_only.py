@@ -1,7 +1,7 @@
 """The shipped gunicorn configuration with every line built from the raw request (layer 2 alone)."""
 
 from noman import edge, routes
-from noman.gunicorn_conf import *  # noqa: F403
+from noman.server.config import *  # noqa: F403
 from tests.support import log_layers
 
 logger_class = "tests.support.log_layers.RawLogger"

@@ -1,6 +1,6 @@
 """The shipped gunicorn configuration with RedactingFilter switched off (layer 1 alone)."""
 
-from noman.gunicorn_conf import *  # noqa: F403
+from noman.server.config import *  # noqa: F403
 from tests.support.log_layers import disable_redaction
 
 disable_redaction()

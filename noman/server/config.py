@@ -1,4 +1,4 @@
-"""The production gunicorn configuration: `gunicorn -c python:noman.gunicorn_conf`.
+"""The production gunicorn configuration: `gunicorn -c python:noman.server.config`.
 
 Environment: NOMAN_BIND (default 127.0.0.1:8000), NOMAN_WORKERS (default 2),
 NOMAN_WORKER_TMP_DIR (default /dev/shm, so a read-only root filesystem works),
