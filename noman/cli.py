@@ -223,7 +223,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from noman.serving import DEV_BANNER_ENV, unavailable
+    from noman.server.master import DEV_BANNER_ENV, unavailable
 
     if args.new_secret and not args.dev:
         print("noman: --new-secret replaces the demo secret of --dev; add --dev", file=sys.stderr)
@@ -275,7 +275,7 @@ def _dev_secret(data_dir: Path, new: bool) -> tuple[str, str]:
 
 def _prepare_dev(data_dir: Path, env: dict[str, str], new_secret: bool = False) -> None:
     """Write the demo config and the banner that the server prints once it listens."""
-    from noman.serving import DEV_BANNER_ENV
+    from noman.server.master import DEV_BANNER_ENV
 
     data_dir.mkdir(parents=True, exist_ok=True)
     store = (data_dir / "store.json").resolve()

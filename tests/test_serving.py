@@ -27,7 +27,7 @@ from noman.config import parse_settings
 from noman.errors import ConsulUnavailable
 from noman.notify import Reporter
 from noman.release import Release
-from noman.serving import start_fields
+from noman.server.master import start_fields
 from tests.conftest import SAMPLE_TAG, ConsulHandle, free_port, make_settings, settings_toml
 
 ROOT = Path(__file__).resolve().parent.parent

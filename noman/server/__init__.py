@@ -2,4 +2,6 @@
 
 ``config``  the gunicorn configuration (``gunicorn -c python:noman.server.config``);
             the root ``gunicorn.conf.py`` imports it for plain ``gunicorn``.
+``master``  what the gunicorn master does once it listens (its ``when_ready`` hook),
+            and the port probe ``noman serve`` runs before starting gunicorn.
 """

@@ -87,7 +87,7 @@ control_socket_disable = True
 
 def when_ready(server):  # type: ignore[no-untyped-def]
     """Once listening: the start log line, the metrics listener, the dev banner."""
-    from noman.serving import when_ready as ready
+    from noman.server.master import when_ready as ready
 
     ready(server)
 
