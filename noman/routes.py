@@ -49,7 +49,7 @@ def install(app: Flask) -> None:
     """Record each request's route template in its environ, for every log line."""
     from flask import Response, request
 
-    from noman.edge import DeadlineSocket
+    from noman.server.worker import DeadlineSocket
 
     @app.after_request
     def remember_route(response: Response) -> Response:

@@ -317,7 +317,7 @@ def _read_json_body() -> bytes:
         raise too_large
     try:
         body = request.stream.read(limit + 1)
-    except TimeoutError:  # noman.edge's read deadline: a client too slow to send
+    except TimeoutError:  # noman.server.worker's read deadline: a client too slow to send
         raise errors.RequestTimeout() from None
     except Exception:
         # Broken chunked encoding, or the client went away mid-body (the

@@ -241,7 +241,7 @@ def test_the_start_line_names_nomad_when_a_service_rolls() -> None:
     )
     settings = parse_settings(text, source="n.toml", environ={})
     cfg = SimpleNamespace(
-        worker_class_str="noman.edge.NomanWorker",
+        worker_class_str="noman.server.worker.NomanWorker",
         workers=3,
         worker_connections=500,
         bind=["0.0.0.0:8000"],

@@ -17,10 +17,10 @@ bind = os.environ.get("NOMAN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("NOMAN_WORKERS", "2"))
 # gevent: each connection is a greenlet, so clients that trickle their
 # headers or body (slowloris) never hold the few threads that real webhooks
-# need; noman.edge adds a read deadline per request and JSON error answers.
+# need; noman.server.worker adds a read deadline per request and JSON error answers.
 # Consul, Nomad (requests) and background threads are cooperative under the
 # worker's monkey-patching. See README "Serving model".
-worker_class = "noman.edge.NomanWorker"
+worker_class = "noman.server.worker.NomanWorker"
 worker_connections = int(os.environ.get("NOMAN_WORKER_CONNECTIONS", "1000"))
 # Every Consul and Nomad call has its own few-second timeout, so a request
 # never needs this long; it only catches a wedged worker.

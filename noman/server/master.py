@@ -46,7 +46,7 @@ def when_ready(server: Any) -> None:
 def start_fields(settings: Settings, cfg: Any) -> dict[str, Any]:
     """What this server loaded and how it serves; service names, never secrets."""
     kind = cfg.worker_class_str
-    if kind == "noman.edge.NomanWorker":
+    if kind == "noman.server.worker.NomanWorker":
         kind = "gevent"  # gunicorn's gevent worker with Noman's read deadlines
     model = f"gunicorn {kind}, {cfg.workers} worker(s)"
     if kind == "gthread":

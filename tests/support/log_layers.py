@@ -15,8 +15,9 @@ from typing import Any
 
 from gunicorn import glogging
 
-from noman import edge, logs
+from noman import logs
 from noman.logs import GunicornLogger
+from noman.server import worker
 
 
 class NoFilter(logs.RedactingFilter):
@@ -58,4 +59,4 @@ def leaky_handle_error(self: Any, req: Any, client: Any, addr: Any, exc: BaseExc
     original_handle_error(self, req, client, addr, exc)
 
 
-original_handle_error = edge._WorkerMixin.handle_error
+original_handle_error = worker._WorkerMixin.handle_error

@@ -1,4 +1,4 @@
-"""The raw edge: how connections are served before and around the Flask app.
+"""The gunicorn worker: how connections are served before and around the Flask app.
 
 Noman runs under gunicorn's gevent worker (``NomanWorker``, set by
 ``noman.server.config``): every connection gets a greenlet, not one of a few
@@ -239,9 +239,9 @@ def worker_class() -> type[Any]:
 
 
 def __getattr__(name: str) -> Any:
-    # `worker_class = "noman.edge.NomanWorker"`: gunicorn imports the name.
+    # `worker_class = "noman.server.worker.NomanWorker"`: gunicorn imports the name.
     if name == "NomanWorker":
         cls = worker_class()
         globals()["NomanWorker"] = cls
         return cls
-    raise AttributeError(f"module 'noman.edge' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
