@@ -11,17 +11,34 @@ NOMAN_WORKER_CONNECTIONS (default 1000 per worker), NOMAN_READ_TIMEOUT (default
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 
+from noman.errors import ConfigError
+from noman.server.environment import Number, positive
+from noman.server.worker import DEFAULT_READ_TIMEOUT
+
+
+def _checked(name: str, default: Number) -> Number:
+    """``$name`` as a positive number; a bad value is one line and exit 2, as in noman.toml."""
+    try:
+        return positive(name, default)
+    except ConfigError as exc:
+        print(f"noman: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 bind = os.environ.get("NOMAN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("NOMAN_WORKERS", "2"))
+workers = _checked("NOMAN_WORKERS", 2)
 # gevent: each connection is a greenlet, so clients that trickle their
 # headers or body (slowloris) never hold the few threads that real webhooks
 # need; noman.server.worker adds a read deadline per request and JSON error answers.
 # Consul, Nomad (requests) and background threads are cooperative under the
 # worker's monkey-patching. See README "Serving model".
 worker_class = "noman.server.worker.NomanWorker"
-worker_connections = int(os.environ.get("NOMAN_WORKER_CONNECTIONS", "1000"))
+worker_connections = _checked("NOMAN_WORKER_CONNECTIONS", 1000)
+# Read by each worker for every connection: checked here, once, before any worker starts.
+_checked("NOMAN_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
 # Every Consul and Nomad call has its own few-second timeout, so a request
 # never needs this long; it only catches a wedged worker.
 timeout = 30

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import socket
 import ssl
 import time
@@ -34,16 +33,17 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+from noman.server.environment import positive
+
 DEFAULT_READ_TIMEOUT = 10.0
 
 
 def read_timeout() -> float:
-    """Seconds a client has to send one request's headers and body."""
-    try:
-        value = float(os.environ.get("NOMAN_READ_TIMEOUT", DEFAULT_READ_TIMEOUT))
-    except ValueError:
-        return DEFAULT_READ_TIMEOUT
-    return value if value > 0 else DEFAULT_READ_TIMEOUT
+    """Seconds a client has to send one request's headers and body ($NOMAN_READ_TIMEOUT).
+
+    ``noman.server.config`` checks the variable before any worker starts.
+    """
+    return positive("NOMAN_READ_TIMEOUT", DEFAULT_READ_TIMEOUT)
 
 
 class ReadDeadline(TimeoutError):
