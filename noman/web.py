@@ -47,91 +47,58 @@ _HTTP_ERRORS: dict[int, type[NomanError]] = {
 }
 
 
-# No automatic OPTIONS answers: hook routes take POST and nothing else.
+# Each route has two forms: the secret in the path, or in ``Authorization: Bearer``
+# (out of access logs) on the path without it. No automatic OPTIONS answers: hook
+# routes take their one method and nothing else.
 @bp.post("/hooks/<secret>", provide_automatic_options=False)
-def hook(secret: str) -> Answer:
-    """Deploy the pushed tag to the service this secret belongs to."""
-    return _handle_hook(secret)
-
-
 @bp.post("/hooks", provide_automatic_options=False)
-def hook_bearer() -> Answer:
-    """The same, with the secret in ``Authorization: Bearer`` (out of access logs)."""
-    # None: read the header inside, so that a missing one gets its hook line too.
-    return _handle_hook(None)
+def hook(secret: str | None = None) -> Answer:
+    """Deploy the pushed tag to the service this secret belongs to."""
+    # The bearer header is read inside, so that a missing one gets its hook line too.
+    return _handle_hook(secret)
 
 
 @bp.get("/hooks/<secret>/status", provide_automatic_options=False)
 @bp.get("/hooks/<secret>/deployment", provide_automatic_options=False)
-def status(secret: str) -> Response:
-    """Desired and running tag, frozen flag, rollout and history (``/deployment``: alias)."""
-    return jsonify(components(current_app).deployer.status(_service_for(secret)))
-
-
 @bp.get("/hooks/status", provide_automatic_options=False)
-def status_bearer() -> Response:
-    """The same, with the secret in ``Authorization: Bearer``."""
-    return jsonify(components(current_app).deployer.status(_service_for(_bearer_secret())))
+def status(secret: str | None = None) -> Response:
+    """Desired and running tag, frozen flag, rollout and history (``/deployment``: alias)."""
+    return jsonify(components(current_app).deployer.status(_service_for(_secret(secret))))
 
 
 @bp.post("/hooks/<secret>/rollback", provide_automatic_options=False)
-def rollback(secret: str) -> tuple[Response, int]:
-    """Deploy an earlier tag: the body's ``tag``, else the last good one before the current."""
-    return _rollback(secret)
-
-
 @bp.post("/hooks/rollback", provide_automatic_options=False)
-def rollback_bearer() -> tuple[Response, int]:
-    """The same, with the secret in ``Authorization: Bearer``."""
-    return _rollback(_bearer_secret())
+def rollback(secret: str | None = None) -> tuple[Response, int]:
+    """Deploy an earlier tag: the body's ``tag``, else the last good one before the current."""
+    return _rollback(_secret(secret))
 
 
 @bp.post("/hooks/<secret>/freeze", provide_automatic_options=False)
-def freeze(secret: str) -> Response:
-    """Refuse deploys of this service (423) until it is unfrozen; rollbacks still work."""
-    return _set_frozen(secret, True)
-
-
 @bp.post("/hooks/freeze", provide_automatic_options=False)
-def freeze_bearer() -> Response:
-    """The same, with the secret in ``Authorization: Bearer``."""
-    return _set_frozen(_bearer_secret(), True)
+def freeze(secret: str | None = None) -> Response:
+    """Refuse deploys of this service (423) until it is unfrozen; rollbacks still work."""
+    return _set_frozen(_secret(secret), True)
 
 
 @bp.post("/hooks/<secret>/unfreeze", provide_automatic_options=False)
-def unfreeze(secret: str) -> Response:
-    """Accept deploys again."""
-    return _set_frozen(secret, False)
-
-
 @bp.post("/hooks/unfreeze", provide_automatic_options=False)
-def unfreeze_bearer() -> Response:
-    """The same, with the secret in ``Authorization: Bearer``."""
-    return _set_frozen(_bearer_secret(), False)
+def unfreeze(secret: str | None = None) -> Response:
+    """Accept deploys again."""
+    return _set_frozen(_secret(secret), False)
 
 
 @bp.post("/hooks/<secret>/promote", provide_automatic_options=False)
-def promote(secret: str) -> tuple[Response, int]:
-    """Promote the canaries of the rollout waiting in ``awaiting_promotion``."""
-    return _gate(secret, "promote")
-
-
 @bp.post("/hooks/promote", provide_automatic_options=False)
-def promote_bearer() -> tuple[Response, int]:
-    """The same, with the secret in ``Authorization: Bearer``."""
-    return _gate(_bearer_secret(), "promote")
+def promote(secret: str | None = None) -> tuple[Response, int]:
+    """Promote the canaries of the rollout waiting in ``awaiting_promotion``."""
+    return _gate(_secret(secret), "promote")
 
 
 @bp.post("/hooks/<secret>/abort", provide_automatic_options=False)
-def abort(secret: str) -> tuple[Response, int]:
-    """Fail the rollout in progress, at any stage: the jobs go back, the key too."""
-    return _gate(secret, "abort")
-
-
 @bp.post("/hooks/abort", provide_automatic_options=False)
-def abort_bearer() -> tuple[Response, int]:
-    """The same, with the secret in ``Authorization: Bearer``."""
-    return _gate(_bearer_secret(), "abort")
+def abort(secret: str | None = None) -> tuple[Response, int]:
+    """Fail the rollout in progress, at any stage: the jobs go back, the key too."""
+    return _gate(_secret(secret), "abort")
 
 
 def _gate(secret: str, action: promotion.Action) -> tuple[Response, int]:
@@ -211,7 +178,7 @@ def _handle_hook(secret: str | None) -> Answer:
     service: Service | None = None
     release: Release | None = None
     try:
-        service = _service_for(_bearer_secret() if secret is None else secret)
+        service = _service_for(_secret(secret))
         fields["service"] = service.name
         headers = {name.lower(): value for name, value in request.headers.items()}
         settings = components(current_app).settings
@@ -295,6 +262,11 @@ def _service_for(secret: str) -> Service:
             limiter.record_failure(address)
         raise errors.NotFound()
     return service
+
+
+def _secret(in_path: str | None) -> str:
+    """The secret of the path form, else the one in ``Authorization: Bearer``."""
+    return in_path if in_path is not None else _bearer_secret()
 
 
 def _bearer_secret() -> str:
