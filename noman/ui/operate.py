@@ -24,7 +24,7 @@ from noman.errors import NomanError
 from noman.operators import Operator
 from noman.ui import charts
 from noman.ui.session import csrf_ok, fingerprint
-from noman.ui.views import _authenticated, _render_service, _service, bp
+from noman.ui.views import _render_service, _service, bp, login_required, to_login
 from noman.wiring import components
 
 log = logging.getLogger("noman.ui")
@@ -53,10 +53,9 @@ def _operator_globals() -> dict[str, Any]:
 
 
 @bp.post("/services/<name>/gate/<action>")
+@login_required(otherwise=to_login)
 def gate_action(name: str, action: str) -> BaseResponse | tuple[str, int]:
     """Approve, reject or deploy now what waits, as the logged-in operator."""
-    if not _authenticated():
-        return redirect(url_for("ui.index"), 303)
     if not csrf_ok():
         raise errors.CsrfFailed()
     service = _service(name)

@@ -7,10 +7,12 @@ security kind (no CSRF token, unknown service) keep the JSON error shape.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from flask import (
     Blueprint,
@@ -56,6 +58,10 @@ ACTIONS = {
 POLL_ACTIVE_MS = 4000
 POLL_IDLE_MS = 20000
 
+P = ParamSpec("P")
+R = TypeVar("R")
+A = TypeVar("A")
+
 _CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -79,11 +85,38 @@ def _template_globals() -> dict[str, Any]:
     return {"csrf_token": csrf_token}
 
 
+def login_required(otherwise: Callable[[], A]) -> Callable[[Callable[P, R]], Callable[P, R | A]]:
+    """Serve the view to a logged-in session only; anyone else gets ``otherwise()``."""
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R | A]:
+        @functools.wraps(view)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R | A:
+            if not _authenticated():
+                return otherwise()
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
+def to_login() -> BaseResponse:
+    """A page's answer to a visitor not logged in: to the login form (303)."""
+    return redirect(url_for("ui.index"), 303)
+
+
+def _login_page(message: str | None = None) -> str:
+    return render_template("login.html", message=message)
+
+
+def _log_in_first() -> NoReturn:
+    raise errors.Unauthorized("Log in at /ui first.")
+
+
 @bp.get("")
+@login_required(otherwise=_login_page)
 def index() -> BaseResponse | str:
     """The overview when logged in, else the login form."""
-    if not _authenticated():
-        return _login_page()
     rows = _overview_rows()
     return render_template(
         "overview.html",
@@ -128,27 +161,24 @@ def logout() -> BaseResponse:
 
 
 @bp.get("/api/overview")
+@login_required(otherwise=_log_in_first)
 def overview_json() -> Response:
     """The overview rows as JSON: what the page polls while a rollout runs."""
-    if not _authenticated():
-        raise errors.Unauthorized("Log in at /ui first.")
     rows = _overview_rows()
     return jsonify({"active": any(row["active"] for row in rows), "services": rows})
 
 
 @bp.get("/services/<name>")
+@login_required(otherwise=to_login)
 def service_page(name: str) -> BaseResponse | str:
     """One service: its state, history timeline and actions."""
-    if not _authenticated():
-        return redirect(url_for("ui.index"), 303)
     return _render_service(_service(name))
 
 
 @bp.get("/services/<name>/confirm")
+@login_required(otherwise=to_login)
 def confirm(name: str) -> BaseResponse | str:
     """The confirmation step of an action (a GET that changes nothing)."""
-    if not _authenticated():
-        return redirect(url_for("ui.index"), 303)
     service = _service(name)
     action = request.args.get("action", "")
     if action not in ACTIONS:
@@ -171,10 +201,9 @@ def confirm(name: str) -> BaseResponse | str:
 
 
 @bp.post("/services/<name>/<action>")
+@login_required(otherwise=to_login)
 def act(name: str, action: str) -> BaseResponse | tuple[str, int]:
     """Run a confirmed action through the Deployer, as the HTTP API would."""
-    if not _authenticated():
-        return redirect(url_for("ui.index"), 303)
     if not csrf_ok():
         raise errors.CsrfFailed()
     service = _service(name)
@@ -242,10 +271,6 @@ def _overview_rows() -> list[dict[str, Any]]:
 
 def _poll_settings() -> dict[str, Any]:
     return {"url": url_for("ui.overview_json"), "active": POLL_ACTIVE_MS, "idle": POLL_IDLE_MS}
-
-
-def _login_page(message: str | None = None) -> str:
-    return render_template("login.html", message=message)
 
 
 def _authenticated() -> bool:
