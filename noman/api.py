@@ -22,7 +22,6 @@ from noman.config import hash_secret
 from noman.errors import ConfigError
 from noman.model import Service
 from noman.operators import Operator, find_operator
-from noman.ratelimit import FailureLimiter
 from noman.senders import parse_json
 from noman.web import _read_json_body
 from noman.wiring import components
@@ -100,8 +99,8 @@ def _days(raw: str | None) -> int:
 
 def _operator() -> Operator:
     """The operator whose token came with the request; 401/403 otherwise."""
-    settings = components(current_app).settings
-    limiter: FailureLimiter | None = current_app.extensions["noman.limiter"]
+    parts = components(current_app)
+    settings, limiter = parts.settings, parts.limiter
     address = request.remote_addr or "unknown"
     if limiter is not None:
         wait = limiter.retry_after(address)

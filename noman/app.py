@@ -17,9 +17,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from noman import logs, ordering, routes
 from noman.config import Settings, load
-from noman.ratelimit import FailureLimiter
 from noman.stores import Store
-from noman.wiring import EXTENSION, build
+from noman.wiring import EXTENSION, build, build_limiter
 
 
 class NomanFlask(Flask):
@@ -40,13 +39,8 @@ def create_app(config: Settings | str | Path | None = None, *, store: Store | No
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = build(settings, store)
-    # Per-app, not per-deploy: the failure limiter is an HTTP concern only.
-    app.extensions["noman.limiter"] = (
-        FailureLimiter(settings.auth_failures_per_minute)
-        if settings.auth_failures_per_minute
-        else None
-    )
+    # The failure limiter is an HTTP concern only: the app's components carry it.
+    app.extensions[EXTENSION] = build(settings, store, limiter=build_limiter(settings))
     if settings.proxy_hops:
         # The client address comes from the trusted proxies' X-Forwarded-For,
         # and the scheme from their X-Forwarded-Proto (the UI's Secure cookie).

@@ -26,7 +26,6 @@ from werkzeug.exceptions import HTTPException
 from noman import auth, errors, logs, metrics, promotion, routes
 from noman.errors import NomanError
 from noman.model import Service
-from noman.ratelimit import FailureLimiter
 from noman.release import Ignored, Release
 from noman.senders import parse_json, read_release
 from noman.senders.common import RETRYING_SENDERS
@@ -249,8 +248,8 @@ def _log_hook(
 
 
 def _service_for(secret: str) -> Service:
-    settings = components(current_app).settings
-    limiter: FailureLimiter | None = current_app.extensions["noman.limiter"]
+    parts = components(current_app)
+    settings, limiter = parts.settings, parts.limiter
     address = request.remote_addr or "unknown"
     if limiter is not None:
         wait = limiter.retry_after(address)

@@ -1,9 +1,9 @@
 """One wiring function for the web app and the CLI: settings -> the objects that do the work.
 
 ``build`` makes the store, the Nomad client, the deployer, the reporter, the
-courier, the reconciler and the registry poller once; ``components(app)``
-gives a view the app's set. Views and commands reach them through typed
-attributes, never string keys.
+courier, the reconciler and the registry poller once (and, for the web app,
+the failed-secret limiter); ``components(app)`` gives a view the app's set.
+Views and commands reach them through typed attributes, never string keys.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from noman.deploy import Deployer
 from noman.gates import Gates
 from noman.notify import Reporter
 from noman.polling import PollLoop
+from noman.ratelimit import FailureLimiter
 from noman.reconcile import Reconciler
 from noman.rollouts.nomad import NomadRollouts
 from noman.state import Keys
@@ -40,10 +41,18 @@ class Components:
     polling: PollLoop
     # Approvals and deploy windows (the deployer and the reconciler hold it too).
     gates: Gates
+    # Failed secrets and tokens per client address, shared by the hook routes, the
+    # operator API and the status page: None for the CLI, or with no limit configured.
+    limiter: FailureLimiter | None = None
 
 
-def build(settings: Settings, store: Store | None = None) -> Components:
-    """Build every component from ``settings`` (``store`` replaces the configured one)."""
+def build(
+    settings: Settings, store: Store | None = None, *, limiter: FailureLimiter | None = None
+) -> Components:
+    """Build every component from ``settings`` (``store`` replaces the configured one).
+
+    ``limiter`` is the web app's (``build_limiter``): the CLI has no failed secrets to count.
+    """
     store = store if store is not None else build_store(settings)
     nomad = build_nomad(settings)
     reporter = Reporter(settings)
@@ -67,7 +76,7 @@ def build(settings: Settings, store: Store | None = None) -> Components:
     polling = PollLoop(settings, store, deployer, leading=lambda: reconciler.leader)
     reconciler.polling = polling
     return Components(
-        settings, store, nomad, deployer, reporter, courier, reconciler, polling, gates
+        settings, store, nomad, deployer, reporter, courier, reconciler, polling, gates, limiter
     )
 
 
@@ -80,6 +89,13 @@ def build_store(settings: Settings) -> Store:
     from noman.stores.consul import ConsulStore
 
     return ConsulStore(settings.consul)
+
+
+def build_limiter(settings: Settings) -> FailureLimiter | None:
+    """The failed-authentication limiter, or None when ``auth_failures_per_minute`` is 0."""
+    if not settings.auth_failures_per_minute:
+        return None
+    return FailureLimiter(settings.auth_failures_per_minute)
 
 
 def build_nomad(settings: Settings) -> NomadRollouts | None:

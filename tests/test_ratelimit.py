@@ -12,6 +12,7 @@ import requests
 from noman import create_app, ratelimit
 from noman.config import Settings
 from noman.ratelimit import FailureLimiter
+from noman.wiring import EXTENSION, components
 from tests.conftest import SAMPLE_TAG, ConsulHandle, post_hook
 from tests.fakes.consul import FakeConsul
 from tests.test_gunicorn_logs import Gunicorn, write_config
@@ -42,7 +43,8 @@ def test_counts_are_shared_between_limiters_on_one_file(tmp_path: Path) -> None:
 def limited_app(settings: Settings, tmp_path: Path, limit: int = 3, hops: int = 0) -> Any:
     app = create_app(dataclasses.replace(settings, auth_failures_per_minute=limit, proxy_hops=hops))
     # A fixed clock: the whole test falls in one window, whatever the wall-clock minute.
-    app.extensions["noman.limiter"] = FailureLimiter(limit, tmp_path / "limits.sqlite", Clock())
+    limiter = FailureLimiter(limit, tmp_path / "limits.sqlite", Clock())
+    app.extensions[EXTENSION] = dataclasses.replace(components(app), limiter=limiter)
     return app
 
 

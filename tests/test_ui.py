@@ -19,6 +19,7 @@ from noman.config import Settings, UISettings, parse_settings
 from noman.errors import ConfigError
 from noman.ratelimit import FailureLimiter
 from noman.ui import START_KEY_ENV, session_key
+from noman.wiring import EXTENSION, components
 from tests.conftest import SAMPLE_TAG, ConsulHandle, post_hook, settings_toml
 
 UI_PATHS = [
@@ -49,7 +50,8 @@ def ui_settings(settings: Settings, token: str, **ui: Any) -> Settings:
 def ui_app(settings: Settings, token: str, tmp_path: Path) -> Any:
     """An app with the page on, its limiter (2 failures a minute) in a private file."""
     app = create_app(dataclasses.replace(ui_settings(settings, token), auth_failures_per_minute=2))
-    app.extensions["noman.limiter"] = FailureLimiter(2, tmp_path / "limits.sqlite")
+    limiter = FailureLimiter(2, tmp_path / "limits.sqlite")
+    app.extensions[EXTENSION] = dataclasses.replace(components(app), limiter=limiter)
     return app
 
 

@@ -33,7 +33,6 @@ from noman.config import Settings
 from noman.deploy import Deployer
 from noman.errors import ConfigError, NomanError
 from noman.model import Service
-from noman.ratelimit import FailureLimiter
 from noman.ui import present
 from noman.ui.session import csrf_ok, csrf_token, log_in, logged_in, token_matches
 from noman.wiring import components
@@ -132,7 +131,7 @@ def login() -> tuple[str, int, dict[str, str]] | BaseResponse:
     if not csrf_ok():
         raise errors.CsrfFailed()
     address = request.remote_addr or "unknown"
-    limiter = _limiter()
+    limiter = components(current_app).limiter
     if limiter is not None:
         wait = limiter.retry_after(address)
         if wait is not None:
@@ -293,11 +292,6 @@ def _service(name: str) -> Service:
 
 def _settings() -> Settings:
     return components(current_app).settings
-
-
-def _limiter() -> FailureLimiter | None:
-    limiter: FailureLimiter | None = current_app.extensions["noman.limiter"]
-    return limiter
 
 
 def _operations() -> Deployer:
