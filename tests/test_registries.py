@@ -13,7 +13,7 @@ from noman import create_app
 from noman.errors import AmbiguousTags
 from noman.model import Service
 from noman.release import Ignored
-from noman.senders.registries import pick_tag
+from noman.senders.common import pick_tag
 from tests.conftest import ConsulHandle, make_settings, post_hook
 
 PAYLOADS = Path(__file__).parent / "payloads"
