@@ -1,25 +1,25 @@
 """Noman's configuration: a TOML file plus environment, validated once at start.
 
-``loading``  everything, while the package is being split: the declaration of each
-             TOML table, the settings the rest of Noman reads, and the loader.
+``tables``   the declaration: each TOML table as a frozen ``msgspec.Struct``, one field
+             per key with its type, default, constraint and help (``TABLES``,
+             ``SCHEMA``), and the environment variables the README documents
+             (``ENVIRONMENT``). ``ConsulSettings``, ``NomadSettings`` and
+             ``RolloutSettings`` are their tables, used as they are.
+``loading``  reading a file and the environment into ``Settings`` (``load``,
+             ``load_settings``, ``parse_settings``), with messages naming file, line,
+             table and key; ``hash_secret``; and, until the next commit, the settings
+             classes the rest of Noman reads.
 
 The names below are the package's API; import them from ``noman.config``. ``ConfigError``
 (from ``noman.errors``) is what the loader raises.
 """
 
 from noman.config.loading import (
-    ENVIRONMENT,
     MIN_SECRET_CHARS,
-    SCHEMA,
-    TABLES,
-    ConsulSettings,
     HookProofs,
-    Key,
-    NomadSettings,
     NotifySettings,
     NotifyTarget,
     PollSettings,
-    RolloutSettings,
     Settings,
     UISettings,
     config_path,
@@ -27,6 +27,15 @@ from noman.config.loading import (
     load,
     load_settings,
     parse_settings,
+)
+from noman.config.tables import (
+    ENVIRONMENT,
+    SCHEMA,
+    TABLES,
+    ConsulSettings,
+    Key,
+    NomadSettings,
+    RolloutSettings,
 )
 from noman.errors import ConfigError
 
