@@ -5,10 +5,13 @@
              ``SCHEMA``), and the environment variables the README documents
              (``ENVIRONMENT``). ``ConsulSettings``, ``NomadSettings`` and
              ``RolloutSettings`` are their tables, used as they are.
+``settings`` what the rest of Noman reads: ``Settings`` and the shapes it holds
+             (``NotifySettings``, ``PollSettings``, ``UISettings``, ``HookProofs``,
+             ``NotifyTarget``).
 ``loading``  reading a file and the environment into ``Settings`` (``load``,
-             ``load_settings``, ``parse_settings``), with messages naming file, line,
-             table and key; ``hash_secret``; and, until the next commit, the settings
-             classes the rest of Noman reads.
+             ``load_settings``, ``parse_settings``, ``config_path``), with messages
+             naming file, line, table and key; ``hash_secret``, the digest secrets
+             are kept and compared as.
 
 The names below are the package's API; import them from ``noman.config``. ``ConfigError``
 (from ``noman.errors``) is what the loader raises.
@@ -16,17 +19,19 @@ The names below are the package's API; import them from ``noman.config``. ``Conf
 
 from noman.config.loading import (
     MIN_SECRET_CHARS,
+    config_path,
+    hash_secret,
+    load,
+    load_settings,
+    parse_settings,
+)
+from noman.config.settings import (
     HookProofs,
     NotifySettings,
     NotifyTarget,
     PollSettings,
     Settings,
     UISettings,
-    config_path,
-    hash_secret,
-    load,
-    load_settings,
-    parse_settings,
 )
 from noman.config.tables import (
     ENVIRONMENT,
