@@ -35,7 +35,6 @@ from noman.config.tables import (
     _ENV_NAME_PATTERN,
     _KEY_PATTERN,
     _NAME_PATTERN,
-    _O,
     _URL_PATTERN,
     _URL_PROBLEM,
     CanaryCheckTable,
@@ -781,17 +780,18 @@ class _Parser:
         self, raw: Any, services: tuple[Service, ...], ui: UISettings
     ) -> tuple[Operator, ...]:
         """``[[operators]]``: unique names, and tokens that are nobody else's credential."""
+        table = "operators"
         if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-            raise self.fail(_O, None, "use [[operators]] tables")
+            raise self.fail(table, None, "use [[operators]] tables")
         taken = {d: "a service's hook secret" for s in services for d in s.secret_hashes}
         taken.update({d: "the [ui] admin token" for d in ui.token_hashes})
         found: list[Operator] = []
         for n, item in enumerate(raw):
-            v = self.read(item, OperatorTable, _O, occurrence=n)
+            v = self.read(item, OperatorTable, table, occurrence=n)
             if any(o.name == v.name for o in found):
-                raise self.fail(_O, "name", f"{v.name!r} is configured twice", n)
+                raise self.fail(table, "name", f"{v.name!r} is configured twice", n)
             hashes = self.secrets(
-                _O,
+                table,
                 v.token_sha256,
                 v.token_env,
                 "token",
@@ -801,7 +801,7 @@ class _Parser:
             for digest in hashes:
                 if digest in taken:
                     key = "token_env" if v.token_env else "token_sha256"
-                    raise self.fail(_O, key, f"is {taken[digest]}; use a token of its own", n)
+                    raise self.fail(table, key, f"is {taken[digest]}; use a token of its own", n)
                 taken[digest] = f"operator {v.name!r}'s token"
             found.append(Operator(v.name, hashes))
         return tuple(found)

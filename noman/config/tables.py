@@ -40,9 +40,8 @@ _URL_PATTERN = r"\Ahttps?://[^/\s]+(/\S*)?\Z"
 _URL_PROBLEM = "must be an http:// or https:// URL"
 _Url = Annotated[str, Meta(pattern=_URL_PATTERN)]
 
-_S = "services.<name>"
-_O = "operators"
-_W = "windows"
+#: The name TABLES and the README give each service's table.
+_SERVICE_TABLE = "services.<name>"
 
 
 def _key(help: str, problem: str | None = None, **constraints: Any) -> Meta:
@@ -384,15 +383,15 @@ TABLES: dict[str, type[_Table]] = {
     "rollout": RolloutSettings,
     "notify": NotifyTable,
     "notify.targets": NotifyTargetTable,
-    _S: ServiceTable,
-    f"{_S}.nomad": NomadTargetTable,
-    f"{_S}.release_phase": ReleasePhaseTable,
-    f"{_S}.canary": CanaryTable,
-    f"{_S}.canary.checks": CanaryCheckTable,
+    _SERVICE_TABLE: ServiceTable,
+    f"{_SERVICE_TABLE}.nomad": NomadTargetTable,
+    f"{_SERVICE_TABLE}.release_phase": ReleasePhaseTable,
+    f"{_SERVICE_TABLE}.canary": CanaryTable,
+    f"{_SERVICE_TABLE}.canary.checks": CanaryCheckTable,
     "poll": PollTable,
     "ui": UITable,
-    _O: OperatorTable,
-    _W: WindowTable,
+    "operators": OperatorTable,
+    "windows": WindowTable,
 }
 
 
