@@ -21,7 +21,7 @@ SHA = r"^([0-9a-f]{7})$"
 
 
 def compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.ASCII)  # as config.py compiles tag_pattern
+    return re.compile(pattern, re.ASCII)  # as noman/config/loading.py compiles tag_pattern
 
 
 @pytest.mark.parametrize(
