@@ -43,6 +43,7 @@ from msgspec import Meta
 
 from noman.durations import STAGE, parse_duration
 from noman.errors import ConfigError, UnknownService
+from noman.imageref import InvalidReference, is_registry_host, parse_reference
 from noman.model import (
     DEFAULT_TAG_PATTERN,
     CanaryCheck,
@@ -54,7 +55,6 @@ from noman.model import (
 from noman.operators import NO_CONTROLS, Controls, Operator
 from noman.ordering import order_kind
 from noman.registries.auth import default_docker_config, read_docker_config
-from noman.registries.reference import InvalidReference, is_registry_host, parse_reference
 from noman.windows import Window, parse_cron, parse_timezone
 
 DEFAULT_CONFIG_PATH = "noman.toml"

@@ -1,29 +1,183 @@
-"""Image names as Docker reads them: which registry host, which repository path.
+"""Image names as Docker reads them: which registry, which repository, http or https.
 
-A service's ``repository`` is the image name as ``docker pull`` spells it,
-without a tag: ``registry.example:5000/team/app``, ``ghcr.io/acme/shop``, or
-``acme/shop`` (Docker Hub). Registries announce pushes with the host and
-the path apart (``request.host`` and ``target.repository``), or with Docker
-Hub's short names, so comparing strings is not enough.
+A service's ``repository`` is the image name as ``docker pull`` spells it, without a tag:
+``registry.example:5000/team/app``, ``ghcr.io/acme/shop``, ``acme/shop`` (Docker Hub), or
+``shop`` (Docker Hub's official ``library/shop``). Registries announce pushes with the host
+and the path apart (``request.host`` and ``target.repository``), or with Docker Hub's short
+names, so comparing strings is not enough.
 
-The rules are Docker's own (``distribution/reference``,
-``ParseNormalizedNamed`` and ``splitDockerDomain``): the first component is
-a registry host when it has a ``.`` or a ``:`` or is ``localhost``;
-otherwise the image is on Docker Hub, whose host has three spellings
-(``docker.io``, ``index.docker.io``, ``registry-1.docker.io``) and whose
-one-component names live under ``library/`` (``nginx`` is
-``docker.io/library/nginx``). Hosts and paths compare case-insensitively:
-hosts are DNS names, and Docker refuses upper case in paths anyway.
+The rules are Docker's own (``distribution/reference``, ``ParseNormalizedNamed`` and
+``splitDockerDomain``): the first component is a registry host when it has a ``.`` or a
+``:`` or is ``localhost``; otherwise the image is on Docker Hub, whose host has several
+spellings and whose one-component names live under ``library/``. Hosts and paths compare
+case-insensitively: hosts are DNS names, and Docker refuses upper case in paths anyway.
+Plain HTTP is used only where the Docker daemon uses it: loopback hosts (127.0.0.0/8,
+::1, ``localhost``) and the hosts an operator lists as insecure.
 
-Pure functions, no Noman imports: webhook senders and registry polling
-both use them.
+Pure functions on strings, no Noman imports (nothing here opens a connection): webhook
+senders compare a payload's image with a service's through them, and registry polling
+and the configuration read a service's repository with them.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import NamedTuple
 
-DOCKER_HUB = "docker.io"
+__all__ = [
+    "DOCKER_HUB",
+    "DOCKER_HUB_HOSTS",
+    "DOCKER_HUB_NAME",
+    "ImageName",
+    "ImageReference",
+    "InvalidReference",
+    "is_loopback",
+    "is_registry_host",
+    "names_image",
+    "names_same_image",
+    "normalised",
+    "parse_image_name",
+    "parse_reference",
+    "same_image",
+    "split_host",
+]
+
+#: Where Docker Hub's registry API answers; ``docker.io`` is its name in image references.
+DOCKER_HUB = "registry-1.docker.io"
+# The names Docker (and people) use for Docker Hub; all of them reach the same images.
+_DOCKER_HUB_ALIASES = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+# distribution/reference's grammar: path components of lower-case alphanumerics joined by
+# one '.', one or two '_', or any number of '-'.
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+_HOST = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+    r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+)
+# distribution/reference: a whole name (host and path) is at most 255 characters.
+_MAX_NAME = 255
+
+
+class InvalidReference(ValueError):
+    """The text is not an image name a registry can be asked about."""
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """One repository on one registry: ``host`` (lower case, with any port), ``path``, scheme."""
+
+    host: str
+    path: str
+    scheme: str = "https"
+
+    @property
+    def base_url(self) -> str:
+        """The registry's root URL, e.g. ``https://ghcr.io`` (the API is under ``/v2/``)."""
+        return f"{self.scheme}://{self.host}"
+
+    @property
+    def tags_url(self) -> str:
+        """The URL of the repository's tag list (OCI Distribution ``GET /v2/<name>/tags/list``)."""
+        return f"{self.base_url}/v2/{self.path}/tags/list"
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.path}"
+
+
+def split_host(name: str) -> tuple[str | None, str]:
+    """``name`` split as Docker splits it: (the host it names or None, the rest)."""
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first.lower() == "localhost"):
+        return first, rest
+    return None, name
+
+
+def parse_reference(repository: str, insecure: Collection[str] = ()) -> ImageReference:
+    """Where the registry API of ``repository`` (an image name without tag) answers.
+
+    Args:
+        repository: the name as ``docker pull`` takes it, without ``:tag`` or ``@digest``.
+        insecure: ``host`` or ``host:port`` entries reached over plain HTTP, compared with
+            the reference's host exactly (a bare host also covers that host on any port).
+
+    Raises:
+        InvalidReference: when ``repository`` is not a valid image name.
+    """
+    if not repository or repository != repository.strip() or len(repository) > _MAX_NAME:
+        raise InvalidReference(f"{repository!r} is not an image name")
+    if "@" in repository:
+        raise InvalidReference(f"{repository!r}: name the repository without a digest")
+    host, path = split_host(repository)
+    if ":" in path:
+        raise InvalidReference(f"{repository!r}: name the repository without a tag")
+    if host is None:
+        host = DOCKER_HUB
+    host = host.lower()
+    if not _HOST.fullmatch(host):
+        raise InvalidReference(f"{repository!r}: {host!r} is not a registry host")
+    if host in _DOCKER_HUB_ALIASES:
+        host = DOCKER_HUB
+    # Registries serve lower-case names only; the hook matches repositories case-blind.
+    path = path.lower()
+    if host == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if not all(_COMPONENT.fullmatch(part) for part in path.split("/")):
+        raise InvalidReference(
+            f"{repository!r}: a repository is lower-case letters and digits, separated by "
+            "'/' and single '.', '_', '__' or '-' runs"
+        )
+    return ImageReference(host, path, _scheme(host, insecure))
+
+
+def names_same_image(repository: str, host: str | None, name: str) -> bool:
+    """True when a payload's ``host`` and repository ``name`` name the image ``repository`` does.
+
+    ``host`` None means the payload names no registry: ``name`` is then read on its own, as
+    Docker reads it (``acme/shop`` is on Docker Hub). Names that do not parse never match.
+    """
+    try:
+        ours = parse_reference(repository)
+        theirs = parse_reference(f"{host}/{name}" if host else name)
+    except InvalidReference:
+        return False
+    return (ours.host, ours.path) == (theirs.host, theirs.path)
+
+
+def is_registry_host(text: str) -> bool:
+    """True when ``text`` is a ``host[:port]`` as image names spell a registry."""
+    return _HOST.fullmatch(text.lower()) is not None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
+    name = _without_port(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _without_port(host: str) -> str:
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+def _scheme(host: str, insecure: Collection[str]) -> str:
+    listed = {entry.lower() for entry in insecure}
+    if is_loopback(host) or host in listed or _without_port(host) in listed:
+        return "http"
+    return "https"
+
+
+#: Docker Hub as a normalised image name spells it.
+DOCKER_HUB_NAME = "docker.io"
 #: Every host name that means Docker Hub.
 DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
@@ -58,7 +212,7 @@ def parse_image_name(name: str) -> ImageName:
     first, sep, rest = bare.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
         return normalised(first, rest)
-    return normalised(DOCKER_HUB, bare)
+    return normalised(DOCKER_HUB_NAME, bare)
 
 
 def normalised(host: str, path: str) -> ImageName:
@@ -71,7 +225,7 @@ def normalised(host: str, path: str) -> ImageName:
     if not host or not path or "" in path.split("/"):
         raise ValueError(f"not an image name: {host!r}/{path!r}")
     if host in DOCKER_HUB_HOSTS:
-        host = DOCKER_HUB
+        host = DOCKER_HUB_NAME
         if "/" not in path:
             path = f"library/{path}"
     return ImageName(host, path)

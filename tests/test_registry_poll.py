@@ -31,6 +31,13 @@ from noman.errors import (
     RegistryUnauthorized,
     RegistryUnavailable,
 )
+from noman.imageref import (
+    DOCKER_HUB,
+    ImageReference,
+    InvalidReference,
+    names_same_image,
+    parse_reference,
+)
 from noman.model import Service
 from noman.registries.auth import (
     DockerCredentials,
@@ -41,13 +48,6 @@ from noman.registries.auth import (
 )
 from noman.registries.client import RegistryClient, parse_link_next, parse_retry_after
 from noman.registries.poller import BACKOFF_FIRST, Poller, PollState, newest_accepted
-from noman.registries.reference import (
-    DOCKER_HUB,
-    ImageReference,
-    InvalidReference,
-    names_same_image,
-    parse_reference,
-)
 from noman.release import Outcome, Release
 from tests.fakes._server import FakeClock
 from tests.fakes.receiver import closed_port

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from noman.registries.reference import DOCKER_HUB
+from noman.imageref import DOCKER_HUB
 
 __all__ = [
     "Challenge",
