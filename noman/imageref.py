@@ -42,13 +42,14 @@ __all__ = [
     "parse_image_name",
     "parse_reference",
     "same_image",
-    "split_host",
 ]
 
-#: Where Docker Hub's registry API answers; ``docker.io`` is its name in image references.
+#: Docker Hub as a normalised image name spells it.
+DOCKER_HUB_NAME = "docker.io"
+#: Where Docker Hub's registry API answers (``DOCKER_HUB_NAME`` is not an API host).
 DOCKER_HUB = "registry-1.docker.io"
-# The names Docker (and people) use for Docker Hub; all of them reach the same images.
-_DOCKER_HUB_ALIASES = frozenset(
+#: Every host name that means Docker Hub: all of them reach the same images.
+DOCKER_HUB_HOSTS = frozenset(
     {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 )
 # distribution/reference's grammar: path components of lower-case alphanumerics joined by
@@ -63,7 +64,17 @@ _MAX_NAME = 255
 
 
 class InvalidReference(ValueError):
-    """The text is not an image name a registry can be asked about."""
+    """The text is not an image name (or not one a registry can be asked about)."""
+
+
+class ImageName(NamedTuple):
+    """A normalised image name: registry host (with any port) and repository path."""
+
+    host: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.path}"
 
 
 @dataclass(frozen=True)
@@ -88,12 +99,85 @@ class ImageReference:
         return f"{self.host}/{self.path}"
 
 
-def split_host(name: str) -> tuple[str | None, str]:
-    """``name`` split as Docker splits it: (the host it names or None, the rest)."""
+# -- the rules: where the host ends, what a name normalises to ---------------------------------
+
+
+def normalised(host: str, path: str) -> ImageName:
+    """(``host``, ``path``) as a registry announces them, in the form names compare in.
+
+    Raises:
+        InvalidReference: an empty host, path or path component.
+    """
+    host, path = host.lower(), path.lower()
+    if not host or not path or "" in path.split("/"):
+        raise InvalidReference(f"not an image name: {host!r}/{path!r}")
+    if host in DOCKER_HUB_HOSTS:
+        host = DOCKER_HUB_NAME
+        if "/" not in path:
+            path = f"library/{path}"
+    return ImageName(host, path)
+
+
+def _split_host(name: str) -> tuple[str, str]:
+    """``name`` split as Docker's ``splitDockerDomain`` does: (registry host, the rest).
+
+    The first component is a host when it has a ``.`` or a ``:`` or is ``localhost``;
+    otherwise the name is on Docker Hub.
+    """
     first, slash, rest = name.partition("/")
     if slash and ("." in first or ":" in first or first.lower() == "localhost"):
         return first, rest
-    return None, name
+    return DOCKER_HUB_NAME, name
+
+
+# -- webhook senders: lenient, a tag or digest is dropped, garbage matches nothing -------------
+
+
+def parse_image_name(name: str) -> ImageName:
+    """``name`` as (host, path), normalised; any ``:tag`` or ``@digest`` is dropped.
+
+    >>> parse_image_name("acme/shop")
+    ImageName(host='docker.io', path='acme/shop')
+    >>> parse_image_name("nginx:1.25")
+    ImageName(host='docker.io', path='library/nginx')
+    >>> parse_image_name("Registry.Example:5000/Team/App")
+    ImageName(host='registry.example:5000', path='team/app')
+
+    Raises:
+        InvalidReference: ``name`` has an empty host, path or path component.
+    """
+    bare = name.split("@", 1)[0]
+    slash, colon = bare.rfind("/"), bare.rfind(":")
+    if colon > slash:  # a colon after the last slash starts a tag; before it, a port
+        bare = bare[:colon]
+    return normalised(*_split_host(bare))
+
+
+def names_image(configured: str, host: str | None, path: str) -> bool:
+    """True when a registry's (``host``, ``path``) is the image ``configured`` names.
+
+    ``host`` None means the registry did not say (a notification without its
+    request record): then the path alone must match, on the configured host.
+    Anything that is not an image name matches nothing.
+    """
+    try:
+        wanted = parse_image_name(configured)
+        seen = normalised(wanted.host if host is None else host, path)
+    except InvalidReference:
+        return False
+    return seen == wanted
+
+
+def same_image(configured: str, name: str) -> bool:
+    """True when the image name ``name`` (a payload's spelling) is ``configured``'s image."""
+    try:
+        seen = parse_image_name(name)
+    except InvalidReference:
+        return False
+    return names_image(configured, seen.host, seen.path)
+
+
+# -- registry polling and the config: strict, and where the registry API answers ---------------
 
 
 def parse_reference(repository: str, insecure: Collection[str] = ()) -> ImageReference:
@@ -111,26 +195,20 @@ def parse_reference(repository: str, insecure: Collection[str] = ()) -> ImageRef
         raise InvalidReference(f"{repository!r} is not an image name")
     if "@" in repository:
         raise InvalidReference(f"{repository!r}: name the repository without a digest")
-    host, path = split_host(repository)
+    host, path = _split_host(repository)
     if ":" in path:
         raise InvalidReference(f"{repository!r}: name the repository without a tag")
-    if host is None:
-        host = DOCKER_HUB
-    host = host.lower()
-    if not _HOST.fullmatch(host):
-        raise InvalidReference(f"{repository!r}: {host!r} is not a registry host")
-    if host in _DOCKER_HUB_ALIASES:
-        host = DOCKER_HUB
+    if not is_registry_host(host):
+        raise InvalidReference(f"{repository!r}: {host.lower()!r} is not a registry host")
     # Registries serve lower-case names only; the hook matches repositories case-blind.
-    path = path.lower()
-    if host == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    if not all(_COMPONENT.fullmatch(part) for part in path.split("/")):
+    if not all(_COMPONENT.fullmatch(part) for part in path.lower().split("/")):
         raise InvalidReference(
             f"{repository!r}: a repository is lower-case letters and digits, separated by "
             "'/' and single '.', '_', '__' or '-' runs"
         )
-    return ImageReference(host, path, _scheme(host, insecure))
+    name = normalised(host, path)
+    api_host = DOCKER_HUB if name.host == DOCKER_HUB_NAME else name.host
+    return ImageReference(api_host, name.path, _scheme(api_host, insecure))
 
 
 def names_same_image(repository: str, host: str | None, name: str) -> bool:
@@ -174,82 +252,3 @@ def _scheme(host: str, insecure: Collection[str]) -> str:
     if is_loopback(host) or host in listed or _without_port(host) in listed:
         return "http"
     return "https"
-
-
-#: Docker Hub as a normalised image name spells it.
-DOCKER_HUB_NAME = "docker.io"
-#: Every host name that means Docker Hub.
-DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-
-
-class ImageName(NamedTuple):
-    """A normalised image name: registry host (with any port) and repository path."""
-
-    host: str
-    path: str
-
-    def __str__(self) -> str:
-        return f"{self.host}/{self.path}"
-
-
-def parse_image_name(name: str) -> ImageName:
-    """``name`` as (host, path), normalised; any ``:tag`` or ``@digest`` is dropped.
-
-    >>> parse_image_name("acme/shop")
-    ImageName(host='docker.io', path='acme/shop')
-    >>> parse_image_name("nginx:1.25")
-    ImageName(host='docker.io', path='library/nginx')
-    >>> parse_image_name("Registry.Example:5000/Team/App")
-    ImageName(host='registry.example:5000', path='team/app')
-
-    Raises:
-        ValueError: ``name`` has an empty host, path or path component.
-    """
-    bare = name.split("@", 1)[0]
-    slash, colon = bare.rfind("/"), bare.rfind(":")
-    if colon > slash:  # a colon after the last slash starts a tag; before it, a port
-        bare = bare[:colon]
-    first, sep, rest = bare.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return normalised(first, rest)
-    return normalised(DOCKER_HUB_NAME, bare)
-
-
-def normalised(host: str, path: str) -> ImageName:
-    """(``host``, ``path``) as a registry announces them, in the form names compare in.
-
-    Raises:
-        ValueError: an empty host, path or path component.
-    """
-    host, path = host.lower(), path.lower()
-    if not host or not path or "" in path.split("/"):
-        raise ValueError(f"not an image name: {host!r}/{path!r}")
-    if host in DOCKER_HUB_HOSTS:
-        host = DOCKER_HUB_NAME
-        if "/" not in path:
-            path = f"library/{path}"
-    return ImageName(host, path)
-
-
-def names_image(configured: str, host: str | None, path: str) -> bool:
-    """True when a registry's (``host``, ``path``) is the image ``configured`` names.
-
-    ``host`` None means the registry did not say (a notification without its
-    request record): then the path alone must match, on the configured host.
-    Anything that is not an image name matches nothing.
-    """
-    try:
-        wanted = parse_image_name(configured)
-        seen = normalised(wanted.host if host is None else host, path)
-    except ValueError:
-        return False
-    return seen == wanted
-
-
-def same_image(configured: str, name: str) -> bool:
-    """True when the image name ``name`` (a payload's spelling) is ``configured``'s image."""
-    try:
-        seen = parse_image_name(name)
-    except ValueError:
-        return False
-    return names_image(configured, seen.host, seen.path)

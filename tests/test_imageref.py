@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from noman.imageref import ImageName, names_image, parse_image_name, same_image
+from noman.imageref import ImageName, names_image, parse_image_name, parse_reference, same_image
 
 
 @pytest.mark.parametrize(
@@ -17,11 +17,13 @@ from noman.imageref import ImageName, names_image, parse_image_name, same_image
         ("index.docker.io/acme/shop", "docker.io", "acme/shop"),
         ("registry-1.docker.io/library/nginx", "docker.io", "library/nginx"),
         ("docker.io/nginx", "docker.io", "library/nginx"),
+        ("registry.hub.docker.com/acme/shop", "docker.io", "acme/shop"),
         # A first component with a dot, a colon, or localhost is a registry host.
         ("ghcr.io/acme/shop", "ghcr.io", "acme/shop"),
         ("registry.example:5000/team/app", "registry.example:5000", "team/app"),
         ("localhost/app", "localhost", "app"),
         ("localhost:5000/team/app", "localhost:5000", "team/app"),
+        ("LOCALHOST/app", "localhost", "app"),
         ("[::1]:5000/app", "[::1]:5000", "app"),
         ("myregistry.azurecr.io/a/b/c", "myregistry.azurecr.io", "a/b/c"),
         # Not a host: no dot, no colon, not localhost.
@@ -60,6 +62,7 @@ def test_not_an_image_name(name: str) -> None:
         ("nginx", None, "nginx", True),
         ("nginx", "index.docker.io", "library/nginx", True),
         ("acme/shop", "registry-1.docker.io", "acme/shop", True),
+        ("acme/shop", "registry.hub.docker.com", "acme/shop", True),
         ("acme/shop", "ghcr.io", "acme/shop", False),
         # Garbage from a payload matches nothing, and never raises.
         ("registry.example/team/app", "registry.example", "", False),
@@ -85,3 +88,22 @@ def test_names_image(configured: str, host: str | None, path: str, matches: bool
 )
 def test_same_image(configured: str, name: str, matches: bool) -> None:
     assert same_image(configured, name) is matches
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "nginx",
+        "acme/shop",
+        "docker.io/acme/shop",
+        "registry.hub.docker.com/library/nginx",
+        "GHCR.io/Acme/Shop",
+        "registry.example:5000/team/app",
+        "localhost:5000/x",
+        "LOCALHOST/team/x",
+        "[::1]:5000/a",
+    ],
+)
+def test_the_image_polled_is_the_image_a_payload_must_name(repository: str) -> None:
+    # Registry polling and webhook senders read a service's repository by the same rules.
+    assert same_image(repository, str(parse_reference(repository)))
