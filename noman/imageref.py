@@ -37,7 +37,6 @@ __all__ = [
     "is_loopback",
     "is_registry_host",
     "names_image",
-    "names_same_image",
     "normalised",
     "parse_image_name",
     "parse_reference",
@@ -209,20 +208,6 @@ def parse_reference(repository: str, insecure: Collection[str] = ()) -> ImageRef
     name = normalised(host, path)
     api_host = DOCKER_HUB if name.host == DOCKER_HUB_NAME else name.host
     return ImageReference(api_host, name.path, _scheme(api_host, insecure))
-
-
-def names_same_image(repository: str, host: str | None, name: str) -> bool:
-    """True when a payload's ``host`` and repository ``name`` name the image ``repository`` does.
-
-    ``host`` None means the payload names no registry: ``name`` is then read on its own, as
-    Docker reads it (``acme/shop`` is on Docker Hub). Names that do not parse never match.
-    """
-    try:
-        ours = parse_reference(repository)
-        theirs = parse_reference(f"{host}/{name}" if host else name)
-    except InvalidReference:
-        return False
-    return (ours.host, ours.path) == (theirs.host, theirs.path)
 
 
 def is_registry_host(text: str) -> bool:

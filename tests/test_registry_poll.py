@@ -35,7 +35,6 @@ from noman.imageref import (
     DOCKER_HUB,
     ImageReference,
     InvalidReference,
-    names_same_image,
     parse_reference,
 )
 from noman.model import Service
@@ -223,28 +222,6 @@ def test_a_reference_knows_its_urls() -> None:
     assert ref.tags_url == "https://ghcr.io/v2/acme/shop/tags/list"
     assert str(ref) == "ghcr.io/acme/shop"
     assert parse_reference("localhost:5000/x").base_url == "http://localhost:5000"
-
-
-@pytest.mark.parametrize(
-    ("repository", "host", "name", "same"),
-    [
-        ("acme/shop", None, "acme/shop", True),
-        ("acme/shop", "docker.io", "acme/shop", True),
-        ("acme/shop", "registry-1.docker.io", "Acme/Shop", True),
-        ("shop", None, "library/shop", True),
-        ("ghcr.io/acme/shop", "ghcr.io", "acme/shop", True),
-        ("ghcr.io/acme/shop", "GHCR.IO", "acme/shop", True),
-        ("ghcr.io/acme/shop", None, "acme/shop", False),
-        ("ghcr.io/acme/shop", "ghcr.io", "acme/other", False),
-        ("registry.example:5000/team/app", "registry.example:5000", "team/app", True),
-        ("registry.example:5000/team/app", "registry.example", "team/app", False),
-        ("acme/shop", None, "acme/shop:1.0", False),
-    ],
-)
-def test_a_payloads_host_and_repository_name_the_same_image(
-    repository: str, host: str | None, name: str, same: bool
-) -> None:
-    assert names_same_image(repository, host, name) is same
 
 
 # -- challenges, credentials, tokens ------------------------------------------------------------
