@@ -14,9 +14,14 @@ case-insensitively: hosts are DNS names, and Docker refuses upper case in paths 
 Plain HTTP is used only where the Docker daemon uses it: loopback hosts (127.0.0.0/8,
 ::1, ``localhost``) and the hosts an operator lists as insecure.
 
-Pure functions on strings, no Noman imports (nothing here opens a connection): webhook
-senders compare a payload's image with a service's through them, and registry polling
-and the configuration read a service's repository with them.
+Two readings share these rules. Webhook senders compare a payload's image with a
+service's (``same_image``, ``names_image``): a ``:tag`` or ``@digest`` is dropped, a path
+announced without its host is looked for on the service's host, and what cannot be read
+matches nothing. Registry polling and the configuration ask where a service's repository
+is served (``parse_reference``): a tag or digest is refused, Docker's grammar is checked,
+Docker Hub becomes its API host ``registry-1.docker.io``, and http or https is decided.
+
+Pure functions on strings, no Noman imports: nothing here opens a connection.
 """
 
 from __future__ import annotations
