@@ -1,4 +1,4 @@
-"""Polling registries: names, the token flow, tag lists, the poller's decisions, its config.
+"""Polling registries: the token flow, tag lists, the poller's decisions, its config.
 
 Everything runs against ``tests.fakes.registry`` over real HTTP; the poller's callbacks
 are an in-memory stand-in for the deploy path, so no Consul is involved.
@@ -31,6 +31,7 @@ from noman.errors import (
     RegistryUnauthorized,
     RegistryUnavailable,
 )
+from noman.imageref import DOCKER_HUB
 from noman.model import Service
 from noman.registries.auth import (
     DockerCredentials,
@@ -41,13 +42,6 @@ from noman.registries.auth import (
 )
 from noman.registries.client import RegistryClient, parse_link_next, parse_retry_after
 from noman.registries.poller import BACKOFF_FIRST, Poller, PollState, newest_accepted
-from noman.registries.reference import (
-    DOCKER_HUB,
-    ImageReference,
-    InvalidReference,
-    names_same_image,
-    parse_reference,
-)
 from noman.release import Outcome, Release
 from tests.fakes._server import FakeClock
 from tests.fakes.receiver import closed_port
@@ -160,91 +154,6 @@ def docker_config(tmp_path: Path, entries: dict[str, Any], **extra: Any) -> Path
 
 def auth_entry(user: str, password: str) -> dict[str, str]:
     return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-# -- names ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "insecure", "host", "path", "scheme"),
-    [
-        ("acme/shop", (), DOCKER_HUB, "acme/shop", "https"),
-        ("shop", (), DOCKER_HUB, "library/shop", "https"),
-        ("docker.io/acme/shop", (), DOCKER_HUB, "acme/shop", "https"),
-        ("index.docker.io/library/nginx", (), DOCKER_HUB, "library/nginx", "https"),
-        ("docker.io/nginx", (), DOCKER_HUB, "library/nginx", "https"),
-        ("ghcr.io/acme/shop", (), "ghcr.io", "acme/shop", "https"),
-        ("GHCR.io/Acme/Shop", (), "ghcr.io", "acme/shop", "https"),
-        ("quay.io/team/sub/app", (), "quay.io", "team/sub/app", "https"),
-        ("registry.example:5000/team/app", (), "registry.example:5000", "team/app", "https"),
-        ("localhost:5000/x", (), "localhost:5000", "x", "http"),
-        ("localhost/team/x", (), "localhost", "team/x", "http"),
-        ("127.0.0.1:5000/a/b", (), "127.0.0.1:5000", "a/b", "http"),
-        ("127.8.9.10/a", (), "127.8.9.10", "a", "http"),
-        ("[::1]:5000/a", (), "[::1]:5000", "a", "http"),
-        ("10.0.0.5:5000/a", (), "10.0.0.5:5000", "a", "https"),
-        ("reg.local:5000/team/app", ("reg.local:5000",), "reg.local:5000", "team/app", "http"),
-        ("reg.local:5000/team/app", ("REG.local",), "reg.local:5000", "team/app", "http"),
-        ("reg.local:5000/team/app", ("reg.local:5001",), "reg.local:5000", "team/app", "https"),
-        ("example/app", (), DOCKER_HUB, "example/app", "https"),
-        ("acme/b__c.d-e--f", (), DOCKER_HUB, "acme/b__c.d-e--f", "https"),
-    ],
-)
-def test_image_names_are_read_as_docker_reads_them(
-    name: str, insecure: tuple[str, ...], host: str, path: str, scheme: str
-) -> None:
-    assert parse_reference(name, insecure) == ImageReference(host, path, scheme)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "",
-        " acme/shop",
-        "acme/shop:1.0",
-        "acme/shop@sha256:" + "0" * 64,
-        "acme//shop",
-        "acme/-shop",
-        "acme/shop_",
-        "ghcr.io/",
-        "bad_host.example/x",
-        "acme/sh op",
-        "x" * 256,
-    ],
-)
-def test_names_a_registry_cannot_be_asked_about_are_refused(name: str) -> None:
-    with pytest.raises(InvalidReference):
-        parse_reference(name)
-
-
-def test_a_reference_knows_its_urls() -> None:
-    ref = parse_reference("ghcr.io/acme/shop")
-    assert ref.base_url == "https://ghcr.io"
-    assert ref.tags_url == "https://ghcr.io/v2/acme/shop/tags/list"
-    assert str(ref) == "ghcr.io/acme/shop"
-    assert parse_reference("localhost:5000/x").base_url == "http://localhost:5000"
-
-
-@pytest.mark.parametrize(
-    ("repository", "host", "name", "same"),
-    [
-        ("acme/shop", None, "acme/shop", True),
-        ("acme/shop", "docker.io", "acme/shop", True),
-        ("acme/shop", "registry-1.docker.io", "Acme/Shop", True),
-        ("shop", None, "library/shop", True),
-        ("ghcr.io/acme/shop", "ghcr.io", "acme/shop", True),
-        ("ghcr.io/acme/shop", "GHCR.IO", "acme/shop", True),
-        ("ghcr.io/acme/shop", None, "acme/shop", False),
-        ("ghcr.io/acme/shop", "ghcr.io", "acme/other", False),
-        ("registry.example:5000/team/app", "registry.example:5000", "team/app", True),
-        ("registry.example:5000/team/app", "registry.example", "team/app", False),
-        ("acme/shop", None, "acme/shop:1.0", False),
-    ],
-)
-def test_a_payloads_host_and_repository_name_the_same_image(
-    repository: str, host: str | None, name: str, same: bool
-) -> None:
-    assert names_same_image(repository, host, name) is same
 
 
 # -- challenges, credentials, tokens ------------------------------------------------------------

@@ -60,11 +60,11 @@ from noman.config.tables import (
 )
 from noman.durations import STAGE, parse_duration
 from noman.errors import ConfigError
+from noman.imageref import InvalidReference, is_registry_host, parse_reference
 from noman.model import CanaryCheck, CanaryPlan, NomadTarget, ReleasePhase, Service
 from noman.operators import NO_CONTROLS, Controls, Operator
 from noman.ordering import order_kind
 from noman.registries.auth import default_docker_config, read_docker_config
-from noman.registries.reference import InvalidReference, is_registry_host, parse_reference
 from noman.windows import Window, parse_cron, parse_timezone
 
 DEFAULT_CONFIG_PATH = "noman.toml"

@@ -1,6 +1,7 @@
-"""Polling container registries: image names, token authentication, tag lists, the poller.
+"""Polling container registries: token authentication, tag lists, the poller.
 
-* ``reference``: a service's ``repository`` read as Docker reads an image name;
+Image names are read by ``noman.imageref``, which webhook senders share.
+
 * ``auth``: Docker's token flow and the credentials of a Docker ``config.json``;
 * ``client``: ``RegistryClient.list_tags`` over the OCI Distribution API, every failure
   mapped to one of the ``Registry*`` errors of ``noman.errors``;

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from noman.registries.reference import DOCKER_HUB
+from noman.imageref import DOCKER_HUB, DOCKER_HUB_HOSTS
 
 __all__ = [
     "Challenge",
@@ -49,9 +49,6 @@ DEFAULT_EXPIRES_IN = 60.0
 # A token is dropped this long before it expires (at most a tenth of its life), so a
 # request never leaves with a token that dies on the way.
 TOKEN_MARGIN = 10.0
-_DOCKER_HUB_KEYS = frozenset(
-    {"index.docker.io", "docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
 
 
 # -- challenges ---------------------------------------------------------------------------
@@ -177,7 +174,7 @@ def credentials_key(key: str) -> str:
     if "://" in text:
         text = urlsplit(text).netloc or text
     host = text.split("/", 1)[0].lower()
-    return DOCKER_HUB if host in _DOCKER_HUB_KEYS else host
+    return DOCKER_HUB if host in DOCKER_HUB_HOSTS else host
 
 
 def default_docker_config(environ: Mapping[str, str]) -> Path | None:

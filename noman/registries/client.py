@@ -48,6 +48,7 @@ from noman.errors import (
     RegistryUnauthorized,
     RegistryUnavailable,
 )
+from noman.imageref import ImageReference, is_loopback, parse_reference
 from noman.metrics import REGISTRY_RATELIMIT_REMAINING
 from noman.registries.auth import (
     Challenge,
@@ -59,7 +60,6 @@ from noman.registries.auth import (
     parse_token,
     scope_for,
 )
-from noman.registries.reference import ImageReference, is_loopback, parse_reference
 
 if TYPE_CHECKING:
     from noman.config import PollSettings

@@ -39,11 +39,11 @@ from typing import Any
 
 from noman.config import PollSettings
 from noman.errors import NomanError, RegistryRateLimited
+from noman.imageref import ImageReference
 from noman.metrics import POLL_LAST_SUCCESS, POLLS
 from noman.model import Service
 from noman.ordering import OrderKey, order_key
 from noman.registries.client import RegistryClient
-from noman.registries.reference import ImageReference
 from noman.release import Outcome, Release, tag_accepted
 
 __all__ = ["BACKOFF_FIRST", "PollState", "Poller", "newest_accepted"]
