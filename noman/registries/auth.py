@@ -42,8 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The key ``docker login`` writes Docker Hub's credentials under.
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 #: Token lifetime when the token server does not say (Docker's token spec).
 DEFAULT_EXPIRES_IN = 60.0
 # A token is dropped this long before it expires (at most a tenth of its life), so a
