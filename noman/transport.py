@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -153,6 +154,39 @@ def identify(
     return marked(answer, server) or (
         isinstance(names, list) and all(isinstance(n, str) for n in names)
     )
+
+
+def what_answers(
+    answer: requests.Response,
+    foreign: bool,
+    *,
+    address: str,
+    expected: Server,
+    other_here: str,
+    refusals: frozenset[int],
+    other_answers: Callable[[], bool],
+) -> str | None:
+    """What answers at ``address`` instead of ``expected``, judged from an unusable answer.
+
+    None when ``expected`` itself may have said it (its own headers, a 5xx, one of its
+    ``refusals``). ``foreign`` is an answer of the wrong shape; ``other_answers`` probes
+    the other server's own endpoint, only when the answer leaves the question open.
+    """
+    where = scheme_problem(address, answer=answer)
+    if where is not None or marked(answer, expected):
+        return where
+    if marked(answer, "nomad" if expected == "consul" else "consul"):
+        return other_here
+    if answer.status_code >= 500 or answer.status_code in refusals:
+        return None  # a proxy's outage page, or a refusal: the server's words for those
+    html = described(answer).startswith("an HTML")
+    if not (foreign or html or answer.status_code == 404):
+        return None
+    if other_answers():
+        return other_here
+    if foreign or html:
+        return f"does not answer like {expected.capitalize()}: it sent {described(answer)}"
+    return None
 
 
 def described(answer: requests.Response) -> str:

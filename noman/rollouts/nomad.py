@@ -645,21 +645,15 @@ class NomadRollouts:
 
     def _what_answers(self, answer: requests.Response, foreign: bool) -> str | None:
         """What answers at the address instead of Nomad, judged from an unusable answer."""
-        where = transport.scheme_problem(self.settings.address, answer=answer)
-        if where is not None or transport.marked(answer, "nomad"):
-            return where
-        if transport.marked(answer, "consul"):
-            return _CONSUL_HERE
-        if answer.status_code >= 500 or answer.status_code in (401, 403):
-            return None  # a proxy's outage page, or a refusal: Nomad's words for those
-        html = transport.described(answer).startswith("an HTML")
-        if not (foreign or html or answer.status_code == 404):
-            return None
-        if self._consul_answers():
-            return _CONSUL_HERE
-        if foreign or html:
-            return f"does not answer like Nomad: it sent {transport.described(answer)}"
-        return None
+        return transport.what_answers(
+            answer,
+            foreign,
+            address=self.settings.address,
+            expected="nomad",
+            other_here=_CONSUL_HERE,
+            refusals=frozenset({401, 403}),
+            other_answers=self._consul_answers,
+        )
 
     def _consul_answers(self) -> bool:
         settings = self.settings

@@ -385,22 +385,15 @@ class ConsulStore:
 
     def _what_answers(self, answer: requests.Response, foreign: bool) -> str | None:
         """What answers at the address instead of Consul, judged from an unusable answer."""
-        settings = self.settings
-        where = transport.scheme_problem(settings.address, answer=answer)
-        if where is not None or transport.marked(answer, "consul"):
-            return where
-        if transport.marked(answer, "nomad"):
-            return _NOMAD_HERE
-        html = transport.described(answer).startswith("an HTML")
-        if answer.status_code >= 500 or answer.status_code in (401, 403, 409):
-            return None  # a proxy's outage page, or a refusal: Consul's words for those
-        if not (foreign or html or answer.status_code == 404):
-            return None
-        if self._nomad_answers():
-            return _NOMAD_HERE
-        if foreign or html:
-            return f"does not answer like Consul: it sent {transport.described(answer)}"
-        return None
+        return transport.what_answers(
+            answer,
+            foreign,
+            address=self.settings.address,
+            expected="consul",
+            other_here=_NOMAD_HERE,
+            refusals=frozenset({401, 403, 409}),
+            other_answers=self._nomad_answers,
+        )
 
     def _nomad_answers(self) -> bool:
         settings = self.settings
