@@ -103,9 +103,7 @@ def _operator() -> Operator:
     settings, limiter = parts.settings, parts.limiter
     address = request.remote_addr or "unknown"
     if limiter is not None:
-        wait = limiter.retry_after(address)
-        if wait is not None:
-            raise errors.TooManyFailures(wait)
+        limiter.refuse_if_over(address)
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     token = credentials.strip()
     if scheme.lower() != "bearer" or not token:

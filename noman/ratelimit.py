@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from noman.errors import TooManyFailures
+
 WINDOW_SECONDS = 60
 
 
@@ -84,6 +86,12 @@ class FailureLimiter:
                 "SELECT count FROM failures WHERE address = ? AND window = ?", (address, window)
             ).fetchone()
         return left if row is not None and row[0] >= self.limit else None
+
+    def refuse_if_over(self, address: str) -> None:
+        """Raise TooManyFailures (429, with Retry-After) when ``address`` is over the limit."""
+        wait = self.retry_after(address)
+        if wait is not None:
+            raise TooManyFailures(wait)
 
     def record_failure(self, address: str) -> None:
         """Count one failed authentication from ``address``."""

@@ -252,9 +252,7 @@ def _service_for(secret: str) -> Service:
     settings, limiter = parts.settings, parts.limiter
     address = request.remote_addr or "unknown"
     if limiter is not None:
-        wait = limiter.retry_after(address)
-        if wait is not None:
-            raise errors.TooManyFailures(wait)
+        limiter.refuse_if_over(address)
     service = auth.find_service(settings.services, secret)
     if service is None:
         if limiter is not None:

@@ -132,12 +132,12 @@ def login() -> tuple[str, int, dict[str, str]] | BaseResponse:
         raise errors.CsrfFailed()
     address = request.remote_addr or "unknown"
     limiter = components(current_app).limiter
-    if limiter is not None:
-        wait = limiter.retry_after(address)
-        if wait is not None:
-            log.warning("ui login refused", extra={"fields": {"address": address}})
-            page = _login_page(errors.TooManyFailures(wait).message)
-            return page, 429, {"Retry-After": str(wait)}
+    try:
+        if limiter is not None:
+            limiter.refuse_if_over(address)
+    except errors.TooManyFailures as exc:
+        log.warning("ui login refused", extra={"fields": {"address": address}})
+        return _login_page(exc.message), exc.status, {"Retry-After": str(exc.retry_after)}
     digest = token_matches(request.form.get("token", ""), _login_hashes())
     if digest is None:
         if limiter is not None:
