@@ -19,7 +19,6 @@ each enough on its own:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
 
+import msgspec
 from gunicorn import glogging
 
 from noman import routes
@@ -60,25 +60,31 @@ _TOKEN = re.compile(
     r"(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{22,}(?![A-Za-z0-9_-])"
 )
 _BEARER = re.compile(r"(bearer\s+)[^\s\"',;]+", re.IGNORECASE)
-# What every pattern above needs at least: a slash (paths, queries, segments), a percent
-# (encoded text), a 22-character token run, or "bearer". Text without any is left as it is,
-# at the cost of one search instead of five substitutions (most log fields are short words).
-_MAYBE_SECRET = re.compile(r"[/%]|[A-Za-z0-9_~-]{22}|bearer", re.IGNORECASE)
+# A run of 22 token characters: what _TOKEN_SEGMENT and _TOKEN need at least.
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_~-]{22}")
 
 
 def redact(text: str) -> str:
     """``text`` with hook path secrets, query strings and bearer tokens replaced."""
-    if _MAYBE_SECRET.search(text) is None:
-        return text
     for _ in range(3):  # '/%2568ooks/<secret>' is '/hooks/<secret>' decoded twice
         if "%" not in text:
             break
         text = unquote(text)
-    text = _HOOK_PATH.sub(_redact_hook_rest, text)
-    text = _QUERY.sub(r"\1?" + REDACTED, text)
-    text = _TOKEN_SEGMENT.sub(REDACTED, text)
-    text = _TOKEN.sub(REDACTED, text)
-    return _BEARER.sub(r"\1" + REDACTED, text)
+    # Each substitution runs only when the text holds what its pattern needs at least
+    # (most log fields are short words): one search instead of five substitutions.
+    lowered = text.lower()
+    if "/" in text:
+        if "hook" in lowered:
+            text = _HOOK_PATH.sub(_redact_hook_rest, text)
+        if "?" in text:
+            text = _QUERY.sub(r"\1?" + REDACTED, text)
+    if _TOKEN_RUN.search(text) is not None:
+        if "/" in text:
+            text = _TOKEN_SEGMENT.sub(REDACTED, text)
+        text = _TOKEN.sub(REDACTED, text)
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+    return text
 
 
 def _redact_hook_rest(match: re.Match[str]) -> str:
@@ -129,6 +135,10 @@ def _trace_without_message(exc_info: Any) -> str:
     return "Traceback (most recent call last):\n" + "".join(lines)
 
 
+# Values JSON cannot hold (an exception, a path) are written as their text.
+_LINE_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any extra fields.
 
@@ -151,7 +161,8 @@ class JsonFormatter(logging.Formatter):
         if record.exc_text:
             entry["exc"] = record.exc_text
         # Layer 2 for the structured fields too: a tag or reason is client text.
-        return json.dumps(_redact_values(entry), default=str)
+        # msgspec writes the line ten times faster than json.dumps (one per request).
+        return _LINE_ENCODER.encode(_redact_values(entry)).decode()
 
 
 def _redact_values(value: Any) -> Any:

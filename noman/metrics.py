@@ -15,6 +15,7 @@ leader's process only: in multiprocess mode the newest value of a live process c
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 
@@ -42,6 +43,14 @@ HOOK_REQUESTS = Counter(
     "Hook requests by service and outcome (see OUTCOMES, or an error code).",
     ["service", "outcome"],
 )
+
+
+@functools.lru_cache(maxsize=4096)
+def hook_requests(service: str, outcome: str) -> Counter:
+    """HOOK_REQUESTS' child for these labels, looked up once (labels() takes a lock)."""
+    return HOOK_REQUESTS.labels(service, outcome)
+
+
 HOOK_DURATION = Histogram(
     "noman_hook_duration_seconds",
     "Time to answer a hook request.",

@@ -53,9 +53,10 @@ def install(app: Flask) -> None:
 
     @app.after_request
     def remember_route(response: Response) -> Response:
-        request.environ[ROUTE_KEY] = current_route()
-        sock = request.environ.get("gunicorn.socket")
-        closing = response.status_code in CLOSE_AFTER or request.environ.get(CLOSE_CONNECTION)
+        environ, rule = request.environ, request.url_rule
+        environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
+        sock = environ.get("gunicorn.socket")
+        closing = response.status_code in CLOSE_AFTER or environ.get(CLOSE_CONNECTION)
         if closing and isinstance(sock, DeadlineSocket):
             # The body was refused unread or half read: what follows on this
             # connection is not a request. Answer, then close.

@@ -31,6 +31,13 @@ from noman.model import Service
         ),
         ("Authorization: Bearer abc.def", "Authorization: Bearer <redacted>"),
         ("GET /healthz 200", "GET /healthz 200"),
+        # Each pattern alone, with nothing the others look for.
+        ("token AbCdEfGhIjKlMnOpQrSt12 end", "token <redacted> end"),
+        ("GET /srv/abcdefghijklmnopqrstuv/x", "GET /srv/<redacted>/x"),
+        ("GET /status?key=v", "GET /status?<redacted>"),
+        ("BEARER%20abc", "BEARER <redacted>"),
+        ("/HOOKS/abc", "/HOOKS/<redacted>"),
+        ("web", "web"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:

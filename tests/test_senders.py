@@ -9,7 +9,7 @@ import pytest
 
 from noman.errors import InvalidJSON, InvalidPayload
 from noman.release import Ignored
-from noman.senders import parse_json, parse_release
+from noman.senders import MAX_DEPTH, parse_json, parse_release
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
@@ -74,6 +74,17 @@ def test_strict_json_refuses(body: bytes) -> None:
 
 def test_brackets_inside_strings_do_not_count_as_depth() -> None:
     assert parse_json(json.dumps({"tag": "[" * 1000}).encode()) == {"tag": "[" * 1000}
+
+
+def test_depth_is_counted_exactly_once_brackets_outnumber_the_limit() -> None:
+    # Many shallow objects pass; one level past MAX_DEPTH, in few brackets, does not.
+    shallow = {"layers": [{"size": n} for n in range(100)]}
+    assert parse_json(json.dumps(shallow).encode()) == shallow
+    at_limit = "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    assert parse_json(f'{{"a": {at_limit}}}'.encode()) == {"a": json.loads(at_limit)}
+    past = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    with pytest.raises(InvalidJSON, match="nested more than"):
+        parse_json(f'{{"a": {past}}}'.encode())
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from noman.senders import (
     quay,
     standard,
 )
-from noman.senders.common import Headers, Sender, canonical, check_auth_header, screen
+from noman.senders.common import Headers, Sender, canonical, check_auth_header, never, screen
 
 __all__ = [
     "SENDERS",
@@ -84,6 +84,11 @@ SENDERS: tuple[Sender, ...] = (
     *foreign.FOREIGN_BY_SHAPE,
 )
 
+# The rows each pass asks: a row without a header test (or a shape test) is left out
+# of that pass rather than asked and answering False, once per request.
+_BY_HEADERS = tuple(row for row in SENDERS if row.headers is not never)
+_BY_SHAPE = tuple(row for row in SENDERS if row.shape is not never)
+
 MAX_DEPTH = 32
 
 
@@ -95,15 +100,12 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise InvalidJSON("The body is not valid UTF-8.") from None
     if not text.strip():
         raise InvalidJSON("The body is empty; send a JSON object.")
-    if _depth(text) > MAX_DEPTH:
+    # Deeper than MAX_DEPTH needs more opening brackets than that: the exact count (a
+    # Python loop over every character, 19 us of a 668-byte DockerHub push) runs only then.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise InvalidJSON(f"The JSON is nested more than {MAX_DEPTH} levels deep.")
     try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_float=_finite_float,
-        )
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise InvalidJSON(f"The body is not valid JSON: {_reason(exc)}") from None
     if not isinstance(data, dict):
@@ -157,12 +159,12 @@ _UNRECOGNISED = f"Unrecognised payload. {foreign.TAKEN}"
 
 def by_headers(headers: Headers) -> Sender | None:
     """The first row of the table that recognises these (lower-case) headers."""
-    return next((row for row in SENDERS if row.headers(headers)), None)
+    return next((row for row in _BY_HEADERS if row.headers(headers)), None)
 
 
 def by_shape(payload: dict[str, Any]) -> Sender | None:
     """The first row of the table that recognises this JSON object's shape."""
-    return next((row for row in SENDERS if row.shape(payload)), None)
+    return next((row for row in _BY_SHAPE if row.shape(payload)), None)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -184,6 +186,12 @@ def _finite_float(literal: str) -> float:
     if math.isinf(value):
         raise InvalidPayload(f"The number {literal[:40]} is too large.")
     return value
+
+
+# Built once: json.loads with these hooks would build a decoder per request.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite_float
+)
 
 
 def _depth(text: str) -> int:

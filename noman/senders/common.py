@@ -59,7 +59,8 @@ RETRYING_SENDERS = frozenset({"distribution"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _never(_: Any) -> bool:
+def never(_: Any) -> bool:
+    """The test of a row that is not recognised that way (no header test, or no shape)."""
     return False
 
 
@@ -108,8 +109,8 @@ class Sender:
 
     name: str
     parse: Callable[[JSON, Service | None, Headers], Release | Ignored | None]
-    headers: Callable[[Headers], bool] = _never
-    shape: Callable[[JSON], bool] = _never
+    headers: Callable[[Headers], bool] = never
+    shape: Callable[[JSON], bool] = never
     verify: Callable[[Service, HookProofs, Headers, bytes], None] = check_auth_header
 
 
