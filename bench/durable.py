@@ -12,8 +12,12 @@ budgets measured in the same run, because this machine is a noisy, shared
             reaches the receiver. Also counts the Nomad requests per record
             state change (pending -> registered -> running -> successful).
             Goals: median <= 0.5 s, about one Nomad request per change.
-  hook      a restart service, the Flask app IN-PROCESS (test client, no
-            gunicorn, no HTTP to Noman). Interleaved with each hook, a bare
+  hook      a restart service, the Flask app IN-PROCESS (no gunicorn, no HTTP
+            to Noman): each hook is one call of the WSGI app with the environ a
+            server builds, as gunicorn makes it. Werkzeug's test client would add
+            its own work (EnvironBuilder, cookie jar, TestResponse: about 0.1 ms a
+            request, no production request pays it); its figure is printed
+            beside, for comparison. Interleaved with each hook, a bare
             read + CAS write of another key through the same ConsulStore
             (py-consul + requests session) against the same fake Consul.
             Reports are drained by an untimed reconciler pass between hooks,
@@ -41,6 +45,7 @@ import argparse
 import cProfile
 import hashlib
 import io
+import json
 import os
 import pstats
 import secrets
@@ -279,9 +284,47 @@ class Stopwatch:
         return timed
 
 
+def wsgi_post(app: Callable[..., Any], path: str, payload: dict[str, Any]) -> tuple[int, bytes]:
+    """POST ``payload`` as JSON straight to the WSGI ``app``: its status and body."""
+    body = json.dumps(payload).encode()
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    chunks = app(environ, start_response)
+    try:
+        answer = b"".join(chunks)
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    return int(statuses[0].split()[0]), answer
+
+
 @dataclass
 class Overhead:
     hook: list[float]
+    test_client: list[float]  # the same hooks through werkzeug's test client
     bare: list[float]
     txn: list[float]  # the hook's transaction alone: the floor once the reads are skipped
     in_store: list[float]  # per hook, time inside the store's calls
@@ -313,6 +356,13 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
         watch = Stopwatch()
 
         def hook(i: int) -> float:
+            started = time.perf_counter()
+            status, answer = wsgi_post(app, url, {"tag": tag(i)})
+            elapsed = time.perf_counter() - started
+            assert status == 200, answer
+            return elapsed
+
+        def through_test_client(i: int) -> float:
             started = time.perf_counter()
             answer = client.post(url, json={"tag": tag(i)})
             elapsed = time.perf_counter() - started
@@ -359,15 +409,19 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
         deployer = parts.deployer
         for name in ("read", "write", "transact"):
             setattr(deployer.store, name, watch.wrap(getattr(store, name)))
+        test_client: list[float] = []
         for i in range(100, 100 + count):
-            # Interleaved, so all three see the same moments of a noisy machine.
+            # Interleaved, so all four see the same moments of a noisy machine; the hooks'
+            # tags go up by one at each call (even numbers direct, odd ones test client).
             bares.append(bare(i))
             txns.append(txn(i))
             before, watch.seconds = len(consul.requests), 0.0
-            hooks.append(hook(i))
+            hooks.append(hook(2 * i))
             in_store.append(watch.seconds)
             if i == 100:
                 seen = Counter(f"{r[0]} {classify(r[1])}" for r in consul.requests[before:])
+            drain()
+            test_client.append(through_test_client(2 * i + 1))
             drain()
         raw = store.read(Keys(PREFIX).desired("web")).value or ""
         desired = decode(Desired, "desired", raw)
@@ -376,7 +430,7 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
         dump = median_time(lambda: encode(desired))
         history = len(store.list(Keys(PREFIX).history_folder("web")).entries)
         profiler = cProfile.Profile()
-        first = 100 + count
+        first = 2 * (100 + count)
         for i in range(first, first + profile_count):
             profiler.enable()
             hook(i)
@@ -387,6 +441,7 @@ def measure_hooks(count: int, profile_count: int) -> Overhead:
         reconciler.stop(5)
     return Overhead(
         hooks,
+        test_client,
         bares,
         txns,
         in_store,
@@ -551,11 +606,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("bare read+cas", over.bare),
         ("txn alone", over.txn),
         ("restart hook", over.hook),
+        ("(test client)", over.test_client),
     ):
         print(
             f"  {name:14} median {statistics.median(samples) * 1000:6.2f} ms   "
             f"p95 {percentile(samples, 0.95) * 1000:6.2f} ms"
         )
+    harness = statistics.median(over.test_client) / statistics.median(over.bare)
+    print(f"  through werkzeug's test client instead: {harness:.2f}x (its own work included)")
     own = [h - s for h, s in zip(over.hook, over.in_store, strict=True)]
     print(
         f"  hook = {statistics.median(over.in_store) * 1000:.2f} ms in Consul calls "
