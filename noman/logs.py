@@ -147,29 +147,34 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        # Layer 2 for the message and the structured fields too (a tag or reason is client
+        # text); the time, level and logger name are this formatter's own words.
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
         route = routes.request_route()
         if route is not None:
-            entry["route"] = route
-        entry.update(getattr(record, "fields", {}))
+            entry["route"] = redact(route)  # a template, unless layer 1 is off
+        entry.update(_redact_values(getattr(record, "fields", {})))
         if record.exc_text:
-            entry["exc"] = record.exc_text
-        # Layer 2 for the structured fields too: a tag or reason is client text.
+            entry["exc"] = redact(record.exc_text)
         # msgspec writes the line ten times faster than json.dumps (one per request).
-        return _LINE_ENCODER.encode(_redact_values(entry)).decode()
+        return _LINE_ENCODER.encode(entry).decode()
 
 
 def _redact_values(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {key: _redact_values(item) for key, item in value.items()}
+        # Strings redacted in place of a call per value: a hook line has a dozen fields.
+        return {
+            key: redact(item) if type(item) is str else _redact_values(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_redact_values(item) for item in value]
     return value
