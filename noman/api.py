@@ -141,7 +141,7 @@ def _fields(allowed: set[str]) -> dict[str, str]:
     """The optional JSON body: only ``allowed`` fields, each a short string."""
     if not (request.content_length or request.headers.get("Transfer-Encoding")):
         return {}
-    data = parse_json(_read_json_body())
+    data = parse_json(_read_json_body(components(current_app).settings.max_body_bytes))
     unknown = sorted(set(data) - allowed)
     if unknown:
         names = ", ".join(f'"{n}"' for n in sorted(allowed))

@@ -29,7 +29,7 @@ from noman.model import Service
 from noman.release import Ignored, Release
 from noman.senders import parse_json, read_release
 from noman.senders.common import RETRYING_SENDERS
-from noman.wiring import components
+from noman.wiring import Components, components
 
 #: A view's answer: body and status, and headers when there are any.
 Answer = Response | tuple[Response, int] | tuple[Response, int, dict[str, str]]
@@ -62,7 +62,8 @@ def hook(secret: str | None = None) -> Answer:
 @bp.get("/hooks/status", provide_automatic_options=False)
 def status(secret: str | None = None) -> Response:
     """Desired and running tag, frozen flag, rollout and history (``/deployment``: alias)."""
-    return jsonify(components(current_app).deployer.status(_service_for(_secret(secret))))
+    parts = components(current_app)
+    return jsonify(parts.deployer.status(_service_for(_secret(secret), parts)))
 
 
 @bp.post("/hooks/<secret>/rollback", provide_automatic_options=False)
@@ -101,26 +102,26 @@ def abort(secret: str | None = None) -> tuple[Response, int]:
 
 
 def _gate(secret: str, action: promotion.Action) -> tuple[Response, int]:
-    service = _service_for(secret)
-    deployer = components(current_app).deployer
+    parts = components(current_app)
+    service = _service_for(secret, parts)
+    deployer = parts.deployer
     answer = promotion.request(deployer, service, action, by="api", request_id=_request_id())
     return jsonify(answer), 202
 
 
 def _rollback(secret: str) -> tuple[Response, int]:
-    service = _service_for(secret)
+    parts = components(current_app)
+    service = _service_for(secret, parts)
     tag = None
     if request.content_length or request.headers.get("Transfer-Encoding"):
-        data = parse_json(_read_json_body())
+        data = parse_json(_read_json_body(parts.settings.max_body_bytes))
         unknown = sorted(set(data) - {"tag"})
         if unknown:
             raise errors.InvalidPayload(f'Unknown field {unknown[0][:40]!r}; only "tag".')
         tag = data.get("tag")
         if tag is not None and not isinstance(tag, str):
             raise errors.InvalidPayload('"tag" must be a string.')
-    outcome = components(current_app).deployer.rollback(
-        service, tag, sender="api", request_id=_request_id()
-    )
+    outcome = parts.deployer.rollback(service, tag, sender="api", request_id=_request_id())
     logs.HOOK_LOG.info(
         "rollback",
         extra={"fields": {"service": service.name, "tag": outcome.tag, "outcome": "rollback"}},
@@ -129,8 +130,9 @@ def _rollback(secret: str) -> tuple[Response, int]:
 
 
 def _set_frozen(secret: str, frozen: bool) -> Response:
-    service = _service_for(secret)
-    return jsonify(components(current_app).deployer.set_frozen(service, frozen, sender="api"))
+    parts = components(current_app)
+    service = _service_for(secret, parts)
+    return jsonify(parts.deployer.set_frozen(service, frozen, sender="api"))
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -176,12 +178,14 @@ def _handle_hook(secret: str | None) -> Answer:
     fields: dict[str, Any] = {"service": None, "tag": None}
     service: Service | None = None
     release: Release | None = None
+    parts = components(current_app)
     try:
-        service = _service_for(_secret(secret))
+        service = _service_for(_secret(secret), parts)
         fields["service"] = service.name
         headers = {name.lower(): value for name, value in request.headers.items()}
-        settings = components(current_app).settings
-        parsed = read_release(service, headers, _read_json_body(), settings.proofs_for(service))
+        settings = parts.settings
+        body = _read_json_body(settings.max_body_bytes)
+        parsed = read_release(service, headers, body, settings.proofs_for(service))
         if parsed is None:  # GitHub's ping when the webhook is created
             _log_hook(fields, "ping", 200, started)
             return _json_answer({"service": service.name, "event": "ping"}, 200)
@@ -190,7 +194,7 @@ def _handle_hook(secret: str | None) -> Answer:
         release = parsed
         fields["tag"] = release.tag[:140]
         fields["sender"] = release.sender
-        outcome = components(current_app).deployer.deploy(service, release, _request_id())
+        outcome = parts.deployer.deploy(service, release, _request_id())
     except Exception as exc:
         if (
             isinstance(exc, errors.StaleTag)
@@ -207,7 +211,7 @@ def _handle_hook(secret: str | None) -> Answer:
         error = exc if isinstance(exc, NomanError) else errors.NomanError()
         _log_hook(fields, error.code, error.status, started, error.message)
         if service is not None:
-            components(current_app).reporter.failed(service, release, error)
+            parts.reporter.failed(service, release, error)
         if error is not exc:
             raise  # the unexpected-error handler logs its traceback
         return _error_answer(error)
@@ -218,7 +222,7 @@ def _handle_hook(secret: str | None) -> Answer:
         result = str(outcome.waiting["state"])
     _log_hook(fields, result, outcome.status, started)
     if not outcome.changed and outcome.waiting is None:
-        components(current_app).reporter.unchanged(service, release, outcome)
+        parts.reporter.unchanged(service, release, outcome)
     return _json_answer(outcome.as_dict(), outcome.status)
 
 
@@ -247,8 +251,7 @@ def _log_hook(
     logs.write_hook_line(line)
 
 
-def _service_for(secret: str) -> Service:
-    parts = components(current_app)
+def _service_for(secret: str, parts: Components) -> Service:
     settings, limiter = parts.settings, parts.limiter
     address = request.remote_addr or "unknown"
     if limiter is not None:
@@ -273,14 +276,13 @@ def _bearer_secret() -> str:
     return credentials.strip()
 
 
-def _read_json_body() -> bytes:
+def _read_json_body(limit: int) -> bytes:
     """The body, if JSON and within the cap; chunked bodies are counted, not trusted."""
     mimetype = request.mimetype
     if mimetype != "application/json" and not (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     ):
         raise errors.UnsupportedMediaType()
-    limit = components(current_app).settings.max_body_bytes
     length = request.content_length
     if length is not None and length > limit:
         raise errors.PayloadTooLarge(f"The body is over {limit} bytes.")
