@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from noman.errors import (
 )
 from noman.imageref import DOCKER_HUB
 from noman.model import Service
+from noman.registries import auth
 from noman.registries.auth import (
     DockerCredentials,
     credentials_key,
@@ -241,6 +243,25 @@ def test_a_rotated_config_json_is_read_again(tmp_path: Path) -> None:
     assert credentials.basic("ghcr.io") == auth_entry("a", "first-password")["auth"]
     docker_config(tmp_path, {"ghcr.io": auth_entry("a", "second-password-longer")})
     assert credentials.basic("ghcr.io") == auth_entry("a", "second-password-longer")["auth"]
+
+
+def test_threads_that_ask_while_the_config_is_read_wait_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The leader polls services in parallel: on a fresh start they all ask for the
+    # credentials at once, while the first of them is still reading config.json.
+    path = docker_config(tmp_path, {"ghcr.io": auth_entry("a", PASSWORD)})
+    read = auth._load_docker_config
+
+    def slow_read(where: Path) -> Any:
+        time.sleep(0.2)
+        return read(where)
+
+    monkeypatch.setattr(auth, "_load_docker_config", slow_read)
+    credentials = DockerCredentials(path)
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: credentials.basic("ghcr.io"), range(8)))
+    assert found == [auth_entry("a", PASSWORD)["auth"]] * 8
 
 
 def test_a_broken_config_json_is_named_never_quoted(tmp_path: Path) -> None:

@@ -253,6 +253,9 @@ class DockerCredentials:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
+        # One thread reads a changed file while the others wait for what it read: the
+        # stamp alone would send them on with the old (at first: no) credentials.
+        self._reload_lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._basic: dict[str, str] = {}
         self._broken = False
@@ -283,27 +286,26 @@ class DockerCredentials:
             stamp = (stat.st_mtime_ns, stat.st_size)
         except OSError:
             stamp = None
-        with self._lock:
+        with self._reload_lock:
             if stamp is not None and stamp == self._stamp:
                 return
             self._stamp = stamp
-        try:
-            basic, helpers = _load_docker_config(self.path)
-        except ValueError as exc:
-            with self._lock:
+            try:
+                basic, helpers = _load_docker_config(self.path)
+            except ValueError as exc:
                 if not self._broken:
                     log.warning("registry credentials: %s; keeping the last good ones", exc)
                 self._broken = True
-            return
-        if helpers and not self._warned_helpers:
-            self._warned_helpers = True
-            log.warning(
-                "registry credentials: %s names credential helpers (credsStore/credHelpers); "
-                "Noman reads only the 'auths' entries",
-                self.path,
-            )
-        with self._lock:
-            self._basic, self._broken = basic, False
+                return
+            if helpers and not self._warned_helpers:
+                self._warned_helpers = True
+                log.warning(
+                    "registry credentials: %s names credential helpers (credsStore/credHelpers); "
+                    "Noman reads only the 'auths' entries",
+                    self.path,
+                )
+            with self._lock:
+                self._basic, self._broken = basic, False
 
 
 # -- tokens -------------------------------------------------------------------------------
