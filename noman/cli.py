@@ -568,11 +568,12 @@ def _follow(parts: Components, service: Service, tag: str, timeout: float) -> Ro
 
 @contextlib.contextmanager
 def _quiet_logs() -> Iterator[None]:
-    """While following: no warnings that repeat a progress line's reason, no report line.
+    """No warnings that repeat what the command prints, no report line; errors still show.
 
-    The reconciler's warnings (each failed attempt) and the "deploy finished" log of
-    the report are what the progress lines and the final reason line already say;
-    errors (a report that could not be sent) still show.
+    While following, the reconciler's warnings (each failed attempt) and the "deploy
+    finished" log of the report are what the progress lines and the final reason line
+    already say; ``status`` prints each service's error as its line. Errors (a report
+    that could not be sent, a refused token) still show.
     """
     logger = logging.getLogger("noman")
     # A logger's filters see only its own records, not its children's: this one is on the
@@ -650,7 +651,8 @@ def _status(args: argparse.Namespace) -> int:
     for service in services:
         # One service failing must not hide the others: it gets its error line instead.
         try:
-            line = parts.deployer.status(service)
+            with _quiet_logs():
+                line = parts.deployer.status(service)
         except NomanError as exc:
             failed += 1
             line = {"service": service.name, "error": exc.code, "message": _message(exc)}

@@ -108,6 +108,22 @@ def test_check_fails_when_consul_is_down(
     assert "consul_unavailable" in capsys.readouterr().out
 
 
+def test_status_with_consul_down_says_it_once(tmp_path: Path, secret: str) -> None:
+    # Run as the operator runs it: no test logging setup that would catch a stray warning.
+    path = tmp_path / "noman.toml"
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    path.write_text(
+        f'[consul]\naddress = "http://127.0.0.1:{free_port()}"\n'
+        f'[services.web]\nrepository = "a/b"\nkey = "web/IMAGE_TAG"\nsecret_sha256 = "{digest}"\n'
+    )
+    command = [sys.executable, "-m", "noman.cli", "--config", str(path), "status"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    line = json.loads(done.stdout)
+    assert (line["service"], line["error"]) == ("web", "consul_unavailable")
+    assert done.stderr == ""
+
+
 def test_check_fails_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[services.x]\nrepository = 'a/b'\n")
