@@ -91,6 +91,24 @@ def test_nomad_environment_and_tls_verification_default_on() -> None:
     assert parse_settings(GOOD, environ={"NOMAD_SKIP_VERIFY": "true"}).nomad.verify is False
 
 
+@pytest.mark.parametrize(
+    ("text", "environ", "expected"),
+    [
+        (GOOD.replace("http://10.0.0.5", "http://admin:hunter2pw@10.0.0.5"), {}, "consul.token"),
+        (GOOD, {"CONSUL_HTTP_ADDR": "https://admin:hunter2pw@consul:8501"}, "consul.token"),
+        (GOOD, {"NOMAD_ADDR": "https://admin:hunter2pw@nomad:4646"}, "NOMAD_TOKEN"),
+    ],
+)
+def test_an_address_with_credentials_is_refused_without_quoting_them(
+    text: str, environ: dict[str, str], expected: str
+) -> None:
+    # Addresses are shown in errors, logs and on the status page.
+    with pytest.raises(ConfigError, match="must not carry credentials") as error:
+        parse_settings(text, environ=environ)
+    assert expected in str(error.value)
+    assert "hunter2pw" not in str(error.value)
+
+
 def test_secret_env_reads_the_secret_from_the_environment() -> None:
     text = GOOD.replace(f'secret_sha256 = "{HASH}"', 'secret_env = "STUT_SECRET"')
     secret = "x" * 40

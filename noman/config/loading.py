@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -311,6 +312,13 @@ class _Parser:
             address = scheme + address
         if not re.match(_URL_PATTERN, address):
             raise self.fail(table, "address", _URL_PROBLEM)
+        if "@" in urlsplit(address).netloc:
+            # The address is shown in errors, logs and the status page: credentials in it
+            # would be shown with it. (Neither Consul nor Nomad takes them there.)
+            token = "consul.token (CONSUL_HTTP_TOKEN)" if table == "consul" else "NOMAD_TOKEN"
+            raise self.fail(
+                table, "address", f"must not carry credentials (user:password@); use {token}"
+            )
         return address.rstrip("/")
 
     # -- sections --------------------------------------------------------------------------

@@ -90,7 +90,9 @@ class StoreTable(_Table, frozen=True, kw_only=True):
 class ConsulSettings(_Table, frozen=True, kw_only=True):
     """How to reach Consul: [consul], with the Consul CLI's environment applied."""
 
-    address: Annotated[str, _key("Consul's HTTP address.")] = "http://127.0.0.1:8500"
+    address: Annotated[str, _key("Consul's HTTP address, without credentials.")] = (
+        "http://127.0.0.1:8500"
+    )
     datacenter: Annotated[str | None, _key("Datacenter for every KV call.")] = None
     timeout: Annotated[float, _key("Seconds allowed for each Consul call.", gt=0)] = 5
     token: Annotated[str | None, _key("ACL token; prefer CONSUL_HTTP_TOKEN.")] = None
@@ -110,7 +112,9 @@ class ConsulSettings(_Table, frozen=True, kw_only=True):
 class NomadSettings(_Table, frozen=True, kw_only=True):
     """How to reach Nomad, and how long to watch its deployments: [nomad] and NOMAD_*."""
 
-    address: Annotated[str, _key("Nomad's HTTP address.")] = "http://127.0.0.1:4646"
+    address: Annotated[str, _key("Nomad's HTTP address, without credentials.")] = (
+        "http://127.0.0.1:4646"
+    )
     token: Annotated[str | None, _key("ACL token; prefer NOMAD_TOKEN.")] = None
     namespace: Annotated[str | None, _key("Default namespace of rolling jobs.")] = None
     region: Annotated[str | None, _key("Default region of rolling jobs.")] = None
