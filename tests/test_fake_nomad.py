@@ -754,10 +754,20 @@ def test_blocking_query_parameters_are_checked_like_nomad(fake: FakeNomad) -> No
     assert (bad_index.status_code, bad_index.text) == (400, "Invalid index")
 
 
+def waiting(fake: FakeNomad, path: str) -> None:
+    """Until the fake holds a blocking GET of ``path``: it records the request and then
+    keeps its lock until the query waits, so a change made after this finds it waiting."""
+    deadline = time.monotonic() + 5
+    while not any(r[0] == "GET" and r[1] == path and "index" in r[2] for r in fake.requests):
+        assert time.monotonic() < deadline, f"no blocking GET of {path}"
+        time.sleep(0.005)
+
+
 def test_a_register_wakes_a_blocking_job_read(fake: FakeNomad) -> None:
     fake.add_job(sample_service_job())
     index = index_of(get(fake, "/v1/job/web"))
     reader = Blocked(fake, "/v1/job/web", index=index, wait="10s")
+    waiting(fake, "/v1/job/web")
     fake.change_job("web", lambda j: with_image(j, NEW_IMAGE))
     answer = reader.join()
     assert reader.elapsed < 3
@@ -769,6 +779,7 @@ def test_a_new_job_wakes_a_blocking_job_list(fake: FakeNomad) -> None:
     fake.add_job(sample_service_job("web"))
     index = index_of(get(fake, "/v1/jobs"))
     reader = Blocked(fake, "/v1/jobs", index=index, wait="10s")
+    waiting(fake, "/v1/jobs")
     fake.add_job(sample_service_job("api"))
     answer = reader.join()
     assert sorted(stub["ID"] for stub in answer.json()) == ["api", "web"]

@@ -712,7 +712,13 @@ class FakeNomad(FakeServer):
         return max((d.data["ModifyIndex"] for d in self._deployments.values()), default=1)
 
     def _next_index(self) -> int:
+        """A new Raft index (lock held): every blocking query wakes to look at it.
+
+        A change made without HTTP (change_job, add_job) must wake a blocking read as
+        Nomad does: the reader may have asked just before it, not only after.
+        """
         self._index += 1
+        self._cond.notify_all()
         return self._index
 
     def _wall(self, mono: float) -> float:
