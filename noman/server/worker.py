@@ -33,6 +33,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+from noman.errors import error_body
 from noman.server.environment import positive
 
 DEFAULT_READ_TIMEOUT = 10.0
@@ -116,14 +117,19 @@ _BAD_REQUEST = (400, "Bad Request", "bad_request", "Malformed HTTP request.")
 def error_answer(exc: BaseException) -> tuple[int, str, bytes]:
     """Status, reason and full HTTP/1.1 answer (JSON error shape) for a parse error."""
     status, reason, code, message = _PARSE_ERRORS.get(type(exc).__name__, _BAD_REQUEST)
-    body = json.dumps({"error": code, "message": message}).encode()
+    return status, reason, _closing_answer(status, reason, code, message)
+
+
+def _closing_answer(status: int, reason: str, code: str, message: str) -> bytes:
+    """A whole HTTP/1.1 answer in the JSON error shape, after which the connection closes."""
+    body = json.dumps(error_body(code, message)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    return status, reason, head + body
+    return head + body
 
 
 def _gevent_worker() -> type[Any]:
@@ -196,13 +202,8 @@ class _WorkerMixin:
             self.log.warning("invalid request: %s", type(exc).__name__)
         else:
             status, reason = 500, "Internal Server Error"
-            body = json.dumps(
-                {"error": "internal_error", "message": "Internal error; see the operator's log."}
-            ).encode()
-            answer = (
-                "HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+            message = "Internal error; see the operator's log."
+            answer = _closing_answer(status, reason, "internal_error", message)
             self.log.error("error handling a request: %s", type(exc).__name__)
         if req is not None:
             _log_access(self.log, req, addr, status, reason, len(answer), started)
