@@ -71,7 +71,7 @@ from noman.config import Settings, parse_settings  # noqa: E402
 from noman.state import Desired, Keys, RolloutState, decode, encode  # noqa: E402
 from noman.stores import Store, Write  # noqa: E402
 from noman.wiring import components  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, gunicorn_command  # noqa: E402
 from tests.fakes.consul import FakeConsul  # noqa: E402
 from tests.fakes.nomad import FakeNomad, sample_service_job  # noqa: E402
 from tests.fakes.receiver import Receiver  # noqa: E402
@@ -501,14 +501,7 @@ def measure_failover(deployment: float, multiplier: float = 1.0) -> Failover:
             "NOMAN_WORKERS": "1",
         }
         a = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:noman.server.config",
-                "noman:create_app()",
-            ],
+            gunicorn_command(),
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

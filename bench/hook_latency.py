@@ -32,7 +32,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, gunicorn_command  # noqa: E402
 from tests.fakes.consul import FakeConsul  # noqa: E402
 
 GOAL_RATIO = 4.0
@@ -79,14 +79,7 @@ def main() -> int:
         port = free_port()
         env = {**os.environ, "NOMAN_CONFIG": str(config), "NOMAN_BIND": f"127.0.0.1:{port}"}
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:noman.server.config",
-                "noman:create_app()",
-            ],
+            gunicorn_command(),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

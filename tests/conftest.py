@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ import requests
 from flask import Flask
 
 from noman import create_app
+from noman.cli import GUNICORN_CONFIG
 from noman.config import Settings, parse_settings
 from noman.reconcile import Reconciler
 from noman.state import Desired, HistoryEntry, Keys, Report, RolloutState, decode, first_rollout
@@ -71,6 +73,11 @@ def no_leftover_threads() -> Iterator[None]:
     running = [t.name for t in leftover if t.is_alive() and "process_request_thread" not in t.name]
     if running:
         pytest.fail(f"the test left threads running: {running}", pytrace=False)
+
+
+def gunicorn_command(app: str = "noman:create_app()") -> list[str]:
+    """``python -m gunicorn`` with Noman's shipped configuration, as ``noman serve`` runs it."""
+    return [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, app]
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from noman.cli import GUNICORN_CONFIG
 from tests.conftest import SAMPLE_TAG, free_port
 from tests.fakes.consul import FakeConsul
 from tests.support.crashing_app import CRASH_TAG
@@ -38,7 +39,7 @@ class Gunicorn:
         extra_env: dict[str, str] | None = None,
         scheme: str = "http",
         verify: str | bool = True,
-        conf: str = "python:noman.server.config",
+        conf: str = GUNICORN_CONFIG,
     ) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from noman.errors import ConfigError
 from noman.server.environment import positive
 from noman.server.worker import DEFAULT_READ_TIMEOUT, read_timeout
+from tests.conftest import gunicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,14 +81,7 @@ def test_gunicorn_with_a_bad_variable_stops_with_one_line(
     tmp_path: Path, name: str, value: str
 ) -> None:
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:noman.server.config",
-            "noman:create_app()",
-        ],
+        gunicorn_command(),
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), name: value},
         capture_output=True,

@@ -28,7 +28,14 @@ from noman.errors import ConsulUnavailable
 from noman.notify import Reporter
 from noman.release import Release
 from noman.server.master import start_fields
-from tests.conftest import SAMPLE_TAG, ConsulHandle, free_port, make_settings, settings_toml
+from tests.conftest import (
+    SAMPLE_TAG,
+    ConsulHandle,
+    free_port,
+    gunicorn_command,
+    make_settings,
+    settings_toml,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -265,14 +272,7 @@ def test_plain_gunicorn_stops_when_the_metrics_port_is_busy(
     text = settings_toml(consul, secret)
     config.write_text(f'[server]\nmetrics_bind = "127.0.0.1:{listening}"\n{text}')
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:noman.server.config",
-            "noman:create_app()",
-        ],
+        gunicorn_command(),
         cwd=tmp_path,
         env={
             **os.environ,

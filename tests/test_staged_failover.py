@@ -16,7 +16,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, gunicorn_command
 from tests.fakes.canary import CanaryApp
 from tests.fakes.consul import FakeConsul
 from tests.fakes.nomad import FakeNomad
@@ -55,7 +54,7 @@ class Instance:
         self.log = tmp / f"{name}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "python:noman.server.config", APP],
+                gunicorn_command(APP),
                 cwd=tmp,
                 env=env,
                 stdout=out,
