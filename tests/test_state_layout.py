@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import msgspec
@@ -458,39 +457,8 @@ def test_a_hanging_notify_target_never_holds_up_another_rollout(
             reconciler.stop(1)
 
 
-class SlowReceiver:
-    """Takes ``delay`` seconds to answer each POST; records what came."""
-
-    def __init__(self, delay: float) -> None:
-        self.received: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                time.sleep(delay)
-                owner.received.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_slow_receiver_costs_the_leader_nothing(consul: ConsulHandle, secret: str) -> None:
-    slow = SlowReceiver(3.0)
-    try:
+    with Receiver(delay=3.0) as slow:
         settings = make_settings(
             consul,
             secret,
@@ -520,11 +488,9 @@ def test_a_slow_receiver_costs_the_leader_nothing(consul: ConsulHandle, secret: 
             time.sleep(0.5)
             assert first.leader and not second.leader
             assert getattr(first.lock, "session", None) == session
-            assert sorted(n["event_id"] for n in slow.received) == [
+            assert sorted(n.json()["event_id"] for n in slow.received) == [
                 f"web:{i}:successful" for i in range(1, 5)
             ]
         finally:
             first.stop(1)
             second.stop(1)
-    finally:
-        slow.close()

@@ -25,10 +25,15 @@ class Received:
 
 
 class Receiver:
-    """Answers each POST with the next scripted status (then 200) and records it."""
+    """Answers each POST with the next scripted status (then 200) and records it.
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    ``delay``: seconds to take over each POST before recording and answering it (a slow
+    notify target).
+    """
+
+    def __init__(self, statuses: list[int] | None = None, delay: float = 0.0) -> None:
         self.statuses = list(statuses or [])
+        self.delay = delay
         self.received: list[Received] = []
         self._cond = threading.Condition()
         receiver = self
@@ -39,6 +44,8 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 with receiver._cond:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver.received.append(Received(self.path, dict(self.headers), body))
