@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
+import types
 from pathlib import Path
 from typing import Any
 
@@ -377,3 +379,39 @@ def test_an_unexpected_error_is_a_json_500_with_a_hook_line(
     assert secret not in answer.get_data(as_text=True)
     hook_lines = [r for r in caplog.records if r.name == "noman.hooks"]
     assert hook_lines[-1].fields["outcome"] == "internal_error"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("secret_in_path", "body"),
+    [
+        ("wrong-secret-wrong-secret-wrong", {"tag": SAMPLE_TAG}),  # 404
+        (None, b'{"tag": "release-'),  # 400 invalid_json
+        (None, {"tag": "../release-1"}),  # 422 invalid_tag
+    ],
+)
+def test_a_refused_hook_leaves_no_reference_cycle(
+    client: Any, secret: str, secret_in_path: str | None, body: Any
+) -> None:
+    # A refusal's error held by the view's frame would keep that frame, and with it the
+    # whole request, alive until the garbage collector runs: under a flood of
+    # rejections, six times as many collections and a worker's memory held in cycles.
+    path = f"/hooks/{secret_in_path or secret}"
+    kwargs = {"data": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
+    client.post(path, **kwargs)  # warm up: first-request setup may allocate cycles
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        answer = client.post(path, **kwargs)
+        gc.collect()
+        frames = [
+            item.f_code.co_name
+            for item in gc.garbage
+            if isinstance(item, types.FrameType) and "noman" in item.f_code.co_filename
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert answer.status_code in (400, 404, 422), answer.json
+    assert frames == []
