@@ -22,12 +22,14 @@ import msgspec
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug import exceptions as werkzeug_errors
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_options_header
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from noman import auth, errors, logs, metrics, promotion, routes
 from noman.errors import NomanError
 from noman.model import Service
 from noman.release import Ignored, Release
-from noman.senders import parse_json, read_release
+from noman.senders import Headers, parse_json, read_release
 from noman.senders.common import RETRYING_SENDERS
 from noman.wiring import Components, components
 
@@ -138,10 +140,37 @@ def _set_frozen(secret: str, frozen: bool) -> Response:
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def _request_id() -> str | None:
+def _request_id(headers: Headers | None = None) -> str | None:
     """The caller's ``X-Request-Id`` when it is a plain token (it lands in history)."""
-    value = request.headers.get("X-Request-Id", "")
+    if headers is None:
+        headers = lowercase_headers(request.environ)
+    value = headers.get("x-request-id", "")
     return value if _REQUEST_ID.fullmatch(value) else None
+
+
+def lowercase_headers(environ: dict[str, Any]) -> Headers:
+    """The request's headers, lower-case names, from its WSGI environ.
+
+    What werkzeug's ``EnvironHeaders`` iterates (PEP 3333: ``HTTP_*`` plus the
+    two CGI content variables), named as the sender table asks for them, in
+    half the time of lower-casing werkzeug's title-cased names (once per hook).
+    """
+    headers = {
+        key[5:].replace("_", "-").lower(): value
+        for key, value in environ.items()
+        if key[:5] == "HTTP_" and key not in _SHADOWED
+    }
+    for key in _CGI_HEADERS:
+        value = environ.get(key)
+        if value:
+            headers[_CGI_HEADERS[key]] = value
+    return headers
+
+
+# Content-Type and Content-Length are CGI variables in the environ, not HTTP_ ones; an
+# HTTP_ form of either (some servers set it too) is ignored, as werkzeug does.
+_CGI_HEADERS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}
+_SHADOWED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})
 
 
 @bp.get("/metrics")
@@ -182,7 +211,7 @@ def _handle_hook(secret: str | None) -> Answer:
     try:
         service = _service_for(_secret(secret), parts)
         fields["service"] = service.name
-        headers = {name.lower(): value for name, value in request.headers.items()}
+        headers = lowercase_headers(request.environ)
         settings = parts.settings
         body = _read_json_body(settings.max_body_bytes)
         parsed = read_release(service, headers, body, settings.proofs_for(service))
@@ -194,7 +223,7 @@ def _handle_hook(secret: str | None) -> Answer:
         release = parsed
         fields["tag"] = release.tag[:140]
         fields["sender"] = release.sender
-        outcome = parts.deployer.deploy(service, release, _request_id())
+        outcome = parts.deployer.deploy(service, release, _request_id(headers))
     # The caught error is handed to a helper, never kept in a local here: its traceback
     # holds this frame, and a local holding the error would make a reference cycle that
     # keeps the whole request alive until the garbage collector runs (six times as many
@@ -304,29 +333,35 @@ def _bearer_secret() -> str:
 
 
 def _read_json_body(limit: int) -> bytes:
-    """The body, if JSON and within the cap; chunked bodies are counted, not trusted."""
-    mimetype = request.mimetype
+    """The body, if JSON and within the cap; chunked bodies are counted, not trusted.
+
+    Read with werkzeug's WSGI helpers on the environ rather than the request's
+    properties: the same parsing, a third of the time (each property looks the
+    request up again and re-reads its headers; this runs once per hook).
+    """
+    environ = request.environ
+    mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
     if mimetype != "application/json" and not (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     ):
         raise errors.UnsupportedMediaType()
-    length = request.content_length
+    length = get_content_length(environ)
     if length is not None and length > limit:
         raise errors.PayloadTooLarge(f"The body is over {limit} bytes.")
     try:
-        body = request.stream.read(limit + 1)
+        body = get_input_stream(environ).read(limit + 1)
     except TimeoutError:  # noman.server.worker's read deadline: a client too slow to send
         raise errors.RequestTimeout() from None
     except Exception:
         # Broken chunked encoding, or the client went away mid-body (the
         # server's own exception types; their texts quote the request).
-        request.environ[routes.CLOSE_CONNECTION] = True
+        environ[routes.CLOSE_CONNECTION] = True
         raise errors.BadRequest("The body is malformed or cut off.") from None
     if len(body) > limit:
         raise errors.PayloadTooLarge(f"The body is over {limit} bytes.")
     if length is not None and len(body) < length:
         # A client that half-closes early must not get a truncated body deployed.
-        request.environ[routes.CLOSE_CONNECTION] = True
+        environ[routes.CLOSE_CONNECTION] = True
         raise errors.BadRequest("The body is shorter than its Content-Length.")
     return body
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.datastructures import EnvironHeaders
 
 from noman import create_app
+from noman.web import lowercase_headers
 from noman.wiring import components
 from tests.conftest import SAMPLE_TAG, ConsulHandle, make_settings, post_hook
 
@@ -415,3 +417,21 @@ def test_a_refused_hook_leaves_no_reference_cycle(
         gc.enable()
     assert answer.status_code in (400, 404, 422), answer.json
     assert frames == []
+
+
+def test_hook_headers_are_werkzeugs_with_lower_case_names() -> None:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "noman.example",
+        "HTTP_X_GITHUB_EVENT": "package",
+        "HTTP_X_HUB_SIGNATURE_256": "sha256=00",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "",  # empty: no header, as werkzeug reads it
+        "HTTP_CONTENT_TYPE": "text/plain",  # the CGI variable wins, as in werkzeug
+        "wsgi.input": None,
+    }
+    expected = {name.lower(): value for name, value in EnvironHeaders(environ).items()}
+    assert lowercase_headers(environ) == expected
+    assert expected["content-type"] == "application/json"
+    assert "content-length" not in expected
