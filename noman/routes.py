@@ -14,6 +14,7 @@ imports ``noman.logs`` (and so this module) before the workers monkey-patch.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -66,14 +67,12 @@ def install(app: Flask) -> None:
 
 def request_route() -> str | None:
     """The route template of the request being handled; None outside a request."""
-    import sys
-
-    # Only once Flask is loaded (the gunicorn master logs without it).
-    if "flask" not in sys.modules:
+    # Only once Flask is loaded (the gunicorn master logs without it); looked up in
+    # sys.modules rather than imported, as this runs for every log line.
+    flask = sys.modules.get("flask")
+    if flask is None or not flask.has_request_context():
         return None
-    from flask import has_request_context
-
-    return current_route() if has_request_context() else None
+    return current_route()
 
 
 def current_route() -> str:

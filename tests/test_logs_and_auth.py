@@ -9,39 +9,61 @@ import logging
 
 import pytest
 
-from noman import auth
+from noman import auth, logs
 from noman.config import hash_secret
 from noman.logs import JsonFormatter, RedactingFilter, redact
 from noman.model import Service
 
+CASES = [
+    ('"POST /hooks/abc123 HTTP/1.1" 200', '"POST /hooks/<redacted> HTTP/1.1" 200'),
+    # Everything after the secret goes too ('/hooks/../<secret>' puts it second).
+    ("GET /hooks/abc/deployment", "GET /hooks/<redacted>"),
+    ("GET /hooks/<secret>/deployment", "GET /hooks/<secret>/deployment"),
+    ("POST /hooks/abc?token=abc HTTP/1.1", "POST /hooks/<redacted>?<redacted> HTTP/1.1"),
+    ("POST /hooks?x=abc HTTP/1.1", "POST /hooks?<redacted> HTTP/1.1"),
+    ("POST /%68ooks/abc HTTP/1.1", "POST /hooks/<redacted> HTTP/1.1"),
+    (
+        "Invalid request line 'POST /hooks/abc junk'",
+        "Invalid request line 'POST /hooks/<redacted> junk'",
+    ),
+    ("Authorization: Bearer abc.def", "Authorization: Bearer <redacted>"),
+    ("GET /healthz 200", "GET /healthz 200"),
+    # Each pattern alone, with nothing the others look for.
+    ("token AbCdEfGhIjKlMnOpQrSt12 end", "token <redacted> end"),
+    ("GET /srv/abcdefghijklmnopqrstuv/x", "GET /srv/<redacted>/x"),
+    ("GET /status?key=v", "GET /status?<redacted>"),
+    ("BEARER%20abc", "BEARER <redacted>"),
+    ("/HOOKS/abc", "/HOOKS/<redacted>"),
+    ("web", "web"),
+]
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('"POST /hooks/abc123 HTTP/1.1" 200', '"POST /hooks/<redacted> HTTP/1.1" 200'),
-        # Everything after the secret goes too ('/hooks/../<secret>' puts it second).
-        ("GET /hooks/abc/deployment", "GET /hooks/<redacted>"),
-        ("GET /hooks/<secret>/deployment", "GET /hooks/<secret>/deployment"),
-        ("POST /hooks/abc?token=abc HTTP/1.1", "POST /hooks/<redacted>?<redacted> HTTP/1.1"),
-        ("POST /hooks?x=abc HTTP/1.1", "POST /hooks?<redacted> HTTP/1.1"),
-        ("POST /%68ooks/abc HTTP/1.1", "POST /hooks/<redacted> HTTP/1.1"),
-        (
-            "Invalid request line 'POST /hooks/abc junk'",
-            "Invalid request line 'POST /hooks/<redacted> junk'",
-        ),
-        ("Authorization: Bearer abc.def", "Authorization: Bearer <redacted>"),
-        ("GET /healthz 200", "GET /healthz 200"),
-        # Each pattern alone, with nothing the others look for.
-        ("token AbCdEfGhIjKlMnOpQrSt12 end", "token <redacted> end"),
-        ("GET /srv/abcdefghijklmnopqrstuv/x", "GET /srv/<redacted>/x"),
-        ("GET /status?key=v", "GET /status?<redacted>"),
-        ("BEARER%20abc", "BEARER <redacted>"),
-        ("/HOOKS/abc", "/HOOKS/<redacted>"),
-        ("web", "web"),
-    ],
-)
+
+@pytest.mark.parametrize(("text", "expected"), CASES)
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
+    assert redact(text) == expected  # the second time from the set of clean texts, if clean
+
+
+def test_only_short_texts_with_nothing_to_redact_are_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clean: set[str] = set()
+    monkeypatch.setattr(logs, "_CLEAN", clean)
+    line = "GET /healthz 200 " + "x" * 60
+    for text in [*(text for text, _ in CASES), line]:
+        redact(text)
+    unchanged = {text for text, expected in CASES if text == expected}
+    assert unchanged == {"GET /hooks/<secret>/deployment", "GET /healthz 200", "web"}
+    assert clean == unchanged  # not the long line, though it holds nothing to redact
+
+
+def test_a_flood_of_distinct_clean_words_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean: set[str] = set()
+    monkeypatch.setattr(logs, "_CLEAN", clean)
+    for number in range(2 * logs._CLEAN_MAX + 10):
+        assert redact(f"word{number}") == f"word{number}"
+        assert len(clean) <= logs._CLEAN_MAX
+    assert redact("token AbCdEfGhIjKlMnOpQrSt12 end") == "token <redacted> end"
 
 
 def test_filter_redacts_arguments_and_tracebacks() -> None:
