@@ -53,7 +53,7 @@ def hook_requests(service: str, outcome: str) -> Counter:
 
 HOOK_DURATION = Histogram(
     "noman_hook_duration_seconds",
-    "Time to answer a hook request.",
+    "Time to answer a hook request whose secret matched a service.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 DEPLOYS = Counter(
