@@ -219,6 +219,12 @@ def _seconds(text: str) -> float:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The command's settings; from here on its warnings are ``noman: warning:`` lines."""
+    # Here, not in main: `noman --help`, `secret new` and the image's healthcheck
+    # never log, and the logging module's imports would slow each of them by 20 ms.
+    from noman import logs
+
+    logs.configure_cli()
     return load(args.config)
 
 

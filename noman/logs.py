@@ -210,6 +210,9 @@ def configure(level: str = "info") -> None:
     protect_gunicorn_logs()
     logger = logging.getLogger("noman")
     logger.setLevel(level.upper())
+    for handler in list(logger.handlers):
+        if getattr(handler, "_noman_cli", False):  # a command that now serves: JSON lines
+            logger.removeHandler(handler)
     if any(getattr(h, "_noman", False) for h in logger.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
@@ -218,6 +221,46 @@ def configure(level: str = "info") -> None:
     handler._noman = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
+
+
+def configure_cli() -> None:
+    """Send the ``noman`` loggers' warnings to stderr as redacted ``noman: warning: ...`` lines.
+
+    For every command but ``serve`` (whose workers write JSON lines, ``configure``):
+    without a handler, a command's warnings went through Python's last-resort
+    handler, bare and unredacted. Records still propagate, so a caller's own
+    handlers see them too.
+    """
+    logger = logging.getLogger("noman")
+    if any(getattr(h, "_noman", False) or getattr(h, "_noman_cli", False) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.setFormatter(_CommandFormatter())
+    handler.addFilter(RedactingFilter())
+    handler._noman_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to whatever ``sys.stderr`` is when a line is written."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always sys.stderr: a test's captured stream, or the terminal
+
+
+class _CommandFormatter(logging.Formatter):
+    """``noman: warning: <message>``, as the commands' own error lines read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"noman: {record.levelname.lower()}: {super().format(record)}"
 
 
 def write_hook_line(line: dict[str, Any]) -> None:

@@ -124,6 +124,31 @@ def test_status_with_consul_down_says_it_once(tmp_path: Path, secret: str) -> No
     assert done.stderr == ""
 
 
+def test_a_commands_warnings_are_prefixed_and_redacted(tmp_path: Path, secret: str) -> None:
+    # A key whose folder looks like a generated token: the store's warning names the key.
+    token, port = "AbCdEfGhIjKlMnOpQrSt12", free_port()
+    path = tmp_path / "noman.toml"
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    path.write_text(
+        f'[consul]\naddress = "http://127.0.0.1:{port}"\n'
+        f'[services.web]\nrepository = "a/b"\nkey = "{token}/IMAGE_TAG"\n'
+        f'secret_sha256 = "{digest}"\n'
+    )
+    command = [sys.executable, "-m", "noman.cli", "--config", str(path), "deploy", "web"]
+    done = subprocess.run(
+        [*command, SAMPLE_TAG], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    # Before, the store's warning came bare and whole, through Python's last-resort handler.
+    assert lines[0] == (
+        "noman: warning: consul read <redacted>/IMAGE_TAG,noman/service/web/desired: "
+        f"http://127.0.0.1:{port}: cannot connect (refused, reset or unknown host)"
+    )
+    assert lines[-1].startswith("noman: consul_unavailable: ")
+    assert token not in done.stderr
+
+
 def test_check_fails_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[services.x]\nrepository = 'a/b'\n")

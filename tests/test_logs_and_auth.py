@@ -6,6 +6,7 @@ import hmac
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -117,3 +118,35 @@ def test_new_secret_is_long_and_its_hash_matches() -> None:
     assert len(secret) >= 43
     assert hash_secret(secret).hex() == digest
     assert auth.new_secret()[0] != secret
+
+
+@pytest.fixture
+def noman_logger() -> Iterator[logging.Logger]:
+    """The ``noman`` logger, its handlers, level and propagation restored afterwards."""
+    logger = logging.getLogger("noman")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers = []
+    try:
+        yield logger
+    finally:
+        logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def test_commands_write_redacted_prefixed_warnings_to_stderr(
+    noman_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure_cli()
+    logs.configure_cli()  # once: a second call adds nothing
+    logging.getLogger("noman.store").warning("read failed on /hooks/%s", "topsecret")
+    logging.getLogger("noman.store").info("not shown: commands say warnings and errors")
+    assert capsys.readouterr().err == "noman: warning: read failed on /hooks/<redacted>\n"
+
+
+def test_serving_after_a_command_writes_json_lines_only(
+    noman_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure_cli()
+    logs.configure("info")
+    logging.getLogger("noman.store").warning("read failed")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["msg"] == "read failed"
