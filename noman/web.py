@@ -232,8 +232,8 @@ def _handle_hook(secret: str | None) -> Answer:
         return _refused(exc, parts, service, release, fields, started)
     except Exception:
         # Unexpected errors too get their hook line, metric and report; the
-        # handler below logs the traceback.
-        _record_refusal(errors.NomanError(), parts, service, release, fields, started)
+        # handler below logs the traceback and answers.
+        _refused(errors.NomanError(), parts, service, release, fields, started)
         raise
     result = "deployed" if outcome.changed else "unchanged"
     if outcome.status == 202:
@@ -265,21 +265,10 @@ def _refused(
         # registry's later events: an older tag is acknowledged instead.
         stale = Ignored("stale_tag", error.message, release.sender)
         return _answer_ignored(service, stale, fields, started)
-    _record_refusal(error, parts, service, release, fields, started)
-    return _error_answer(error)
-
-
-def _record_refusal(
-    error: NomanError,
-    parts: Components,
-    service: Service | None,
-    release: Release | None,
-    fields: dict[str, Any],
-    started: float,
-) -> None:
     _log_hook(fields, error.code, error.status, started, error.message)
     if service is not None:
         parts.reporter.failed(service, release, error)
+    return _error_answer(error)
 
 
 def _answer_ignored(
