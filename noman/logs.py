@@ -235,6 +235,7 @@ def configure_cli() -> None:
     if any(getattr(h, "_noman", False) or getattr(h, "_noman_cli", False) for h in logger.handlers):
         return
     handler = _StderrHandler()
+    handler.setLevel(logging.WARNING)  # whatever level a loaded app left on the logger
     handler.setFormatter(_CommandFormatter())
     handler.addFilter(RedactingFilter())
     handler._noman_cli = True  # type: ignore[attr-defined]

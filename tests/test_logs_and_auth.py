@@ -135,6 +135,7 @@ def noman_logger() -> Iterator[logging.Logger]:
 def test_commands_write_redacted_prefixed_warnings_to_stderr(
     noman_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    noman_logger.setLevel(logging.DEBUG)  # as an app built earlier in the process may leave it
     logs.configure_cli()
     logs.configure_cli()  # once: a second call adds nothing
     logging.getLogger("noman.store").warning("read failed on /hooks/%s", "topsecret")
