@@ -141,10 +141,11 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _request_id(headers: Headers | None = None) -> str | None:
-    """The caller's ``X-Request-Id`` when it is a plain token (it lands in history)."""
-    if headers is None:
-        headers = lowercase_headers(request.environ)
-    value = headers.get("x-request-id", "")
+    """The caller's ``X-Request-Id`` when it is a plain token (it lands in history).
+
+    ``headers``: the hook's lower-case headers, when it has them already.
+    """
+    value = (request.headers if headers is None else headers).get("x-request-id", "")
     return value if _REQUEST_ID.fullmatch(value) else None
 
 
@@ -160,10 +161,10 @@ def lowercase_headers(environ: dict[str, Any]) -> Headers:
         for key, value in environ.items()
         if key[:5] == "HTTP_" and key not in _SHADOWED
     }
-    for key in _CGI_HEADERS:
+    for key, name in _CGI_HEADERS.items():
         value = environ.get(key)
         if value:
-            headers[_CGI_HEADERS[key]] = value
+            headers[name] = value
     return headers
 
 

@@ -130,7 +130,8 @@ def test_http_rollback_freeze_status(consul: ConsulHandle, client: Any, secret: 
     assert (to.status_code, to.json["tag"]) == (200, T2)
     bearer = {"Authorization": f"Bearer {secret}"}
     assert client.post("/hooks/unfreeze", headers=bearer).json["frozen"] is False
-    assert client.post(base, json={"tag": T3}).status_code == 200
+    deployed = client.post(base, json={"tag": T3}, headers={"X-Request-Id": "ci-7"})
+    assert deployed.status_code == 200
     status = client.get(f"{base}/status").json
     assert status["tag"] == T3
     assert [(h["tag"], h["kind"]) for h in status["history"]] == [
@@ -140,6 +141,7 @@ def test_http_rollback_freeze_status(consul: ConsulHandle, client: Any, secret: 
         (T2, "deploy"),
         (T1, "deploy"),
     ]
+    assert status["history"][0]["request_id"] == "ci-7"
     assert status["history"][2]["request_id"] == "req-42"
     # Every route answers a wrong secret exactly as an unknown one.
     for path in ("rollback", "freeze", "unfreeze"):
