@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flask import Flask
+    from werkzeug.routing import Rule
 
 ROUTE_KEY = "noman.route"
 UNMATCHED = "unmatched"
@@ -54,8 +55,8 @@ def install(app: Flask) -> None:
 
     @app.after_request
     def remember_route(response: Response) -> Response:
-        environ, rule = request.environ, request.url_rule
-        environ[ROUTE_KEY] = rule.rule if rule is not None else UNMATCHED
+        environ = request.environ
+        environ[ROUTE_KEY] = _template(request.url_rule)
         sock = environ.get("gunicorn.socket")
         closing = response.status_code in CLOSE_AFTER or environ.get(CLOSE_CONNECTION)
         if closing and isinstance(sock, DeadlineSocket):
@@ -79,6 +80,9 @@ def current_route() -> str:
     """The route template of the request being handled (``unmatched`` outside one)."""
     from flask import has_request_context, request
 
-    if not has_request_context() or request.url_rule is None:
-        return UNMATCHED
-    return request.url_rule.rule
+    return _template(request.url_rule) if has_request_context() else UNMATCHED
+
+
+def _template(rule: Rule | None) -> str:
+    """The matched rule's template; ``unmatched`` when routing found none (a 404, a 405)."""
+    return rule.rule if rule is not None else UNMATCHED
